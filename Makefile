@@ -1,0 +1,55 @@
+# make venv | train | test | lint | format | bench | clean
+# Needs only Python 3.11 and make; everything else goes into .venv.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+WORKDIR ?= runs/digits
+CONFIG ?= experiments/digits.py
+# Extra flags, e.g. make train ARGS='--config.train.steps=100'.
+ARGS ?=
+PYTEST_ARGS ?= -n 2
+LINT_PATHS ?= perceiver experiments tests setup.py
+RUFF_CONFIG := --config 'indent-width = 2' --config 'line-length = 80'
+
+# Tests never reach a model hub: reference models are built offline.
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+export MPLBACKEND = Agg
+
+.PHONY: venv venv-main train test lint format bench clean
+
+# Stamps: pip runs again only when a requirements file or setup.py changes.
+$(VENV)/.stamp-main: requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --progress-bar off -r requirements.txt -e .
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-main requirements-test.txt
+	$(PIP) install --progress-bar off -r requirements.txt -r requirements-test.txt
+	touch $@
+
+venv-main: $(VENV)/.stamp-main  ## runtime deps only (enough to train)
+
+venv: $(VENV)/.stamp-test  ## runtime + test deps + editable install
+
+train: $(VENV)/.stamp-main
+	$(PY) -m experiments.main --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
+
+test: $(VENV)/.stamp-test
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+lint: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check $(RUFF_CONFIG) $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check --diff $(RUFF_CONFIG) $(LINT_PATHS)
+
+format: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff format $(RUFF_CONFIG) $(LINT_PATHS)
+
+bench: $(VENV)/.stamp-main
+	$(PY) -m experiments.benchmark --out=bench_out $(ARGS)
+
+clean:
+	rm -rf build *.egg-info .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
