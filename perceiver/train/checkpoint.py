@@ -1,0 +1,104 @@
+"""Orbax checkpoints of the train state and the data iterator position.
+
+A checkpoint is a directory `<workdir>/checkpoints/<step>/` with two items:
+'state' (the `TrainState` pytree, every array with its sharding) and 'data'
+(the JSON position of the training data iterator). Orbax writes each one into
+a temporary directory and renames it only once complete, so a process killed
+in the middle of a save leaves no half-written checkpoint where a restore
+looks; the temporary leftovers are removed on the next start.
+
+`restore_latest` tries the newest checkpoint first; if it cannot be read
+(damaged files), it says so on the log and falls back to the previous one.
+"""
+
+import os
+from typing import Any, Optional, Tuple
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Periodic checkpoints in `directory`, keeping the last `max_to_keep`."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 3,
+               async_save: bool = False):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True,
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=('state', 'data'))
+
+  def all_steps(self):
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, train_state: Any, data_position: dict,
+           force: bool = False) -> bool:
+    """Saves `train_state` and `data_position` as checkpoint `step`."""
+    return self._manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_as_tree(train_state)),
+            data=ocp.args.JsonSave(data_position)),
+        force=force)
+
+  def restore(self, step: int, abstract_state: Any) -> Tuple[Any, dict]:
+    """Restores checkpoint `step` into the structure/shardings of the target.
+
+    Args:
+      step: which checkpoint.
+      abstract_state: a `TrainState` of `jax.ShapeDtypeStruct`s carrying the
+        target shardings (see `jax.eval_shape`).
+
+    Returns:
+      (train_state, data_position).
+    """
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_as_tree(abstract_state)),
+            data=ocp.args.JsonRestore()))
+    state = type(abstract_state)(**restored['state'])
+    return state, dict(restored['data'])
+
+  def restore_latest(self, abstract_state: Any
+                     ) -> Optional[Tuple[int, Any, dict]]:
+    """The newest readable checkpoint as (step, train_state, data_position).
+
+    Returns None when there is no checkpoint at all. A checkpoint that
+    fails to load is reported and the previous one is tried; if none loads,
+    raises `RuntimeError` rather than silently starting from scratch.
+    """
+    steps = self.all_steps()
+    if not steps:
+      return None
+    errors = []
+    for step in reversed(steps):
+      try:
+        state, position = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        message = (f'Checkpoint at step {step} in {self.directory} is damaged '
+                   f'and was skipped: {type(e).__name__}: {e}')
+        logging.warning(message)
+        if jax.process_index() == 0:
+          print(f'WARNING: {message}', flush=True)
+        errors.append(message)
+        continue
+      return step, state, position
+    raise RuntimeError('No checkpoint in ' + self.directory +
+                       ' could be restored:\n' + '\n'.join(errors))
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _as_tree(train_state: Any) -> dict:
+  """A NamedTuple train state as a plain dict (what orbax stores)."""
+  return dict(train_state._asdict())

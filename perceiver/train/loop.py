@@ -1,0 +1,234 @@
+"""The training loop: restore or initialise, step, log, checkpoint, evaluate.
+
+`train(config, build_task, workdir)` runs one job on every device of every
+process (call `distributed.initialize` first on multi-host jobs):
+
+1. check the config (before compiling anything);
+2. build the mesh, the task (model + this process's data) and the optimizer;
+3. restore the latest readable checkpoint from `<workdir>/checkpoints`, or
+   initialise from `config.seed`;
+4. run `jax.jit`-compiled train steps with donated state until
+   `config.total_steps`, logging every `log_every` steps and checkpointing
+   every `checkpoint_every` steps (and at the end);
+5. evaluate on the task's held-out data, every `eval_every` steps and at the
+   end.
+
+Host-side metrics are read one step late (after the next step has been
+dispatched), so reading them never stalls the device pipeline. A non-finite
+loss or gradient norm is never applied (see `step.py`); with
+`nonfinite='stop'` the run raises `FloatingPointError` naming the step, before
+any later checkpoint is written, so the last checkpoint is a good one.
+"""
+
+import json
+import os
+import time
+from typing import Any, Callable, Dict, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from perceiver.train import checkpoint as checkpoint_lib
+from perceiver.train import config as config_lib
+from perceiver.train import mesh as mesh_lib
+from perceiver.train import metrics as metrics_lib
+from perceiver.train import optim
+from perceiver.train import progress as progress_lib
+from perceiver.train import step as step_lib
+from perceiver.train.task import Task
+
+BuildTask = Callable[[ml_collections.ConfigDict, int, int], Task]
+
+
+def _is_chief() -> bool:
+  return jax.process_index() == 0
+
+
+def _say(text: str) -> None:
+  logging.info(text)
+  if _is_chief():
+    print(text, flush=True)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the effective config to `<workdir>/config.json` (process 0)."""
+  if not _is_chief():
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'config.json')
+  with open(path + '.tmp', 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + '.tmp', path)
+
+
+def evaluate(eval_fn, ts: step_lib.TrainState, task: Task,
+             mesh) -> Dict[str, float]:
+  """Means of the task's per-example metrics over its evaluation data."""
+  totals: Dict[str, float] = {}
+  for local in task.eval_data():
+    sums = eval_fn(ts.params, ts.state, mesh_lib.global_batch(local, mesh))
+    for k, v in jax.device_get(sums).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  count = totals.pop('count', 0.0)
+  if not count:
+    return {}
+  return {f'eval/{k}': v / count for k, v in totals.items()}
+
+
+def train(config: ml_collections.ConfigDict, build_task: BuildTask,
+          workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes) the job described by `config` in `workdir`.
+
+  Args:
+    config: an experiment config (see `config.base_config`).
+    build_task: `(config, process_index, process_count) -> Task`.
+    workdir: where the config, metrics, plots and checkpoints go.
+
+  Returns:
+    A dict with 'train_state' (final), 'start_step' (0 or the restored
+    step), 'losses' ({step: loss} for the steps this call ran), 'eval' (the
+    final evaluation metrics) and 'nonfinite_count'.
+  """
+  config_lib.validate(config, device_count=jax.device_count(),
+                      process_count=jax.process_count())
+  save_config(config, workdir)
+
+  mesh = mesh_lib.make_mesh(config.fsdp)
+  task = build_task(config, jax.process_index(), jax.process_count())
+  schedule = optim.make_schedule(config.optimizer, config.batch_size,
+                                 config.total_steps)
+  optimizer = optim.make_optimizer(config.optimizer, schedule)
+
+  init_fn = lambda: step_lib.init_train_state(
+      task.forward, optimizer, config.seed, task.example_batch)
+  abstract = jax.eval_shape(init_fn)
+  shardings = mesh_lib.state_shardings(mesh, abstract,
+                                       shard_params=config.fsdp > 1)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
+
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, 'checkpoints'),
+      max_to_keep=config.keep_checkpoints,
+      async_save=config.async_checkpoint)
+  restored = checkpointer.restore_latest(abstract)
+  if restored is None:
+    start_step = 0
+    ts = jax.jit(init_fn, out_shardings=shardings)()
+    _say(f'Initialised from seed {config.seed}.')
+  else:
+    start_step, ts, position = restored
+    task.train_data.set_state(position)
+    _say(f'Resumed from the checkpoint at step {start_step}.')
+
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  replicated = mesh_lib.replicated(mesh)
+  train_step = jax.jit(
+      step_lib.make_train_step(
+          task.forward, task.per_example, optimizer,
+          accumulation_steps=config.accumulation_steps,
+          precision=config.precision, schedule=schedule,
+          batch_constraint=batch_sharding),
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, replicated),
+      donate_argnums=(0,))
+  eval_fn = None
+  if task.eval_data is not None:
+    eval_fn = jax.jit(
+        step_lib.make_eval_step(task.forward, task.per_example,
+                                precision=config.precision),
+        in_shardings=(shardings.params, shardings.state, batch_sharding),
+        out_shardings=replicated)
+
+  writer = metrics_lib.MetricWriter(
+      workdir, enabled=_is_chief(), resume_step=start_step,
+      tensorboard=config.tensorboard)
+  bar = progress_lib.ProgressBar(
+      config.total_steps, start_step=start_step,
+      enabled=_is_chief() and config.progress_bar)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(ts.params))
+  _say(f'{n_params / 1e6:.3f}M parameters; {jax.device_count()} devices on '
+       f'{jax.process_count()} process(es); mesh {dict(mesh.shape)}; '
+       f'global batch {config.batch_size}.')
+
+  losses: Dict[int, float] = {}
+  last_saved = start_step
+  eval_metrics: Dict[str, float] = {}
+
+  def consume(step_done: int, metrics) -> None:
+    """Host-side handling of the metrics of the update that made step_done."""
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    losses[step_done] = values['loss']
+    if not values.pop('finite'):
+      where = (f'Non-finite loss or gradient at step {step_done} '
+               f'(loss={values["loss"]}, grad_norm={values["grad_norm"]}); '
+               'the update was not applied')
+      if config.nonfinite == 'stop':
+        raise FloatingPointError(
+            f'{where}. Stopping; the last good checkpoint (step '
+            f'{last_saved}) in {checkpointer.directory} is intact.')
+      logging.warning('%s; skipping it (nonfinite=skip).', where)
+    bar.update(step_done, values['loss'],
+               force=step_done == config.total_steps)
+    if step_done % config.log_every == 0 or step_done == config.total_steps:
+      writer.write(step_done, values)
+
+  pending: Optional[tuple] = None
+  t0 = time.time()
+  try:
+    for step in range(start_step, config.total_steps):
+      batch = mesh_lib.global_batch(next(task.train_data), mesh)
+      ts, metrics = train_step(ts, batch)
+      if pending is not None:
+        consume(*pending)
+      pending = (step + 1, metrics)
+      step_done = step + 1
+      last = step_done == config.total_steps
+      if step_done % config.checkpoint_every == 0 or last:
+        consume(*pending)
+        pending = None
+        checkpointer.save(step_done, ts, task.train_data.get_state(),
+                          force=True)
+        last_saved = step_done
+      if (eval_fn is not None and config.eval_every
+          and step_done % config.eval_every == 0 and not last):
+        if pending is not None:
+          consume(*pending)
+          pending = None
+        results = evaluate(eval_fn, ts, task, mesh)
+        writer.write(step_done, results)
+    if pending is not None:
+      consume(*pending)
+      pending = None
+    checkpointer.wait()
+  finally:
+    bar.close()
+  train_time = time.time() - t0
+
+  if eval_fn is not None:
+    eval_metrics = evaluate(eval_fn, ts, task, mesh)
+    writer.write(int(jax.device_get(ts.step)), eval_metrics)
+    if eval_metrics:
+      _say('Held-out: ' + ', '.join(
+          f'{k[5:]} {v:.4f}' for k, v in sorted(eval_metrics.items())))
+  nonfinite = int(jax.device_get(ts.nonfinite_count))
+  if nonfinite:
+    _say(f'{nonfinite} update(s) had a non-finite loss or gradient and were '
+         'skipped.')
+  steps_run = config.total_steps - start_step
+  if steps_run:
+    _say(f'Trained {steps_run} steps in {train_time:.1f}s '
+         f'({steps_run / max(train_time, 1e-9):.2f} steps/s).')
+  writer.plot()
+  writer.close()
+  checkpointer.close()
+  if _is_chief():
+    summary = {'step': int(jax.device_get(ts.step)), 'train_time_s': train_time,
+               **eval_metrics}
+    with open(os.path.join(workdir, 'result.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  return {'train_state': ts, 'start_step': start_step, 'losses': losses,
+          'eval': eval_metrics, 'nonfinite_count': nonfinite}

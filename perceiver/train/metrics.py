@@ -1,0 +1,119 @@
+"""Metric logs in the workdir: JSONL, TensorBoard events and a PNG plot.
+
+`metrics.jsonl` holds one JSON object per logged step, with at least 'step'
+and 'loss' for training records and 'eval/...' entries for evaluations.
+Only process 0 writes; on the other processes the writer does nothing.
+Records are appended, so a resumed run continues the same file (records at
+steps past the restored checkpoint, left by the crashed run, are dropped on
+open so every step appears once).
+"""
+
+import json
+import math
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+METRICS_FILE = 'metrics.jsonl'
+PLOT_FILE = 'training_curves.png'
+
+
+def _to_float(v) -> float:
+  return float(np.asarray(v))
+
+
+class MetricWriter:
+  """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True,
+               resume_step: Optional[int] = None, tensorboard: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.plot_path = os.path.join(workdir, PLOT_FILE)
+    self._tb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._truncate_after(resume_step or 0)
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                               purge_step=resume_step or None)
+
+  def _truncate_after(self, step: int) -> None:
+    """Keeps only the records with step <= `step` (all of them if 0 and new)."""
+    if not os.path.exists(self.path):
+      return
+    kept = [r for r in read_metrics(self.path) if r.get('step', 0) <= step]
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      for r in kept:
+        f.write(json.dumps(r) + '\n')
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, scalars: Dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {'step': int(step)}
+    record.update({k: _to_float(v) for k, v in scalars.items()})
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != 'step' and math.isfinite(v):
+          self._tb.add_scalar(k, v, step)
+
+  def plot(self) -> None:
+    """Saves the training curves to `<workdir>/training_curves.png`."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    plot_metrics(read_metrics(self.path), self.plot_path)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_metrics(path: str) -> List[dict]:
+  """The records of a metrics.jsonl file (a torn last line is skipped)."""
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records
+
+
+def plot_metrics(records: List[dict], path: str) -> None:
+  """One panel per metric name, value against step; written atomically."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  names = sorted({k for r in records for k in r if k != 'step'})
+  names = [n for n in names if n not in ('finite',)]
+  if not names:
+    return
+  cols = min(3, len(names))
+  rows = math.ceil(len(names) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows),
+                           squeeze=False)
+  for ax, name in zip(axes.flat, names):
+    pts = [(r['step'], r[name]) for r in records if name in r]
+    xs, ys = zip(*pts)
+    ax.plot(xs, ys, marker='.' if len(xs) < 30 else None)
+    ax.set_title(name)
+    ax.set_xlabel('step')
+    if name == 'loss' and all(y > 0 for y in ys):
+      ax.set_yscale('log')
+  for ax in list(axes.flat)[len(names):]:
+    ax.axis('off')
+  fig.tight_layout()
+  tmp = path + '.tmp.png'
+  fig.savefig(tmp, dpi=80)
+  plt.close(fig)
+  os.replace(tmp, path)

@@ -1,0 +1,64 @@
+"""A one-line terminal progress bar: step, loss, steps/s and ETA."""
+
+import sys
+import time
+from typing import Optional, TextIO
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f'{h:d}:{m:02d}:{s:02d}' if h else f'{m:02d}:{s:02d}'
+
+
+class ProgressBar:
+  """Redraws `[####....] step 120/1000 loss 0.4321 12.3 steps/s ETA 01:11`.
+
+  On a terminal the line is redrawn in place; otherwise (logs, CI) a full
+  line is printed at most every `min_interval_s` seconds.
+  """
+
+  def __init__(self, total_steps: int, *, start_step: int = 0,
+               enabled: bool = True, stream: Optional[TextIO] = None,
+               width: int = 24, min_interval_s: float = 0.2):
+    self.total = total_steps
+    self.enabled = enabled
+    self.stream = stream or sys.stderr
+    self.width = width
+    self._tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+    self._min_interval = min_interval_s if self._tty else 10.0
+    self._start_step = start_step
+    self._start_time = time.time()
+    self._last_draw = 0.0
+
+  def line(self, step: int, loss: Optional[float], now: float) -> str:
+    done = step - self._start_step
+    elapsed = max(now - self._start_time, 1e-9)
+    rate = done / elapsed
+    eta = (self.total - step) / rate if rate > 0 else float('nan')
+    filled = int(self.width * step / max(self.total, 1))
+    bar = '#' * filled + '.' * (self.width - filled)
+    loss_str = 'loss n/a' if loss is None else f'loss {loss:.4f}'
+    eta_str = _duration(eta) if eta == eta else '--:--'
+    return (f'[{bar}] step {step}/{self.total} {loss_str} '
+            f'{rate:.2f} steps/s ETA {eta_str}')
+
+  def update(self, step: int, loss: Optional[float], force: bool = False):
+    if not self.enabled:
+      return
+    now = time.time()
+    if not force and now - self._last_draw < self._min_interval:
+      return
+    self._last_draw = now
+    text = self.line(step, loss, now)
+    if self._tty:
+      self.stream.write('\r' + text + '\x1b[K')
+    else:
+      self.stream.write(text + '\n')
+    self.stream.flush()
+
+  def close(self):
+    if self.enabled and self._tty:
+      self.stream.write('\n')
+      self.stream.flush()

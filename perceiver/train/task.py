@@ -1,0 +1,36 @@
+"""What an experiment hands the engine: model, per-example metrics and data."""
+
+from typing import Any, Callable, Dict, Iterable, NamedTuple, Optional, Protocol
+
+import haiku as hk
+import jax
+
+
+class DataIterator(Protocol):
+  """Process-local training batches with a saveable position."""
+
+  def __next__(self) -> Dict[str, Any]: ...
+  def get_state(self) -> dict: ...
+  def set_state(self, position: dict) -> None: ...
+
+
+class Task(NamedTuple):
+  """A training task, model-agnostic from the engine's point of view.
+
+  Attributes:
+    forward: `forward.apply(params, state, rng, batch, is_training=...)`
+      returns `(outputs, new_state)`.
+    per_example: `(outputs, batch) -> {name: [B] array}` with a 'loss' entry;
+      train metrics are their global-batch means, eval metrics their means
+      over the evaluation set.
+    train_data: this process's rows of each global training batch.
+    example_batch: a small batch, identical on every process, used only to
+      initialise the parameters.
+    eval_data: returns a fresh pass over this process's rows of the
+      evaluation batches (each with a 'mask' entry), or None.
+  """
+  forward: hk.TransformedWithState
+  per_example: Callable[[Any, Any], Dict[str, jax.Array]]
+  train_data: DataIterator
+  example_batch: Dict[str, Any]
+  eval_data: Optional[Callable[[], Iterable[Dict[str, Any]]]] = None

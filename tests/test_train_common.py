@@ -1,0 +1,124 @@
+"""A toy task shared by the training-engine tests (no tests of its own).
+
+A small Haiku MLP (optionally with BatchNorm and dropout) classifying
+synthetic Gaussian blobs: deterministic, tiny, and fast on a CPU.
+"""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from perceiver.train import config as config_lib
+from perceiver.train import data as data_lib
+from perceiver.train.task import Task
+
+NUM_CLASSES = 4
+DIM = 8
+
+
+def toy_arrays(n=256, seed=0):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(NUM_CLASSES, DIM)).astype(np.float32) * 2
+  labels = rng.integers(0, NUM_CLASSES, size=n).astype(np.int32)
+  x = centres[labels] + rng.normal(size=(n, DIM)).astype(np.float32)
+  return {'x': x, 'label': labels}
+
+
+def toy_config(**overrides):
+  c = config_lib.base_config()
+  c.seed = 3
+  c.batch_size = 16
+  c.total_steps = 6
+  c.log_every = 1
+  c.checkpoint_every = 3
+  c.eval_batch_size = 32
+  c.progress_bar = False
+  c.tensorboard = False
+  c.optimizer.name = 'adamw'
+  c.optimizer.base_lr = 1e-2
+  c.optimizer.scale_by_batch = False
+  c.optimizer.schedule = 'constant'
+  c.optimizer.weight_decay = 1e-2
+  c.optimizer.clip_norm = 1.0
+  c.model = ml_collections.ConfigDict(
+      dict(width=16, batchnorm=False, dropout=0.0, nan_at_step=-1))
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split('.')
+    for p in path:
+      target = target[p]
+    target[last] = v
+  return c
+
+
+def build_toy_task(config, process_index, process_count):
+  m = config.model
+
+  def forward_fn(batch, *, is_training):
+    x = batch['x']
+    x = hk.Linear(m.width, name='linear_1')(x)
+    if m.batchnorm:
+      x = hk.BatchNorm(True, True, 0.9, name='batchnorm')(
+          x, is_training=is_training)
+    x = jax.nn.gelu(x)
+    if is_training and m.dropout > 0:
+      x = hk.dropout(hk.next_rng_key(), m.dropout, x)
+    x = hk.LayerNorm(-1, True, True, name='layer_norm')(x)
+    return hk.Linear(NUM_CLASSES, name='head')(x)
+
+  def per_example(logits, batch):
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['label'])
+    if 'poison' in batch:  # NaN injection for the non-finite tests.
+      loss = loss * batch['poison']
+    return {'loss': loss,
+            'accuracy': (jnp.argmax(logits, -1) == batch['label']).astype(
+                jnp.float32)}
+
+  arrays = toy_arrays()
+  train = {k: v[:192] for k, v in arrays.items()}
+  held = {k: v[192:] for k, v in arrays.items()}
+  it = data_lib.ShardedArrayIterator(
+      train, global_batch=config.batch_size, seed=config.seed,
+      process_index=process_index, process_count=process_count)
+  if m.nan_at_step >= 0:
+    it = _Poisoned(it, m.nan_at_step)
+  eval_data = lambda: data_lib.eval_batches(
+      held, global_batch=config.eval_batch_size,
+      process_index=process_index, process_count=process_count)
+  return Task(forward=hk.transform_with_state(forward_fn),
+              per_example=per_example, train_data=it,
+              example_batch={k: v[:2] for k, v in train.items()},
+              eval_data=eval_data)
+
+
+class _Poisoned:
+  """Adds a 'poison' factor that is NaN for the batch of one step."""
+
+  def __init__(self, inner, bad_step):
+    self.inner, self.bad_step, self.step = inner, bad_step, 0
+
+  def __next__(self):
+    b = dict(next(self.inner))
+    n = len(b['label'])
+    b['poison'] = np.full((n,), np.nan if self.step == self.bad_step else 1.0,
+                          np.float32)
+    self.step += 1
+    return b
+
+  def get_state(self):
+    return dict(self.inner.get_state(), step=self.step)
+
+  def set_state(self, position):
+    self.step = position.pop('step')
+    self.inner.set_state(position)
+
+
+def params_close(a, b, rtol=1e-5, atol=1e-6):
+  leaves = jax.tree.leaves(jax.tree.map(
+      lambda x, y: np.allclose(np.asarray(x), np.asarray(y), rtol=rtol,
+                               atol=atol), a, b))
+  return all(leaves)
