@@ -242,8 +242,9 @@ class PositionEncodingProjector(AbstractPositionEncoding):
   def num_positions(self) -> int:
     return self._base.num_positions
 
-  def __call__(self, batch_size: Optional[int], pos=None):
-    return hk.Linear(self._output_size)(self._base(batch_size, pos))
+  def __call__(self, batch_size: Optional[int], pos=None, **kwargs):
+    """Projects the base encoding; `kwargs` (e.g. `indices`) go to the base."""
+    return hk.Linear(self._output_size)(self._base(batch_size, pos, **kwargs))
 
 
 def build_position_encoding(

@@ -1,0 +1,464 @@
+"""Attention primitives and blocks (Perceiver IO, Sec. 2 and Appendix E).
+
+Shapes: B batch, N queries, M keys/values, H heads, K per-head q/k width,
+V per-head value width, C channels.
+
+`attend` is the one attention function every module uses. Its implementation
+is selectable:
+
+* 'reference': einsum logits [B, H, N, M], masked softmax, einsum. Supports
+  attention dropout. The numerics of the released code.
+* 'chunked': memory-efficient attention (Rabe & Staats 2021; Dao et al. 2022):
+  queries are processed in blocks under `lax.map` and keys/values in blocks
+  under `lax.scan` with an online softmax, so at most a
+  [B, H, q_chunk, kv_chunk] block of logits exists at a time; each key block
+  is rematerialised in the backward pass. Cross-attending 512 latents to a
+  million inputs never builds the [512, 1e6] logits.
+* 'xla' / 'cudnn': `jax.nn.dot_product_attention` with its XLA or cuDNN (flash
+  attention on NVIDIA GPUs) implementation.
+
+All agree with 'reference' within float32 tolerance, masks included. Masks
+have shape [B, N, M] (true/1 = attend); a query whose row is entirely masked
+outputs zeros, as in the released code.
+"""
+
+import math
+from typing import Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from perceiver import validation
+
+ATTENTION_IMPLEMENTATIONS = ('reference', 'chunked', 'xla', 'cudnn')
+DEFAULT_Q_CHUNK = 1024
+DEFAULT_KV_CHUNK = 4096
+# Masked logits are set to this value rather than -inf, as in the released
+# code: -inf makes fully masked rows NaN (they are zeroed instead).
+_MASKED_LOGIT = -1e30
+
+
+def _check_mask(mask, batch: int, num_q: int, num_kv: int):
+  if mask is None:
+    return None
+  validation.check_shape('attention_mask', mask, (batch, num_q, num_kv))
+  return mask.astype(bool)
+
+
+def _zero_masked_rows(out_BNHV, mask_BNM):
+  if mask_BNM is None:
+    return out_BNHV
+  row_has_key_BN = jnp.any(mask_BNM, axis=-1)
+  return jnp.where(row_has_key_BN[:, :, None, None], out_BNHV,
+                   jnp.zeros_like(out_BNHV))
+
+
+def _reference(q_BNHK, k_BMHK, v_BMHV, mask_BNM, dropout_prob):
+  scale = 1.0 / math.sqrt(q_BNHK.shape[-1])
+  logits_BHNM = jnp.einsum('BNHK,BMHK->BHNM', q_BNHK, k_BMHK,
+                           preferred_element_type=jnp.float32) * scale
+  if mask_BNM is not None:
+    logits_BHNM = jnp.where(mask_BNM[:, None], logits_BHNM, _MASKED_LOGIT)
+  weights_BHNM = jax.nn.softmax(logits_BHNM, axis=-1)
+  if dropout_prob > 0:
+    weights_BHNM = hk.dropout(hk.next_rng_key(), dropout_prob, weights_BHNM)
+  return jnp.einsum('BHNM,BMHV->BNHV', weights_BHNM.astype(v_BMHV.dtype),
+                    v_BMHV, preferred_element_type=jnp.float32)
+
+
+def _pad_axis(x, axis: int, size: int, value=0):
+  pad = size - x.shape[axis]
+  if pad == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def _chunked(q_BNHK, k_BMHK, v_BMHV, mask_BNM, q_chunk: int, kv_chunk: int):
+  """Blockwise attention with an online softmax (never builds [N, M])."""
+  B, N, H, K = q_BNHK.shape
+  M, V = k_BMHK.shape[1], v_BMHV.shape[-1]
+  q_chunk, kv_chunk = min(q_chunk, N), min(kv_chunk, M)
+  nq, nk = -(-N // q_chunk), -(-M // kv_chunk)
+  scale = 1.0 / math.sqrt(K)
+  if mask_BNM is None:
+    # Only padded keys need masking.
+    mask_BNM = jnp.ones((B, N, M), bool) if nk * kv_chunk != M else None
+  q_BNHK = _pad_axis(q_BNHK, 1, nq * q_chunk)
+  k_BMHK = _pad_axis(k_BMHK, 1, nk * kv_chunk)
+  v_BMHV = _pad_axis(v_BMHV, 1, nk * kv_chunk)
+  # [nk, B, kv_chunk, H, .] blocks of keys and values.
+  k_blocks = jnp.moveaxis(k_BMHK.reshape(B, nk, kv_chunk, H, K), 1, 0)
+  v_blocks = jnp.moveaxis(v_BMHV.reshape(B, nk, kv_chunk, H, V), 1, 0)
+  q_blocks = jnp.moveaxis(q_BNHK.reshape(B, nq, q_chunk, H, K), 1, 0)
+  if mask_BNM is not None:
+    mask_BNM = _pad_axis(_pad_axis(mask_BNM, 1, nq * q_chunk, True), 2,
+                         nk * kv_chunk, False)
+    # [nq, nk, B, q_chunk, kv_chunk]
+    mask_blocks = mask_BNM.reshape(B, nq, q_chunk, nk, kv_chunk).transpose(
+        1, 3, 0, 2, 4)
+  else:
+    mask_blocks = None
+
+  def one_query_block(args):
+    q_BnHK, masks = args  # masks: [nk, B, n, m] or None
+
+    @jax.checkpoint
+    def kv_step(carry, xs):
+      max_BHn, denom_BHn, acc_BHnV = carry
+      if masks is None:
+        k_BmHK, v_BmHV = xs
+        mask_Bnm = None
+      else:
+        k_BmHK, v_BmHV, mask_Bnm = xs
+      logits_BHnm = jnp.einsum('BnHK,BmHK->BHnm', q_BnHK, k_BmHK,
+                               preferred_element_type=jnp.float32) * scale
+      if mask_Bnm is not None:
+        logits_BHnm = jnp.where(mask_Bnm[:, None], logits_BHnm, _MASKED_LOGIT)
+      new_max_BHn = jnp.maximum(max_BHn, jnp.max(logits_BHnm, axis=-1))
+      probs_BHnm = jnp.exp(logits_BHnm - new_max_BHn[..., None])
+      correction_BHn = jnp.exp(max_BHn - new_max_BHn)
+      denom_BHn = denom_BHn * correction_BHn + jnp.sum(probs_BHnm, axis=-1)
+      acc_BHnV = acc_BHnV * correction_BHn[..., None] + jnp.einsum(
+          'BHnm,BmHV->BHnV', probs_BHnm.astype(v_BmHV.dtype), v_BmHV,
+          preferred_element_type=jnp.float32)
+      return (new_max_BHn, denom_BHn, acc_BHnV), None
+
+    n = q_BnHK.shape[1]
+    init = (jnp.full((B, H, n), -jnp.inf, jnp.float32),
+            jnp.zeros((B, H, n), jnp.float32),
+            jnp.zeros((B, H, n, V), jnp.float32))
+    xs = (k_blocks, v_blocks) if masks is None else (k_blocks, v_blocks, masks)
+    (_, denom_BHn, acc_BHnV), _ = jax.lax.scan(kv_step, init, xs)
+    return jnp.einsum('BHnV->BnHV', acc_BHnV / denom_BHn[..., None])
+
+  out = jax.lax.map(one_query_block, (q_blocks, mask_blocks))
+  # [nq, B, n, H, V] -> [B, N, H, V]
+  return jnp.moveaxis(out, 0, 1).reshape(B, nq * q_chunk, H, V)[:, :N]
+
+
+def _dot_product(q_BNHK, k_BMHK, v_BMHV, mask_BNM, implementation):
+  """jax.nn.dot_product_attention; pads q/k or v so the head widths agree."""
+  K, V = q_BNHK.shape[-1], v_BMHV.shape[-1]
+  width = max(K, V)
+  q = _pad_axis(q_BNHK, 3, width)
+  k = _pad_axis(k_BMHK, 3, width)
+  v = _pad_axis(v_BMHV, 3, width)
+  mask = None if mask_BNM is None else mask_BNM[:, None]
+  out_BNHV = jax.nn.dot_product_attention(
+      q, k, v, mask=mask, scale=1.0 / math.sqrt(K),
+      implementation=None if implementation == 'xla' else 'cudnn')
+  return out_BNHV[..., :V]
+
+
+def attend(q, k, v, dropout_prob: float = 0.0, attention_mask=None, *,
+           implementation: str = 'reference',
+           q_chunk_size: int = DEFAULT_Q_CHUNK,
+           kv_chunk_size: int = DEFAULT_KV_CHUNK):
+  """Multi-head scaled dot-product attention (Vaswani et al. 2017).
+
+  Args:
+    q: [B, N, H, K] queries.
+    k: [B, M, H, K] keys.
+    v: [B, M, H, V] values.
+    dropout_prob: dropout rate on the attention weights ('reference' only;
+      needs an rng when > 0).
+    attention_mask: optional [B, N, M]; true/nonzero = may attend. Rows that
+      are entirely masked output zeros.
+    implementation: one of ATTENTION_IMPLEMENTATIONS (see module docstring).
+    q_chunk_size: query block size of the 'chunked' implementation.
+    kv_chunk_size: key/value block size of the 'chunked' implementation.
+
+  Returns:
+    [B, N, H * V] attended values, in float32 unless inputs are float32
+    already (bfloat16 inputs accumulate in float32 and return bfloat16).
+  """
+  validation.check_choice('implementation', implementation,
+                          ATTENTION_IMPLEMENTATIONS)
+  validation.check_rank('q', q, (4,), '[B, N, H, K]')
+  validation.check_rank('k', k, (4,), '[B, M, H, K]')
+  validation.check_rank('v', v, (4,), '[B, M, H, V]')
+  B, N, H, K = q.shape
+  if k.shape[0] != B or k.shape[2:] != (H, K):
+    raise ValueError(f'k: expected shape ({B}, M, {H}, {K}) to match q '
+                     f'{tuple(q.shape)}, got {tuple(k.shape)}.')
+  if v.shape[:3] != k.shape[:3]:
+    raise ValueError(f'v: expected leading shape {tuple(k.shape[:3])} to '
+                     f'match k, got {tuple(v.shape)}.')
+  mask = _check_mask(attention_mask, B, N, k.shape[1])
+  if dropout_prob > 0 and implementation != 'reference':
+    raise ValueError(
+        f'implementation: attention dropout (dropout_prob={dropout_prob}) '
+        f"needs the attention weights, i.e. 'reference', got "
+        f'{implementation!r}.')
+  if implementation == 'reference':
+    out = _reference(q, k, v, mask, dropout_prob)
+  elif implementation == 'chunked':
+    validation.check_positive('q_chunk_size', q_chunk_size)
+    validation.check_positive('kv_chunk_size', kv_chunk_size)
+    out = _chunked(q, k, v, mask, q_chunk_size, kv_chunk_size)
+  else:
+    out = _dot_product(q, k, v, mask, implementation)
+  out = _zero_masked_rows(out, mask).astype(v.dtype)
+  return out.reshape(B, N, H * v.shape[-1])
+
+
+def conv_1d(output_channels: int, init_scale: float = 1.0,
+            with_bias: bool = True, name: Optional[str] = None) -> hk.Linear:
+  """A position-wise Linear with variance-scaling init (released `conv_1d`)."""
+  return hk.Linear(output_size=output_channels, with_bias=with_bias,
+                   w_init=hk.initializers.VarianceScaling(init_scale),
+                   name=name)
+
+
+def layer_norm(x, name: Optional[str] = None):
+  """LayerNorm over the channel axis with scale and offset."""
+  return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True,
+                      name=name)(x)
+
+
+def make_cross_attention_mask(query_mask, kv_mask):
+  """[B, N] and [B, M] masks -> their per-example outer product [B, N, M]."""
+  validation.check_rank('query_mask', query_mask, (2,), '[B, N]')
+  validation.check_rank('kv_mask', kv_mask, (2,), '[B, M]')
+  if query_mask.shape[0] != kv_mask.shape[0]:
+    raise ValueError(f'kv_mask: expected batch {query_mask.shape[0]} (that of '
+                     f'query_mask), got shape {tuple(kv_mask.shape)}.')
+  return jnp.logical_and(query_mask.astype(bool)[:, :, None],
+                         kv_mask.astype(bool)[:, None, :])
+
+
+def _dropout(x, rate: float, is_training: bool):
+  if is_training and rate > 0:
+    return hk.dropout(hk.next_rng_key(), rate, x)
+  return x
+
+
+class Attention(hk.Module):
+  """Multi-head attention with separate q/k/v and output projections.
+
+  Parameters are `linear` (q), `linear_1` (k), `linear_2` (v) and `linear_3`
+  (output), as in the released checkpoints.
+  """
+
+  def __init__(self, num_heads: int = 8, init_scale: float = 1.0,
+               with_final_bias: bool = True,
+               final_init_scale_multiplier: float = 1.0,
+               dropout_prob: float = 0.0,
+               qk_channels: Optional[int] = None,
+               v_channels: Optional[int] = None,
+               output_channels: Optional[int] = None,
+               attention_impl: str = 'reference',
+               name: Optional[str] = None):
+    """Builds the module.
+
+    Args:
+      num_heads: H.
+      init_scale: variance-scaling factor of the projections.
+      with_final_bias: whether the output projection has a bias.
+      final_init_scale_multiplier: extra init factor of the output projection.
+      dropout_prob: attention-weight dropout (applied whenever > 0; the
+        blocks below pass 0 at evaluation).
+      qk_channels: total q/k width H*K (default: the query width).
+      v_channels: total value width H*V (default: qk_channels).
+      output_channels: output width (default: v_channels).
+      attention_impl: implementation passed to `attend`.
+      name: module name.
+    """
+    super().__init__(name=name)
+    validation.check_positive('num_heads', num_heads)
+    validation.check_positive('qk_channels', qk_channels, allow_none=True)
+    validation.check_positive('v_channels', v_channels, allow_none=True)
+    validation.check_positive('output_channels', output_channels,
+                              allow_none=True)
+    validation.check_probability('dropout_prob', dropout_prob)
+    validation.check_choice('attention_impl', attention_impl,
+                            ATTENTION_IMPLEMENTATIONS)
+    for arg, value in (('qk_channels', qk_channels), ('v_channels', v_channels)):
+      if value is not None:
+        validation.check_divisible(arg, value, 'num_heads', num_heads)
+    self._num_heads = num_heads
+    self._init_scale = init_scale
+    self._with_final_bias = with_final_bias
+    self._final_init_scale = final_init_scale_multiplier * init_scale
+    self._dropout_prob = dropout_prob
+    self._qk_channels = qk_channels
+    self._v_channels = v_channels
+    self._output_channels = output_channels
+    self._attention_impl = attention_impl
+
+  def __call__(self, inputs_q, inputs_kv, attention_mask=None):
+    """Attends from `inputs_q` [B, N, Cq] to `inputs_kv` [B, M, Ckv].
+
+    Args:
+      inputs_q: [B, N, Cq].
+      inputs_kv: [B, M, Ckv].
+      attention_mask: optional [B, N, M].
+
+    Returns:
+      [B, N, output_channels].
+    """
+    validation.check_rank('inputs_q', inputs_q, (3,), '[B, N, C]')
+    validation.check_rank('inputs_kv', inputs_kv, (3,), '[B, M, C]')
+    if inputs_q.shape[0] != inputs_kv.shape[0]:
+      raise ValueError(
+          f'inputs_kv: expected batch {inputs_q.shape[0]} (that of inputs_q), '
+          f'got shape {tuple(inputs_kv.shape)}.')
+    qk_channels = self._qk_channels or inputs_q.shape[-1]
+    v_channels = self._v_channels or qk_channels
+    output_channels = self._output_channels or v_channels
+    validation.check_divisible('qk_channels', qk_channels, 'num_heads',
+                               self._num_heads)
+    validation.check_divisible('v_channels', v_channels, 'num_heads',
+                               self._num_heads)
+    H = self._num_heads
+    q = conv_1d(qk_channels, self._init_scale)(inputs_q)
+    k = conv_1d(qk_channels, self._init_scale)(inputs_kv)
+    v = conv_1d(v_channels, self._init_scale)(inputs_kv)
+    B, N, M = inputs_q.shape[0], inputs_q.shape[1], inputs_kv.shape[1]
+    q_BNHK = q.reshape(B, N, H, qk_channels // H)
+    k_BMHK = k.reshape(B, M, H, qk_channels // H)
+    v_BMHV = v.reshape(B, M, H, v_channels // H)
+    out_BNC = attend(q_BNHK, k_BMHK, v_BMHV, dropout_prob=self._dropout_prob,
+                     attention_mask=attention_mask,
+                     implementation=self._attention_impl)
+    return conv_1d(output_channels, self._final_init_scale,
+                   with_bias=self._with_final_bias)(out_BNC)
+
+
+class MLP(hk.Module):
+  """Position-wise Linear(w*C) -> GELU (tanh approximation) -> Linear(C)."""
+
+  def __init__(self, widening_factor: int = 4, dropout_prob: float = 0.0,
+               init_scale: float = 1.0, name: Optional[str] = None):
+    super().__init__(name=name)
+    validation.check_positive('widening_factor', widening_factor)
+    validation.check_probability('dropout_prob', dropout_prob)
+    self._widening_factor = widening_factor
+    self._dropout_prob = dropout_prob
+    self._init_scale = init_scale
+
+  def __call__(self, x, *, is_training: bool):
+    """[B, N, C] -> [B, N, C]; dropout only when training with rate > 0."""
+    channels = x.shape[-1]
+    x = conv_1d(self._widening_factor * channels, self._init_scale)(x)
+    x = jax.nn.gelu(x, approximate=True)
+    x = conv_1d(channels, self._init_scale)(x)
+    return _dropout(x, self._dropout_prob, is_training)
+
+
+class SelfAttention(hk.Module):
+  """Pre-LayerNorm Transformer block on the latents (the process stage)."""
+
+  def __init__(self, widening_factor: int = 4, dropout_prob: float = 0.0,
+               dropout_attn_prob: float = 0.0, num_heads: int = 8,
+               att_init_scale: float = 1.0, dense_init_scale: float = 1.0,
+               qk_channels: Optional[int] = None,
+               v_channels: Optional[int] = None,
+               attention_impl: str = 'reference',
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    validation.check_probability('dropout_prob', dropout_prob)
+    validation.check_probability('dropout_attn_prob', dropout_attn_prob)
+    validation.check_positive('widening_factor', widening_factor)
+    validation.check_positive('num_heads', num_heads)
+    self._widening_factor = widening_factor
+    self._dropout_prob = dropout_prob
+    self._dropout_attn_prob = dropout_attn_prob
+    self._num_heads = num_heads
+    self._att_init_scale = att_init_scale
+    self._dense_init_scale = dense_init_scale
+    self._qk_channels = qk_channels
+    self._v_channels = v_channels
+    self._attention_impl = attention_impl
+
+  def __call__(self, inputs, *, attention_mask=None, is_training: bool):
+    """x + Attn(LN(x)), then + MLP(LN(.)). [B, N, C] -> [B, N, C]."""
+    validation.check_rank('inputs', inputs, (3,), '[B, N, C]')
+    channels = inputs.shape[-1]
+    v_channels = self._v_channels or self._qk_channels or channels
+    if v_channels != channels:
+      raise ValueError(
+          f'v_channels: the residual needs the attention output width '
+          f'(v_channels) to equal the input width {channels}, got '
+          f'{v_channels}.')
+    x = inputs
+    qkv_inputs = layer_norm(inputs)
+    attention = Attention(
+        num_heads=self._num_heads, init_scale=self._att_init_scale,
+        qk_channels=self._qk_channels, v_channels=self._v_channels,
+        dropout_prob=self._dropout_attn_prob if is_training else 0.0,
+        attention_impl=self._attention_impl)(qkv_inputs, qkv_inputs,
+                                             attention_mask=attention_mask)
+    x = x + _dropout(attention, self._dropout_prob, is_training)
+    return x + MLP(widening_factor=self._widening_factor,
+                   dropout_prob=self._dropout_prob,
+                   init_scale=self._dense_init_scale)(layer_norm(x),
+                                                      is_training=is_training)
+
+
+class CrossAttention(hk.Module):
+  """Cross-attention block: read (inputs -> latents) and write (latents -> outputs).
+
+  The query and the key/value inputs get their own LayerNorms; the output has
+  the query's width.
+  """
+
+  def __init__(self, widening_factor: int = 1, dropout_prob: float = 0.0,
+               dropout_attn_prob: float = 0.0, num_heads: int = 8,
+               att_init_scale: float = 1.0, dense_init_scale: float = 1.0,
+               shape_for_attn: str = 'kv', use_query_residual: bool = True,
+               qk_channels: Optional[int] = None,
+               v_channels: Optional[int] = None,
+               attention_impl: str = 'reference',
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    validation.check_choice('shape_for_attn', shape_for_attn, ('q', 'kv'))
+    validation.check_probability('dropout_prob', dropout_prob)
+    validation.check_probability('dropout_attn_prob', dropout_attn_prob)
+    validation.check_positive('widening_factor', widening_factor)
+    validation.check_positive('num_heads', num_heads)
+    self._widening_factor = widening_factor
+    self._dropout_prob = dropout_prob
+    self._dropout_attn_prob = dropout_attn_prob
+    self._num_heads = num_heads
+    self._att_init_scale = att_init_scale
+    self._dense_init_scale = dense_init_scale
+    self._shape_for_attn = shape_for_attn
+    self._use_query_residual = use_query_residual
+    self._qk_channels = qk_channels
+    self._v_channels = v_channels
+    self._attention_impl = attention_impl
+
+  def __call__(self, inputs_q, inputs_kv, *, attention_mask=None,
+               is_training: bool):
+    """[B, N, Cq] queries attend to [B, M, Ckv]; returns [B, N, Cq].
+
+    Args:
+      inputs_q: [B, N, Cq].
+      inputs_kv: [B, M, Ckv].
+      attention_mask: optional [B, N, M].
+      is_training: enables dropout.
+    """
+    validation.check_rank('inputs_q', inputs_q, (3,), '[B, N, C]')
+    validation.check_rank('inputs_kv', inputs_kv, (3,), '[B, M, C]')
+    output_channels = inputs_q.shape[-1]
+    qk_channels = self._qk_channels or (
+        inputs_kv.shape[-1] if self._shape_for_attn == 'kv'
+        else inputs_q.shape[-1])
+    attention = Attention(
+        num_heads=self._num_heads, init_scale=self._att_init_scale,
+        dropout_prob=self._dropout_attn_prob if is_training else 0.0,
+        qk_channels=qk_channels, v_channels=self._v_channels,
+        output_channels=output_channels,
+        attention_impl=self._attention_impl)
+    attended = attention(layer_norm(inputs_q), layer_norm(inputs_kv),
+                         attention_mask=attention_mask)
+    attended = _dropout(attended, self._dropout_prob, is_training)
+    x = inputs_q + attended if self._use_query_residual else attended
+    return x + MLP(widening_factor=self._widening_factor,
+                   dropout_prob=self._dropout_prob,
+                   init_scale=self._dense_init_scale)(layer_norm(x),
+                                                      is_training=is_training)

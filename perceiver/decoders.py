@@ -1,0 +1,474 @@
+"""The write stage: decoders that cross-attend output queries to the latents.
+
+Perceiver IO, Sec. 2.2 and 3: an output query array [B, O, E] attends to the
+latents [B, N, D] and yields [B, O, E'] outputs. Each decoder builds its own
+queries (`decoder_query`) and applies the cross-attention (`__call__`).
+
+Shapes: B batch, O outputs (queries), N latents, D latent channels,
+E query channels, C output channels, S subsampled outputs.
+
+Subsampled decoding (`subsampled_points`, flat indices into the output index
+dims) returns exactly the rows a full decode returns at those indices, for
+Fourier and trainable queries. Fourier query positions are -1 + 2 i / n along
+each output dimension, for full and subsampled decodes alike: it is the grid
+the released video autoencoder was trained and evaluated on (the released
+code placed full decodes on linspace(-1, 1, n) instead, which is a different
+grid, so decoding in chunks did not reproduce a full decode).
+"""
+
+import abc
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceiver import attention as attn
+from perceiver import position_encoding
+from perceiver import validation
+
+DECODER_POSITION_ENCODING_TYPES = ('trainable', 'fourier', 'none')
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_subsampled_points(points, num_outputs: int,
+                            name: str = 'subsampled_points'):
+  """Validates flat output indices [S] against O = num_outputs."""
+  points = jnp.asarray(points)
+  validation.check_rank(name, points, (1,), '[S] of flat output indices')
+  if not jnp.issubdtype(points.dtype, jnp.integer):
+    raise ValueError(f'{name}: expected integer indices, got dtype '
+                     f'{points.dtype}.')
+  if _is_concrete(points) and points.size:
+    lo, hi = int(points.min()), int(points.max())
+    if lo < 0 or hi >= num_outputs:
+      raise ValueError(f'{name}: expected indices in [0, {num_outputs}), got '
+                       f'values in [{lo}, {hi}].')
+  return points
+
+
+class AbstractPerceiverDecoder(hk.Module, metaclass=abc.ABCMeta):
+  """Interface of a decoder: queries, output sizes and the cross-attention."""
+
+  @abc.abstractmethod
+  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
+                    subsampled_points=None):
+    """Returns the output queries [B, O, E] (or None if not query-based)."""
+
+  @property
+  @abc.abstractmethod
+  def num_outputs(self) -> Optional[int]:
+    """O for a full decode, if fixed by the configuration."""
+
+  def output_shape(self, inputs):
+    """(B, O, C) and per-modality output sizes (None if single-modality)."""
+    return (inputs.shape[0], self.num_outputs, None), None
+
+  def restore_output_shape(self, outputs):
+    """Shapes a full decode's flat [B, O, C] outputs as `__call__` returns them."""
+    return outputs
+
+  @abc.abstractmethod
+  def __call__(self, query, z, *, is_training: bool, query_mask=None):
+    """Decodes `query` [B, O, E] from latents `z` [B, N, D]."""
+
+
+class ProjectionDecoder(AbstractPerceiverDecoder):
+  """Original-Perceiver head: mean over latents, then a zero-init Linear.
+
+  `final_avg_before_project` is accepted for the released interface: the head
+  is linear, so averaging before or after projecting gives the same result.
+  """
+
+  def __init__(self, num_classes: int, final_avg_before_project: bool = False,
+               num_z_channels: int = 1024, name: str = 'projection_decoder'):
+    super().__init__(name=name)
+    validation.check_positive('num_classes', num_classes)
+    del final_avg_before_project, num_z_channels
+    self._num_classes = num_classes
+
+  @property
+  def num_outputs(self) -> int:
+    return 1
+
+  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
+                    subsampled_points=None):
+    if subsampled_points is not None:
+      raise ValueError('subsampled_points: ProjectionDecoder has a single '
+                       f'output and cannot be subsampled, got '
+                       f'{subsampled_points!r}.')
+    return None
+
+  def __call__(self, query, z, *, is_training: bool, query_mask=None):
+    """[B, N, D] latents -> [B, num_classes] logits."""
+    del query, is_training, query_mask
+    validation.check_rank('z', z, (3,), '[B, N, D]')
+    return hk.Linear(self._num_classes, w_init=jnp.zeros)(jnp.mean(z, axis=1))
+
+
+class BasicDecoder(AbstractPerceiverDecoder):
+  """Cross-attention decoder with trainable, Fourier or external queries."""
+
+  def __init__(self,
+               output_num_channels: int,
+               position_encoding_type: str = 'trainable',
+               output_index_dims: Optional[Any] = None,
+               subsampled_index_dims: Optional[Any] = None,
+               num_z_channels: int = 1024,
+               qk_channels: Optional[int] = None,
+               v_channels: Optional[int] = None,
+               use_query_residual: bool = False,
+               output_w_init: Optional[Callable[..., Any]] = None,
+               concat_preprocessed_input: bool = False,
+               num_heads: int = 1,
+               name: str = 'basic_decoder',
+               final_project: bool = True,
+               *,
+               attention_impl: str = 'reference',
+               **position_encoding_kwargs):
+    """Builds the decoder; arguments and defaults are the released ones.
+
+    Args:
+      output_num_channels: C, width of the final projection.
+      position_encoding_type: 'trainable', 'fourier' or 'none' (queries are
+        supplied by a wrapping decoder).
+      output_index_dims: the output index dims (e.g. (2048,), (T, H, W)).
+      subsampled_index_dims: accepted for the released interface (unused).
+      num_z_channels: accepted for the released interface (unused).
+      qk_channels: q/k width of the cross-attention.
+      v_channels: value width of the cross-attention.
+      use_query_residual: residual around the cross-attention.
+      output_w_init: initializer of the final projection.
+      concat_preprocessed_input: prepend the un-encoded inputs to the queries.
+      num_heads: heads of the cross-attention.
+      name: module name.
+      final_project: apply the final Linear (else outputs have the query
+        width).
+      attention_impl: one of `attention.ATTENTION_IMPLEMENTATIONS`.
+      **position_encoding_kwargs: `project_pos_dim`,
+        `trainable_position_encoding_kwargs`, `fourier_position_encoding_kwargs`
+        for `build_position_encoding`.
+    """
+    super().__init__(name=name)
+    del subsampled_index_dims, num_z_channels
+    validation.check_positive('output_num_channels', output_num_channels)
+    validation.check_choice('position_encoding_type', position_encoding_type,
+                            DECODER_POSITION_ENCODING_TYPES)
+    validation.check_positive('num_heads', num_heads)
+    self._output_index_dims = (
+        None if output_index_dims is None
+        else position_encoding._as_tuple(output_index_dims))
+    self._position_encoding_type = position_encoding_type
+    self._output_num_channels = output_num_channels
+    self._qk_channels = qk_channels
+    self._v_channels = v_channels
+    self._use_query_residual = use_query_residual
+    self._output_w_init = output_w_init
+    self._concat_preprocessed_input = concat_preprocessed_input
+    self._num_heads = num_heads
+    self._final_project = final_project
+    self._attention_impl = attention_impl
+    self._position_encoding = None
+    if position_encoding_type != 'none' and self._output_index_dims is not None:
+      self._position_encoding = position_encoding.build_position_encoding(
+          position_encoding_type, index_dims=self._output_index_dims,
+          **position_encoding_kwargs)
+
+  @property
+  def num_outputs(self) -> Optional[int]:
+    if self._output_index_dims is None:
+      return None
+    return int(np.prod(self._output_index_dims))
+
+  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
+                    subsampled_points=None):
+    """Output queries [B, O, E], or [B, S, E] for `subsampled_points` [S].
+
+    Args:
+      inputs: [B, M, C] preprocessed inputs (gives the batch size).
+      modality_sizes: unused.
+      inputs_without_pos: [B, O, C'] un-encoded inputs, needed with
+        `concat_preprocessed_input`.
+      subsampled_points: optional [S] flat indices into the output index dims.
+    """
+    del modality_sizes
+    if self._position_encoding is None:
+      raise ValueError(
+          'position_encoding_type: this decoder builds no queries '
+          f"(position_encoding_type={self._position_encoding_type!r}, "
+          f'output_index_dims={self._output_index_dims}); its queries must '
+          'come from a wrapping decoder.')
+    batch_size = inputs.shape[0]
+    if subsampled_points is not None:
+      subsampled_points = check_subsampled_points(subsampled_points,
+                                                  self.num_outputs)
+    if self._position_encoding_type == 'fourier':
+      pos = position_encoding.grid_positions(self._output_index_dims,
+                                             subsampled_points)
+      query = self._position_encoding(batch_size, pos=pos)
+    else:
+      query = self._position_encoding(batch_size, indices=subsampled_points)
+    if self._concat_preprocessed_input:
+      if inputs_without_pos is None:
+        raise ValueError('inputs_without_pos: expected the un-encoded inputs '
+                         'with concat_preprocessed_input=True, got None.')
+      validation.check_rank('inputs_without_pos', inputs_without_pos, (3,),
+                            '[B, O, C]')
+      if subsampled_points is not None:
+        inputs_without_pos = jnp.take(inputs_without_pos, subsampled_points,
+                                      axis=1)
+      if inputs_without_pos.shape[:2] != query.shape[:2]:
+        raise ValueError(
+            f'inputs_without_pos: expected shape {query.shape[:2]} + (C,) to '
+            f'match the queries, got {tuple(inputs_without_pos.shape)}.')
+      query = jnp.concatenate([inputs_without_pos, query], axis=-1)
+    return query
+
+  def __call__(self, query, z, *, is_training: bool, query_mask=None):
+    """Decodes queries [B, O, E] from latents [B, N, D].
+
+    Args:
+      query: [B, O, E].
+      z: [B, N, D].
+      is_training: enables dropout.
+      query_mask: optional [B, O]; masked queries output zeros before the
+        final projection.
+
+    Returns:
+      [B, O, C] (or [B, O, E] with final_project=False).
+    """
+    validation.check_rank('query', query, (3,), '[B, O, E]')
+    validation.check_rank('z', z, (3,), '[B, N, D]')
+    attention_mask = None
+    if query_mask is not None:
+      validation.check_shape('query_mask', query_mask, query.shape[:2])
+      attention_mask = attn.make_cross_attention_mask(
+          query_mask=query_mask, kv_mask=jnp.ones(z.shape[:2], dtype=bool))
+    outputs = attn.CrossAttention(
+        dropout_prob=0.0, num_heads=self._num_heads, widening_factor=1,
+        shape_for_attn='kv', qk_channels=self._qk_channels,
+        v_channels=self._v_channels, use_query_residual=self._use_query_residual,
+        attention_impl=self._attention_impl)(
+            query, z, attention_mask=attention_mask, is_training=is_training)
+    if self._final_project:
+      outputs = hk.Linear(self._output_num_channels, w_init=self._output_w_init,
+                          name='output')(outputs)
+    return outputs
+
+
+class ClassificationDecoder(AbstractPerceiverDecoder):
+  """One query, [B, 1, C] -> [B, num_classes] logits."""
+
+  def __init__(self, num_classes: int, name: str = 'classification_decoder',
+               **decoder_kwargs):
+    super().__init__(name=name)
+    validation.check_positive('num_classes', num_classes)
+    self._num_classes = num_classes
+    self.decoder = BasicDecoder(output_index_dims=(1,),
+                                output_num_channels=num_classes,
+                                **decoder_kwargs)
+
+  @property
+  def num_outputs(self) -> int:
+    return 1
+
+  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
+                    subsampled_points=None):
+    return self.decoder.decoder_query(inputs, modality_sizes,
+                                      inputs_without_pos,
+                                      subsampled_points=subsampled_points)
+
+  def __call__(self, query, z, *, is_training: bool, query_mask=None):
+    return self.restore_output_shape(
+        self.decoder(query, z, is_training=is_training, query_mask=query_mask))
+
+  def restore_output_shape(self, outputs):
+    return outputs[:, 0, :]
+
+
+class FlowDecoder(AbstractPerceiverDecoder):
+  """Optical flow: the per-pixel preprocessed inputs are the queries.
+
+  Outputs are divided by `rescale_factor` and, for a full decode, reshaped to
+  [B, H, W, C]. Subsampled decodes take the queries of those pixels and
+  return [B, S, C].
+  """
+
+  def __init__(self, output_image_shape: Sequence[int],
+               output_num_channels: int = 2, rescale_factor: float = 100.0,
+               name: str = 'flow_decoder', **decoder_kwargs):
+    super().__init__(name=name)
+    self._output_image_shape = tuple(output_image_shape)
+    if len(self._output_image_shape) != 2:
+      raise ValueError('output_image_shape: expected (H, W), got '
+                       f'{output_image_shape!r}.')
+    self._output_num_channels = output_num_channels
+    self._rescale_factor = rescale_factor
+    decoder_kwargs.setdefault('position_encoding_type', 'none')
+    self.decoder = BasicDecoder(output_num_channels=output_num_channels,
+                                **decoder_kwargs)
+
+  @property
+  def num_outputs(self) -> int:
+    return int(np.prod(self._output_image_shape))
+
+  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
+                    subsampled_points=None):
+    validation.check_rank('inputs', inputs, (3,), '[B, M, C]')
+    if subsampled_points is None:
+      return inputs
+    points = check_subsampled_points(subsampled_points, inputs.shape[1])
+    return jnp.take(inputs, points, axis=1)
+
+  def __call__(self, query, z, *, is_training: bool, query_mask=None):
+    flow = self.decoder(query, z, is_training=is_training,
+                        query_mask=query_mask) / self._rescale_factor
+    if query.shape[1] == self.num_outputs:
+      return self.restore_output_shape(flow)
+    return flow
+
+  def restore_output_shape(self, outputs):
+    return outputs.reshape(
+        (outputs.shape[0],) + self._output_image_shape + (outputs.shape[-1],))
+
+
+class BasicVideoAutoencodingDecoder(AbstractPerceiverDecoder):
+  """Per-pixel video decoder over (T, H, W); full decodes are [B, T, H, W, C]."""
+
+  def __init__(self, output_shape: Sequence[int], position_encoding_type: str,
+               name: str = 'basic_video_autoencoding_decoder',
+               **decoder_kwargs):
+    super().__init__(name=name)
+    if len(output_shape) != 4:
+      raise ValueError('output_shape: expected (B, T, H, W), got '
+                       f'{output_shape!r}.')
+    self._output_shape = tuple(output_shape)
+    self.decoder = BasicDecoder(output_index_dims=self._output_shape[1:4],
+                                position_encoding_type=position_encoding_type,
+                                **decoder_kwargs)
+
+  @property
+  def num_outputs(self) -> int:
+    return int(np.prod(self._output_shape[1:4]))
+
+  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
+                    subsampled_points=None):
+    return self.decoder.decoder_query(inputs, modality_sizes,
+                                      inputs_without_pos,
+                                      subsampled_points=subsampled_points)
+
+  def __call__(self, query, z, *, is_training: bool, query_mask=None):
+    outputs = self.decoder(query, z, is_training=is_training,
+                           query_mask=query_mask)
+    if query.shape[1] == self.num_outputs:
+      return self.restore_output_shape(outputs)
+    return outputs
+
+  def restore_output_shape(self, outputs):
+    return outputs.reshape((outputs.shape[0],) + self._output_shape[1:4]
+                           + (outputs.shape[-1],))
+
+
+class MultimodalDecoder(AbstractPerceiverDecoder):
+  """Decodes several modalities with one cross-attention.
+
+  Each modality's decoder only builds queries; they are padded with a learned
+  per-modality vector to a common width, concatenated in sorted modality
+  order, and decoded together. The per-modality output sizes are those of the
+  queries (`output_modality_sizes`), never the input sizes.
+  """
+
+  def __init__(self, modalities: Mapping[str, AbstractPerceiverDecoder],
+               num_outputs: Optional[int], output_num_channels: int,
+               min_padding_size: int = 2,
+               subsampled_index_dims: Optional[Mapping[str, int]] = None,
+               name: str = 'multimodal_decoder', **decoder_kwargs):
+    super().__init__(name=name)
+    if not modalities:
+      raise ValueError('modalities: expected a non-empty dict of decoders, '
+                       f'got {modalities!r}.')
+    if min_padding_size < 0:
+      raise ValueError('min_padding_size: expected a non-negative integer, '
+                       f'got {min_padding_size!r}.')
+    del subsampled_index_dims
+    self._modalities = dict(modalities)
+    self._num_outputs = num_outputs
+    self._min_padding_size = min_padding_size
+    self.decoder = BasicDecoder(
+        output_index_dims=None if num_outputs is None else (num_outputs,),
+        output_num_channels=output_num_channels,
+        position_encoding_type='none', **decoder_kwargs)
+
+  @property
+  def modalities(self) -> Mapping[str, AbstractPerceiverDecoder]:
+    return self._modalities
+
+  @property
+  def num_outputs(self) -> int:
+    return sum(self.output_modality_sizes().values())
+
+  def output_modality_sizes(self, subsampled_points=None) -> Mapping[str, int]:
+    """Outputs per modality for a full or subsampled decode."""
+    subsampled_points = subsampled_points or {}
+    sizes = {}
+    for m in sorted(self._modalities):
+      if m in subsampled_points:
+        sizes[m] = int(jnp.shape(subsampled_points[m])[0])
+      else:
+        sizes[m] = self._modalities[m].num_outputs
+    return sizes
+
+  def output_shape(self, inputs):
+    sizes = self.output_modality_sizes()
+    return (inputs.shape[0], sum(sizes.values()), None), sizes
+
+  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
+                    subsampled_points=None):
+    """Padded, concatenated queries of all modalities: [B, sum O_m, E]."""
+    from perceiver import io_processors  # pylint: disable=g-import-not-at-top
+    if modality_sizes is None:
+      raise ValueError('modality_sizes: expected the per-modality input sizes '
+                       '(from a MultimodalPreprocessor), got None.')
+    subsampled_points = dict(subsampled_points or {})
+    unknown = set(subsampled_points) - set(self._modalities)
+    if unknown:
+      raise ValueError(f'subsampled_points: expected keys among '
+                       f'{sorted(self._modalities)}, got unknown {sorted(unknown)}.')
+    missing = set(self._modalities) - set(modality_sizes)
+    if missing:
+      raise ValueError(f'modality_sizes: expected every decoded modality '
+                       f'{sorted(self._modalities)}, missing {sorted(missing)}.')
+    inputs_by_modality = io_processors.restructure(modality_sizes, inputs)
+    inputs_without_pos = inputs_without_pos or {}
+    queries = {}
+    for m in sorted(self._modalities):
+      query = self._modalities[m].decoder_query(
+          inputs=inputs_by_modality[m],
+          inputs_without_pos=inputs_without_pos.get(m),
+          subsampled_points=subsampled_points.get(m))
+      queries[m] = query.reshape(query.shape[0], -1, query.shape[-1])
+    width = max(q.shape[-1] for q in queries.values()) + self._min_padding_size
+    padded = []
+    for m, query in queries.items():
+      padding = position_encoding.TrainablePositionEncoding(
+          1, num_channels=width - query.shape[-1], init_scale=0.02,
+          name=f'{m}_padding')(query.shape[0])
+      padding = jnp.broadcast_to(padding, query.shape[:2] + padding.shape[-1:])
+      padded.append(jnp.concatenate([query, padding], axis=-1))
+    return jnp.concatenate(padded, axis=1)
+
+  def __call__(self, query, z, *, is_training: bool, query_mask=None):
+    return self.decoder(query, z, is_training=is_training,
+                        query_mask=query_mask)
+
+
+def output_modality_sizes(decoder, modality_sizes, subsampled_points):
+  """Per-modality output sizes for the postprocessor (None if unimodal)."""
+  if isinstance(decoder, MultimodalDecoder):
+    return decoder.output_modality_sizes(subsampled_points)
+  return modality_sizes
+

@@ -1,0 +1,154 @@
+"""The read and process stages: `PerceiverEncoder` (Perceiver IO, Sec. 2).
+
+Shapes: B batch, M inputs, N latents (z_index_dim), C input channels,
+D latent channels (num_z_channels).
+"""
+
+from typing import Optional
+
+import haiku as hk
+import jax.numpy as jnp
+
+from perceiver import attention as attn
+from perceiver import position_encoding
+from perceiver import validation
+
+
+class PerceiverEncoder(hk.Module):
+  """Cross-attends inputs into a latent array, then self-attends the latents.
+
+  One cross-attention (read) writes the [B, M, C] inputs into N trainable
+  latents; then `num_blocks` x `num_self_attends_per_block` self-attention
+  layers (process) refine them. The `num_self_attends_per_block` layers have
+  their own weights, which are shared across the `num_blocks` repetitions
+  (Perceiver, Sec. 2: "weight sharing across blocks").
+
+  Two switches change how the computation is compiled, never the parameters:
+  `remat` rematerialises each self-attention layer in the backward pass
+  (`hk.remat`), and `scan_blocks` runs the repeated shared-weight blocks under
+  `hk.scan`, so compile time does not grow with `num_blocks`.
+  """
+
+  def __init__(self,
+               num_self_attends_per_block: int = 6,
+               num_blocks: int = 8,
+               z_index_dim: int = 512,
+               num_z_channels: int = 1024,
+               qk_channels: Optional[int] = None,
+               v_channels: Optional[int] = None,
+               num_cross_attend_heads: int = 1,
+               num_self_attend_heads: int = 8,
+               cross_attend_widening_factor: int = 1,
+               self_attend_widening_factor: int = 1,
+               dropout_prob: float = 0.0,
+               z_pos_enc_init_scale: float = 0.02,
+               cross_attention_shape_for_attn: str = 'kv',
+               use_query_residual: bool = True,
+               name: str = 'perceiver_encoder',
+               *,
+               attention_impl: str = 'reference',
+               remat: bool = False,
+               scan_blocks: bool = False):
+    """Builds the encoder; arguments and defaults are the released ones.
+
+    Args:
+      num_self_attends_per_block: distinct self-attention layers per block.
+      num_blocks: repetitions of the block (weights shared).
+      z_index_dim: N, number of latents.
+      num_z_channels: D, latent width.
+      qk_channels: q/k width of every attention (default: see CrossAttention).
+      v_channels: value width of every attention.
+      num_cross_attend_heads: heads of the cross-attention.
+      num_self_attend_heads: heads of the self-attentions.
+      cross_attend_widening_factor: MLP widening of the cross-attention.
+      self_attend_widening_factor: MLP widening of the self-attentions.
+      dropout_prob: dropout of the attention outputs and MLPs (training only).
+      z_pos_enc_init_scale: init stddev of the latent array.
+      cross_attention_shape_for_attn: 'kv' or 'q', the default qk width source.
+      use_query_residual: residual around the cross-attention.
+      name: module name.
+      attention_impl: one of `attention.ATTENTION_IMPLEMENTATIONS`.
+      remat: rematerialise the self-attention layers in the backward pass.
+      scan_blocks: run the `num_blocks` repetitions under `hk.scan`.
+    """
+    super().__init__(name=name)
+    validation.check_positive('num_self_attends_per_block',
+                              num_self_attends_per_block)
+    validation.check_positive('num_blocks', num_blocks)
+    validation.check_positive('z_index_dim', z_index_dim)
+    validation.check_positive('num_z_channels', num_z_channels)
+    validation.check_positive('num_self_attend_heads', num_self_attend_heads)
+    validation.check_positive('num_cross_attend_heads', num_cross_attend_heads)
+    validation.check_divisible('num_z_channels', num_z_channels,
+                               'num_self_attend_heads', num_self_attend_heads)
+    validation.check_divisible('num_z_channels', num_z_channels,
+                               'num_cross_attend_heads', num_cross_attend_heads)
+    validation.check_choice('attention_impl', attention_impl,
+                            attn.ATTENTION_IMPLEMENTATIONS)
+    self._input_is_1d = True
+    self._num_blocks = num_blocks
+    self._remat = remat
+    self._scan_blocks = scan_blocks
+    self._num_z_channels = num_z_channels
+    self.z_pos_enc = position_encoding.TrainablePositionEncoding(
+        index_dim=z_index_dim, num_channels=num_z_channels,
+        init_scale=z_pos_enc_init_scale)
+    self.cross_attend = attn.CrossAttention(
+        dropout_prob=dropout_prob, num_heads=num_cross_attend_heads,
+        widening_factor=cross_attend_widening_factor,
+        shape_for_attn=cross_attention_shape_for_attn,
+        qk_channels=qk_channels, v_channels=v_channels,
+        use_query_residual=use_query_residual, attention_impl=attention_impl)
+    self.self_attends = [
+        attn.SelfAttention(
+            num_heads=num_self_attend_heads, dropout_prob=dropout_prob,
+            qk_channels=qk_channels, v_channels=v_channels,
+            widening_factor=self_attend_widening_factor,
+            attention_impl=attention_impl)
+        for _ in range(num_self_attends_per_block)
+    ]
+
+  def latents(self, inputs):
+    """The trainable latent array broadcast to the batch: [B, N, D]."""
+    return self.z_pos_enc(batch_size=inputs.shape[0])
+
+  def _block(self, z, is_training: bool):
+    for layer in self.self_attends:
+      if self._remat:
+        z = hk.remat(lambda x, layer=layer: layer(x, is_training=is_training))(z)
+      else:
+        z = layer(z, is_training=is_training)
+    return z
+
+  def __call__(self, inputs, z, *, is_training: bool, input_mask=None):
+    """Reads `inputs` into the latents `z` and processes them.
+
+    Args:
+      inputs: [B, M, C] preprocessed inputs.
+      z: [B, N, D] initial latents (normally `self.latents(inputs)`).
+      is_training: enables dropout.
+      input_mask: optional [B, M]; 0/False marks padding that is not read.
+
+    Returns:
+      [B, N, D] latents.
+    """
+    validation.check_rank('inputs', inputs, (3,), '[B, M, C]')
+    validation.check_rank('z', z, (3,), '[B, N, D]')
+    if z.shape[0] != inputs.shape[0] or z.shape[2] != self._num_z_channels:
+      raise ValueError(
+          f'z: expected shape ({inputs.shape[0]}, N, {self._num_z_channels}), '
+          f'got {tuple(z.shape)}.')
+    attention_mask = None
+    if input_mask is not None:
+      validation.check_shape('input_mask', input_mask, inputs.shape[:2])
+      attention_mask = attn.make_cross_attention_mask(
+          query_mask=jnp.ones(z.shape[:2], dtype=bool), kv_mask=input_mask)
+    z = self.cross_attend(z, inputs, attention_mask=attention_mask,
+                          is_training=is_training)
+    if self._scan_blocks and self._num_blocks > 1:
+      z, _ = hk.scan(lambda c, _: (self._block(c, is_training), None), z, None,
+                     length=self._num_blocks)
+      return z
+    for _ in range(self._num_blocks):
+      z = self._block(z, is_training)
+    return z
