@@ -9,9 +9,14 @@ WORKDIR ?= runs/digits
 CONFIG ?= experiments/digits.py
 # Extra flags, e.g. make train ARGS='--config.train.steps=100'.
 ARGS ?=
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --durations=10
 LINT_PATHS ?= perceiver experiments tests setup.py
-RUFF_CONFIG := --config 'indent-width = 2' --config 'line-length = 80'
+# House style (shared/STYLE.md): 2-space indent, 80 columns, single quotes.
+RUFF_CONFIG := --config 'indent-width = 2' --config 'line-length = 80' \
+	--config "format.quote-style = 'single'"
+# pyflakes + syntax-level pycodestyle; __init__.py files re-export names.
+RUFF_RULES := --select E4,E7,E9,F --ignore E731 \
+	--per-file-ignores '__init__.py:F401'
 
 # Tests never reach a model hub: reference models are built offline.
 export HF_HUB_OFFLINE = 1
@@ -23,11 +28,11 @@ export MPLBACKEND = Agg
 # Stamps: pip runs again only when a requirements file or setup.py changes.
 $(VENV)/.stamp-main: requirements.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --progress-bar off -r requirements.txt -e .
+	$(PIP) install -q --progress-bar off -r requirements.txt -e .
 	touch $@
 
 $(VENV)/.stamp-test: $(VENV)/.stamp-main requirements-test.txt
-	$(PIP) install --progress-bar off -r requirements.txt -r requirements-test.txt
+	$(PIP) install -q --progress-bar off -r requirements.txt -r requirements-test.txt
 	touch $@
 
 venv-main: $(VENV)/.stamp-main  ## runtime deps only (enough to train)
@@ -41,7 +46,7 @@ test: $(VENV)/.stamp-test
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.stamp-test
-	$(VENV)/bin/ruff check $(RUFF_CONFIG) $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(RUFF_CONFIG) $(RUFF_RULES) $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check --diff $(RUFF_CONFIG) $(LINT_PATHS)
 
 format: $(VENV)/.stamp-test

