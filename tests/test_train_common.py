@@ -59,7 +59,9 @@ def build_toy_task(config, process_index, process_count):
 
   def forward_fn(batch, *, is_training):
     x = batch['x']
-    x = hk.Linear(m.width, name='linear_1')(x)
+    # No bias before BatchNorm (it would be cancelled; Adam would then
+    # amplify rounding noise in its zero gradient), as in the conv stem.
+    x = hk.Linear(m.width, with_bias=not m.batchnorm, name='linear_1')(x)
     if m.batchnorm:
       x = hk.BatchNorm(True, True, 0.9, name='batchnorm')(
           x, is_training=is_training)

@@ -78,24 +78,27 @@ def evaluate(eval_fn, ts: step_lib.TrainState, task: Task,
 
 
 def train(config: ml_collections.ConfigDict, build_task: BuildTask,
-          workdir: str) -> Dict[str, Any]:
+          workdir: str, devices: Optional[list] = None) -> Dict[str, Any]:
   """Trains (or resumes) the job described by `config` in `workdir`.
 
   Args:
     config: an experiment config (see `config.base_config`).
     build_task: `(config, process_index, process_count) -> Task`.
     workdir: where the config, metrics, plots and checkpoints go.
+    devices: the devices of the mesh (default: every device of every
+      process); tests use it to compare device counts in one process.
 
   Returns:
     A dict with 'train_state' (final), 'start_step' (0 or the restored
     step), 'losses' ({step: loss} for the steps this call ran), 'eval' (the
     final evaluation metrics) and 'nonfinite_count'.
   """
-  config_lib.validate(config, device_count=jax.device_count(),
+  devices = list(jax.devices() if devices is None else devices)
+  config_lib.validate(config, device_count=len(devices),
                       process_count=jax.process_count())
   save_config(config, workdir)
 
-  mesh = mesh_lib.make_mesh(config.fsdp)
+  mesh = mesh_lib.make_mesh(config.fsdp, devices)
   task = build_task(config, jax.process_index(), jax.process_count())
   schedule = optim.make_schedule(config.optimizer, config.batch_size,
                                  config.total_steps)
@@ -150,7 +153,7 @@ def train(config: ml_collections.ConfigDict, build_task: BuildTask,
       config.total_steps, start_step=start_step,
       enabled=_is_chief() and config.progress_bar)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(ts.params))
-  _say(f'{n_params / 1e6:.3f}M parameters; {jax.device_count()} devices on '
+  _say(f'{n_params / 1e6:.3f}M parameters; {len(devices)} devices on '
        f'{jax.process_count()} process(es); mesh {dict(mesh.shape)}; '
        f'global batch {config.batch_size}.')
 
