@@ -44,7 +44,8 @@ def toy_config(**overrides):
   c.optimizer.weight_decay = 1e-2
   c.optimizer.clip_norm = 1.0
   c.model = ml_collections.ConfigDict(
-      dict(width=16, batchnorm=False, dropout=0.0, nan_at_step=-1))
+      dict(width=16, batchnorm=False, dropout=0.0, nan_at_step=-1,
+           interrupt_at_step=-1))
   for k, v in overrides.items():
     target = c
     *path, last = k.split('.')
@@ -86,8 +87,8 @@ def build_toy_task(config, process_index, process_count):
   it = data_lib.ShardedArrayIterator(
       train, global_batch=config.batch_size, seed=config.seed,
       process_index=process_index, process_count=process_count)
-  if m.nan_at_step >= 0:
-    it = _Poisoned(it, m.nan_at_step)
+  if m.nan_at_step >= 0 or m.interrupt_at_step >= 0:
+    it = _Faulty(it, m.nan_at_step, m.interrupt_at_step)
   eval_data = lambda: data_lib.eval_batches(
       held, global_batch=config.eval_batch_size,
       process_index=process_index, process_count=process_count)
@@ -97,13 +98,21 @@ def build_toy_task(config, process_index, process_count):
               eval_data=eval_data)
 
 
-class _Poisoned:
-  """Adds a 'poison' factor that is NaN for the batch of one step."""
+class Interrupted(Exception):
+  """Raised by the toy data to simulate a preempted job."""
 
-  def __init__(self, inner, bad_step):
+
+class _Faulty:
+  """Toy data with faults: a NaN 'poison' factor at one step (0-based), or
+  an interruption when the batch of a given step is requested."""
+
+  def __init__(self, inner, bad_step, interrupt_step):
     self.inner, self.bad_step, self.step = inner, bad_step, 0
+    self.interrupt_step = interrupt_step
 
   def __next__(self):
+    if self.step == self.interrupt_step:
+      raise Interrupted(f'interrupted before step {self.step}')
     b = dict(next(self.inner))
     n = len(b['label'])
     b['poison'] = np.full((n,), np.nan if self.step == self.bad_step else 1.0,

@@ -12,6 +12,7 @@ looks; the temporary leftovers are removed on the next start.
 """
 
 import os
+import time
 from typing import Any, Optional, Tuple
 
 from absl import logging
@@ -87,9 +88,31 @@ class Checkpointer:
           print(f'WARNING: {message}', flush=True)
         errors.append(message)
         continue
+      if step != steps[-1]:
+        self._set_aside([s for s in steps if s > step])
       return step, state, position
     raise RuntimeError('No checkpoint in ' + self.directory +
                        ' could be restored:\n' + '\n'.join(errors))
+
+  def _set_aside(self, steps) -> None:
+    """Moves damaged checkpoints to `<directory>_damaged/` (kept to inspect).
+
+    Otherwise the resumed run could not write its own checkpoint at that
+    step, and a later restart would trip over them again.
+    """
+    self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      aside = self.directory + '_damaged'
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, f'{step}.{time.time_ns()}')
+        os.replace(os.path.join(self.directory, str(step)), target)
+        print(f'WARNING: moved the damaged checkpoint {step} to {target}.',
+              flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('perceiver_checkpoint_set_aside')
+    self._manager.reload()
 
   def wait(self):
     self._manager.wait_until_finished()

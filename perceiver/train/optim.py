@@ -13,7 +13,6 @@ Everything is built from optax's own transformations:
 
 from typing import Any, Callable
 
-import jax
 import ml_collections
 import optax
 
@@ -112,6 +111,3 @@ def default_config() -> ml_collections.ConfigDict:
       constant_fraction=0.5, warmup_steps=0, end_lr=0.0, b1=0.9, b2=0.999,
       eps=1e-6, weight_decay=0.1, decay_pos_embs=True, clip_norm=10.0))
 
-
-def global_norm(tree: Any) -> jax.Array:
-  return optax.global_norm(tree)

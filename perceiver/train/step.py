@@ -151,7 +151,7 @@ def make_train_step(forward: hk.TransformedWithState,
       grads = jax.tree.map(lambda g: g / accumulation_steps, grads)
       means = jax.tree.map(lambda m: m / accumulation_steps, means)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(means['loss']) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, ts.opt_state, ts.params)
     new_params = optax.apply_updates(ts.params, updates)

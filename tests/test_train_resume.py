@@ -1,0 +1,70 @@
+"""Resuming continues exactly: 20 steps straight == 10 + restart + 10.
+
+The reference is an uninterrupted run with the same config in another
+workdir. Dropout, a warmup+cosine schedule and a shuffled dataset whose epoch
+(12 batches) ends between the two halves make every piece of state matter:
+the rng (folded in by step), the optimizer state, the schedule position and
+the data iterator position.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import test_train_common as common
+from perceiver.train import loop
+from perceiver.train import metrics as metrics_lib
+
+
+def _config(**overrides):
+  return common.toy_config(**{
+      'total_steps': 20, 'checkpoint_every': 5, 'keep_checkpoints': 2,
+      'model.dropout': 0.2, 'optimizer.schedule': 'warmup_cosine',
+      'optimizer.warmup_steps': 4, **overrides})
+
+
+def test_restart_continues_exactly(tmp_path):
+  straight = loop.train(_config(), common.build_toy_task,
+                        str(tmp_path / 'straight'))
+  workdir = str(tmp_path / 'restarted')
+  with pytest.raises(common.Interrupted):
+    loop.train(_config(**{'model.interrupt_at_step': 12}),
+               common.build_toy_task, workdir)
+  resumed = loop.train(_config(), common.build_toy_task, workdir)
+
+  # Interrupted while fetching the batch of step 13: the checkpoint at 10
+  # is the latest complete one.
+  assert resumed['start_step'] == 10
+  assert sorted(resumed['losses']) == list(range(11, 21))
+  np.testing.assert_array_equal(
+      [resumed['losses'][s] for s in range(11, 21)],
+      [straight['losses'][s] for s in range(11, 21)])
+  for a, b in zip(
+      *(jax_leaves(r['train_state']) for r in (straight, resumed))):
+    np.testing.assert_array_equal(a, b)
+  assert straight['eval'] == resumed['eval']
+
+  # Every step is logged once in the resumed run's metrics file, and the
+  # last `keep_checkpoints` checkpoints are kept.
+  records = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  train_steps = [r['step'] for r in records if 'loss' in r]
+  assert train_steps == list(range(1, 21))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['15',
+                                                                      '20']
+  for name in ('config.json', 'training_curves.png', 'result.json'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+
+
+def test_finished_run_restarts_without_training(tmp_path):
+  config = _config(total_steps=5)
+  first = loop.train(config, common.build_toy_task, str(tmp_path))
+  again = loop.train(config, common.build_toy_task, str(tmp_path))
+  assert again['start_step'] == 5 and not again['losses']
+  assert again['eval'] == first['eval']
+
+
+def jax_leaves(train_state):
+  import jax  # pylint: disable=g-import-not-at-top
+  return [np.asarray(x) for x in jax.tree.leaves(
+      (train_state.params, train_state.opt_state, train_state.step))]
