@@ -499,6 +499,10 @@ class _PositionEncodedPreprocessor(hk.Module):
           f'{position_encoding_type!r}, got None.')
     self._n_extra_pos_mlp = n_extra_pos_mlp
     self._concat_or_add_pos = concat_or_add_pos
+    self._fourier_max_resolution = None
+    if position_encoding_type == 'fourier':
+      self._fourier_max_resolution = position_encoding_kwargs[
+          kwargs_name].get('max_resolution')
     self._position_encoding_ctor = functools.partial(
         position_encoding.build_position_encoding,
         position_encoding_type=position_encoding_type,
@@ -523,6 +527,12 @@ class _PositionEncodedPreprocessor(hk.Module):
       inputs = jnp.reshape(
           inputs, (batch_size, int(np.prod(index_dims)), inputs.shape[-1]))
 
+    max_res = self._fourier_max_resolution
+    if max_res is not None and len(tuple(max_res)) != len(index_dims):
+      raise ValueError(
+          f'fourier_position_encoding_kwargs: expected max_resolution with '
+          f'{len(index_dims)} entries, one per index dim {index_dims} of the '
+          f'preprocessed input, got {tuple(max_res)}.')
     encoding = self._position_encoding_ctor(index_dims=index_dims)
     pos_enc_BMP = encoding(batch_size=batch_size, pos=pos)
     for i in range(self._n_extra_pos_mlp):
