@@ -1,0 +1,329 @@
+"""The six released Perceiver IO models (MODELS.md Sec. 2), one function each.
+
+`build(name, **overrides)` returns an `hk.TransformedWithState` whose
+parameter tree equals the released checkpoint's (official_params.json), so a
+released checkpoint loads with no conversion (`perceiver.checkpoints`).
+
+Calls (`init` takes the same arguments without params and state):
+
+* imagenet_fourier / imagenet_conv / imagenet_learned:
+  `apply(params, state, rng, images, *, is_training)`, images float32
+  [B, 224, 224, 3] normalised with the ImageNet mean/std (x255)
+  -> (logits [B, 1000], state).
+* language_mlm: `apply(params, state, rng, inputs, input_mask, *,
+  is_training)`, int32 byte ids [B, 2048] and mask [B, 2048]
+  -> (logits [B, 2048, 262], state).
+* optical_flow: `apply(params, state, rng, images, *, is_training)`, two
+  frames [B, 2, 368, 496, 3] in [-1, 1] -> (flow in pixels [B, 368, 496, 2],
+  state); the colab's x20 scale is included.
+* video_autoencoding: `apply(params, state, rng, inputs, *, is_training,
+  subsampled_output_points=None, decode_chunk_size=None)`, inputs
+  {'image': [B, 16, 224, 224, 3], 'audio': [B, 30720, 1], 'label': [B, 700]}
+  -> ({'image': [B, 16, 224, 224, 3], 'audio': [B, 30720, 1],
+  'label': [B, 700]}, state) for a full or chunked decode; with
+  `subsampled_output_points` the image and audio outputs are the flat
+  [B, S, 3] and [B, 16 S] rows of those points.
+
+Overrides: any size field of a preset (see `defaults(name)`, e.g.
+`num_blocks=1, image_size=32` for tests), plus for every preset
+`attention_impl`, `remat`, `scan_blocks` (core options) and `compute_dtype`
+(e.g. `jnp.bfloat16`: parameters stay float32, matmuls run in bfloat16,
+LayerNorm and softmax in float32). None of them changes the parameter tree.
+"""
+
+import contextlib
+from typing import Any, Callable, Dict
+
+import haiku as hk
+import jax.numpy as jnp
+import jmp
+
+import perceiver as P
+from perceiver import io_processors as io
+from perceiver import validation
+
+PRESETS = ('imagenet_fourier', 'imagenet_conv', 'imagenet_learned',
+           'language_mlm', 'optical_flow', 'video_autoencoding')
+
+_COMMON = dict(attention_impl='reference', remat=False, scan_blocks=False,
+               compute_dtype=None)
+
+_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    'imagenet': dict(image_size=224, num_classes=1000, z_index_dim=512,
+                     num_z_channels=1024, num_blocks=8,
+                     num_self_attends_per_block=6, num_self_attend_heads=8,
+                     num_bands=64),
+    'language_mlm': dict(vocab_size=262, max_seq_len=2048, d_model=768,
+                         z_index_dim=256, num_z_channels=1280,
+                         num_self_attends_per_block=26, num_heads=8,
+                         qk_channels=256),
+    'optical_flow': dict(image_size=(368, 496), z_index_dim=2048,
+                         num_z_channels=512, num_self_attends_per_block=24,
+                         num_self_attend_heads=16, num_bands=64,
+                         flow_scale=20.0),
+    'video_autoencoding': dict(num_frames=16, image_size=224,
+                               samples_per_patch=16, audio_samples=30720,
+                               num_classes=700, z_index_dim=784,
+                               num_z_channels=512,
+                               num_self_attends_per_block=8,
+                               num_self_attend_heads=8, image_bands=32,
+                               audio_bands=192),
+}
+
+
+def _family(name: str) -> str:
+  return 'imagenet' if name.startswith('imagenet') else name
+
+
+def defaults(name: str) -> Dict[str, Any]:
+  """The configuration fields of preset `name` and their released values."""
+  validation.check_choice('name', name, PRESETS)
+  return {**_DEFAULTS[_family(name)], **_COMMON}
+
+
+def _encoder_options(cfg):
+  return dict(attention_impl=cfg['attention_impl'], remat=cfg['remat'],
+              scan_blocks=cfg['scan_blocks'])
+
+
+def _imagenet(name: str, cfg) -> Callable[..., Any]:
+  size = cfg['image_size']
+  fourier = dict(concat_pos=True, num_bands=cfg['num_bands'], sine_only=False)
+
+  def forward(images, *, is_training: bool):
+    validation.check_shape('images', images, (None, size, size, 3))
+    if name == 'imagenet_fourier':
+      preprocessor = io.ImagePreprocessor(
+          prep_type='pixels', spatial_downsample=1,
+          position_encoding_type='fourier',
+          fourier_position_encoding_kwargs=dict(
+              max_resolution=(size, size), **fourier))
+    elif name == 'imagenet_conv':
+      preprocessor = io.ImagePreprocessor(
+          prep_type='conv', position_encoding_type='fourier',
+          fourier_position_encoding_kwargs=dict(
+              max_resolution=(size // 4, size // 4), **fourier))
+    else:
+      preprocessor = io.ImagePreprocessor(
+          prep_type='conv1x1', spatial_downsample=1, num_channels=256,
+          position_encoding_type='trainable', project_pos_dim=256,
+          trainable_position_encoding_kwargs=dict(init_scale=0.02,
+                                                  num_channels=256))
+    encoder = P.PerceiverEncoder(
+        num_self_attends_per_block=cfg['num_self_attends_per_block'],
+        num_blocks=cfg['num_blocks'], z_index_dim=cfg['z_index_dim'],
+        num_z_channels=cfg['num_z_channels'], num_cross_attend_heads=1,
+        num_self_attend_heads=cfg['num_self_attend_heads'],
+        cross_attend_widening_factor=1, self_attend_widening_factor=1,
+        dropout_prob=0.0, z_pos_enc_init_scale=0.02,
+        cross_attention_shape_for_attn='kv', use_query_residual=True,
+        **_encoder_options(cfg))
+    decoder = P.ClassificationDecoder(
+        num_classes=cfg['num_classes'], num_z_channels=cfg['num_z_channels'],
+        position_encoding_type='trainable',
+        trainable_position_encoding_kwargs=dict(
+            init_scale=0.02, num_channels=cfg['num_z_channels']),
+        use_query_residual=name != 'imagenet_learned',
+        attention_impl=cfg['attention_impl'])
+    return P.Perceiver(encoder=encoder, decoder=decoder,
+                       input_preprocessor=preprocessor)(
+                           images, is_training=is_training)
+
+  return forward
+
+
+def _language_mlm(cfg) -> Callable[..., Any]:
+  seq_len, d_model = cfg['max_seq_len'], cfg['d_model']
+
+  def forward(inputs, input_mask, *, is_training: bool):
+    validation.check_shape('inputs', inputs, (None, seq_len))
+    validation.check_shape('input_mask', input_mask, (inputs.shape[0], seq_len))
+    embed = hk.Embed(cfg['vocab_size'], d_model)
+    embeddings = embed(inputs) + P.TrainablePositionEncoding(
+        seq_len, d_model, init_scale=0.02)(batch_size=inputs.shape[0])
+    encoder = P.PerceiverEncoder(
+        num_self_attends_per_block=cfg['num_self_attends_per_block'],
+        num_blocks=1, z_index_dim=cfg['z_index_dim'],
+        num_z_channels=cfg['num_z_channels'],
+        num_self_attend_heads=cfg['num_heads'],
+        num_cross_attend_heads=cfg['num_heads'],
+        qk_channels=cfg['qk_channels'], v_channels=cfg['num_z_channels'],
+        use_query_residual=True, cross_attend_widening_factor=1,
+        self_attend_widening_factor=1, **_encoder_options(cfg))
+    decoder = P.BasicDecoder(
+        output_num_channels=cfg['num_z_channels'],
+        position_encoding_type='trainable', output_index_dims=seq_len,
+        num_z_channels=cfg['num_z_channels'], qk_channels=cfg['qk_channels'],
+        v_channels=d_model, num_heads=cfg['num_heads'], final_project=False,
+        use_query_residual=False,
+        trainable_position_encoding_kwargs=dict(num_channels=d_model),
+        attention_impl=cfg['attention_impl'])
+    outputs = P.Perceiver(encoder=encoder, decoder=decoder)(
+        embeddings, is_training=is_training, input_mask=input_mask,
+        query_mask=input_mask)
+    return io.EmbeddingDecoder(embedding_matrix=embed.embeddings)(outputs)
+
+  return forward
+
+
+def _optical_flow(cfg) -> Callable[..., Any]:
+  size = tuple(cfg['image_size'])
+  fourier = dict(num_bands=cfg['num_bands'], max_resolution=size,
+                 sine_only=False, concat_pos=True)
+
+  def forward(images, *, is_training: bool):
+    validation.check_shape('images', images, (None, 2) + size + (3,))
+    preprocessor = io.ImagePreprocessor(
+        position_encoding_type='fourier',
+        fourier_position_encoding_kwargs=fourier, n_extra_pos_mlp=0,
+        prep_type='patches', spatial_downsample=1, conv_after_patching=True,
+        temporal_downsample=2)
+    encoder = P.PerceiverEncoder(
+        num_self_attends_per_block=cfg['num_self_attends_per_block'],
+        num_blocks=1, z_index_dim=cfg['z_index_dim'],
+        num_cross_attend_heads=1, num_z_channels=cfg['num_z_channels'],
+        num_self_attend_heads=cfg['num_self_attend_heads'],
+        cross_attend_widening_factor=1, self_attend_widening_factor=1,
+        dropout_prob=0.0, z_pos_enc_init_scale=0.02,
+        cross_attention_shape_for_attn='kv', **_encoder_options(cfg))
+    decoder = P.FlowDecoder(
+        size, rescale_factor=100.0, use_query_residual=False,
+        output_num_channels=2, output_w_init=jnp.zeros,
+        position_encoding_type='fourier',
+        fourier_position_encoding_kwargs=fourier,
+        attention_impl=cfg['attention_impl'])
+    flow = P.Perceiver(encoder=encoder, decoder=decoder,
+                       input_preprocessor=preprocessor)(
+                           io.patches_for_flow(images),
+                           is_training=is_training)
+    return flow * cfg['flow_scale']
+
+  return forward
+
+
+def _video_autoencoding(cfg) -> Callable[..., Any]:
+  t, size, spp = cfg['num_frames'], cfg['image_size'], cfg['samples_per_patch']
+  n_audio, n_classes = cfg['audio_samples'], cfg['num_classes']
+  image_fourier = dict(num_bands=cfg['image_bands'],
+                       max_resolution=(t, size // 4, size // 4),
+                       sine_only=False, concat_pos=True)
+  audio_fourier = dict(num_bands=cfg['audio_bands'],
+                       max_resolution=(n_audio,), sine_only=False,
+                       concat_pos=True)
+
+  def forward(inputs, *, is_training: bool, subsampled_output_points=None,
+              decode_chunk_size=None):
+    if not isinstance(inputs, dict) or set(inputs) != {'image', 'audio',
+                                                       'label'}:
+      raise ValueError("inputs: expected a dict with keys ['audio', 'image', "
+                       f"'label'], got {inputs!r:.200}.")
+    batch = inputs['image'].shape[0]
+    validation.check_shape("inputs['image']", inputs['image'],
+                           (batch, t, size, size, 3))
+    validation.check_shape("inputs['audio']", inputs['audio'],
+                           (batch, n_audio, 1))
+    validation.check_shape("inputs['label']", inputs['label'],
+                           (batch, n_classes))
+    preprocessor = io.MultimodalPreprocessor(
+        min_padding_size=4,
+        modalities=dict(
+            audio=io.AudioPreprocessor(
+                position_encoding_type='fourier',
+                fourier_position_encoding_kwargs=audio_fourier,
+                prep_type='patches', samples_per_patch=spp),
+            image=io.ImagePreprocessor(
+                position_encoding_type='fourier',
+                fourier_position_encoding_kwargs=image_fourier,
+                prep_type='patches', spatial_downsample=4,
+                temporal_downsample=1),
+            label=io.OneHotPreprocessor()),
+        mask_probs=dict(image=0.0, audio=0.0, label=1.0))
+    encoder = P.PerceiverEncoder(
+        num_self_attends_per_block=cfg['num_self_attends_per_block'],
+        num_blocks=1, z_index_dim=cfg['z_index_dim'],
+        num_z_channels=cfg['num_z_channels'], num_cross_attend_heads=1,
+        num_self_attend_heads=cfg['num_self_attend_heads'],
+        cross_attend_widening_factor=1, self_attend_widening_factor=1,
+        dropout_prob=0.0, z_pos_enc_init_scale=0.02,
+        cross_attention_shape_for_attn='kv', name='encoder',
+        **_encoder_options(cfg))
+    decoder = P.MultimodalDecoder(
+        num_outputs=None, output_num_channels=cfg['num_z_channels'],
+        use_query_residual=False, attention_impl=cfg['attention_impl'],
+        modalities=dict(
+            audio=P.BasicDecoder(
+                output_index_dims=(n_audio // spp,), output_num_channels=512,
+                use_query_residual=False, position_encoding_type='fourier',
+                fourier_position_encoding_kwargs=audio_fourier),
+            image=P.BasicVideoAutoencodingDecoder(
+                output_shape=(batch, t, size, size), output_num_channels=512,
+                use_query_residual=False, position_encoding_type='fourier',
+                fourier_position_encoding_kwargs=image_fourier),
+            label=P.ClassificationDecoder(
+                num_classes=n_classes, use_query_residual=False,
+                position_encoding_type='trainable',
+                trainable_position_encoding_kwargs=dict(num_channels=1024,
+                                                        init_scale=0.02))))
+    postprocessor = io.MultimodalPostprocessor(modalities=dict(
+        audio=io.AudioPostprocessor(samples_per_patch=spp),
+        image=io.ProjectionPostprocessor(num_outputs=3),
+        label=io.ClassificationPostprocessor(num_classes=n_classes)))
+    outputs = P.Perceiver(encoder=encoder, decoder=decoder,
+                          input_preprocessor=preprocessor,
+                          output_postprocessor=postprocessor)(
+                              inputs, is_training=is_training,
+                              subsampled_output_points=subsampled_output_points,
+                              decode_chunk_size=decode_chunk_size)
+    if subsampled_output_points is None:
+      outputs = dict(outputs,
+                     image=outputs['image'].reshape(batch, t, size, size, 3),
+                     audio=outputs['audio'].reshape(batch, n_audio, 1))
+    return outputs
+
+  return forward
+
+
+def _mixed_precision(compute_dtype):
+  """Haiku jmp policies: float32 params, `compute_dtype` matmuls/attention."""
+  if compute_dtype is None or jnp.dtype(compute_dtype) == jnp.float32:
+    return contextlib.nullcontext()
+  compute = jnp.dtype(compute_dtype).name
+  stack = contextlib.ExitStack()
+  full = jmp.get_policy(f'params=float32,compute={compute},output=float32')
+  half = jmp.get_policy(f'params=float32,compute={compute},output={compute}')
+  norm = jmp.get_policy(f'params=float32,compute=float32,output={compute}')
+  stack.enter_context(hk.mixed_precision.push_policy(P.Perceiver, full))
+  for cls in (hk.Linear, hk.Conv2D, hk.Conv2DTranspose, hk.Conv3DTranspose,
+              hk.Embed):
+    stack.enter_context(hk.mixed_precision.push_policy(cls, half))
+  for cls in (hk.LayerNorm, hk.BatchNorm):
+    stack.enter_context(hk.mixed_precision.push_policy(cls, norm))
+  return stack
+
+
+def build(name: str, **overrides) -> hk.TransformedWithState:
+  """Builds preset `name` (one of PRESETS), with optional field overrides."""
+  cfg = defaults(name)
+  unknown = sorted(set(overrides) - set(cfg))
+  if unknown:
+    raise ValueError(f'overrides: expected fields among {sorted(cfg)} for '
+                     f'preset {name!r}, got unknown {unknown}.')
+  cfg.update(overrides)
+  validation.check_choice('attention_impl', cfg['attention_impl'],
+                          P.ATTENTION_IMPLEMENTATIONS)
+  family = _family(name)
+  if family == 'imagenet':
+    forward = _imagenet(name, cfg)
+  else:
+    forward = {'language_mlm': _language_mlm, 'optical_flow': _optical_flow,
+               'video_autoencoding': _video_autoencoding}[family](cfg)
+
+  def wrapped(*args, **kwargs):
+    with _mixed_precision(cfg['compute_dtype']):
+      out = forward(*args, **kwargs)
+    if cfg['compute_dtype'] is not None:
+      out = jnp.asarray(out, jnp.float32) if not isinstance(out, dict) else {
+          k: v.astype(jnp.float32) for k, v in out.items()}
+    return out
+
+  return hk.transform_with_state(wrapped)

@@ -1,0 +1,153 @@
+"""Presets: parameter trees equal the released checkpoints', calls work."""
+
+import json
+import os
+
+import chex
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from perceiver import presets
+
+REFERENCE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
+                         'reference', 'official_params.json')
+
+
+@pytest.fixture(scope='module')
+def official():
+  if not os.path.exists(REFERENCE):
+    pytest.skip(f'{REFERENCE} not found')
+  with open(REFERENCE) as f:
+    return json.load(f)
+
+
+def example_inputs(name, batch=1, **cfg_overrides):
+  """Inputs for `presets.build(name, **cfg_overrides)` as ShapeDtypeStructs."""
+  cfg = {**presets.defaults(name), **cfg_overrides}
+  f32 = jnp.float32
+  if name.startswith('imagenet'):
+    s = cfg['image_size']
+    return (jax.ShapeDtypeStruct((batch, s, s, 3), f32),), {}
+  if name == 'language_mlm':
+    n = cfg['max_seq_len']
+    return (jax.ShapeDtypeStruct((batch, n), jnp.int32),
+            jax.ShapeDtypeStruct((batch, n), jnp.int32)), {}
+  if name == 'optical_flow':
+    h, w = cfg['image_size']
+    return (jax.ShapeDtypeStruct((batch, 2, h, w, 3), f32),), {}
+  t, s = cfg['num_frames'], cfg['image_size']
+  return ({'image': jax.ShapeDtypeStruct((batch, t, s, s, 3), f32),
+           'audio': jax.ShapeDtypeStruct((batch, cfg['audio_samples'], 1), f32),
+           'label': jax.ShapeDtypeStruct((batch, cfg['num_classes']), f32)},), {}
+
+
+def shape_tree(tree):
+  return {m: {n: [list(v.shape), str(v.dtype)] for n, v in d.items()}
+          for m, d in tree.items()}
+
+
+def official_tree(entry):
+  return {m: {n: [s['shape'], s['dtype']] for n, s in d.items()}
+          for m, d in entry.items()}
+
+
+@pytest.mark.parametrize('name', presets.PRESETS)
+def test_full_size_parameter_tree_equals_release(name, official):
+  model = presets.build(name)
+  args, _ = example_inputs(name)
+  params, state = jax.eval_shape(
+      lambda *a: model.init(jax.random.PRNGKey(0), *a, is_training=True),
+      *args)
+  assert shape_tree(params) == official_tree(official[name]['params'])
+  assert shape_tree(state) == official_tree(official[name]['state'])
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  assert count == official[name]['num_params']
+
+
+SMALL = {
+    'imagenet_fourier': dict(image_size=16, num_classes=10, z_index_dim=8,
+                             num_z_channels=32, num_blocks=2,
+                             num_self_attends_per_block=2, num_bands=4),
+    'imagenet_conv': dict(image_size=16, num_classes=10, z_index_dim=8,
+                          num_z_channels=32, num_blocks=2,
+                          num_self_attends_per_block=2, num_bands=4),
+    'imagenet_learned': dict(image_size=16, num_classes=10, z_index_dim=8,
+                             num_z_channels=32, num_blocks=2,
+                             num_self_attends_per_block=2),
+    'language_mlm': dict(max_seq_len=32, d_model=32, z_index_dim=8,
+                         num_z_channels=64, num_self_attends_per_block=2,
+                         num_heads=4, qk_channels=32),
+    'optical_flow': dict(image_size=(8, 12), z_index_dim=8, num_z_channels=32,
+                         num_self_attends_per_block=2, num_self_attend_heads=4,
+                         num_bands=4),
+    'video_autoencoding': dict(num_frames=2, image_size=16, audio_samples=64,
+                               num_classes=5, z_index_dim=8, num_z_channels=32,
+                               num_self_attends_per_block=2,
+                               num_self_attend_heads=4, image_bands=4,
+                               audio_bands=4),
+}
+
+
+@pytest.mark.parametrize('name', presets.PRESETS)
+@pytest.mark.parametrize('options', [
+    dict(attention_impl='chunked'), dict(remat=True, scan_blocks=True),
+    dict(compute_dtype=jnp.bfloat16)])
+def test_options_keep_the_parameter_tree(name, options):
+  args, _ = example_inputs(name, **SMALL[name])
+  init = lambda m: jax.eval_shape(
+      lambda *a: m.init(jax.random.PRNGKey(0), *a, is_training=True), *args)
+  assert shape_tree(init(presets.build(name, **options, **SMALL[name]))[0]) == (
+      shape_tree(init(presets.build(name, **SMALL[name]))[0]))
+
+
+def concrete(args, seed=0):
+  rng = np.random.default_rng(seed)
+  def make(s):
+    if s.dtype == jnp.int32:
+      return jnp.asarray(rng.integers(0, 262, s.shape), jnp.int32)
+    return jnp.asarray(rng.uniform(-1, 1, s.shape), s.dtype)
+  return jax.tree.map(make, args)
+
+
+@pytest.mark.parametrize('name', presets.PRESETS)
+def test_small_preset_runs_and_bf16_is_close(name):
+  args, _ = example_inputs(name, batch=2, **SMALL[name])
+  args = concrete(args)
+  if name == 'language_mlm':
+    args = (args[0], jnp.ones_like(args[1]))
+  model = presets.build(name, **SMALL[name])
+  params, state = model.init(jax.random.PRNGKey(0), *args, is_training=True)
+  out, _ = model.apply(params, state, None, *args, is_training=False)
+  bf16 = presets.build(name, compute_dtype=jnp.bfloat16, **SMALL[name])
+  out16, _ = bf16.apply(params, state, None, *args, is_training=False)
+  for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(out16)):
+    assert b.dtype == jnp.float32
+    assert np.all(np.isfinite(a))
+    scale = float(jnp.abs(a).max()) + 1e-6
+    assert float(jnp.abs(a - b).max()) <= 0.05 * scale
+
+
+def test_video_chunked_decode_equals_full_decode():
+  name = 'video_autoencoding'
+  args, _ = example_inputs(name, batch=1, **SMALL[name])
+  args = concrete(args)
+  model = presets.build(name, **SMALL[name])
+  params, state = model.init(jax.random.PRNGKey(0), *args, is_training=False)
+  full, _ = model.apply(params, state, jax.random.PRNGKey(1), *args,
+                        is_training=False)
+  chunked, _ = model.apply(params, state, jax.random.PRNGKey(1), *args,
+                           is_training=False, decode_chunk_size=100)
+  chex.assert_trees_all_close(full, chunked, atol=1e-5, rtol=1e-5)
+  assert full['image'].shape == (1, 2, 16, 16, 3)
+  assert full['audio'].shape == (1, 64, 1)
+  assert full['label'].shape == (1, 5)
+
+
+def test_unknown_override_is_rejected():
+  with pytest.raises(ValueError, match='overrides'):
+    presets.build('imagenet_fourier', num_latents=3)
+  with pytest.raises(ValueError, match='name'):
+    presets.build('imagenet_resnet')
