@@ -1,7 +1,8 @@
 # make venv | train | test | lint | format | bench | clean
 # Needs only Python 3.11 and make; everything else goes into .venv.
 
-PYTHON ?= python3
+# Prefer python3.11 (the version the pins are tested on) where it exists.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
