@@ -44,8 +44,9 @@ class BytesTokenizer:
     if isinstance(inputs, str):
       inputs = inputs.encode('utf-8')
     if not isinstance(inputs, (bytes, bytearray)):
-      raise ValueError(f'inputs: expected str or bytes, got '
-                       f'{type(inputs).__name__}.')
+      raise ValueError(
+        f'inputs: expected str or bytes, got {type(inputs).__name__}.'
+      )
     ids_L = np.frombuffer(bytes(inputs), dtype=np.uint8).astype(np.int32)
     return ids_L + self.num_reserved_tokens
 
@@ -64,11 +65,14 @@ class BytesTokenizer:
     """
     ids_L = np.asarray(inputs)
     if ids_L.ndim != 1:
-      raise ValueError(f'inputs: expected a rank-1 sequence of ids, got shape '
-                       f'{ids_L.shape}.')
+      raise ValueError(
+        f'inputs: expected a rank-1 sequence of ids, got shape {ids_L.shape}.'
+      )
     if ids_L.size and (ids_L.min() < 0 or ids_L.max() >= self.vocab_size):
-      raise ValueError(f'inputs: expected ids in [0, {self.vocab_size}), got '
-                       f'min {ids_L.min()} and max {ids_L.max()}.')
+      raise ValueError(
+        f'inputs: expected ids in [0, {self.vocab_size}), got '
+        f'min {ids_L.min()} and max {ids_L.max()}.'
+      )
     ids_L = ids_L.astype(np.int64)
     byte_ids = ids_L[ids_L >= self.num_reserved_tokens]
     raw = (byte_ids - self.num_reserved_tokens).astype(np.uint8).tobytes()

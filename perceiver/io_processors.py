@@ -35,7 +35,6 @@ Deviations from the released code (all raise where it silently did something):
 """
 
 import functools
-import math
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import haiku as hk
@@ -56,9 +55,11 @@ IMAGE_POSTPROC_TYPES = ('pixels', 'conv1x1', 'conv', 'patches')
 AUDIO_PREP_TYPES = ('patches',)
 AUDIO_POSTPROC_TYPES = ('patches',)
 CONCAT_OR_ADD_POS = ('concat', 'add')
-_POSITION_ENCODING_KWARGS = ('project_pos_dim',
-                             'trainable_position_encoding_kwargs',
-                             'fourier_position_encoding_kwargs')
+_POSITION_ENCODING_KWARGS = (
+  'project_pos_dim',
+  'trainable_position_encoding_kwargs',
+  'fourier_position_encoding_kwargs',
+)
 
 
 def _check_power(name: str, value: int, base: int, minimum: int = 1) -> int:
@@ -72,7 +73,8 @@ def _check_power(name: str, value: int, base: int, minimum: int = 1) -> int:
   if power != value or value < minimum:
     powers = ', '.join(str(base**k) for k in range(4) if base**k >= minimum)
     raise ValueError(
-        f'{name}: expected a power of {base} ({powers}, ...), got {value!r}.')
+      f'{name}: expected a power of {base} ({powers}, ...), got {value!r}.'
+    )
   return exponent
 
 
@@ -80,17 +82,22 @@ def _check_position_encoding_kwargs(kwargs: Mapping[str, Any]) -> None:
   unknown = sorted(set(kwargs) - set(_POSITION_ENCODING_KWARGS))
   if unknown:
     raise ValueError(
-        f'position_encoding_kwargs: expected keys among '
-        f'{list(_POSITION_ENCODING_KWARGS)}, got unknown {unknown}.')
+      f'position_encoding_kwargs: expected keys among '
+      f'{list(_POSITION_ENCODING_KWARGS)}, got unknown {unknown}.'
+    )
 
 
-def _check_dims_divisible(name: str, shape: Sequence[int],
-                          axes_and_blocks: Sequence[Tuple[int, str, int]]):
+def _check_dims_divisible(
+  name: str,
+  shape: Sequence[int],
+  axes_and_blocks: Sequence[Tuple[int, str, int]],
+):
   for axis, block_name, block in axes_and_blocks:
     if shape[axis] % block:
       raise ValueError(
-          f'{name}: dimension {axis} of shape {tuple(shape)} ({shape[axis]}) '
-          f'must be divisible by {block_name}={block}.')
+        f'{name}: dimension {axis} of shape {tuple(shape)} ({shape[axis]}) '
+        f'must be divisible by {block_name}={block}.'
+      )
 
 
 # ---------------------------------------------------------------------------
@@ -98,8 +105,9 @@ def _check_dims_divisible(name: str, shape: Sequence[int],
 # ---------------------------------------------------------------------------
 
 
-def space_to_depth(frames, temporal_block_size: int = 1,
-                   spatial_block_size: int = 1):
+def space_to_depth(
+  frames, temporal_block_size: int = 1, spatial_block_size: int = 1
+):
   """Folds non-overlapping blocks of pixels (and frames) into channels.
 
   Rank 4: `[B, H*dh, W*dw, C] -> [B, H, W, dh*dw*C]`, channels in (dh, dw, c)
@@ -120,29 +128,38 @@ def space_to_depth(frames, temporal_block_size: int = 1,
     ValueError: on a rank other than 4 or 5, a non-positive block size, or a
       size not divisible by its block size.
   """
-  validation.check_rank('frames', frames, (4, 5),
-                        '[B, H, W, C] or [B, T, H, W, C]')
+  validation.check_rank(
+    'frames', frames, (4, 5), '[B, H, W, C] or [B, T, H, W, C]'
+  )
   validation.check_positive('temporal_block_size', temporal_block_size)
   validation.check_positive('spatial_block_size', spatial_block_size)
   s = spatial_block_size
   if frames.ndim == 4:
     if temporal_block_size != 1:
       raise ValueError(
-          f'temporal_block_size: expected 1 for rank-4 images, got '
-          f'{temporal_block_size!r}.')
-    _check_dims_divisible('frames', frames.shape,
-                          [(1, 'spatial_block_size', s),
-                           (2, 'spatial_block_size', s)])
+        f'temporal_block_size: expected 1 for rank-4 images, got '
+        f'{temporal_block_size!r}.'
+      )
+    _check_dims_divisible(
+      'frames',
+      frames.shape,
+      [(1, 'spatial_block_size', s), (2, 'spatial_block_size', s)],
+    )
     b, h, w, c = frames.shape
     x = jnp.reshape(frames, (b, h // s, s, w // s, s, c))
     # [B, H, dh, W, dw, C] -> [B, H, W, dh, dw, C]
     x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
     return jnp.reshape(x, (b, h // s, w // s, s * s * c))
   t_blk = temporal_block_size
-  _check_dims_divisible('frames', frames.shape,
-                        [(1, 'temporal_block_size', t_blk),
-                         (2, 'spatial_block_size', s),
-                         (3, 'spatial_block_size', s)])
+  _check_dims_divisible(
+    'frames',
+    frames.shape,
+    [
+      (1, 'temporal_block_size', t_blk),
+      (2, 'spatial_block_size', s),
+      (3, 'spatial_block_size', s),
+    ],
+  )
   b, t, h, w, c = frames.shape
   x = jnp.reshape(frames, (b, t // t_blk, t_blk, h // s, s, w // s, s, c))
   # [B, T, dt, H, dh, W, dw, C] -> [B, T, H, W, dt, dh, dw, C]
@@ -150,8 +167,9 @@ def space_to_depth(frames, temporal_block_size: int = 1,
   return jnp.reshape(x, (b, t // t_blk, h // s, w // s, t_blk * s * s * c))
 
 
-def reverse_space_to_depth(frames, temporal_block_size: int = 1,
-                           spatial_block_size: int = 1):
+def reverse_space_to_depth(
+  frames, temporal_block_size: int = 1, spatial_block_size: int = 1
+):
   """The inverse of `space_to_depth`: unfolds channels back into blocks.
 
   Rank 4: `[B, H, W, dh*dw*C] -> [B, H*dh, W*dw, C]`. Rank 5:
@@ -169,21 +187,24 @@ def reverse_space_to_depth(frames, temporal_block_size: int = 1,
     ValueError: on a rank other than 4 or 5, a non-positive block size, or a
       channel count not divisible by the block volume.
   """
-  validation.check_rank('frames', frames, (4, 5),
-                        '[B, H, W, C] or [B, T, H, W, C]')
+  validation.check_rank(
+    'frames', frames, (4, 5), '[B, H, W, C] or [B, T, H, W, C]'
+  )
   validation.check_positive('temporal_block_size', temporal_block_size)
   validation.check_positive('spatial_block_size', spatial_block_size)
   s = spatial_block_size
   if frames.ndim == 4:
     if temporal_block_size != 1:
       raise ValueError(
-          f'temporal_block_size: expected 1 for rank-4 images, got '
-          f'{temporal_block_size!r}.')
+        f'temporal_block_size: expected 1 for rank-4 images, got '
+        f'{temporal_block_size!r}.'
+      )
     b, h, w, cc = frames.shape
     if cc % (s * s):
       raise ValueError(
-          f'frames: channels ({cc}) of shape {tuple(frames.shape)} must be '
-          f'divisible by spatial_block_size**2={s * s}.')
+        f'frames: channels ({cc}) of shape {tuple(frames.shape)} must be '
+        f'divisible by spatial_block_size**2={s * s}.'
+      )
     c = cc // (s * s)
     x = jnp.reshape(frames, (b, h, w, s, s, c))
     # [B, H, W, dh, dw, C] -> [B, H, dh, W, dw, C]
@@ -194,8 +215,9 @@ def reverse_space_to_depth(frames, temporal_block_size: int = 1,
   volume = t_blk * s * s
   if cc % volume:
     raise ValueError(
-        f'frames: channels ({cc}) of shape {tuple(frames.shape)} must be '
-        f'divisible by temporal_block_size*spatial_block_size**2={volume}.')
+      f'frames: channels ({cc}) of shape {tuple(frames.shape)} must be '
+      f'divisible by temporal_block_size*spatial_block_size**2={volume}.'
+    )
   c = cc // volume
   x = jnp.reshape(frames, (b, t, h, w, t_blk, s, s, c))
   # [B, T, H, W, dt, dh, dw, C] -> [B, T, dt, H, dh, W, dw, C]
@@ -207,20 +229,31 @@ def _check_window(name: str, value: Sequence[int]) -> Tuple[int, int]:
   """Checks the TF `[1, r, c, 1]` form and returns (r, c)."""
   try:
     items = [int(v) for v in value]
-    ok = (len(items) == 4 and items[0] == 1 and items[3] == 1 and
-          items[1] > 0 and items[2] > 0 and
-          all(float(v) == int(v) for v in value))
+    ok = (
+      len(items) == 4
+      and items[0] == 1
+      and items[3] == 1
+      and items[1] > 0
+      and items[2] > 0
+      and all(float(v) == int(v) for v in value)
+    )
   except (TypeError, ValueError):
     ok = False
   if not ok:
     raise ValueError(
-        f'{name}: expected the form [1, r, c, 1] with positive integers r and '
-        f'c, got {value!r}.')
+      f'{name}: expected the form [1, r, c, 1] with positive integers r and '
+      f'c, got {value!r}.'
+    )
   return items[1], items[2]
 
 
-def extract_patches(images, sizes: Sequence[int], strides: Sequence[int],
-                    rates: Sequence[int], padding: str = 'VALID'):
+def extract_patches(
+  images,
+  sizes: Sequence[int],
+  strides: Sequence[int],
+  rates: Sequence[int],
+  padding: str = 'VALID',
+):
   """Image patches with the values of TensorFlow's `tf.image.extract_patches`.
 
   Output position (i, j) holds the ph x pw patch whose top-left input pixel is
@@ -255,10 +288,14 @@ def extract_patches(images, sizes: Sequence[int], strides: Sequence[int],
     images = images.astype(jnp.float32)
   c = images.shape[-1]
   patches = jax.lax.conv_general_dilated_patches(
-      images, filter_shape=(ph, pw), window_strides=stride_hw,
-      padding=padding, rhs_dilation=rate_hw,
-      dimension_numbers=('NHWC', 'OIHW', 'NHWC'),
-      precision=jax.lax.Precision.HIGHEST)
+    images,
+    filter_shape=(ph, pw),
+    window_strides=stride_hw,
+    padding=padding,
+    rhs_dilation=rate_hw,
+    dimension_numbers=('NHWC', 'OIHW', 'NHWC'),
+    precision=jax.lax.Precision.HIGHEST,
+  )
   # [B, out_h, out_w, C*ph*pw], channel-major (c, ph, pw) order.
   b, out_h, out_w, _ = patches.shape
   patches = jnp.reshape(patches, (b, out_h, out_w, c, ph * pw))
@@ -282,8 +319,13 @@ def patches_for_flow(inputs):
   validation.check_rank('inputs', inputs, (5,), '[B, T, H, W, C]')
   b, t, h, w, c = inputs.shape
   frames = jnp.reshape(inputs, (b * t, h, w, c))
-  patches = extract_patches(frames, sizes=[1, 3, 3, 1], strides=[1, 1, 1, 1],
-                            rates=[1, 1, 1, 1], padding='SAME')
+  patches = extract_patches(
+    frames,
+    sizes=[1, 3, 3, 1],
+    strides=[1, 1, 1, 1],
+    rates=[1, 1, 1, 1],
+    padding='SAME',
+  )
   return jnp.reshape(patches, (b, t, h, w, 9 * c))
 
 
@@ -312,10 +354,14 @@ class Conv2DDownsample(hk.Module):
   `is_training=True`).
   """
 
-  def __init__(self, num_layers: int = 1, num_channels: int = 64,
-               use_batchnorm: bool = True,
-               bn_config: Optional[Mapping[str, Any]] = None,
-               name: Optional[str] = None):
+  def __init__(
+    self,
+    num_layers: int = 1,
+    num_channels: int = 64,
+    use_batchnorm: bool = True,
+    bn_config: Optional[Mapping[str, Any]] = None,
+    name: Optional[str] = None,
+  ):
     """Builds the stem.
 
     Args:
@@ -329,21 +375,30 @@ class Conv2DDownsample(hk.Module):
     super().__init__(name=name)
     validation.check_positive('num_layers', num_layers)
     validation.check_positive('num_channels', num_channels)
-    bn_kwargs = dict(create_scale=True, create_offset=True, decay_rate=0.9,
-                     eps=1e-5)
+    bn_kwargs = dict(
+      create_scale=True, create_offset=True, decay_rate=0.9, eps=1e-5
+    )
     bn_kwargs.update(bn_config or {})
     self._use_batchnorm = use_batchnorm
     self._convs = []
     self._norms = []
     for _ in range(num_layers):
-      self._convs.append(hk.Conv2D(
-          output_channels=num_channels, kernel_shape=7, stride=2,
-          with_bias=False, padding='SAME', name='conv'))
+      self._convs.append(
+        hk.Conv2D(
+          output_channels=num_channels,
+          kernel_shape=7,
+          stride=2,
+          with_bias=False,
+          padding='SAME',
+          name='conv',
+        )
+      )
       if use_batchnorm:
         self._norms.append(hk.BatchNorm(name='batchnorm', **bn_kwargs))
 
-  def __call__(self, inputs, *, is_training: bool,
-               test_local_stats: bool = False):
+  def __call__(
+    self, inputs, *, is_training: bool, test_local_stats: bool = False
+  ):
     """Applies the stem.
 
     Args:
@@ -359,11 +414,13 @@ class Conv2DDownsample(hk.Module):
     for i, conv in enumerate(self._convs):
       x = conv(x)  # [B, H/2, W/2, C]
       if self._use_batchnorm:
-        x = self._norms[i](x, is_training=is_training,
-                           test_local_stats=test_local_stats)
+        x = self._norms[i](
+          x, is_training=is_training, test_local_stats=test_local_stats
+        )
       x = jax.nn.relu(x)
-      x = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1),
-                      padding='SAME')  # [B, H/4, W/4, C]
+      x = hk.max_pool(
+        x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME'
+      )  # [B, H/4, W/4, C]
     return x
 
 
@@ -380,14 +437,23 @@ class Conv2DUpsample(hk.Module):
     super().__init__(name=name)
     validation.check_positive('n_outputs', n_outputs)
     self._transp_conv1 = hk.Conv2DTranspose(
-        output_channels=n_outputs * 2, kernel_shape=4, stride=2,
-        with_bias=True, padding='SAME')
+      output_channels=n_outputs * 2,
+      kernel_shape=4,
+      stride=2,
+      with_bias=True,
+      padding='SAME',
+    )
     self._transp_conv2 = hk.Conv2DTranspose(
-        output_channels=n_outputs, kernel_shape=4, stride=2,
-        with_bias=True, padding='SAME')
+      output_channels=n_outputs,
+      kernel_shape=4,
+      stride=2,
+      with_bias=True,
+      padding='SAME',
+    )
 
-  def __call__(self, inputs, *, is_training: bool = False,
-               test_local_stats: bool = False):
+  def __call__(
+    self, inputs, *, is_training: bool = False, test_local_stats: bool = False
+  ):
     """Upsamples [B, H, W, C] to [B, 4H, 4W, n_outputs].
 
     Args:
@@ -413,8 +479,13 @@ class Conv3DUpsample(hk.Module):
   and 2 in space if i < n_space_upsamples (1 otherwise), with ReLUs between.
   """
 
-  def __init__(self, n_outputs: int, n_time_upsamples: int = 2,
-               n_space_upsamples: int = 4, name: Optional[str] = None):
+  def __init__(
+    self,
+    n_outputs: int,
+    n_time_upsamples: int = 2,
+    n_space_upsamples: int = 4,
+    name: Optional[str] = None,
+  ):
     """Builds the upsampler.
 
     Args:
@@ -425,26 +496,36 @@ class Conv3DUpsample(hk.Module):
     """
     super().__init__(name=name)
     validation.check_positive('n_outputs', n_outputs)
-    for arg_name, value in (('n_time_upsamples', n_time_upsamples),
-                            ('n_space_upsamples', n_space_upsamples)):
+    for arg_name, value in (
+      ('n_time_upsamples', n_time_upsamples),
+      ('n_space_upsamples', n_space_upsamples),
+    ):
       if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(
-            f'{arg_name}: expected a non-negative integer, got {value!r}.')
+          f'{arg_name}: expected a non-negative integer, got {value!r}.'
+        )
     num_layers = max(n_time_upsamples, n_space_upsamples)
     if num_layers == 0:
-      raise ValueError('n_time_upsamples, n_space_upsamples: expected at least '
-                       'one of them positive, got 0 and 0.')
+      raise ValueError(
+        'n_time_upsamples, n_space_upsamples: expected at least '
+        'one of them positive, got 0 and 0.'
+      )
     self._convs = []
     for i in range(num_layers):
       t_stride = 2 if i < n_time_upsamples else 1
       s_stride = 2 if i < n_space_upsamples else 1
-      self._convs.append(hk.Conv3DTranspose(
-          output_channels=n_outputs * 2**(num_layers - 1 - i),
-          kernel_shape=4, stride=(t_stride, s_stride, s_stride),
-          padding='SAME'))
+      self._convs.append(
+        hk.Conv3DTranspose(
+          output_channels=n_outputs * 2 ** (num_layers - 1 - i),
+          kernel_shape=4,
+          stride=(t_stride, s_stride, s_stride),
+          padding='SAME',
+        )
+      )
 
-  def __call__(self, inputs, *, is_training: bool = False,
-               test_local_stats: bool = False):
+  def __call__(
+    self, inputs, *, is_training: bool = False, test_local_stats: bool = False
+  ):
     """Upsamples [B, T, H, W, C].
 
     Args:
@@ -479,34 +560,52 @@ class _PositionEncodedPreprocessor(hk.Module):
   checkpoints.
   """
 
-  def __init__(self, *, position_encoding_type: str, n_extra_pos_mlp: int,
-               concat_or_add_pos: str, position_encoding_kwargs,
-               name: Optional[str]):
+  def __init__(
+    self,
+    *,
+    position_encoding_type: str,
+    n_extra_pos_mlp: int,
+    concat_or_add_pos: str,
+    position_encoding_kwargs,
+    name: Optional[str],
+  ):
     super().__init__(name=name)
-    validation.check_choice('position_encoding_type', position_encoding_type,
-                            position_encoding.POSITION_ENCODING_TYPES)
-    validation.check_choice('concat_or_add_pos', concat_or_add_pos,
-                            CONCAT_OR_ADD_POS)
-    if (isinstance(n_extra_pos_mlp, bool) or
-        not isinstance(n_extra_pos_mlp, int) or n_extra_pos_mlp < 0):
-      raise ValueError(f'n_extra_pos_mlp: expected a non-negative integer, '
-                       f'got {n_extra_pos_mlp!r}.')
+    validation.check_choice(
+      'position_encoding_type',
+      position_encoding_type,
+      position_encoding.POSITION_ENCODING_TYPES,
+    )
+    validation.check_choice(
+      'concat_or_add_pos', concat_or_add_pos, CONCAT_OR_ADD_POS
+    )
+    if (
+      isinstance(n_extra_pos_mlp, bool)
+      or not isinstance(n_extra_pos_mlp, int)
+      or n_extra_pos_mlp < 0
+    ):
+      raise ValueError(
+        f'n_extra_pos_mlp: expected a non-negative integer, '
+        f'got {n_extra_pos_mlp!r}.'
+      )
     _check_position_encoding_kwargs(position_encoding_kwargs)
     kwargs_name = f'{position_encoding_type}_position_encoding_kwargs'
     if position_encoding_kwargs.get(kwargs_name) is None:
       raise ValueError(
-          f'{kwargs_name}: expected a dict for position_encoding_type='
-          f'{position_encoding_type!r}, got None.')
+        f'{kwargs_name}: expected a dict for position_encoding_type='
+        f'{position_encoding_type!r}, got None.'
+      )
     self._n_extra_pos_mlp = n_extra_pos_mlp
     self._concat_or_add_pos = concat_or_add_pos
     self._fourier_max_resolution = None
     if position_encoding_type == 'fourier':
-      self._fourier_max_resolution = position_encoding_kwargs[
-          kwargs_name].get('max_resolution')
+      self._fourier_max_resolution = position_encoding_kwargs[kwargs_name].get(
+        'max_resolution'
+      )
     self._position_encoding_ctor = functools.partial(
-        position_encoding.build_position_encoding,
-        position_encoding_type=position_encoding_type,
-        **position_encoding_kwargs)
+      position_encoding.build_position_encoding,
+      position_encoding_type=position_encoding_type,
+      **position_encoding_kwargs,
+    )
 
   def _build_network_inputs(self, inputs, pos, network_input_is_1d: bool):
     """Flattens the index dims and attaches the position encoding.
@@ -525,14 +624,16 @@ class _PositionEncodedPreprocessor(hk.Module):
     index_dims = tuple(inputs.shape[1:-1])
     if inputs.ndim > 3 and network_input_is_1d:
       inputs = jnp.reshape(
-          inputs, (batch_size, int(np.prod(index_dims)), inputs.shape[-1]))
+        inputs, (batch_size, int(np.prod(index_dims)), inputs.shape[-1])
+      )
 
     max_res = self._fourier_max_resolution
     if max_res is not None and len(tuple(max_res)) != len(index_dims):
       raise ValueError(
-          f'fourier_position_encoding_kwargs: expected max_resolution with '
-          f'{len(index_dims)} entries, one per index dim {index_dims} of the '
-          f'preprocessed input, got {tuple(max_res)}.')
+        f'fourier_position_encoding_kwargs: expected max_resolution with '
+        f'{len(index_dims)} entries, one per index dim {index_dims} of the '
+        f'preprocessed input, got {tuple(max_res)}.'
+      )
     encoding = self._position_encoding_ctor(index_dims=index_dims)
     pos_enc_BMP = encoding(batch_size=batch_size, pos=pos)
     for i in range(self._n_extra_pos_mlp):
@@ -541,16 +642,18 @@ class _PositionEncodedPreprocessor(hk.Module):
         pos_enc_BMP = jax.nn.relu(pos_enc_BMP)
     if not network_input_is_1d:
       pos_enc_BMP = jnp.reshape(
-          pos_enc_BMP, (batch_size,) + index_dims + (pos_enc_BMP.shape[-1],))
+        pos_enc_BMP, (batch_size,) + index_dims + (pos_enc_BMP.shape[-1],)
+      )
 
     if self._concat_or_add_pos == 'concat':
       inputs_with_pos = jnp.concatenate([inputs, pos_enc_BMP], axis=-1)
     else:
       if inputs.shape[-1] != pos_enc_BMP.shape[-1]:
         raise ValueError(
-            f"concat_or_add_pos='add': expected the position encoding width "
-            f'to equal the input width {inputs.shape[-1]}, got '
-            f'{pos_enc_BMP.shape[-1]}; use concat or set project_pos_dim.')
+          f"concat_or_add_pos='add': expected the position encoding width "
+          f'to equal the input width {inputs.shape[-1]}, got '
+          f'{pos_enc_BMP.shape[-1]}; use concat or set project_pos_dim.'
+        )
       inputs_with_pos = inputs + pos_enc_BMP
     return inputs_with_pos, inputs
 
@@ -569,15 +672,20 @@ class ImagePreprocessor(_PositionEncodedPreprocessor):
   concatenated (or added).
   """
 
-  def __init__(self, prep_type: str = 'conv', spatial_downsample: int = 4,
-               temporal_downsample: int = 1,
-               position_encoding_type: str = 'fourier',
-               n_extra_pos_mlp: int = 0, num_channels: int = 64,
-               conv_after_patching: bool = False,
-               conv2d_use_batchnorm: bool = True,
-               concat_or_add_pos: str = 'concat',
-               name: Optional[str] = 'image_preprocessor',
-               **position_encoding_kwargs):
+  def __init__(
+    self,
+    prep_type: str = 'conv',
+    spatial_downsample: int = 4,
+    temporal_downsample: int = 1,
+    position_encoding_type: str = 'fourier',
+    n_extra_pos_mlp: int = 0,
+    num_channels: int = 64,
+    conv_after_patching: bool = False,
+    conv2d_use_batchnorm: bool = True,
+    concat_or_add_pos: str = 'concat',
+    name: Optional[str] = 'image_preprocessor',
+    **position_encoding_kwargs,
+  ):
     """Configures the preprocessor.
 
     Args:
@@ -599,11 +707,13 @@ class ImagePreprocessor(_PositionEncodedPreprocessor):
     Raises:
       ValueError: on an unknown choice or an inconsistent setting.
     """
-    super().__init__(position_encoding_type=position_encoding_type,
-                     n_extra_pos_mlp=n_extra_pos_mlp,
-                     concat_or_add_pos=concat_or_add_pos,
-                     position_encoding_kwargs=position_encoding_kwargs,
-                     name=name)
+    super().__init__(
+      position_encoding_type=position_encoding_type,
+      n_extra_pos_mlp=n_extra_pos_mlp,
+      concat_or_add_pos=concat_or_add_pos,
+      position_encoding_kwargs=position_encoding_kwargs,
+      name=name,
+    )
     validation.check_choice('prep_type', prep_type, IMAGE_PREP_TYPES)
     validation.check_positive('spatial_downsample', spatial_downsample)
     validation.check_positive('temporal_downsample', temporal_downsample)
@@ -617,21 +727,31 @@ class ImagePreprocessor(_PositionEncodedPreprocessor):
     self._conv1x1 = None
     if prep_type in ('conv', 'conv1x1') and temporal_downsample != 1:
       raise ValueError(
-          f'temporal_downsample: expected 1 for prep_type={prep_type!r}, got '
-          f'{temporal_downsample!r}.')
+        f'temporal_downsample: expected 1 for prep_type={prep_type!r}, got '
+        f'{temporal_downsample!r}.'
+      )
     if prep_type == 'conv':
-      num_layers = _check_power('spatial_downsample', spatial_downsample, 4,
-                                minimum=4)
+      num_layers = _check_power(
+        'spatial_downsample', spatial_downsample, 4, minimum=4
+      )
       self._convnet = Conv2DDownsample(
-          num_layers=num_layers, num_channels=num_channels,
-          use_batchnorm=conv2d_use_batchnorm)
+        num_layers=num_layers,
+        num_channels=num_channels,
+        use_batchnorm=conv2d_use_batchnorm,
+      )
     elif prep_type == 'conv1x1':
       self._conv1x1 = hk.Conv2D(
-          output_channels=num_channels, kernel_shape=1,
-          stride=spatial_downsample)
+        output_channels=num_channels, kernel_shape=1, stride=spatial_downsample
+      )
 
-  def __call__(self, inputs, *, is_training: bool, pos=None,
-               network_input_is_1d: bool = True) -> PreprocessorOutputT:
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    pos=None,
+    network_input_is_1d: bool = True,
+  ) -> PreprocessorOutputT:
     """Preprocesses images or videos.
 
     Args:
@@ -644,19 +764,22 @@ class ImagePreprocessor(_PositionEncodedPreprocessor):
     Returns:
       (inputs_with_pos [B, M, C + P], None, inputs_without_pos [B, M, C]).
     """
-    validation.check_rank('inputs', inputs, (4, 5),
-                          '[B, H, W, C] or [B, T, H, W, C]')
+    validation.check_rank(
+      'inputs', inputs, (4, 5), '[B, H, W, C] or [B, T, H, W, C]'
+    )
     if inputs.ndim == 4 and self._temporal_downsample != 1:
       raise ValueError(
-          f'temporal_downsample: expected 1 for rank-4 images, got '
-          f'{self._temporal_downsample!r}.')
+        f'temporal_downsample: expected 1 for rank-4 images, got '
+        f'{self._temporal_downsample!r}.'
+      )
     s = self._spatial_downsample
     t = self._temporal_downsample
     if self._prep_type == 'conv':
       if inputs.ndim == 5:
         b = inputs.shape[0]
-        x = _split_time(self._convnet(_merge_time(inputs),
-                                      is_training=is_training), b)
+        x = _split_time(
+          self._convnet(_merge_time(inputs), is_training=is_training), b
+        )
       else:
         x = self._convnet(inputs, is_training=is_training)
     elif self._prep_type == 'conv1x1':
@@ -677,18 +800,24 @@ class ImagePreprocessor(_PositionEncodedPreprocessor):
         x = inputs[:, ::t, ::s, ::s]
 
     inputs_with_pos, inputs_without_pos = self._build_network_inputs(
-        x, pos, network_input_is_1d)
+      x, pos, network_input_is_1d
+    )
     return inputs_with_pos, None, inputs_without_pos
 
 
 class AudioPreprocessor(_PositionEncodedPreprocessor):
   """Raw audio to patches of `samples_per_patch` samples (Perceiver IO, App. F)."""
 
-  def __init__(self, prep_type: str = 'patches', samples_per_patch: int = 96,
-               position_encoding_type: str = 'fourier',
-               n_extra_pos_mlp: int = 0, concat_or_add_pos: str = 'concat',
-               name: Optional[str] = 'audio_preprocessor',
-               **position_encoding_kwargs):
+  def __init__(
+    self,
+    prep_type: str = 'patches',
+    samples_per_patch: int = 96,
+    position_encoding_type: str = 'fourier',
+    n_extra_pos_mlp: int = 0,
+    concat_or_add_pos: str = 'concat',
+    name: Optional[str] = 'audio_preprocessor',
+    **position_encoding_kwargs,
+  ):
     """Configures the preprocessor.
 
     Args:
@@ -700,17 +829,25 @@ class AudioPreprocessor(_PositionEncodedPreprocessor):
       name: module name.
       **position_encoding_kwargs: see `ImagePreprocessor`.
     """
-    super().__init__(position_encoding_type=position_encoding_type,
-                     n_extra_pos_mlp=n_extra_pos_mlp,
-                     concat_or_add_pos=concat_or_add_pos,
-                     position_encoding_kwargs=position_encoding_kwargs,
-                     name=name)
+    super().__init__(
+      position_encoding_type=position_encoding_type,
+      n_extra_pos_mlp=n_extra_pos_mlp,
+      concat_or_add_pos=concat_or_add_pos,
+      position_encoding_kwargs=position_encoding_kwargs,
+      name=name,
+    )
     validation.check_choice('prep_type', prep_type, AUDIO_PREP_TYPES)
     validation.check_positive('samples_per_patch', samples_per_patch)
     self._samples_per_patch = samples_per_patch
 
-  def __call__(self, inputs, *, is_training: bool, pos=None,
-               network_input_is_1d: bool = True) -> PreprocessorOutputT:
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    pos=None,
+    network_input_is_1d: bool = True,
+  ) -> PreprocessorOutputT:
     """Cuts audio into patches and attaches a 1-D position encoding.
 
     Args:
@@ -732,12 +869,14 @@ class AudioPreprocessor(_PositionEncodedPreprocessor):
     spp = self._samples_per_patch
     if samples % spp:
       raise ValueError(
-          f'inputs: samples per example ({samples}, shape '
-          f'{tuple(inputs.shape)}) must be divisible by '
-          f'samples_per_patch={spp}.')
+        f'inputs: samples per example ({samples}, shape '
+        f'{tuple(inputs.shape)}) must be divisible by '
+        f'samples_per_patch={spp}.'
+      )
     x_BMS = jnp.reshape(inputs, (b, samples // spp, spp))
     inputs_with_pos, inputs_without_pos = self._build_network_inputs(
-        x_BMS, pos, network_input_is_1d=True)
+      x_BMS, pos, network_input_is_1d=True
+    )
     return inputs_with_pos, None, inputs_without_pos
 
 
@@ -747,8 +886,14 @@ class OneHotPreprocessor(hk.Module):
   def __init__(self, name: Optional[str] = None):
     super().__init__(name=name)
 
-  def __call__(self, inputs, *, is_training: bool, pos=None,
-               network_input_is_1d: bool = True) -> PreprocessorOutputT:
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    pos=None,
+    network_input_is_1d: bool = True,
+  ) -> PreprocessorOutputT:
     """Returns (inputs [B, 1, C], None, inputs [B, 1, C]).
 
     Args:
@@ -766,8 +911,9 @@ class OneHotPreprocessor(hk.Module):
 def _check_modality_keys(name: str, keys, modalities) -> None:
   if set(keys) != set(modalities):
     raise ValueError(
-        f'{name}: expected the modalities {sorted(modalities)}, got '
-        f'{sorted(keys)}.')
+      f'{name}: expected the modalities {sorted(modalities)}, got '
+      f'{sorted(keys)}.'
+    )
 
 
 class MultimodalPreprocessor(hk.Module):
@@ -780,10 +926,13 @@ class MultimodalPreprocessor(hk.Module):
   concatenated along M in sorted name order.
   """
 
-  def __init__(self, modalities: Mapping[str, PreprocessorT],
-               mask_probs: Optional[Mapping[str, float]] = None,
-               min_padding_size: int = 2,
-               name: Optional[str] = 'multimodal_preprocessor'):
+  def __init__(
+    self,
+    modalities: Mapping[str, PreprocessorT],
+    mask_probs: Optional[Mapping[str, float]] = None,
+    min_padding_size: int = 2,
+    name: Optional[str] = 'multimodal_preprocessor',
+  ):
     """Configures the preprocessor.
 
     Args:
@@ -796,30 +945,47 @@ class MultimodalPreprocessor(hk.Module):
     """
     super().__init__(name=name)
     if not isinstance(modalities, Mapping) or not modalities:
-      raise ValueError(f'modalities: expected a non-empty mapping of name to '
-                       f'preprocessor, got {modalities!r}.')
+      raise ValueError(
+        f'modalities: expected a non-empty mapping of name to '
+        f'preprocessor, got {modalities!r}.'
+      )
     if mask_probs is not None:
       unknown = sorted(set(mask_probs) - set(modalities))
       if unknown:
         raise ValueError(
-            f'mask_probs: expected keys among the modalities '
-            f'{sorted(modalities)}, got unknown {unknown}.')
+          f'mask_probs: expected keys among the modalities '
+          f'{sorted(modalities)}, got unknown {unknown}.'
+        )
       for m, p in mask_probs.items():
-        if (isinstance(p, bool) or not isinstance(p, (int, float)) or
-            not 0.0 <= p <= 1.0):
+        if (
+          isinstance(p, bool)
+          or not isinstance(p, (int, float))
+          or not 0.0 <= p <= 1.0
+        ):
           raise ValueError(
-              f'mask_probs[{m!r}]: expected a probability in [0, 1], got {p!r}.')
-    if (isinstance(min_padding_size, bool) or
-        not isinstance(min_padding_size, int) or min_padding_size < 0):
-      raise ValueError(f'min_padding_size: expected a non-negative integer, '
-                       f'got {min_padding_size!r}.')
+            f'mask_probs[{m!r}]: expected a probability in [0, 1], got {p!r}.'
+          )
+    if (
+      isinstance(min_padding_size, bool)
+      or not isinstance(min_padding_size, int)
+      or min_padding_size < 0
+    ):
+      raise ValueError(
+        f'min_padding_size: expected a non-negative integer, '
+        f'got {min_padding_size!r}.'
+      )
     self._modalities = dict(modalities)
     self._mask_probs = dict(mask_probs) if mask_probs is not None else None
     self._min_padding_size = min_padding_size
 
-  def __call__(self, inputs: Mapping[str, Any], *, is_training: bool,
-               pos=None, network_input_is_1d: bool = True
-               ) -> PreprocessorOutputT:
+  def __call__(
+    self,
+    inputs: Mapping[str, Any],
+    *,
+    is_training: bool,
+    pos=None,
+    network_input_is_1d: bool = True,
+  ) -> PreprocessorOutputT:
     """Preprocesses, pads, masks and concatenates every modality.
 
     Args:
@@ -834,32 +1000,40 @@ class MultimodalPreprocessor(hk.Module):
     """
     _check_modality_keys('inputs', inputs.keys(), self._modalities)
     if not network_input_is_1d:
-      raise ValueError('network_input_is_1d: expected True for multimodal '
-                       'inputs (they are joined along one token axis), got '
-                       'False.')
+      raise ValueError(
+        'network_input_is_1d: expected True for multimodal '
+        'inputs (they are joined along one token axis), got '
+        'False.'
+      )
     if pos is not None and not isinstance(pos, Mapping):
-      raise ValueError(f'pos: expected None or a mapping of modality to '
-                       f'positions, got {type(pos).__name__}.')
+      raise ValueError(
+        f'pos: expected None or a mapping of modality to '
+        f'positions, got {type(pos).__name__}.'
+      )
     names = sorted(self._modalities)
     outputs = {}
     inputs_without_pos = {}
     for m in names:
       out, _, without_pos = self._modalities[m](
-          inputs[m], is_training=is_training,
-          pos=None if pos is None else pos.get(m),
-          network_input_is_1d=network_input_is_1d)
+        inputs[m],
+        is_training=is_training,
+        pos=None if pos is None else pos.get(m),
+        network_input_is_1d=network_input_is_1d,
+      )
       if out.ndim != 3:
         raise ValueError(
-            f'modalities[{m!r}]: expected the preprocessor to return '
-            f'[B, M, C], got shape {tuple(out.shape)}.')
+          f'modalities[{m!r}]: expected the preprocessor to return '
+          f'[B, M, C], got shape {tuple(out.shape)}.'
+        )
       outputs[m] = out
       inputs_without_pos[m] = without_pos
 
     batch_sizes = {outputs[m].shape[0] for m in names}
     if len(batch_sizes) != 1:
       raise ValueError(
-          'inputs: expected one batch size for all modalities, got '
-          f'{ {m: outputs[m].shape[0] for m in names} }.')
+        'inputs: expected one batch size for all modalities, got '
+        f'{ {m: outputs[m].shape[0] for m in names} }.'
+      )
     common = max(outputs[m].shape[-1] for m in names) + self._min_padding_size
 
     padded = {}
@@ -868,18 +1042,22 @@ class MultimodalPreprocessor(hk.Module):
       b, length, channels = x_BMC.shape
       if common > channels:
         pad_1P = position_encoding.TrainablePositionEncoding(
-            1, num_channels=common - channels, init_scale=0.02,
-            name=f'{m}_padding')(batch_size=None)
+          1,
+          num_channels=common - channels,
+          init_scale=0.02,
+          name=f'{m}_padding',
+        )(batch_size=None)
         pad_BMP = jnp.broadcast_to(pad_1P[None], (b, length, common - channels))
         x_BMC = jnp.concatenate([x_BMC, pad_BMP.astype(x_BMC.dtype)], axis=-1)
       if self._mask_probs is not None and m in self._mask_probs:
         token_1C = position_encoding.TrainablePositionEncoding(
-            1, num_channels=common, init_scale=0.02,
-            name=f'{m}_mask_token')(batch_size=None)
+          1, num_channels=common, init_scale=0.02, name=f'{m}_mask_token'
+        )(batch_size=None)
         p = self._mask_probs[m]
         if p >= 1.0:
           x_BMC = jnp.broadcast_to(token_1C[None], x_BMC.shape).astype(
-              x_BMC.dtype)
+            x_BMC.dtype
+          )
         elif p > 0.0:
           mask_BM = jax.random.bernoulli(hk.next_rng_key(), p, (b, length))
           mask_BM1 = mask_BM[:, :, None].astype(x_BMC.dtype)
@@ -909,14 +1087,15 @@ def restructure(modality_sizes: ModalitySizeT, inputs) -> Dict[str, Any]:
   total = sum(int(modality_sizes[m]) for m in modality_sizes)
   if total != inputs.shape[1]:
     raise ValueError(
-        f'modality_sizes: expected sizes adding up to the {inputs.shape[1]} '
-        f'outputs of inputs (shape {tuple(inputs.shape)}), got '
-        f'{dict(modality_sizes)} (sum {total}).')
+      f'modality_sizes: expected sizes adding up to the {inputs.shape[1]} '
+      f'outputs of inputs (shape {tuple(inputs.shape)}), got '
+      f'{dict(modality_sizes)} (sum {total}).'
+    )
   outputs = {}
   index = 0
   for m in sorted(modality_sizes):
     size = int(modality_sizes[m])
-    outputs[m] = inputs[:, index:index + size]
+    outputs[m] = inputs[:, index : index + size]
     index += size
   return outputs
 
@@ -937,10 +1116,15 @@ class ImagePostprocessor(hk.Module):
     'patches': `reverse_space_to_depth`.
   """
 
-  def __init__(self, postproc_type: str = 'pixels', spatial_upsample: int = 1,
-               temporal_upsample: int = 1, n_outputs: int = -1,
-               input_reshape_size: Optional[Sequence[int]] = None,
-               name: Optional[str] = 'image_postprocessor'):
+  def __init__(
+    self,
+    postproc_type: str = 'pixels',
+    spatial_upsample: int = 1,
+    temporal_upsample: int = 1,
+    n_outputs: int = -1,
+    input_reshape_size: Optional[Sequence[int]] = None,
+    name: Optional[str] = 'image_postprocessor',
+  ):
     """Configures the postprocessor.
 
     Args:
@@ -952,53 +1136,75 @@ class ImagePostprocessor(hk.Module):
       name: module name.
     """
     super().__init__(name=name)
-    validation.check_choice('postproc_type', postproc_type,
-                            IMAGE_POSTPROC_TYPES)
+    validation.check_choice(
+      'postproc_type', postproc_type, IMAGE_POSTPROC_TYPES
+    )
     validation.check_positive('spatial_upsample', spatial_upsample)
     validation.check_positive('temporal_upsample', temporal_upsample)
     self._postproc_type = postproc_type
     self._spatial_upsample = spatial_upsample
     self._temporal_upsample = temporal_upsample
-    self._input_reshape_size = (tuple(int(d) for d in input_reshape_size)
-                                if input_reshape_size is not None else None)
+    self._input_reshape_size = (
+      tuple(int(d) for d in input_reshape_size)
+      if input_reshape_size is not None
+      else None
+    )
     self._module = None
-    if postproc_type == 'pixels' and (spatial_upsample != 1 or
-                                      temporal_upsample != 1):
+    if postproc_type == 'pixels' and (
+      spatial_upsample != 1 or temporal_upsample != 1
+    ):
       raise ValueError(
-          f"spatial_upsample, temporal_upsample: expected 1 and 1 for "
-          f"postproc_type='pixels', got {spatial_upsample} and "
-          f"{temporal_upsample}.")
+        f'spatial_upsample, temporal_upsample: expected 1 and 1 for '
+        f"postproc_type='pixels', got {spatial_upsample} and "
+        f'{temporal_upsample}.'
+      )
     if postproc_type in ('conv', 'conv1x1'):
-      if (isinstance(n_outputs, bool) or not isinstance(n_outputs, int) or
-          n_outputs <= 0):
+      if (
+        isinstance(n_outputs, bool)
+        or not isinstance(n_outputs, int)
+        or n_outputs <= 0
+      ):
         raise ValueError(
-            f'n_outputs: expected a positive integer for postproc_type='
-            f'{postproc_type!r}, got {n_outputs!r}.')
+          f'n_outputs: expected a positive integer for postproc_type='
+          f'{postproc_type!r}, got {n_outputs!r}.'
+        )
     if postproc_type == 'conv1x1':
       if temporal_upsample != 1:
         raise ValueError(
-            f"temporal_upsample: expected 1 for postproc_type='conv1x1', got "
-            f'{temporal_upsample!r}.')
-      self._module = hk.Conv2D(output_channels=n_outputs, kernel_shape=1,
-                               stride=spatial_upsample)
+          f"temporal_upsample: expected 1 for postproc_type='conv1x1', got "
+          f'{temporal_upsample!r}.'
+        )
+      self._module = hk.Conv2D(
+        output_channels=n_outputs, kernel_shape=1, stride=spatial_upsample
+      )
     elif postproc_type == 'conv':
       if temporal_upsample != 1:
         self._module = Conv3DUpsample(
-            n_outputs=n_outputs,
-            n_time_upsamples=_check_power('temporal_upsample',
-                                          temporal_upsample, 2),
-            n_space_upsamples=_check_power('spatial_upsample',
-                                           spatial_upsample, 2))
+          n_outputs=n_outputs,
+          n_time_upsamples=_check_power(
+            'temporal_upsample', temporal_upsample, 2
+          ),
+          n_space_upsamples=_check_power(
+            'spatial_upsample', spatial_upsample, 2
+          ),
+        )
       else:
         if spatial_upsample != 4:
           raise ValueError(
-              f"spatial_upsample: expected 4 for postproc_type='conv' with "
-              f'temporal_upsample=1 (Conv2DUpsample upsamples 4x), got '
-              f'{spatial_upsample!r}.')
+            f"spatial_upsample: expected 4 for postproc_type='conv' with "
+            f'temporal_upsample=1 (Conv2DUpsample upsamples 4x), got '
+            f'{spatial_upsample!r}.'
+          )
         self._module = Conv2DUpsample(n_outputs=n_outputs)
 
-  def __call__(self, inputs, *, is_training: bool, pos=None,
-               modality_sizes: Optional[ModalitySizeT] = None):
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    pos=None,
+    modality_sizes: Optional[ModalitySizeT] = None,
+  ):
     """Postprocesses decoder outputs.
 
     Args:
@@ -1018,20 +1224,26 @@ class ImagePostprocessor(hk.Module):
       have = int(np.prod(x.shape[1:-1]))
       if target != have:
         raise ValueError(
-            f'input_reshape_size: expected index dims with {have} elements '
-            f'(inputs shape {tuple(x.shape)}), got {self._input_reshape_size}.')
-      x = jnp.reshape(x, (x.shape[0],) + self._input_reshape_size +
-                      (x.shape[-1],))
+          f'input_reshape_size: expected index dims with {have} elements '
+          f'(inputs shape {tuple(x.shape)}), got {self._input_reshape_size}.'
+        )
+      x = jnp.reshape(
+        x, (x.shape[0],) + self._input_reshape_size + (x.shape[-1],)
+      )
     if self._postproc_type == 'pixels':
       return x
     if self._postproc_type == 'patches':
       return reverse_space_to_depth(
-          x, temporal_block_size=self._temporal_upsample,
-          spatial_block_size=self._spatial_upsample)
+        x,
+        temporal_block_size=self._temporal_upsample,
+        spatial_block_size=self._spatial_upsample,
+      )
     if self._postproc_type == 'conv' and self._temporal_upsample != 1:
       validation.check_rank('inputs', x, (5,), '[B, T, H, W, C]')
       return self._module(x, is_training=is_training)
-    validation.check_rank('inputs', x, (4, 5), '[B, H, W, C] or [B, T, H, W, C]')
+    validation.check_rank(
+      'inputs', x, (4, 5), '[B, H, W, C] or [B, T, H, W, C]'
+    )
     if self._postproc_type == 'conv':
       apply = functools.partial(self._module, is_training=is_training)
     else:
@@ -1044,9 +1256,12 @@ class ImagePostprocessor(hk.Module):
 class AudioPostprocessor(hk.Module):
   """Decoder outputs to raw audio: Linear(samples_per_patch), then flatten."""
 
-  def __init__(self, postproc_type: str = 'patches',
-               samples_per_patch: int = 96,
-               name: Optional[str] = 'audio_postprocessor'):
+  def __init__(
+    self,
+    postproc_type: str = 'patches',
+    samples_per_patch: int = 96,
+    name: Optional[str] = 'audio_postprocessor',
+  ):
     """Configures the postprocessor.
 
     Args:
@@ -1055,13 +1270,20 @@ class AudioPostprocessor(hk.Module):
       name: module name.
     """
     super().__init__(name=name)
-    validation.check_choice('postproc_type', postproc_type,
-                            AUDIO_POSTPROC_TYPES)
+    validation.check_choice(
+      'postproc_type', postproc_type, AUDIO_POSTPROC_TYPES
+    )
     validation.check_positive('samples_per_patch', samples_per_patch)
     self._samples_per_patch = samples_per_patch
 
-  def __call__(self, inputs, *, is_training: bool, pos=None,
-               modality_sizes: Optional[ModalitySizeT] = None):
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    pos=None,
+    modality_sizes: Optional[ModalitySizeT] = None,
+  ):
     """Maps [B, N, C] to [B, N * samples_per_patch] audio samples.
 
     Args:
@@ -1082,8 +1304,9 @@ class AudioPostprocessor(hk.Module):
 class ClassificationPostprocessor(hk.Module):
   """Logits from the first decoder output: Linear(num_classes), then [:, 0]."""
 
-  def __init__(self, num_classes: int,
-               name: Optional[str] = 'classification_postprocessor'):
+  def __init__(
+    self, num_classes: int, name: Optional[str] = 'classification_postprocessor'
+  ):
     """Configures the postprocessor.
 
     Args:
@@ -1094,8 +1317,14 @@ class ClassificationPostprocessor(hk.Module):
     validation.check_positive('num_classes', num_classes)
     self._num_classes = num_classes
 
-  def __call__(self, inputs, *, is_training: bool, pos=None,
-               modality_sizes: Optional[ModalitySizeT] = None):
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    pos=None,
+    modality_sizes: Optional[ModalitySizeT] = None,
+  ):
     """Maps [B, N, C] to [B, num_classes] logits (of output 0).
 
     Args:
@@ -1116,8 +1345,9 @@ class ClassificationPostprocessor(hk.Module):
 class ProjectionPostprocessor(hk.Module):
   """A Linear(num_outputs) on every decoder output."""
 
-  def __init__(self, num_outputs: int,
-               name: Optional[str] = 'projection_postprocessor'):
+  def __init__(
+    self, num_outputs: int, name: Optional[str] = 'projection_postprocessor'
+  ):
     """Configures the postprocessor.
 
     Args:
@@ -1128,8 +1358,14 @@ class ProjectionPostprocessor(hk.Module):
     validation.check_positive('num_outputs', num_outputs)
     self._num_outputs = num_outputs
 
-  def __call__(self, inputs, *, is_training: bool, pos=None,
-               modality_sizes: Optional[ModalitySizeT] = None):
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    pos=None,
+    modality_sizes: Optional[ModalitySizeT] = None,
+  ):
     """Maps [B, N, C] to [B, N, num_outputs].
 
     Args:
@@ -1153,8 +1389,14 @@ class IdentityPostprocessor(hk.Module):
   def __init__(self, name: Optional[str] = None):
     super().__init__(name=name)
 
-  def __call__(self, inputs, *, is_training: bool, pos=None,
-               modality_sizes: Optional[ModalitySizeT] = None):
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    pos=None,
+    modality_sizes: Optional[ModalitySizeT] = None,
+  ):
     """Returns `inputs`.
 
     Args:
@@ -1170,9 +1412,12 @@ class IdentityPostprocessor(hk.Module):
 class MultimodalPostprocessor(hk.Module):
   """Splits a flat decoder output by modality and postprocesses each."""
 
-  def __init__(self, modalities: Mapping[str, PostprocessorT],
-               input_is_dict: bool = False,
-               name: Optional[str] = 'multimodal_postprocessor'):
+  def __init__(
+    self,
+    modalities: Mapping[str, PostprocessorT],
+    input_is_dict: bool = False,
+    name: Optional[str] = 'multimodal_postprocessor',
+  ):
     """Configures the postprocessor.
 
     Args:
@@ -1182,14 +1427,21 @@ class MultimodalPostprocessor(hk.Module):
     """
     super().__init__(name=name)
     if not isinstance(modalities, Mapping) or not modalities:
-      raise ValueError(f'modalities: expected a non-empty mapping of name to '
-                       f'postprocessor, got {modalities!r}.')
+      raise ValueError(
+        f'modalities: expected a non-empty mapping of name to '
+        f'postprocessor, got {modalities!r}.'
+      )
     self._modalities = dict(modalities)
     self._input_is_dict = input_is_dict
 
-  def __call__(self, inputs, *, is_training: bool, pos=None,
-               modality_sizes: Optional[ModalitySizeT] = None
-               ) -> Dict[str, Any]:
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    pos=None,
+    modality_sizes: Optional[ModalitySizeT] = None,
+  ) -> Dict[str, Any]:
     """Postprocesses every modality.
 
     Args:
@@ -1205,21 +1457,27 @@ class MultimodalPostprocessor(hk.Module):
     """
     if not self._input_is_dict:
       if modality_sizes is None:
-        raise ValueError('modality_sizes: expected a mapping of modality to '
-                         'output count for a flat input, got None.')
-      _check_modality_keys('modality_sizes', modality_sizes.keys(),
-                           self._modalities)
+        raise ValueError(
+          'modality_sizes: expected a mapping of modality to '
+          'output count for a flat input, got None.'
+        )
+      _check_modality_keys(
+        'modality_sizes', modality_sizes.keys(), self._modalities
+      )
       inputs = restructure(modality_sizes, inputs)
     else:
       if not isinstance(inputs, Mapping):
-        raise ValueError(f'inputs: expected a mapping of modality to outputs '
-                         f'with input_is_dict=True, got '
-                         f'{type(inputs).__name__}.')
+        raise ValueError(
+          f'inputs: expected a mapping of modality to outputs '
+          f'with input_is_dict=True, got '
+          f'{type(inputs).__name__}.'
+        )
       _check_modality_keys('inputs', inputs.keys(), self._modalities)
     return {
-        m: self._modalities[m](inputs[m], is_training=is_training, pos=pos,
-                               modality_sizes=None)
-        for m in sorted(self._modalities)
+      m: self._modalities[m](
+        inputs[m], is_training=is_training, pos=pos, modality_sizes=None
+      )
+      for m in sorted(self._modalities)
     }
 
 
@@ -1240,8 +1498,14 @@ class EmbeddingDecoder(hk.Module):
     validation.check_rank('embedding_matrix', embedding_matrix, (2,), '[V, D]')
     self._embedding_matrix = embedding_matrix
 
-  def __call__(self, inputs, *, is_training: bool = False, pos=None,
-               modality_sizes: Optional[ModalitySizeT] = None):
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool = False,
+    pos=None,
+    modality_sizes: Optional[ModalitySizeT] = None,
+  ):
     """Maps [B, T, D] embeddings to [B, T, V] logits.
 
     Args:
@@ -1258,10 +1522,13 @@ class EmbeddingDecoder(hk.Module):
     vocab_size, d_model = self._embedding_matrix.shape
     if inputs.shape[-1] != d_model:
       raise ValueError(
-          f'inputs: expected last dimension {d_model} (the embedding width), '
-          f'got shape {tuple(inputs.shape)}.')
-    bias_V = hk.get_parameter('bias', [vocab_size], dtype=inputs.dtype,
-                              init=jnp.zeros)
-    logits_BTV = jnp.einsum('...D,VD->...V', inputs,
-                            self._embedding_matrix.astype(inputs.dtype))
+        f'inputs: expected last dimension {d_model} (the embedding width), '
+        f'got shape {tuple(inputs.shape)}.'
+      )
+    bias_V = hk.get_parameter(
+      'bias', [vocab_size], dtype=inputs.dtype, init=jnp.zeros
+    )
+    logits_BTV = jnp.einsum(
+      '...D,VD->...V', inputs, self._embedding_matrix.astype(inputs.dtype)
+    )
     return logits_BTV + bias_V

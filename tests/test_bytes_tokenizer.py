@@ -12,8 +12,14 @@ def tok():
 
 
 def test_special_ids_and_vocab_size(tok):
-  assert (tok.pad_token, tok.bos_token, tok.eos_token, tok.mask_token,
-          tok.cls_token, tok.sep_token) == (0, 1, 2, 3, 4, 5)
+  assert (
+    tok.pad_token,
+    tok.bos_token,
+    tok.eos_token,
+    tok.mask_token,
+    tok.cls_token,
+    tok.sep_token,
+  ) == (0, 1, 2, 3, 4, 5)
   assert tok.vocab_size == 262
 
 
@@ -29,20 +35,30 @@ def test_to_int_is_utf8_bytes_plus_6(tok):
 
 def test_str_and_bytes_agree(tok):
   text = 'Perceiver IO — 中文 ✓'
-  np.testing.assert_array_equal(tok.to_int(text),
-                                tok.to_int(text.encode('utf-8')))
+  np.testing.assert_array_equal(
+    tok.to_int(text), tok.to_int(text.encode('utf-8'))
+  )
 
 
-@pytest.mark.parametrize('text', ['', 'a', 'Hello, world.', 'ünïcödé ✓ 🙂',
-                                  'line\nbreak\ttab'])
+@pytest.mark.parametrize(
+  'text', ['', 'a', 'Hello, world.', 'ünïcödé ✓ 🙂', 'line\nbreak\ttab']
+)
 def test_round_trip(tok, text):
   assert tok.to_string(tok.to_int(text)) == text
 
 
 def test_to_string_drops_special_ids(tok):
-  ids = [tok.bos_token] + list(tok.to_int('a b')) + [
-      tok.mask_token, tok.sep_token, tok.eos_token, tok.pad_token,
-      tok.pad_token]
+  ids = (
+    [tok.bos_token]
+    + list(tok.to_int('a b'))
+    + [
+      tok.mask_token,
+      tok.sep_token,
+      tok.eos_token,
+      tok.pad_token,
+      tok.pad_token,
+    ]
+  )
   assert tok.to_string(ids) == 'a b'
   assert tok.to_string(np.array([0, 1, 2, 3, 4, 5])) == ''
 
