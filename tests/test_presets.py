@@ -1,5 +1,6 @@
 """Presets: parameter trees equal the released checkpoints', calls work."""
 
+import functools
 import json
 import os
 
@@ -119,10 +120,13 @@ def test_small_preset_runs_and_bf16_is_close(name):
   if name == 'language_mlm':
     args = (args[0], jnp.ones_like(args[1]))
   model = presets.build(name, **SMALL[name])
-  params, state = model.init(jax.random.PRNGKey(0), *args, is_training=True)
-  out, _ = model.apply(params, state, None, *args, is_training=False)
+  params, state = jax.jit(functools.partial(model.init, is_training=True))(
+      jax.random.PRNGKey(0), *args)
+  out, _ = jax.jit(functools.partial(model.apply, is_training=False))(
+      params, state, None, *args)
   bf16 = presets.build(name, compute_dtype=jnp.bfloat16, **SMALL[name])
-  out16, _ = bf16.apply(params, state, None, *args, is_training=False)
+  out16, _ = jax.jit(functools.partial(bf16.apply, is_training=False))(
+      params, state, None, *args)
   for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(out16)):
     assert b.dtype == jnp.float32
     assert np.all(np.isfinite(a))
@@ -135,11 +139,14 @@ def test_video_chunked_decode_equals_full_decode():
   args, _ = example_inputs(name, batch=1, **SMALL[name])
   args = concrete(args)
   model = presets.build(name, **SMALL[name])
-  params, state = model.init(jax.random.PRNGKey(0), *args, is_training=False)
-  full, _ = model.apply(params, state, jax.random.PRNGKey(1), *args,
-                        is_training=False)
-  chunked, _ = model.apply(params, state, jax.random.PRNGKey(1), *args,
-                           is_training=False, decode_chunk_size=100)
+  params, state = jax.jit(functools.partial(model.init, is_training=False))(
+      jax.random.PRNGKey(0), *args)
+  apply = jax.jit(model.apply, static_argnames=('is_training',
+                                                'decode_chunk_size'))
+  full, _ = apply(params, state, jax.random.PRNGKey(1), *args,
+                  is_training=False)
+  chunked, _ = apply(params, state, jax.random.PRNGKey(1), *args,
+                     is_training=False, decode_chunk_size=100)
   chex.assert_trees_all_close(full, chunked, atol=1e-5, rtol=1e-5)
   assert full['image'].shape == (1, 2, 16, 16, 3)
   assert full['audio'].shape == (1, 64, 1)
