@@ -35,6 +35,7 @@ import contextlib
 from typing import Any, Callable, Dict
 
 import haiku as hk
+import jax
 import jax.numpy as jnp
 import jmp
 
@@ -79,6 +80,29 @@ def defaults(name: str) -> Dict[str, Any]:
   """The configuration fields of preset `name` and their released values."""
   validation.check_choice('name', name, PRESETS)
   return {**_DEFAULTS[_family(name)], **_COMMON}
+
+
+def example_inputs(name: str, batch: int = 1, **overrides):
+  """Positional inputs of preset `name` as `jax.ShapeDtypeStruct`s.
+
+  Useful with `jax.eval_shape(model.init, rng, *example_inputs(name))`.
+  """
+  cfg = {**defaults(name), **overrides}
+  f32 = jnp.float32
+  if name.startswith('imagenet'):
+    s = cfg['image_size']
+    return (jax.ShapeDtypeStruct((batch, s, s, 3), f32),)
+  if name == 'language_mlm':
+    n = cfg['max_seq_len']
+    return (jax.ShapeDtypeStruct((batch, n), jnp.int32),
+            jax.ShapeDtypeStruct((batch, n), jnp.int32))
+  if name == 'optical_flow':
+    h, w = cfg['image_size']
+    return (jax.ShapeDtypeStruct((batch, 2, h, w, 3), f32),)
+  t, s = cfg['num_frames'], cfg['image_size']
+  return ({'image': jax.ShapeDtypeStruct((batch, t, s, s, 3), f32),
+           'audio': jax.ShapeDtypeStruct((batch, cfg['audio_samples'], 1), f32),
+           'label': jax.ShapeDtypeStruct((batch, cfg['num_classes']), f32)},)
 
 
 def _encoder_options(cfg):

@@ -25,24 +25,8 @@ def official():
     return json.load(f)
 
 
-def example_inputs(name, batch=1, **cfg_overrides):
-  """Inputs for `presets.build(name, **cfg_overrides)` as ShapeDtypeStructs."""
-  cfg = {**presets.defaults(name), **cfg_overrides}
-  f32 = jnp.float32
-  if name.startswith('imagenet'):
-    s = cfg['image_size']
-    return (jax.ShapeDtypeStruct((batch, s, s, 3), f32),), {}
-  if name == 'language_mlm':
-    n = cfg['max_seq_len']
-    return (jax.ShapeDtypeStruct((batch, n), jnp.int32),
-            jax.ShapeDtypeStruct((batch, n), jnp.int32)), {}
-  if name == 'optical_flow':
-    h, w = cfg['image_size']
-    return (jax.ShapeDtypeStruct((batch, 2, h, w, 3), f32),), {}
-  t, s = cfg['num_frames'], cfg['image_size']
-  return ({'image': jax.ShapeDtypeStruct((batch, t, s, s, 3), f32),
-           'audio': jax.ShapeDtypeStruct((batch, cfg['audio_samples'], 1), f32),
-           'label': jax.ShapeDtypeStruct((batch, cfg['num_classes']), f32)},), {}
+def example_inputs(name, batch=1, **overrides):
+  return presets.example_inputs(name, batch, **overrides), {}
 
 
 def shape_tree(tree):
