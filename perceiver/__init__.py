@@ -8,11 +8,24 @@ from perceiver.attention import (ATTENTION_IMPLEMENTATIONS, MLP, Attention,
                                  CrossAttention, SelfAttention, attend,
                                  conv_1d, layer_norm,
                                  make_cross_attention_mask)
+from perceiver.bytes_tokenizer import BytesTokenizer
 from perceiver.decoders import (AbstractPerceiverDecoder,
                                 BasicDecoder, BasicVideoAutoencodingDecoder,
                                 ClassificationDecoder, FlowDecoder,
                                 MultimodalDecoder, ProjectionDecoder)
 from perceiver.encoder import PerceiverEncoder
+from perceiver.io_processors import (AudioPostprocessor, AudioPreprocessor,
+                                     ClassificationPostprocessor,
+                                     Conv2DDownsample, Conv2DUpsample,
+                                     Conv3DUpsample, EmbeddingDecoder,
+                                     IdentityPostprocessor, ImagePostprocessor,
+                                     ImagePreprocessor,
+                                     MultimodalPostprocessor,
+                                     MultimodalPreprocessor,
+                                     OneHotPreprocessor,
+                                     ProjectionPostprocessor, extract_patches,
+                                     patches_for_flow, restructure,
+                                     reverse_space_to_depth, space_to_depth)
 from perceiver.model import Perceiver
 from perceiver.position_encoding import (AbstractPositionEncoding,
                                          FourierPositionEncoding,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver import attention as attn
+from perceiver import io_processors
 from perceiver import position_encoding
 from perceiver import validation
 
@@ -429,7 +430,6 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
   def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
                     subsampled_points=None):
     """Padded, concatenated queries of all modalities: [B, sum O_m, E]."""
-    from perceiver import io_processors  # pylint: disable=g-import-not-at-top
     if modality_sizes is None:
       raise ValueError('modality_sizes: expected the per-modality input sizes '
                        '(from a MultimodalPreprocessor), got None.')
