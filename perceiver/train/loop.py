@@ -150,8 +150,7 @@ def train(config: ml_collections.ConfigDict, build_task: BuildTask,
       workdir, enabled=_is_chief(), resume_step=start_step,
       tensorboard=config.tensorboard)
   bar = progress_lib.ProgressBar(
-      config.total_steps, start_step=start_step,
-      enabled=_is_chief() and config.progress_bar)
+      config.total_steps, enabled=_is_chief() and config.progress_bar)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(ts.params))
   _say(f'{n_params / 1e6:.3f}M parameters; {len(devices)} devices on '
        f'{jax.process_count()} process(es); mesh {dict(mesh.shape)}; '

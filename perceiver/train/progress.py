@@ -16,11 +16,12 @@ class ProgressBar:
   """Redraws `[####....] step 120/1000 loss 0.4321 12.3 steps/s ETA 01:11`.
 
   On a terminal the line is redrawn in place; otherwise (logs, CI) a full
-  line is printed at most every `min_interval_s` seconds.
+  line is printed at most every `min_interval_s` seconds. The rate is
+  measured from the first reported step on, so compilation time does not
+  distort it.
   """
 
-  def __init__(self, total_steps: int, *, start_step: int = 0,
-               enabled: bool = True, stream: Optional[TextIO] = None,
+  def __init__(self, total_steps: int, *, enabled: bool = True, stream: Optional[TextIO] = None,
                width: int = 24, min_interval_s: float = 0.2):
     self.total = total_steps
     self.enabled = enabled
@@ -28,26 +29,29 @@ class ProgressBar:
     self.width = width
     self._tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
     self._min_interval = min_interval_s if self._tty else 10.0
-    self._start_step = start_step
-    self._start_time = time.time()
+    self._ref: Optional[tuple] = None  # (step, time) of the first update
     self._last_draw = 0.0
 
   def line(self, step: int, loss: Optional[float], now: float) -> str:
-    done = step - self._start_step
-    elapsed = max(now - self._start_time, 1e-9)
-    rate = done / elapsed
+    if self._ref is None:
+      self._ref = (step, now)
+    done = step - self._ref[0]
+    rate = done / (now - self._ref[1]) if done > 0 else float('nan')
     eta = (self.total - step) / rate if rate > 0 else float('nan')
     filled = int(self.width * step / max(self.total, 1))
     bar = '#' * filled + '.' * (self.width - filled)
     loss_str = 'loss n/a' if loss is None else f'loss {loss:.4f}'
     eta_str = _duration(eta) if eta == eta else '--:--'
+    rate_str = f'{rate:.2f}' if rate == rate else '--'
     return (f'[{bar}] step {step}/{self.total} {loss_str} '
-            f'{rate:.2f} steps/s ETA {eta_str}')
+            f'{rate_str} steps/s ETA {eta_str}')
 
   def update(self, step: int, loss: Optional[float], force: bool = False):
     if not self.enabled:
       return
     now = time.time()
+    if self._ref is None:
+      self._ref = (step, now)
     if not force and now - self._last_draw < self._min_interval:
       return
     self._last_draw = now
