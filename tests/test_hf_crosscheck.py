@@ -44,6 +44,7 @@ import pytest
 import perceiver
 from perceiver import hf_convert
 from perceiver import io_processors as io
+from perceiver import presets
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -330,7 +331,7 @@ def haiku_model(model_name, **options):
   return hk.transform_with_state(fn)
 
 
-def make_inputs(model_name, seed=0):
+def make_inputs(model_name, seed=0, image_size=None):
   """(haiku args, haiku kwargs, transformers kwargs, comparison mask or None)."""
   rng = np.random.default_rng(seed)
   if model_name == 'language_mlm':
@@ -346,7 +347,7 @@ def make_inputs(model_name, seed=0):
     )
     return hk_args, {}, hf_kwargs, mask
   if model_name.startswith('imagenet_'):
-    size = IMAGE_SIZE[model_name]
+    size = image_size or IMAGE_SIZE[model_name]
     images = rng.normal(size=(BATCH, size, size, 3)).astype(np.float32)
     return (
       (jnp.asarray(images),),
@@ -814,3 +815,151 @@ def test_multimodal_full_decode_gap():
   hf_kwargs.pop('subsampled_output_points')
   with pytest.raises(RuntimeError), torch.no_grad():
     model(**hf_kwargs)
+
+
+# ---------------------------------------------------------------------------
+# perceiver.presets (the project's builders of the six models) vs transformers.
+# ---------------------------------------------------------------------------
+
+_PRESET_ENCODER = dict(
+  z_index_dim=8, num_z_channels=32, num_self_attends_per_block=2
+)
+# Preset overrides, and the transformers config that computes the same model.
+# ImageNet Fourier / conv run at the released 224x224: transformers hard-codes
+# their Fourier max_resolution, which the presets derive from the image size.
+PRESET_CASES = {
+  'imagenet_fourier': (
+    dict(
+      _PRESET_ENCODER,
+      image_size=224,
+      num_classes=NUM_CLASSES,
+      num_blocks=2,
+      num_self_attend_heads=4,
+    ),
+    dict(
+      num_cross_attention_heads=1,
+      qk_channels=None,
+      v_channels=None,
+      image_size=224,
+    ),
+  ),
+  'imagenet_conv': (
+    dict(
+      _PRESET_ENCODER,
+      image_size=224,
+      num_classes=NUM_CLASSES,
+      num_blocks=2,
+      num_self_attend_heads=4,
+    ),
+    dict(
+      num_cross_attention_heads=1,
+      qk_channels=None,
+      v_channels=None,
+      image_size=224,
+    ),
+  ),
+  'imagenet_learned': (
+    dict(
+      _PRESET_ENCODER,
+      image_size=8,
+      num_classes=NUM_CLASSES,
+      num_blocks=2,
+      num_self_attend_heads=4,
+    ),
+    dict(
+      num_cross_attention_heads=1,
+      qk_channels=None,
+      v_channels=None,
+      image_size=8,
+    ),
+  ),
+  'language_mlm': (
+    dict(
+      _PRESET_ENCODER,
+      max_seq_len=MLM['max_position_embeddings'],
+      d_model=MLM['d_model'],
+      num_heads=8,
+      qk_channels=256,
+    ),
+    dict(
+      num_blocks=1, num_cross_attention_heads=8, qk_channels=256, v_channels=32
+    ),
+  ),
+  'optical_flow': (
+    dict(
+      _PRESET_ENCODER,
+      image_size=tuple(FLOW['train_size']),
+      num_self_attend_heads=4,
+    ),
+    dict(
+      num_blocks=1,
+      num_cross_attention_heads=1,
+      qk_channels=None,
+      v_channels=None,
+    ),
+  ),
+  'video_autoencoding': (
+    dict(
+      _PRESET_ENCODER,
+      num_frames=VIDEO['num_frames'],
+      image_size=VIDEO['output_shape'][2],
+      samples_per_patch=VIDEO['samples_per_patch'],
+      audio_samples=VIDEO['num_frames'] * VIDEO['audio_samples_per_frame'],
+      num_classes=NUM_CLASSES,
+      num_self_attend_heads=4,
+    ),
+    dict(
+      num_blocks=1,
+      num_cross_attention_heads=1,
+      qk_channels=None,
+      v_channels=None,
+      output_num_channels=32,
+      _label_trainable_num_channels=1024,
+    ),
+  ),
+}
+
+
+@pytest.mark.parametrize('model_name', hf_convert.MODEL_NAMES)
+def test_presets_match_transformers(model_name):
+  overrides, config_kwargs = PRESET_CASES[model_name]
+  config = hf_config(
+    model_name,
+    num_self_attention_heads=overrides.get(
+      'num_self_attend_heads', overrides.get('num_heads')
+    ),
+    **config_kwargs,
+  )
+  assert hf_convert.config_issues(config) == []
+  image_size = (
+    overrides['image_size'] if model_name.startswith('imagenet') else None
+  )
+  hk_args, hk_kwargs, hf_kwargs, mask = make_inputs(
+    model_name, seed=4, image_size=image_size
+  )
+  if model_name.startswith('imagenet') and image_size == 224:
+    # One image: the 50,176 Fourier tokens are the expensive part.
+    hk_args = tuple(a[:1] for a in hk_args)
+    hf_kwargs = {k: v[:1] for k, v in hf_kwargs.items()}
+  hk_kwargs = dict(hk_kwargs, is_training=False)
+  if model_name == 'video_autoencoding':
+    inputs, points = hk_args
+    hk_args, hk_kwargs['subsampled_output_points'] = (inputs,), points
+  model = presets.build(model_name, **overrides)
+  init_kwargs = dict(hk_kwargs, is_training=True)
+  params, state = jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), *hk_args, **init_kwargs)
+  )
+  params, state = randomize_haiku(params, state, seed=6)
+  apply = jax.jit(lambda p, s, *a: model.apply(p, s, None, *a, **hk_kwargs)[0])
+  ours = apply(params, state, *hk_args)
+
+  hf = load_haiku_into(
+    hf_model(model_name, config), params, state, model_name, config
+  )
+  theirs = hf_outputs(model_name, hf, hf_kwargs)
+  if model_name == 'optical_flow':
+    theirs = theirs * presets.defaults('optical_flow')['flow_scale']
+  err = compare(model_name, ours, theirs, mask)
+  print(f'{model_name}: presets vs transformers max rel err {err:.2e}')
+  assert err <= RTOL
