@@ -884,6 +884,11 @@ class OneHotPreprocessor(hk.Module):
   """A [B, C] vector (e.g. a one-hot label) as one token; no position encoding."""
 
   def __init__(self, name: Optional[str] = None):
+    """Has no hyper-parameters or parameters.
+
+    Args:
+      name: module name.
+    """
     super().__init__(name=name)
 
   def __call__(
@@ -1387,6 +1392,11 @@ class IdentityPostprocessor(hk.Module):
   """Returns the decoder outputs unchanged."""
 
   def __init__(self, name: Optional[str] = None):
+    """Has no hyper-parameters or parameters.
+
+    Args:
+      name: module name.
+    """
     super().__init__(name=name)
 
   def __call__(

@@ -376,6 +376,23 @@ def test_image_pixels_fourier_matches_numpy():
   np.testing.assert_array_equal(np.asarray(without_pos), pixels)
 
 
+def test_image_pixels_video_subsamples_frames_and_pixels():
+  x = _rand((1, 4, 4, 6, 2))
+
+  def fn(x):
+    return io.ImagePreprocessor(
+      prep_type='pixels',
+      spatial_downsample=2,
+      temporal_downsample=2,
+      **_fourier_kwargs(1, (2, 2, 3)),
+    )(x, is_training=False)
+
+  _, _, (with_pos, _, without_pos) = _init_apply(fn, x)
+  want = x[:, 0::2, 0::2, 0::2].reshape(1, 12, 2)
+  np.testing.assert_array_equal(np.asarray(without_pos), want)
+  assert with_pos.shape == (1, 12, 2 + 3 + 6)
+
+
 def test_image_patches_video_matches_numpy():
   x = _rand((1, 4, 4, 8, 2))
 
