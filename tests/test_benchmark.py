@@ -1,0 +1,104 @@
+"""Smoke test of experiments/benchmark.py: a tiny custom size, one repeat.
+
+Checks that results.json, results.md and the scaling plots are written with
+the expected fields. It asserts nothing about speed: numbers come from
+`python -m experiments.benchmark`, never from tests.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import benchmark
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+TINY = dict(image_size=8, num_classes=10, z_index_dim=8, num_z_channels=32,
+            num_blocks=1, num_self_attends_per_block=1,
+            num_self_attend_heads=2)
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory):
+  pytest.importorskip('torch')
+  pytest.importorskip('transformers')
+  out = tmp_path_factory.mktemp('bench')
+  cmd = [sys.executable, '-m', 'experiments.benchmark', f'--out={out}',
+         '--presets=imagenet_fourier', f'--overrides={json.dumps(TINY)}',
+         '--dtypes=float32', '--modes=forward,train', '--repeats=1',
+         '--warmup=0', '--torch', '--scaling', '--min_log2=5', '--max_log2=6',
+         '--log2_step=1', '--latents=8', '--width=16', '--input_channels=4',
+         '--decode_chunk=16', '--scaling_repeats=1', '--matmul_size=64',
+         '--timeout=300']
+  env = dict(os.environ, MPLBACKEND='Agg', HF_HUB_OFFLINE='1',
+             TRANSFORMERS_OFFLINE='1')
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out / 'results.json') as f:
+    return out, json.load(f)
+
+
+def test_json_fields(results):
+  _, res = results
+  assert {'machine', 'config', 'command', 'load_start', 'load_end',
+          'matmul_peak', 'presets', 'scaling'} <= set(res)
+  assert res['machine']['cpu_count'] >= 1
+  for fw in ('jax', 'torch'):
+    assert set(res['matmul_peak'][fw]) == {'float32', 'bfloat16'}
+    assert all(v > 0 for v in res['matmul_peak'][fw].values())
+  by_key = {(r['framework'], r['mode']): r for r in res['presets']}
+  assert set(by_key) == {('jax', 'forward'), ('jax', 'train'),
+                         ('torch', 'forward'), ('torch', 'train')}
+  for r in by_key.values():
+    assert r['status'] == 'ok', r
+    assert r['preset'] == 'imagenet_fourier' and r['dtype'] == 'float32'
+    assert len(r['times_s']) == 1 and r['median_s'] > 0
+    assert r['peak_rss_bytes'] > 0 and 'peak_mem_bytes' in r
+  for mode in ('forward', 'train'):
+    jax_rec = by_key[('jax', mode)]
+    assert jax_rec['flops'] > 0 and jax_rec['flops_per_s'] > 0
+    assert jax_rec['compile_s'] > 0
+    assert 'xla_memory' in jax_rec
+  # Same weights on both sides: the parameter counts agree.
+  assert by_key[('jax', 'forward')]['num_params'] == (
+      by_key[('torch', 'forward')]['num_params'])
+  assert 'max_rel_err' in by_key[('torch', 'forward')]
+
+
+def test_scaling_fields(results):
+  _, res = results
+  records = res['scaling']['records']
+  curves = {(r['model'], r['sweep']) for r in records}
+  assert curves == {('perceiver', 'M'), ('perceiver', 'O'),
+                    ('transformer', 'M'), ('perceiver', 'M=O')}
+  for r in records:
+    assert r['status'] == 'ok', r
+    assert r['median_s'] > 0 and r['input_bytes'] > 0
+  assert records[-1]['M'] == records[-1]['O'] == 2**6
+  slopes = res['scaling']['slopes']
+  assert set(slopes) == {'perceiver vs M', 'perceiver vs O',
+                         'transformer vs M'}
+  for s in slopes.values():
+    assert s['points'] == 2 and s['time_slope'] is not None
+
+
+def test_markdown_and_plots(results):
+  out, res = results
+  md = (out / 'results.md').read_text()
+  for needle in ('| preset | dtype | mode |', '## Scaling', 'imagenet_fourier',
+                 'matmul peak', res['machine']['cpu'], 'Load average'):
+    assert needle in md
+  for name in ('scaling_time.png', 'scaling_memory.png'):
+    with open(out / name, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_fit_slope():
+  xs = 2.0**np.arange(10, 15)
+  assert benchmark.fit_slope(xs, 3 * xs**2) == pytest.approx(2.0)
+  assert benchmark.fit_slope(xs, 5 * xs) == pytest.approx(1.0)
+  assert benchmark.fit_slope(xs[:1], xs[:1]) is None
