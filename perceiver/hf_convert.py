@@ -76,6 +76,13 @@ tests/test_hf_crosscheck.py:
   8. BatchNorm training updates differ (zero-debiased EMA over the biased
      batch variance in Haiku, plain momentum-0.1 average over the unbiased
      variance in PyTorch); evaluation with the running statistics agrees.
+  9. 'imagenet_learned' decoder: transformers hard-codes
+     `use_query_residual=True`; the released model uses False (no
+     parameters differ, the outputs do).
+  Not reached by the released configs: transformers' 'pixels'
+  preprocessing with spatial_downsample > 1 slices the batch and channel
+  axes of its [B, C, H, W] images (`inputs[::s, ::s]`), and its conv stem
+  always has one layer whatever `spatial_downsample` is.
 """
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -220,8 +227,8 @@ def _classification_decoder() -> List[_Rule]:
 
 def _rules(
   model_name: str, num_self_attends: int
-) -> Tuple[List[_Rule], List[str]]:
-  """(parameter rules, BatchNorm module paths) of one model."""
+) -> Tuple[List[_Rule], List[Tuple[str, str]]]:
+  """(parameter rules, (Haiku, torch) BatchNorm module paths) of a model."""
   encoder = (
     'encoder' if model_name == 'video_autoencoding' else ('perceiver_encoder')
   )

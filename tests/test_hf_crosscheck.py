@@ -6,7 +6,9 @@ perceiver modules with the released configuration, at small widths) and the
 transformers model with the same sizes get the same random weights, converted
 in one direction or the other, and must give the same outputs on the same
 inputs: relative error (max |ours - theirs| / max |theirs|) <= 1e-4 in
-float32, in eval mode.
+float32, in eval mode. test_presets_match_transformers does the same for
+the models that `perceiver.presets.build` returns (reduced overrides; the
+ImageNet Fourier / conv presets at their released 224x224).
 
 Where transformers genuinely computes something else than the released
 model, the comparison is made where the two agree and the gap itself is
@@ -27,7 +29,8 @@ docstring for the list; in short:
     output positions are compared only where the input is not padding
     (test_mlm_query_mask_gap shows the padded positions differ).
   * video_autoencoding: transformers can only decode subsampled points, so
-    the comparison decodes subsampled audio / image points (plus the label).
+    the comparison decodes subsampled audio / image points (plus the label);
+    test_multimodal_full_decode_gap shows the full decode failing.
 """
 
 import functools
@@ -48,7 +51,6 @@ from perceiver import presets
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
-hfm = pytest.importorskip('transformers.models.perceiver.modeling_perceiver')
 
 RTOL = 1e-4
 OFFICIAL_PARAMS = os.environ.get(
