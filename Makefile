@@ -53,7 +53,7 @@ lint: $(VENV)/.stamp-test
 format: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff format $(RUFF_CONFIG) $(LINT_PATHS)
 
-bench: $(VENV)/.stamp-main
+bench: $(VENV)/.stamp-test  # compares against torch + transformers
 	$(PY) -m experiments.benchmark --out=bench_out $(ARGS)
 
 clean:
