@@ -39,9 +39,8 @@ COMMON = {'total_steps': 5, 'checkpoint_every': 100}
 
 
 def _worker(out_dir):
-  sys.path[:0] = [ROOT, HERE]
   import jax  # pylint: disable=g-import-not-at-top
-  import test_train_common as common  # pylint: disable=g-import-not-at-top
+  from tests import test_train_common as common  # pylint: disable=g-import-not-at-top
   from perceiver.train import loop  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 8, jax.devices()
   summary = {}
@@ -66,8 +65,9 @@ def runs(tmp_path_factory):
   out = str(tmp_path_factory.mktemp('devices'))
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, __file__, out], env=env,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'tests.test_train_devices', out], env=env,
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   with open(os.path.join(out, 'summary.json')) as f:
     summary = json.load(f)

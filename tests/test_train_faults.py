@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-import test_train_common as common
+from tests import test_train_common as common
 from perceiver.train import checkpoint as checkpoint_lib
 from perceiver.train import loop
 
@@ -41,7 +41,6 @@ def _assert_same_run(reference, resumed, steps):
 def _kill_during_save_worker(workdir, kill_step):
   """Trains; SIGKILLs itself after writing checkpoint `kill_step`'s files
   but before orbax commits (renames) them."""
-  sys.path[:0] = [ROOT, HERE]
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
   original = atomicity.AtomicRenameTemporaryPath.finalize
 
@@ -60,9 +59,9 @@ def test_sigkill_while_saving_resumes_from_previous_checkpoint(tmp_path):
                          str(tmp_path / 'reference'))
   workdir = str(tmp_path / 'killed')
   proc = subprocess.run(
-      [sys.executable, __file__, 'kill', workdir, '8'],
+      [sys.executable, '-m', 'tests.test_train_faults', 'kill', workdir, '8'],
       capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   leftovers = os.listdir(os.path.join(workdir, 'checkpoints'))
   assert '4' in leftovers and '8' not in leftovers, leftovers

@@ -21,12 +21,11 @@ OVERRIDES = {'total_steps': 6, 'checkpoint_every': 3, 'model.dropout': 0.2}
 
 
 def _worker(out_dir, process_id, num_processes, port, interrupt_at):
-  sys.path[:0] = [ROOT, HERE]
   from perceiver.train import distributed  # pylint: disable=g-import-not-at-top
   if num_processes > 1:
     distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)
   import jax  # pylint: disable=g-import-not-at-top
-  import test_train_common as common  # pylint: disable=g-import-not-at-top
+  from tests import test_train_common as common  # pylint: disable=g-import-not-at-top
   from perceiver.train import loop  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 4 and jax.process_count() == num_processes
   config = common.toy_config(**OVERRIDES,
@@ -59,9 +58,9 @@ def _launch(out_dir, num_processes, interrupt_at=-1):
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   port = _free_port()
   procs = [subprocess.Popen(
-      [sys.executable, __file__, out_dir, str(i), str(num_processes),
+      [sys.executable, '-m', 'tests.test_train_multihost', out_dir, str(i), str(num_processes),
        str(port), str(interrupt_at)],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(num_processes)]
   outputs = [p.communicate(timeout=400)[0] for p in procs]
   for p, out in zip(procs, outputs):

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-import test_train_common as common
+from tests import test_train_common as common
 from perceiver.train import loop
 from perceiver.train import metrics as metrics_lib
 

@@ -47,9 +47,11 @@ def _is_chief() -> bool:
 
 
 def _say(text: str) -> None:
-  logging.info(text)
+  """Prints on process 0 (the others log it)."""
   if _is_chief():
     print(text, flush=True)
+  else:
+    logging.info(text)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

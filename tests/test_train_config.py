@@ -1,0 +1,99 @@
+"""Config checks, the command line and the digits experiment end to end.
+
+Bad values must be rejected before anything is built or compiled, with the
+field's name in the message; the command line must accept overrides and
+write the workdir the issue describes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import test_train_common as common
+from perceiver.train import config as config_lib
+from perceiver.train import loop
+from perceiver.train import metrics as metrics_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BAD = [
+    # (override, device_count, field named in the message)
+    ({'batch_size': 12}, 8, 'batch_size'),
+    ({'batch_size': 16, 'accumulation_steps': 4}, 8, 'batch_size'),
+    ({'batch_size': 16, 'accumulation_steps': 3}, 1, 'batch_size'),
+    ({'total_steps': 0}, 1, 'total_steps'),
+    ({'log_every': -1}, 1, 'log_every'),
+    ({'checkpoint_every': 0}, 1, 'checkpoint_every'),
+    ({'keep_checkpoints': 0}, 1, 'keep_checkpoints'),
+    ({'fsdp': 3}, 8, 'fsdp'),
+    ({'precision': 'float8'}, 1, 'precision'),
+    ({'nonfinite': 'ignore'}, 1, 'nonfinite'),
+    ({'eval_batch_size': 20}, 8, 'eval_batch_size'),
+    ({'optimizer.name': 'sgd'}, 1, 'optimizer.name'),
+    ({'optimizer.schedule': 'step'}, 1, 'optimizer.schedule'),
+    ({'optimizer.base_lr': -1.0}, 1, 'optimizer.base_lr'),
+    ({'optimizer.b2': 1.0}, 1, 'optimizer.b2'),
+]
+
+
+@pytest.mark.parametrize('overrides,devices,field', BAD)
+def test_bad_values_are_rejected_naming_the_field(overrides, devices, field):
+  config = common.toy_config(**overrides)
+  with pytest.raises(ValueError) as info:
+    config_lib.validate(config, device_count=devices)
+  message = str(info.value)
+  assert message.startswith(field + ':') or message.startswith(field + '='), (
+      message)
+
+
+def test_good_config_passes_on_eight_devices():
+  config_lib.validate(common.toy_config(batch_size=32, accumulation_steps=2,
+                                        fsdp=2), device_count=8)
+
+
+def test_train_rejects_before_building_anything(tmp_path):
+  def build_task(*_):
+    raise AssertionError('the task was built for an invalid config')
+  with pytest.raises(ValueError, match='optimizer.name'):
+    loop.train(common.toy_config(**{'optimizer.name': 'sgd'}), build_task,
+               str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def _main(*args, timeout=600):
+  return subprocess.run(
+      [sys.executable, '-m', 'experiments.main', *args], cwd=ROOT,
+      capture_output=True, text=True, timeout=timeout,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_command_line_rejects_bad_override_naming_the_field(tmp_path):
+  proc = _main('--config=experiments/digits.py:debug',
+               '--config.optimizer.name=sgd', f'--workdir={tmp_path}')
+  assert proc.returncode != 0
+  assert "optimizer.name: expected one of ['lamb', 'adamw'], got 'sgd'" in (
+      proc.stderr), proc.stderr[-2000:]
+
+
+def test_digits_debug_from_the_command_line_fills_the_workdir(tmp_path):
+  workdir = str(tmp_path / 'run')
+  proc = _main('--config=experiments/digits.py:debug', f'--workdir={workdir}',
+               '--config.total_steps=6', '--config.log_every=3',
+               '--config.checkpoint_every=3')
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  assert 'Held-out: accuracy' in proc.stdout
+  assert 'step 6/6' in proc.stderr  # The progress bar.
+
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  assert saved['total_steps'] == 6 and saved['log_every'] == 3  # Overrides.
+  records = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['step'] for r in records if 'loss' in r] == [3, 6]
+  assert any('eval/accuracy' in r for r in records)
+  assert os.path.getsize(os.path.join(workdir, 'training_curves.png')) > 1000
+  assert any(name.startswith('events.out.tfevents') for name in
+             os.listdir(os.path.join(workdir, 'tensorboard')))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
