@@ -6,6 +6,9 @@ init), so only the plumbing is checked; no released checkpoint is needed.
 
 import colorsys
 import functools
+import os
+import runpy
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -605,3 +608,31 @@ def test_random_weights_tree_equals_init_tree():
   shapes = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)
   assert shapes(params) == shapes(ref_params)
   assert shapes(state) == shapes(ref_state)
+
+
+# The example scripts, without a checkpoint (tiny random-weight models).
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), '..', 'examples')
+
+
+@pytest.mark.parametrize(
+  'script, extra',
+  [
+    ('fill_masked_bytes.py', []),
+    ('classify_image.py', ['--preset', 'imagenet_conv']),
+    ('optical_flow.py', ['--out', '{tmp}/flow.png']),
+    ('video_autoencoding.py', ['--num_chunks', '4']),
+  ],
+)
+def test_example_runs_without_checkpoint(
+  script, extra, tmp_path, monkeypatch, capsys
+):
+  argv = [script] + [a.format(tmp=tmp_path) for a in extra]
+  monkeypatch.setattr(sys, 'argv', argv)
+  monkeypatch.syspath_prepend(EXAMPLES)
+  runpy.run_path(os.path.join(EXAMPLES, script), run_name='__main__')
+  printed = capsys.readouterr().out
+  assert 'tiny random-weight' in printed
+  if script == 'optical_flow.py':
+    with Image.open(tmp_path / 'flow.png') as image:
+      assert image.size == (70, 40)
