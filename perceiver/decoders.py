@@ -39,12 +39,13 @@ def _is_concrete(x) -> bool:
 def check_subsampled_points(points, num_outputs: int,
                             name: str = 'subsampled_points'):
   """Validates flat output indices [S] against O = num_outputs."""
-  points = jnp.asarray(points)
+  if _is_concrete(points):
+    points = np.asarray(points)
   validation.check_rank(name, points, (1,), '[S] of flat output indices')
   if not jnp.issubdtype(points.dtype, jnp.integer):
     raise ValueError(f'{name}: expected integer indices, got dtype '
                      f'{points.dtype}.')
-  if _is_concrete(points) and points.size:
+  if isinstance(points, np.ndarray) and points.size:
     lo, hi = int(points.min()), int(points.max())
     if lo < 0 or hi >= num_outputs:
       raise ValueError(f'{name}: expected indices in [0, {num_outputs}), got '

@@ -181,6 +181,11 @@ class FourierPositionEncoding(AbstractPositionEncoding):
     if self._max_resolution is None:
       raise ValueError('max_resolution: expected a resolution per dimension '
                        'when index_dims is None, got None.')
+    if (self._index_dims is not None and
+        len(self._max_resolution) != len(self._index_dims)):
+      raise ValueError(
+          f'max_resolution: expected {len(self._index_dims)} entries (one per '
+          f'index dim of {self._index_dims}), got {self._max_resolution}.')
 
   @property
   def num_positions(self) -> int:
