@@ -37,6 +37,7 @@ def toy_config(**overrides):
   c.eval_batch_size = 32
   c.progress_bar = False
   c.tensorboard = False
+  c.plot_curves = False
   c.optimizer.name = 'adamw'
   c.optimizer.base_lr = 1e-2
   c.optimizer.scale_by_batch = False

@@ -25,13 +25,14 @@ def _config(**overrides):
 
 
 def test_restart_continues_exactly(tmp_path):
-  straight = loop.train(_config(), common.build_toy_task,
+  straight = loop.train(_config(plot_curves=True), common.build_toy_task,
                         str(tmp_path / 'straight'))
   workdir = str(tmp_path / 'restarted')
   with pytest.raises(common.Interrupted):
     loop.train(_config(**{'model.interrupt_at_step': 12}),
                common.build_toy_task, workdir)
-  resumed = loop.train(_config(), common.build_toy_task, workdir)
+  resumed = loop.train(_config(plot_curves=True), common.build_toy_task,
+                       workdir)
 
   # Interrupted while fetching the batch of step 13: the checkpoint at 10
   # is the latest complete one.
@@ -54,6 +55,7 @@ def test_restart_continues_exactly(tmp_path):
                                                                       '20']
   for name in ('config.json', 'training_curves.png', 'result.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
+  assert not os.path.exists(os.path.join(workdir, 'tensorboard'))  # Off.
 
 
 def test_finished_run_restarts_without_training(tmp_path):

@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.nonfinite = 'stop'          # or 'skip' (skip the update and count it)
   c.progress_bar = True
   c.tensorboard = True
+  c.plot_curves = True          # training_curves.png at the end of a run
   c.optimizer = optim.default_config()
   return c
 

@@ -226,7 +226,8 @@ def train(config: ml_collections.ConfigDict, build_task: BuildTask,
   if steps_run:
     _say(f'Trained {steps_run} steps in {train_time:.1f}s '
          f'({steps_run / max(train_time, 1e-9):.2f} steps/s).')
-  writer.plot()
+  if config.plot_curves:
+    writer.plot()
   writer.close()
   checkpointer.close()
   if _is_chief():
