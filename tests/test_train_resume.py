@@ -58,12 +58,16 @@ def test_restart_continues_exactly(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'tensorboard'))  # Off.
 
 
-def test_finished_run_restarts_without_training(tmp_path):
-  config = _config(total_steps=5)
+@pytest.mark.parametrize('async_checkpoint', [False, True])
+def test_finished_run_restarts_without_training(tmp_path, async_checkpoint):
+  config = _config(total_steps=5, async_checkpoint=async_checkpoint)
   first = loop.train(config, common.build_toy_task, str(tmp_path))
   again = loop.train(config, common.build_toy_task, str(tmp_path))
   assert again['start_step'] == 5 and not again['losses']
   assert again['eval'] == first['eval']
+  for a, b in zip(jax_leaves(first['train_state']),
+                  jax_leaves(again['train_state'])):
+    np.testing.assert_array_equal(a, b)
 
 
 def jax_leaves(train_state):
