@@ -77,6 +77,9 @@ _SCALING = flags.DEFINE_bool('scaling', False, 'Run the scaling sweep.')
 _MIN_LOG2 = flags.DEFINE_integer('min_log2', 10, 'Smallest M, O: 2^min_log2.')
 _MAX_LOG2 = flags.DEFINE_integer('max_log2', 22, 'Largest M, O: 2^max_log2.')
 _LOG2_STEP = flags.DEFINE_integer('log2_step', 1, 'Step of log2 M, O.')
+_TRANSFORMER_LOG2_STEP = flags.DEFINE_integer(
+    'transformer_log2_step', 1, 'Step of log2 M of the Transformer baseline '
+    '(it stops at its first failure).')
 _LATENTS = flags.DEFINE_integer('latents', 256, 'Scaling model: latents N.')
 _WIDTH = flags.DEFINE_integer('width', 256, 'Scaling model: latent width.')
 _INPUT_CHANNELS = flags.DEFINE_integer('input_channels', 32,
@@ -94,9 +97,13 @@ _MEM_BUDGET_GB = flags.DEFINE_float(
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 2048,
                                     'n of the n x n x n matmul peak.')
 _OUT = flags.DEFINE_string('out', 'bench_out', 'Output directory.')
+_REPORT_ONLY = flags.DEFINE_bool(
+    'report_only', False,
+    'Only re-render <out>/results.md and the plots from <out>/results.json.')
 _WORKER = flags.DEFINE_string('worker', None,
                               'Internal: run one configuration (JSON spec).')
 
+FLAGS = flags.FLAGS
 GB = 2.0**30
 
 
@@ -457,6 +464,24 @@ def worker_main(spec: Dict[str, Any]) -> None:
     json.dump(rec, f)
 
 
+def meminfo_bytes(field: str) -> Optional[int]:
+  """A /proc/meminfo field (e.g. 'MemAvailable') in bytes; None elsewhere."""
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith(field + ':'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def torch_available() -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  return all(importlib.util.find_spec(m) is not None
+             for m in ('torch', 'transformers'))
+
+
 def machine_info() -> Dict[str, Any]:
   """The machine and the versions the numbers come from."""
   info = dict(platform=platform.platform(), python=platform.python_version(),
@@ -468,11 +493,9 @@ def machine_info() -> Dict[str, Any]:
     info['cpu'] = models[0] if models else platform.processor()
   except OSError:
     info['cpu'] = platform.processor()
-  try:
-    import psutil  # pylint: disable=g-import-not-at-top
-    info['memory_gib'] = round(psutil.virtual_memory().total / GB, 1)
-  except ImportError:
-    pass
+  total = meminfo_bytes('MemTotal')
+  if total:
+    info['memory_gib'] = round(total / GB, 1)
   from importlib import metadata  # pylint: disable=g-import-not-at-top
   for pkg in ('jax', 'jaxlib', 'dm-haiku', 'torch', 'transformers'):
     try:
@@ -499,10 +522,11 @@ def _brief(rec: Dict[str, Any]) -> str:
           (f', peak mem {mem / GB:.2f} GiB' if mem is not None else ''))
 
 
-def run_presets(out_dir: str, mem_budget: float) -> List[Dict[str, Any]]:
-  """The preset table's records (JAX, then transformers, per preset)."""
+def run_presets(out_dir: str, mem_budget: float,
+                records: List[Dict[str, Any]], save) -> None:
+  """Appends the preset table's records (JAX, then transformers, per
+  preset) to `records`, calling `save()` after each."""
   overrides = json.loads(_OVERRIDES.value)
-  records = []
   for name in _PRESETS.value:
     export = tempfile.mkdtemp(prefix=f'bench_{name}_', dir=out_dir)
     try:
@@ -515,6 +539,7 @@ def run_presets(out_dir: str, mem_budget: float) -> List[Dict[str, Any]]:
                       mem_budget=mem_budget, export_dir=export)
           rec = spawn('experiments.benchmark', spec, _TIMEOUT.value)
           records.append(dict(_public(spec), **rec))
+          save()
           _log(f'jax {name} {dtype} {mode}: {_brief(rec)}')
       if not _TORCH.value:
         continue
@@ -531,10 +556,10 @@ def run_presets(out_dir: str, mem_budget: float) -> List[Dict[str, Any]]:
           else:
             rec = spawn('experiments.bench_torch', spec, _TIMEOUT.value)
           records.append(dict(_public(spec), **rec))
+          save()
           _log(f'torch {name} {dtype} {mode}: {_brief(rec)}')
     finally:
       shutil.rmtree(export, ignore_errors=True)
-  return records
 
 
 def _public(spec):
@@ -556,14 +581,15 @@ def scaling_specs(mem_budget: float) -> List[Dict[str, Any]]:
            for m in sizes]
   specs += [dict(base, sweep='O', model='perceiver', M=2**lo, O=o)
             for o in sizes]
-  specs += [dict(base, sweep='M', model='transformer', M=m, O=m)
-            for m in sizes]
+  specs += [dict(base, sweep='M', model='transformer', M=2**k, O=2**k)
+            for k in range(lo, hi + 1, _TRANSFORMER_LOG2_STEP.value)]
   specs.append(dict(base, sweep='M=O', model='perceiver', M=2**hi, O=2**hi))
   return specs
 
 
-def run_scaling_sweep(mem_budget: float) -> List[Dict[str, Any]]:
-  records = []
+def run_scaling_sweep(mem_budget: float, records: List[Dict[str, Any]],
+                      save) -> None:
+  """Appends the scaling records to `records`, calling `save()` after each."""
   transformer_failed = False
   for spec in scaling_specs(mem_budget):
     label = f"{spec['model']} {spec['sweep']} M={spec['M']} O={spec['O']}"
@@ -574,8 +600,8 @@ def run_scaling_sweep(mem_budget: float) -> List[Dict[str, Any]]:
       transformer_failed |= (spec['model'] == 'transformer' and
                              rec.get('status') != 'ok')
     records.append(dict(_public(spec), **rec))
+    save()
     _log(f'{label}: {_brief(rec)}')
-  return records
 
 
 def fit_slope(xs, ys) -> Optional[float]:
@@ -648,7 +674,7 @@ def plot_scaling(records, out_dir: str) -> List[str]:
               label=f"Perceiver, M = O = {r['M']}")
     if firsts:  # Reference slopes 1 and 2 through the lowest first point.
       x0, y0 = min(firsts, key=lambda p: p[1])
-      xs = np.array([x0, 2.0**_MAX_LOG2.value])
+      xs = np.array([x0, max(max(r['M'], r['O']) for r in records)])
       for n, style in ((1, ':'), (2, '-.')):
         ax.plot(xs, y0 * (xs / x0)**n, style, color='gray', linewidth=0.8,
                 label=f'slope {n}')
@@ -776,20 +802,30 @@ def markdown(results: Dict[str, Any]) -> str:
     lines += ['', 'Fitted log-log slopes (all points; upper half of the '
               'points):', '']
     for curve, s in scaling['slopes'].items():
-      lines.append(
-          f"- {curve} ({s['points']} points): time "
-          f"{_fmt(s['time_slope'], '.2f')}; {_fmt(s['time_slope_upper_half'], '.2f')}"
-          f", memory {_fmt(s['memory_slope'], '.2f')}; "
-          f"{_fmt(s['memory_slope_upper_half'], '.2f')}" +
-          (f"; memory beyond the inputs (upper half) "
-           f"{_fmt(s['memory_beyond_inputs_slope_upper_half'], '.2f')}"
-           if 'memory_beyond_inputs_slope_upper_half' in s else ''))
+      two = lambda k: _fmt(s[k], '.2f')  # pylint: disable=cell-var-from-loop
+      line = (f"- {curve} ({s['points']} points): time {two('time_slope')}; "
+              f"{two('time_slope_upper_half')}, memory "
+              f"{two('memory_slope')}; {two('memory_slope_upper_half')}")
+      if 'memory_beyond_inputs_slope_upper_half' in s:
+        line += ('; memory beyond the inputs (upper half) '
+                 f"{two('memory_beyond_inputs_slope_upper_half')}")
+      lines.append(line)
     notes = [f"{r['model']} M={r['M']} O={r['O']}: {r.get('status')} "
              f"({r.get('reason', '')})" for r in scaling['records']
              if r.get('status') != 'ok']
     lines += [''] + [f'- {n}' for n in notes] + [
         '', '![time](scaling_time.png) ![memory](scaling_memory.png)', '']
   return '\n'.join(lines)
+
+
+def write_report(results: Dict[str, Any], out_dir: str) -> None:
+  """results.json, results.md and (with a scaling run) the two plots."""
+  with open(os.path.join(out_dir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+    f.write(markdown(results))
+  if results.get('scaling', {}).get('records'):
+    plot_scaling(results['scaling']['records'], out_dir)
 
 
 def main(argv):
@@ -799,13 +835,25 @@ def main(argv):
     return
   out_dir = _OUT.value
   os.makedirs(out_dir, exist_ok=True)
+  if _REPORT_ONLY.value:
+    with open(os.path.join(out_dir, 'results.json')) as f:
+      results = json.load(f)
+    if results.get('scaling'):
+      records = results['scaling']['records']
+      results['scaling']['slopes'] = scaling_slopes(records)
+    write_report(results, out_dir)
+    _log(f'rewrote {out_dir}/results.md from results.json')
+    return
   started = datetime.datetime.now(datetime.timezone.utc)
   load_start = _load()
   if _MEM_BUDGET_GB.value:
     mem_budget = _MEM_BUDGET_GB.value * GB
   else:
-    import psutil  # pylint: disable=g-import-not-at-top
-    mem_budget = 0.6 * psutil.virtual_memory().available
+    mem_budget = 0.6 * (meminfo_bytes('MemAvailable') or 8 * GB)
+  if _TORCH.value and not torch_available():
+    _log('torch/transformers not installed (requirements-test.txt): '
+         'the transformers columns stay empty')
+    FLAGS.torch = False
   config = dict(
       presets=_PRESETS.value, overrides=json.loads(_OVERRIDES.value),
       batch=_BATCH.value, dtypes=_DTYPES.value, modes=_MODES.value,
@@ -831,19 +879,23 @@ def main(argv):
   _log('matmul peak (GFLOP/s): ' + ', '.join(
       f'{fw} {dt} {v / 1e9:.0f}' for fw, d in peak.items()
       for dt, v in d.items()))
+
+  def save():  # After every configuration: a stopped run keeps its numbers.
+    results['finished_utc'] = datetime.datetime.now(
+        datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')
+    results['load_end'] = _load()
+    if results.get('scaling'):
+      results['scaling']['slopes'] = scaling_slopes(
+          results['scaling']['records'])
+    write_report(results, out_dir)
+
+  if _SCALING.value:  # Bounded by the timeouts and the memory budget: first.
+    results['scaling'] = dict(records=[], slopes={})
+    run_scaling_sweep(mem_budget, results['scaling']['records'], save)
   if _PRESETS.value:
-    results['presets'] = run_presets(out_dir, mem_budget)
-  if _SCALING.value:
-    records = run_scaling_sweep(mem_budget)
-    results['scaling'] = dict(records=records, slopes=scaling_slopes(records))
-    plot_scaling(records, out_dir)
-  results['finished_utc'] = datetime.datetime.now(
-      datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')
-  results['load_end'] = _load()
-  with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=1)
-  with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-    f.write(markdown(results))
+    results['presets'] = []
+    run_presets(out_dir, mem_budget, results['presets'], save)
+  save()
   _log(f'wrote {out_dir}/results.json, results.md')
 
 
