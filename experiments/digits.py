@@ -26,6 +26,7 @@ import optax
 
 import perceiver
 from perceiver import io_processors
+from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train.task import Task
@@ -167,13 +168,37 @@ def random_shift(batch, rng: np.random.Generator, max_shift: int):
   return dict(batch, image=out)
 
 
+def validate(config) -> None:
+  """Checks the digits-specific fields (the engine checks the rest)."""
+  if not 0 < config.num_train <= 8000:
+    raise ValueError(f'num_train: expected an integer in [1, 8000] (the last '
+                     f'2,000 digits are held out), got {config.num_train!r}.')
+  m = config.model
+  validation.check_choice('model.prep_type', m.prep_type,
+                          ('pixels', 'patches', 'conv'))
+  for name in ('patch_size', 'num_bands', 'num_latents', 'num_z_channels',
+               'num_blocks', 'num_self_attends_per_block',
+               'num_self_attend_heads', 'num_cross_attend_heads',
+               'widening_factor', 'decoder_num_channels'):
+    validation.check_positive(f'model.{name}', m[name])
+  if IMAGE_SIZE % m.patch_size:
+    raise ValueError(f'model.patch_size: expected a divisor of {IMAGE_SIZE}, '
+                     f'got {m.patch_size}.')
+  if m.prep_type == 'conv' and m.patch_size != 4:
+    raise ValueError(f'model.patch_size: expected 4 for the conv stem (conv '
+                     f'stride 2 + max-pool stride 2), got {m.patch_size}.')
+  if m.num_z_channels % m.num_self_attend_heads:
+    raise ValueError(
+        f'model.num_self_attend_heads: expected a divisor of '
+        f'model.num_z_channels={m.num_z_channels}, got '
+        f'{m.num_self_attend_heads}.')
+
+
 def build_task(config, process_index: int, process_count: int) -> Task:
   """Model, loss and this process's share of the MNIST digits."""
   from experiments.data import load_mnist_10k  # pylint: disable=g-import-not-at-top
+  validate(config)
   images, labels = load_mnist_10k()
-  if not 0 < config.num_train < len(images):
-    raise ValueError(f'num_train: expected an integer in (0, {len(images)}), '
-                     f'got {config.num_train!r}.')
   x = normalise(images)
   train = {'image': x[:config.num_train], 'label': labels[:config.num_train]}
   held_out = {'image': x[-2000:], 'label': labels[-2000:]}

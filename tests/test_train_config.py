@@ -97,3 +97,28 @@ def test_digits_debug_from_the_command_line_fills_the_workdir(tmp_path):
   assert any(name.startswith('events.out.tfevents') for name in
              os.listdir(os.path.join(workdir, 'tensorboard')))
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+
+
+@pytest.mark.parametrize('field,value', [
+    ('model.patch_size', 5), ('model.prep_type', 'fourier'),
+    ('model.num_latents', 0), ('num_train', 9000),
+    ('model.num_self_attend_heads', 3)])
+def test_digits_fields_are_checked_naming_the_field(field, value):
+  from experiments import digits  # pylint: disable=g-import-not-at-top
+  config = digits.get_config()
+  config.unlock()
+  *path, last = field.split('.')
+  target = config
+  for p in path:
+    target = target[p]
+  target[last] = value
+  with pytest.raises(ValueError, match=f'^{field}: expected'):
+    digits.validate(config)
+
+
+@pytest.mark.parametrize('variant', ['', 'debug'])
+def test_digits_configs_pass_their_checks(variant):
+  from experiments import digits  # pylint: disable=g-import-not-at-top
+  config = digits.get_config(variant)
+  digits.validate(config)
+  config_lib.validate(config, device_count=1)
