@@ -160,13 +160,10 @@ def random_weights(
     overrides: preset fields, as for `presets.build(name, **overrides)`.
 
   Returns:
-    (params, state) as nested dicts of float32 jnp arrays.
+    (params, state) as nested dicts of jnp arrays (float32; BatchNorm
+    counters int32).
   """
-  if not isinstance(name, str):
-    raise ValueError(
-      f'name: expected a preset name among {list(presets.PRESETS)}, got '
-      f'{type(name).__name__}.'
-    )
+  validation.check_choice('name', name, presets.PRESETS)
   model, name, cfg = _resolve(name, presets.PRESETS, overrides)
   shapes = jax.eval_shape(
     functools.partial(model.init, is_training=True),
@@ -317,12 +314,10 @@ def fill_masked_bytes(
 
   input_ids_L = np.where(masked, tokenizer.mask_token, ids_L).astype(np.int32)
   pad = max_len - length
-  inputs = np.pad(input_ids_L, (0, pad), constant_values=tokenizer.pad_token)[
-    None
-  ]  # [1, L_max]
-  input_mask = np.pad(np.ones(length, np.int32), (0, pad))[None]
+  padded_L = np.pad(input_ids_L, (0, pad), constant_values=tokenizer.pad_token)
+  mask_L = np.pad(np.ones(length, np.int32), (0, pad))  # 1 on real bytes
   logits = _apply(
-    model, params, state, jnp.asarray(inputs), jnp.asarray(input_mask)
+    model, params, state, jnp.asarray(padded_L[None]), jnp.asarray(mask_L[None])
   )  # [1, L_max, vocab]
   predicted_L = np.asarray(jnp.argmax(logits[0, :length], axis=-1), np.int32)
   filled_L = np.where(masked, predicted_L, input_ids_L).astype(np.int32)
@@ -740,9 +735,7 @@ def flow_to_color(flow_HW2, max_flow: Optional[float] = None) -> np.ndarray:
     max_flow = float(radius.max())
   elif not max_flow > 0:
     raise ValueError(f'max_flow: expected a positive number, got {max_flow!r}.')
-  radius = radius / max(max_flow, np.finfo(np.float64).eps)
-  u = u / max(max_flow, np.finfo(np.float64).eps)
-  v = v / max(max_flow, np.finfo(np.float64).eps)
+  radius = radius / max(max_flow, np.finfo(np.float64).tiny)  # 0 if no flow
   wheel = color_wheel() / 255.0
   ncols = wheel.shape[0]
   angle = np.arctan2(-v, -u) / np.pi  # in [-1, 1]
