@@ -100,7 +100,7 @@ def test_digits_debug_from_the_command_line_fills_the_workdir(tmp_path):
 
 
 @pytest.mark.parametrize('field,value', [
-    ('model.patch_size', 5), ('model.prep_type', 'fourier'),
+    ('model.spatial_downsample', 2), ('model.prep_type', 'fourier'),
     ('model.num_latents', 0), ('num_train', 9000),
     ('model.num_self_attend_heads', 3)])
 def test_digits_fields_are_checked_naming_the_field(field, value):
