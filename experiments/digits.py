@@ -44,9 +44,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.seed = 0
   c.batch_size = 128
   c.epochs = 12
-  c.num_train = 8000           # the rest of the 10,000 digits is held out
-  c.total_steps = c.get_ref('epochs') * c.get_ref('num_train') // c.get_ref(
-      'batch_size')
+  c.num_train = 8000  # the rest of the 10,000 digits is held out
+  c.total_steps = (
+    c.get_ref('epochs') * c.get_ref('num_train') // c.get_ref('batch_size')
+  )
   c.log_every = 25
   c.checkpoint_every = 500
   c.eval_every = 0
@@ -62,15 +63,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optimizer.clip_norm = 1.0
   c.optimizer.decay_pos_embs = False
 
-  c.data = ml_collections.ConfigDict(dict(
-      max_shift=2,             # random translation in pixels (train only)
-      label_smoothing=0.1))
+  c.data = ml_collections.ConfigDict(
+    dict(
+      max_shift=2,  # random translation in pixels (train only)
+      label_smoothing=0.1,
+    )
+  )
 
-  c.model = ml_collections.ConfigDict(dict(
-      prep_type='conv',        # 7x7 conv (stride 2) + BatchNorm + max-pool
-      spatial_downsample=4,    # 28x28 pixels -> 7x7 = 49 input tokens
-      num_channels=64,         # channels of the conv stem
-      num_bands=8,             # Fourier bands per spatial axis
+  c.model = ml_collections.ConfigDict(
+    dict(
+      prep_type='conv',  # 7x7 conv (stride 2) + BatchNorm + max-pool
+      spatial_downsample=4,  # 28x28 pixels -> 7x7 = 49 input tokens
+      num_channels=64,  # channels of the conv stem
+      num_bands=8,  # Fourier bands per spatial axis
       num_latents=32,
       num_z_channels=64,
       num_blocks=1,
@@ -82,7 +87,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       widening_factor=2,
       dropout_prob=0.0,
       decoder_num_channels=64,
-      attention_impl='reference'))
+      attention_impl='reference',
+    )
+  )
 
   if arg == 'debug':
     c.epochs = 1
@@ -109,32 +116,45 @@ def make_forward(model: ml_collections.ConfigDict) -> hk.TransformedWithState:
 
   def forward(batch, *, is_training):
     preprocessor = io_processors.ImagePreprocessor(
-        prep_type=model.prep_type, spatial_downsample=model.spatial_downsample,
-        num_channels=model.num_channels,
-        position_encoding_type='fourier', concat_or_add_pos='concat',
-        fourier_position_encoding_kwargs=dict(
-            num_bands=model.num_bands,
-            max_resolution=(IMAGE_SIZE // model.spatial_downsample,) * 2,
-            concat_pos=True, sine_only=False))
+      prep_type=model.prep_type,
+      spatial_downsample=model.spatial_downsample,
+      num_channels=model.num_channels,
+      position_encoding_type='fourier',
+      concat_or_add_pos='concat',
+      fourier_position_encoding_kwargs=dict(
+        num_bands=model.num_bands,
+        max_resolution=(IMAGE_SIZE // model.spatial_downsample,) * 2,
+        concat_pos=True,
+        sine_only=False,
+      ),
+    )
     encoder = perceiver.PerceiverEncoder(
-        num_self_attends_per_block=model.num_self_attends_per_block,
-        num_blocks=model.num_blocks, z_index_dim=model.num_latents,
-        num_z_channels=model.num_z_channels, qk_channels=model.qk_channels,
-        v_channels=model.v_channels,
-        num_cross_attend_heads=model.num_cross_attend_heads,
-        num_self_attend_heads=model.num_self_attend_heads,
-        cross_attend_widening_factor=model.widening_factor,
-        self_attend_widening_factor=model.widening_factor,
-        dropout_prob=model.dropout_prob,
-        attention_impl=model.attention_impl)
+      num_self_attends_per_block=model.num_self_attends_per_block,
+      num_blocks=model.num_blocks,
+      z_index_dim=model.num_latents,
+      num_z_channels=model.num_z_channels,
+      qk_channels=model.qk_channels,
+      v_channels=model.v_channels,
+      num_cross_attend_heads=model.num_cross_attend_heads,
+      num_self_attend_heads=model.num_self_attend_heads,
+      cross_attend_widening_factor=model.widening_factor,
+      self_attend_widening_factor=model.widening_factor,
+      dropout_prob=model.dropout_prob,
+      attention_impl=model.attention_impl,
+    )
     decoder = perceiver.ClassificationDecoder(
-        NUM_CLASSES, num_z_channels=model.num_z_channels,
-        use_query_residual=True, position_encoding_type='trainable',
-        trainable_position_encoding_kwargs=dict(
-            num_channels=model.decoder_num_channels, init_scale=0.02),
-        attention_impl=model.attention_impl)
-    net = perceiver.Perceiver(encoder=encoder, decoder=decoder,
-                              input_preprocessor=preprocessor)
+      NUM_CLASSES,
+      num_z_channels=model.num_z_channels,
+      use_query_residual=True,
+      position_encoding_type='trainable',
+      trainable_position_encoding_kwargs=dict(
+        num_channels=model.decoder_num_channels, init_scale=0.02
+      ),
+      attention_impl=model.attention_impl,
+    )
+    net = perceiver.Perceiver(
+      encoder=encoder, decoder=decoder, input_preprocessor=preprocessor
+    )
     return net(batch['image'], is_training=is_training)
 
   return hk.transform_with_state(forward)
@@ -146,9 +166,8 @@ def per_example(logits, batch, *, label_smoothing: float = 0.0):
   if label_smoothing:
     labels = optax.smooth_labels(labels, label_smoothing)
   return {
-      'loss': optax.softmax_cross_entropy(logits, labels),
-      'accuracy': (jnp.argmax(logits, -1) == batch['label']).astype(
-          jnp.float32),
+    'loss': optax.softmax_cross_entropy(logits, labels),
+    'accuracy': (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32),
   }
 
 
@@ -164,11 +183,12 @@ def random_shift(batch, rng: np.random.Generator, max_shift: int):
   n = images.shape[0]
   pad = max_shift
   background = (0.0 - MNIST_MEAN) / MNIST_STD
-  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
-                  constant_values=background)
+  padded = np.pad(
+    images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=background
+  )
   dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
-  rows = dy[:, None] + np.arange(IMAGE_SIZE)[None]       # [N, 28]
-  cols = dx[:, None] + np.arange(IMAGE_SIZE)[None]       # [N, 28]
+  rows = dy[:, None] + np.arange(IMAGE_SIZE)[None]  # [N, 28]
+  cols = dx[:, None] + np.arange(IMAGE_SIZE)[None]  # [N, 28]
   out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
   return dict(batch, image=out)
 
@@ -176,54 +196,78 @@ def random_shift(batch, rng: np.random.Generator, max_shift: int):
 def validate(config) -> None:
   """Checks the digits-specific fields (the engine checks the rest)."""
   if not 0 < config.num_train <= 8000:
-    raise ValueError(f'num_train: expected an integer in [1, 8000] (the last '
-                     f'2,000 digits are held out), got {config.num_train!r}.')
+    raise ValueError(
+      f'num_train: expected an integer in [1, 8000] (the last '
+      f'2,000 digits are held out), got {config.num_train!r}.'
+    )
   m = config.model
-  validation.check_choice('model.prep_type', m.prep_type,
-                          ('pixels', 'patches', 'conv'))
-  for name in ('spatial_downsample', 'num_channels', 'num_bands',
-               'num_latents', 'num_z_channels',
-               'num_blocks', 'num_self_attends_per_block',
-               'num_self_attend_heads', 'num_cross_attend_heads',
-               'widening_factor', 'decoder_num_channels'):
+  validation.check_choice(
+    'model.prep_type', m.prep_type, ('pixels', 'patches', 'conv')
+  )
+  for name in (
+    'spatial_downsample',
+    'num_channels',
+    'num_bands',
+    'num_latents',
+    'num_z_channels',
+    'num_blocks',
+    'num_self_attends_per_block',
+    'num_self_attend_heads',
+    'num_cross_attend_heads',
+    'widening_factor',
+    'decoder_num_channels',
+  ):
     validation.check_positive(f'model.{name}', m[name])
   if IMAGE_SIZE % m.spatial_downsample:
-    raise ValueError(f'model.spatial_downsample: expected a divisor of '
-                     f'{IMAGE_SIZE}, got {m.spatial_downsample}.')
+    raise ValueError(
+      f'model.spatial_downsample: expected a divisor of '
+      f'{IMAGE_SIZE}, got {m.spatial_downsample}.'
+    )
   if m.prep_type == 'conv' and m.spatial_downsample != 4:
     raise ValueError(
-        f'model.spatial_downsample: expected 4 for the conv stem (conv '
-        f'stride 2 + max-pool stride 2), got {m.spatial_downsample}.')
+      f'model.spatial_downsample: expected 4 for the conv stem (conv '
+      f'stride 2 + max-pool stride 2), got {m.spatial_downsample}.'
+    )
   if m.num_z_channels % m.num_self_attend_heads:
     raise ValueError(
-        f'model.num_self_attend_heads: expected a divisor of '
-        f'model.num_z_channels={m.num_z_channels}, got '
-        f'{m.num_self_attend_heads}.')
+      f'model.num_self_attend_heads: expected a divisor of '
+      f'model.num_z_channels={m.num_z_channels}, got '
+      f'{m.num_self_attend_heads}.'
+    )
 
 
 def build_task(config, process_index: int, process_count: int) -> Task:
   """Model, loss and this process's share of the MNIST digits."""
   from experiments.data import load_mnist_10k  # pylint: disable=g-import-not-at-top
+
   validate(config)
   images, labels = load_mnist_10k()
   x = normalise(images)
-  train = {'image': x[:config.num_train], 'label': labels[:config.num_train]}
+  train = {'image': x[: config.num_train], 'label': labels[: config.num_train]}
   held_out = {'image': x[-2000:], 'label': labels[-2000:]}
   transform = None
   if config.data.max_shift:
-    transform = functools.partial(random_shift,
-                                  max_shift=config.data.max_shift)
+    transform = functools.partial(random_shift, max_shift=config.data.max_shift)
   train_data = data_lib.ShardedArrayIterator(
-      train, global_batch=config.batch_size, seed=config.seed,
-      process_index=process_index, process_count=process_count,
-      transform=transform)
+    train,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    process_index=process_index,
+    process_count=process_count,
+    transform=transform,
+  )
   eval_data = lambda: data_lib.eval_batches(
-      held_out, global_batch=config.eval_batch_size,
-      process_index=process_index, process_count=process_count)
+    held_out,
+    global_batch=config.eval_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+  )
   return Task(
-      forward=make_forward(config.model),
-      per_example=functools.partial(
-          per_example, label_smoothing=config.data.label_smoothing),
-      train_data=train_data,
-      example_batch={k: v[:2] for k, v in train.items()},
-      eval_data=eval_data)
+    forward=make_forward(config.model),
+    per_example=functools.partial(
+      per_example, label_smoothing=config.data.label_smoothing
+    ),
+    train_data=train_data,
+    example_batch={k: v[:2] for k, v in train.items()},
+    eval_data=eval_data,
+  )

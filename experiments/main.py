@@ -30,26 +30,35 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(_HERE, 'digits.py')
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', DEFAULT_CONFIG,
-    'Experiment file and variant, e.g. experiments/digits.py:debug.',
-    lock_config=True)
+  'config',
+  DEFAULT_CONFIG,
+  'Experiment file and variant, e.g. experiments/digits.py:debug.',
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None,
-    'Where the config, metrics, plots and checkpoints go '
-    '(default: runs/<experiment name>).')
+  'workdir',
+  None,
+  'Where the config, metrics, plots and checkpoints go '
+  '(default: runs/<experiment name>).',
+)
 _COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'host:port of the process-0 coordinator.')
+  'coordinator_address', None, 'host:port of the process-0 coordinator.'
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'Number of processes of a multi-host job.')
+  'num_processes', None, 'Number of processes of a multi-host job.'
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'This process index in [0, num_processes).')
+  'process_id', None, 'This process index in [0, num_processes).'
+)
 
 
 def load_experiment(config_path: str):
   """Imports the experiment file (the path given to --config, no variant)."""
   path = os.path.abspath(config_path)
   if not os.path.isfile(path):
-    raise ValueError(f'config: expected an experiment file, got {config_path!r}.')
+    raise ValueError(
+      f'config: expected an experiment file, got {config_path!r}.'
+    )
   if os.path.dirname(path) == _HERE:
     name = os.path.splitext(os.path.basename(path))[0]
     return importlib.import_module(f'experiments.{name}')
@@ -62,17 +71,22 @@ def load_experiment(config_path: str):
 def _run(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value, auto=True)
+  distributed.initialize(
+    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=True
+  )
   from perceiver.train import loop  # pylint: disable=g-import-not-at-top
+
   config_path = config_flags.get_config_filename(flags.FLAGS['config'])
   config_path = config_path.split(':', 1)[0]  # Drop the variant.
   experiment = load_experiment(config_path)
   if not hasattr(experiment, 'build_task'):
-    raise ValueError(f'config: {config_path} has no build_task(config, '
-                     'process_index, process_count).')
+    raise ValueError(
+      f'config: {config_path} has no build_task(config, '
+      'process_index, process_count).'
+    )
   workdir = _WORKDIR.value or os.path.join(
-      'runs', os.path.splitext(os.path.basename(config_path))[0])
+    'runs', os.path.splitext(os.path.basename(config_path))[0]
+  )
   loop.train(_CONFIG.value, experiment.build_task, workdir)
 
 

@@ -45,8 +45,14 @@ def toy_config(**overrides):
   c.optimizer.weight_decay = 1e-2
   c.optimizer.clip_norm = 1.0
   c.model = ml_collections.ConfigDict(
-      dict(width=16, batchnorm=False, dropout=0.0, nan_at_step=-1,
-           interrupt_at_step=-1))
+    dict(
+      width=16,
+      batchnorm=False,
+      dropout=0.0,
+      nan_at_step=-1,
+      interrupt_at_step=-1,
+    )
+  )
   for k, v in overrides.items():
     target = c
     *path, last = k.split('.')
@@ -66,7 +72,8 @@ def build_toy_task(config, process_index, process_count):
     x = hk.Linear(m.width, with_bias=not m.batchnorm, name='linear_1')(x)
     if m.batchnorm:
       x = hk.BatchNorm(True, True, 0.9, name='batchnorm')(
-          x, is_training=is_training)
+        x, is_training=is_training
+      )
     x = jax.nn.gelu(x)
     if is_training and m.dropout > 0:
       x = hk.dropout(hk.next_rng_key(), m.dropout, x)
@@ -75,28 +82,42 @@ def build_toy_task(config, process_index, process_count):
 
   def per_example(logits, batch):
     loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch['label'])
+      logits, batch['label']
+    )
     if 'poison' in batch:  # NaN injection for the non-finite tests.
       loss = loss * batch['poison']
-    return {'loss': loss,
-            'accuracy': (jnp.argmax(logits, -1) == batch['label']).astype(
-                jnp.float32)}
+    return {
+      'loss': loss,
+      'accuracy': (jnp.argmax(logits, -1) == batch['label']).astype(
+        jnp.float32
+      ),
+    }
 
   arrays = toy_arrays()
   train = {k: v[:192] for k, v in arrays.items()}
   held = {k: v[192:] for k, v in arrays.items()}
   it = data_lib.ShardedArrayIterator(
-      train, global_batch=config.batch_size, seed=config.seed,
-      process_index=process_index, process_count=process_count)
+    train,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    process_index=process_index,
+    process_count=process_count,
+  )
   if m.nan_at_step >= 0 or m.interrupt_at_step >= 0:
     it = _Faulty(it, m.nan_at_step, m.interrupt_at_step)
   eval_data = lambda: data_lib.eval_batches(
-      held, global_batch=config.eval_batch_size,
-      process_index=process_index, process_count=process_count)
-  return Task(forward=hk.transform_with_state(forward_fn),
-              per_example=per_example, train_data=it,
-              example_batch={k: v[:2] for k, v in train.items()},
-              eval_data=eval_data)
+    held,
+    global_batch=config.eval_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+  )
+  return Task(
+    forward=hk.transform_with_state(forward_fn),
+    per_example=per_example,
+    train_data=it,
+    example_batch={k: v[:2] for k, v in train.items()},
+    eval_data=eval_data,
+  )
 
 
 class Interrupted(Exception):
@@ -116,8 +137,9 @@ class _Faulty:
       raise Interrupted(f'interrupted before step {self.step}')
     b = dict(next(self.inner))
     n = len(b['label'])
-    b['poison'] = np.full((n,), np.nan if self.step == self.bad_step else 1.0,
-                          np.float32)
+    b['poison'] = np.full(
+      (n,), np.nan if self.step == self.bad_step else 1.0, np.float32
+    )
     self.step += 1
     return b
 
@@ -130,7 +152,13 @@ class _Faulty:
 
 
 def params_close(a, b, rtol=1e-5, atol=1e-6):
-  leaves = jax.tree.leaves(jax.tree.map(
-      lambda x, y: np.allclose(np.asarray(x), np.asarray(y), rtol=rtol,
-                               atol=atol), a, b))
+  leaves = jax.tree.leaves(
+    jax.tree.map(
+      lambda x, y: np.allclose(
+        np.asarray(x), np.asarray(y), rtol=rtol, atol=atol
+      ),
+      a,
+      b,
+    )
+  )
   return all(leaves)

@@ -20,22 +20,22 @@ from perceiver.train import metrics as metrics_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BAD = [
-    # (override, device_count, field named in the message)
-    ({'batch_size': 12}, 8, 'batch_size'),
-    ({'batch_size': 16, 'accumulation_steps': 4}, 8, 'batch_size'),
-    ({'batch_size': 16, 'accumulation_steps': 3}, 1, 'batch_size'),
-    ({'total_steps': 0}, 1, 'total_steps'),
-    ({'log_every': -1}, 1, 'log_every'),
-    ({'checkpoint_every': 0}, 1, 'checkpoint_every'),
-    ({'keep_checkpoints': 0}, 1, 'keep_checkpoints'),
-    ({'fsdp': 3}, 8, 'fsdp'),
-    ({'precision': 'float8'}, 1, 'precision'),
-    ({'nonfinite': 'ignore'}, 1, 'nonfinite'),
-    ({'eval_batch_size': 20}, 8, 'eval_batch_size'),
-    ({'optimizer.name': 'sgd'}, 1, 'optimizer.name'),
-    ({'optimizer.schedule': 'step'}, 1, 'optimizer.schedule'),
-    ({'optimizer.base_lr': -1.0}, 1, 'optimizer.base_lr'),
-    ({'optimizer.b2': 1.0}, 1, 'optimizer.b2'),
+  # (override, device_count, field named in the message)
+  ({'batch_size': 12}, 8, 'batch_size'),
+  ({'batch_size': 16, 'accumulation_steps': 4}, 8, 'batch_size'),
+  ({'batch_size': 16, 'accumulation_steps': 3}, 1, 'batch_size'),
+  ({'total_steps': 0}, 1, 'total_steps'),
+  ({'log_every': -1}, 1, 'log_every'),
+  ({'checkpoint_every': 0}, 1, 'checkpoint_every'),
+  ({'keep_checkpoints': 0}, 1, 'keep_checkpoints'),
+  ({'fsdp': 3}, 8, 'fsdp'),
+  ({'precision': 'float8'}, 1, 'precision'),
+  ({'nonfinite': 'ignore'}, 1, 'nonfinite'),
+  ({'eval_batch_size': 20}, 8, 'eval_batch_size'),
+  ({'optimizer.name': 'sgd'}, 1, 'optimizer.name'),
+  ({'optimizer.schedule': 'step'}, 1, 'optimizer.schedule'),
+  ({'optimizer.base_lr': -1.0}, 1, 'optimizer.base_lr'),
+  ({'optimizer.b2': 1.0}, 1, 'optimizer.b2'),
 ]
 
 
@@ -46,43 +46,60 @@ def test_bad_values_are_rejected_naming_the_field(overrides, devices, field):
     config_lib.validate(config, device_count=devices)
   message = str(info.value)
   assert message.startswith(field + ':') or message.startswith(field + '='), (
-      message)
+    message
+  )
 
 
 def test_good_config_passes_on_eight_devices():
-  config_lib.validate(common.toy_config(batch_size=32, accumulation_steps=2,
-                                        fsdp=2), device_count=8)
+  config_lib.validate(
+    common.toy_config(batch_size=32, accumulation_steps=2, fsdp=2),
+    device_count=8,
+  )
 
 
 def test_train_rejects_before_building_anything(tmp_path):
   def build_task(*_):
     raise AssertionError('the task was built for an invalid config')
+
   with pytest.raises(ValueError, match='optimizer.name'):
-    loop.train(common.toy_config(**{'optimizer.name': 'sgd'}), build_task,
-               str(tmp_path))
+    loop.train(
+      common.toy_config(**{'optimizer.name': 'sgd'}), build_task, str(tmp_path)
+    )
   assert not os.listdir(tmp_path)
 
 
 def _main(*args, timeout=600):
   return subprocess.run(
-      [sys.executable, '-m', 'experiments.main', *args], cwd=ROOT,
-      capture_output=True, text=True, timeout=timeout,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    [sys.executable, '-m', 'experiments.main', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
 
 
 def test_command_line_rejects_bad_override_naming_the_field(tmp_path):
-  proc = _main('--config=experiments/digits.py:debug',
-               '--config.optimizer.name=sgd', f'--workdir={tmp_path}')
+  proc = _main(
+    '--config=experiments/digits.py:debug',
+    '--config.optimizer.name=sgd',
+    f'--workdir={tmp_path}',
+  )
   assert proc.returncode != 0
   assert "optimizer.name: expected one of ['lamb', 'adamw'], got 'sgd'" in (
-      proc.stderr), proc.stderr[-2000:]
+    proc.stderr
+  ), proc.stderr[-2000:]
 
 
 def test_digits_debug_from_the_command_line_fills_the_workdir(tmp_path):
   workdir = str(tmp_path / 'run')
-  proc = _main('--config=experiments/digits.py:debug', f'--workdir={workdir}',
-               '--config.total_steps=6', '--config.log_every=3',
-               '--config.checkpoint_every=3')
+  proc = _main(
+    '--config=experiments/digits.py:debug',
+    f'--workdir={workdir}',
+    '--config.total_steps=6',
+    '--config.log_every=3',
+    '--config.checkpoint_every=3',
+  )
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   assert 'Held-out: accuracy' in proc.stdout
   assert 'step 6/6' in proc.stderr  # The progress bar.
@@ -94,17 +111,26 @@ def test_digits_debug_from_the_command_line_fills_the_workdir(tmp_path):
   assert [r['step'] for r in records if 'loss' in r] == [3, 6]
   assert any('eval/accuracy' in r for r in records)
   assert os.path.getsize(os.path.join(workdir, 'training_curves.png')) > 1000
-  assert any(name.startswith('events.out.tfevents') for name in
-             os.listdir(os.path.join(workdir, 'tensorboard')))
+  assert any(
+    name.startswith('events.out.tfevents')
+    for name in os.listdir(os.path.join(workdir, 'tensorboard'))
+  )
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
 
 
-@pytest.mark.parametrize('field,value', [
-    ('model.spatial_downsample', 2), ('model.prep_type', 'fourier'),
-    ('model.num_latents', 0), ('num_train', 9000),
-    ('model.num_self_attend_heads', 3)])
+@pytest.mark.parametrize(
+  'field,value',
+  [
+    ('model.spatial_downsample', 2),
+    ('model.prep_type', 'fourier'),
+    ('model.num_latents', 0),
+    ('num_train', 9000),
+    ('model.num_self_attend_heads', 3),
+  ],
+)
 def test_digits_fields_are_checked_naming_the_field(field, value):
   from experiments import digits  # pylint: disable=g-import-not-at-top
+
   config = digits.get_config()
   config.unlock()
   *path, last = field.split('.')
@@ -119,6 +145,7 @@ def test_digits_fields_are_checked_naming_the_field(field, value):
 @pytest.mark.parametrize('variant', ['', 'debug'])
 def test_digits_configs_pass_their_checks(variant):
   from experiments import digits  # pylint: disable=g-import-not-at-top
+
   config = digits.get_config(variant)
   digits.validate(config)
   config_lib.validate(config, device_count=1)

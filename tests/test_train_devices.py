@@ -21,18 +21,20 @@ ROOT = os.path.dirname(HERE)
 
 # name -> (num_devices, config overrides)
 CASES = {
-    'dev1': (1, {}),
-    'dev2': (2, {}),
-    'dev4': (4, {}),
-    'dev8': (8, {}),
-    'wide_dev1': (1, {'model.width': 512}),
-    'wide_fsdp4': (8, {'model.width': 512, 'fsdp': 4}),
-    # Microbatches draw their own dropout masks, so compare without dropout.
-    'accum1_dev8': (8, {'batch_size': 32, 'model.dropout': 0.0}),
-    'accum2_dev8': (8, {'batch_size': 32, 'accumulation_steps': 2,
-                        'model.dropout': 0.0}),
-    'bn_dev1': (1, {'model.batchnorm': True}),
-    'bn_dev8': (8, {'model.batchnorm': True}),
+  'dev1': (1, {}),
+  'dev2': (2, {}),
+  'dev4': (4, {}),
+  'dev8': (8, {}),
+  'wide_dev1': (1, {'model.width': 512}),
+  'wide_fsdp4': (8, {'model.width': 512, 'fsdp': 4}),
+  # Microbatches draw their own dropout masks, so compare without dropout.
+  'accum1_dev8': (8, {'batch_size': 32, 'model.dropout': 0.0}),
+  'accum2_dev8': (
+    8,
+    {'batch_size': 32, 'accumulation_steps': 2, 'model.dropout': 0.0},
+  ),
+  'bn_dev1': (1, {'model.batchnorm': True}),
+  'bn_dev8': (8, {'model.batchnorm': True}),
 }
 # Dropout is on everywhere: its randomness must not depend on the devices.
 COMMON = {'total_steps': 5, 'checkpoint_every': 100}
@@ -42,20 +44,30 @@ def _worker(out_dir):
   import jax  # pylint: disable=g-import-not-at-top
   from tests import test_train_common as common  # pylint: disable=g-import-not-at-top
   from perceiver.train import loop  # pylint: disable=g-import-not-at-top
+
   assert jax.device_count() == 8, jax.devices()
   summary = {}
   for name, (n, overrides) in CASES.items():
     config = common.toy_config(**{'model.dropout': 0.25, **COMMON, **overrides})
-    result = loop.train(config, common.build_toy_task,
-                        tempfile.mkdtemp(dir=out_dir), devices=jax.devices()[:n])
+    result = loop.train(
+      config,
+      common.build_toy_task,
+      tempfile.mkdtemp(dir=out_dir),
+      devices=jax.devices()[:n],
+    )
     ts = result['train_state']
-    flat = {'/'.join(map(str, (k.key for k in path))): np.asarray(v)
-            for path, v in jax.tree_util.tree_flatten_with_path(
-                {'params': ts.params, 'state': ts.state})[0]}
+    flat = {
+      '/'.join(map(str, (k.key for k in path))): np.asarray(v)
+      for path, v in jax.tree_util.tree_flatten_with_path(
+        {'params': ts.params, 'state': ts.state}
+      )[0]
+    }
     np.savez(os.path.join(out_dir, name + '.npz'), **flat)
     specs = sorted({str(v.sharding.spec) for v in jax.tree.leaves(ts.params)})
-    summary[name] = {'losses': [result['losses'][s] for s in sorted(
-        result['losses'])], 'param_specs': specs}
+    summary[name] = {
+      'losses': [result['losses'][s] for s in sorted(result['losses'])],
+      'param_specs': specs,
+    }
   with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
     json.dump(summary, f)
 
@@ -63,27 +75,38 @@ def _worker(out_dir):
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   out = str(tmp_path_factory.mktemp('devices'))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    JAX_PLATFORMS='cpu',
+  )
   proc = subprocess.run(
-      [sys.executable, '-m', 'tests.test_train_devices', out], env=env,
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+    [sys.executable, '-m', 'tests.test_train_devices', out],
+    env=env,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   with open(os.path.join(out, 'summary.json')) as f:
     summary = json.load(f)
-  arrays = {name: dict(np.load(os.path.join(out, name + '.npz')))
-            for name in CASES}
+  arrays = {
+    name: dict(np.load(os.path.join(out, name + '.npz'))) for name in CASES
+  }
   return summary, arrays
 
 
 def _assert_same(runs, a, b, rtol=2e-5, atol=2e-6):
   summary, arrays = runs
-  np.testing.assert_allclose(summary[a]['losses'], summary[b]['losses'],
-                             rtol=rtol, atol=atol)
+  np.testing.assert_allclose(
+    summary[a]['losses'], summary[b]['losses'], rtol=rtol, atol=atol
+  )
   assert arrays[a].keys() == arrays[b].keys()
   for k in arrays[a]:
-    np.testing.assert_allclose(arrays[a][k], arrays[b][k], rtol=rtol,
-                               atol=atol, err_msg=k)
+    np.testing.assert_allclose(
+      arrays[a][k], arrays[b][k], rtol=rtol, atol=atol, err_msg=k
+    )
 
 
 @pytest.mark.parametrize('name', ['dev2', 'dev4', 'dev8'])

@@ -22,8 +22,14 @@ ROOT = os.path.dirname(HERE)
 
 
 def _config(**overrides):
-  return common.toy_config(**{'total_steps': 8, 'checkpoint_every': 4,
-                              'model.dropout': 0.1, **overrides})
+  return common.toy_config(
+    **{
+      'total_steps': 8,
+      'checkpoint_every': 4,
+      'model.dropout': 0.1,
+      **overrides,
+    }
+  )
 
 
 def _leaves(ts):
@@ -31,10 +37,13 @@ def _leaves(ts):
 
 
 def _assert_same_run(reference, resumed, steps):
-  np.testing.assert_array_equal([resumed['losses'][s] for s in steps],
-                                [reference['losses'][s] for s in steps])
-  for a, b in zip(_leaves(reference['train_state']),
-                  _leaves(resumed['train_state'])):
+  np.testing.assert_array_equal(
+    [resumed['losses'][s] for s in steps],
+    [reference['losses'][s] for s in steps],
+  )
+  for a, b in zip(
+    _leaves(reference['train_state']), _leaves(resumed['train_state'])
+  ):
     np.testing.assert_array_equal(a, b)
 
 
@@ -42,6 +51,7 @@ def _kill_during_save_worker(workdir, kill_step):
   """Trains; SIGKILLs itself after writing checkpoint `kill_step`'s files
   but before orbax commits (renames) them."""
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+
   original = atomicity.AtomicRenameTemporaryPath.finalize
 
   async def finalize(self, *args, **kwargs):
@@ -55,13 +65,18 @@ def _kill_during_save_worker(workdir, kill_step):
 
 
 def test_sigkill_while_saving_resumes_from_previous_checkpoint(tmp_path):
-  reference = loop.train(_config(), common.build_toy_task,
-                         str(tmp_path / 'reference'))
+  reference = loop.train(
+    _config(), common.build_toy_task, str(tmp_path / 'reference')
+  )
   workdir = str(tmp_path / 'killed')
   proc = subprocess.run(
-      [sys.executable, '-m', 'tests.test_train_faults', 'kill', workdir, '8'],
-      capture_output=True, text=True, timeout=300,
-      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    [sys.executable, '-m', 'tests.test_train_faults', 'kill', workdir, '8'],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   leftovers = os.listdir(os.path.join(workdir, 'checkpoints'))
   assert '4' in leftovers and '8' not in leftovers, leftovers
@@ -87,9 +102,11 @@ def _damage(step_dir):
 
 
 def test_damaged_latest_checkpoint_is_reported_and_previous_used(
-    tmp_path, capsys):
-  reference = loop.train(_config(), common.build_toy_task,
-                         str(tmp_path / 'reference'))
+  tmp_path, capsys
+):
+  reference = loop.train(
+    _config(), common.build_toy_task, str(tmp_path / 'reference')
+  )
   workdir = str(tmp_path / 'damaged')
   loop.train(_config(), common.build_toy_task, workdir)
   _damage(os.path.join(workdir, 'checkpoints', '8'))
@@ -112,18 +129,21 @@ def test_all_checkpoints_damaged_is_an_error(tmp_path):
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_checkpoint(
-    tmp_path):
+  tmp_path,
+):
   clean_dir = str(tmp_path / 'clean')
   loop.train(_config(total_steps=4), common.build_toy_task, clean_dir)
   workdir = str(tmp_path / 'nan')
   # The batch of the 6th update (0-based index 5) is poisoned.
   with pytest.raises(FloatingPointError, match='at step 6'):
-    loop.train(_config(**{'model.nan_at_step': 5}), common.build_toy_task,
-               workdir)
+    loop.train(
+      _config(**{'model.nan_at_step': 5}), common.build_toy_task, workdir
+    )
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
   assert ckpt.all_steps() == [4]
-  reference = checkpoint_lib.Checkpointer(os.path.join(clean_dir,
-                                                       'checkpoints'))
+  reference = checkpoint_lib.Checkpointer(
+    os.path.join(clean_dir, 'checkpoints')
+  )
   abstract = jax.eval_shape(lambda: loop_state(_config()))
   got, _ = ckpt.restore(4, abstract)
   want, _ = reference.restore(4, abstract)
@@ -132,8 +152,11 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_checkpoint(
 
 
 def test_nonfinite_loss_skipped_and_counted_when_configured(tmp_path):
-  result = loop.train(_config(**{'model.nan_at_step': 5, 'nonfinite': 'skip'}),
-                      common.build_toy_task, str(tmp_path))
+  result = loop.train(
+    _config(**{'model.nan_at_step': 5, 'nonfinite': 'skip'}),
+    common.build_toy_task,
+    str(tmp_path),
+  )
   ts = result['train_state']
   assert result['nonfinite_count'] == 1
   assert int(ts.first_nonfinite) == 5 and int(ts.step) == 8
@@ -145,12 +168,17 @@ def test_nonfinite_loss_skipped_and_counted_when_configured(tmp_path):
 def loop_state(config):
   """The abstract train state of the toy task (for direct restores)."""
   from perceiver.train import optim, step  # pylint: disable=g-import-not-at-top
+
   task = common.build_toy_task(config, 0, 1)
-  schedule = optim.make_schedule(config.optimizer, config.batch_size,
-                                 config.total_steps)
-  return step.init_train_state(task.forward,
-                               optim.make_optimizer(config.optimizer, schedule),
-                               config.seed, task.example_batch)
+  schedule = optim.make_schedule(
+    config.optimizer, config.batch_size, config.total_steps
+  )
+  return step.init_train_state(
+    task.forward,
+    optim.make_optimizer(config.optimizer, schedule),
+    config.seed,
+    task.example_batch,
+  )
 
 
 if __name__ == '__main__':

@@ -22,28 +22,39 @@ OVERRIDES = {'total_steps': 6, 'checkpoint_every': 3, 'model.dropout': 0.2}
 
 def _worker(out_dir, process_id, num_processes, port, interrupt_at):
   from perceiver.train import distributed  # pylint: disable=g-import-not-at-top
+
   if num_processes > 1:
     distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)
   import jax  # pylint: disable=g-import-not-at-top
   from tests import test_train_common as common  # pylint: disable=g-import-not-at-top
   from perceiver.train import loop  # pylint: disable=g-import-not-at-top
+
   assert jax.device_count() == 4 and jax.process_count() == num_processes
-  config = common.toy_config(**OVERRIDES,
-                             **{'model.interrupt_at_step': interrupt_at})
+  config = common.toy_config(
+    **OVERRIDES, **{'model.interrupt_at_step': interrupt_at}
+  )
   try:
-    result = loop.train(config, common.build_toy_task,
-                        os.path.join(out_dir, 'workdir'))
+    result = loop.train(
+      config, common.build_toy_task, os.path.join(out_dir, 'workdir')
+    )
   except common.Interrupted:
     return
   ts = result['train_state']
   if jax.process_index() == 0:
-    params = {f'{m}/{n}': np.asarray(v) for m, p in ts.params.items()
-              for n, v in p.items()}
+    params = {
+      f'{m}/{n}': np.asarray(v)
+      for m, p in ts.params.items()
+      for n, v in p.items()
+    }
     np.savez(os.path.join(out_dir, 'params.npz'), **params)
     with open(os.path.join(out_dir, 'losses.json'), 'w') as f:
-      json.dump({'start_step': result['start_step'],
-                 'losses': {str(k): v for k, v in result['losses'].items()}},
-                f)
+      json.dump(
+        {
+          'start_step': result['start_step'],
+          'losses': {str(k): v for k, v in result['losses'].items()},
+        },
+        f,
+      )
 
 
 def _free_port():
@@ -54,14 +65,32 @@ def _free_port():
 
 def _launch(out_dir, num_processes, interrupt_at=-1):
   devices = 4 // num_processes
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
   port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'tests.test_train_multihost', out_dir, str(i), str(num_processes),
-       str(port), str(interrupt_at)],
-      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(num_processes)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        '-m',
+        'tests.test_train_multihost',
+        out_dir,
+        str(i),
+        str(num_processes),
+        str(port),
+        str(interrupt_at),
+      ],
+      env=env,
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(num_processes)
+  ]
   outputs = [p.communicate(timeout=400)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-5000:]
@@ -84,15 +113,24 @@ def test_two_processes_match_one_process(tmp_path):
   got, got_params = _read(two)
   assert ref['start_step'] == 0 and got['start_step'] == 3
   steps = ['4', '5', '6']
-  np.testing.assert_allclose([got['losses'][s] for s in steps],
-                             [ref['losses'][s] for s in steps],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    [got['losses'][s] for s in steps],
+    [ref['losses'][s] for s in steps],
+    rtol=1e-5,
+    atol=1e-6,
+  )
   assert ref_params.keys() == got_params.keys()
   for k in ref_params:
-    np.testing.assert_allclose(got_params[k], ref_params[k], rtol=1e-5,
-                               atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(
+      got_params[k], ref_params[k], rtol=1e-5, atol=1e-6, err_msg=k
+    )
 
 
 if __name__ == '__main__':
-  _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
-          int(sys.argv[5]))
+  _worker(
+    sys.argv[1],
+    int(sys.argv[2]),
+    int(sys.argv[3]),
+    int(sys.argv[4]),
+    int(sys.argv[5]),
+  )

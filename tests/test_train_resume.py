@@ -18,31 +18,41 @@ from perceiver.train import metrics as metrics_lib
 
 
 def _config(**overrides):
-  return common.toy_config(**{
-      'total_steps': 20, 'checkpoint_every': 5, 'keep_checkpoints': 2,
-      'model.dropout': 0.2, 'optimizer.schedule': 'warmup_cosine',
-      'optimizer.warmup_steps': 4, **overrides})
+  return common.toy_config(
+    **{
+      'total_steps': 20,
+      'checkpoint_every': 5,
+      'keep_checkpoints': 2,
+      'model.dropout': 0.2,
+      'optimizer.schedule': 'warmup_cosine',
+      'optimizer.warmup_steps': 4,
+      **overrides,
+    }
+  )
 
 
 def test_restart_continues_exactly(tmp_path):
-  straight = loop.train(_config(plot_curves=True), common.build_toy_task,
-                        str(tmp_path / 'straight'))
+  straight = loop.train(
+    _config(plot_curves=True), common.build_toy_task, str(tmp_path / 'straight')
+  )
   workdir = str(tmp_path / 'restarted')
   with pytest.raises(common.Interrupted):
-    loop.train(_config(**{'model.interrupt_at_step': 12}),
-               common.build_toy_task, workdir)
-  resumed = loop.train(_config(plot_curves=True), common.build_toy_task,
-                       workdir)
+    loop.train(
+      _config(**{'model.interrupt_at_step': 12}), common.build_toy_task, workdir
+    )
+  resumed = loop.train(
+    _config(plot_curves=True), common.build_toy_task, workdir
+  )
 
   # Interrupted while fetching the batch of step 13: the checkpoint at 10
   # is the latest complete one.
   assert resumed['start_step'] == 10
   assert sorted(resumed['losses']) == list(range(11, 21))
   np.testing.assert_array_equal(
-      [resumed['losses'][s] for s in range(11, 21)],
-      [straight['losses'][s] for s in range(11, 21)])
-  for a, b in zip(
-      *(jax_leaves(r['train_state']) for r in (straight, resumed))):
+    [resumed['losses'][s] for s in range(11, 21)],
+    [straight['losses'][s] for s in range(11, 21)],
+  )
+  for a, b in zip(*(jax_leaves(r['train_state']) for r in (straight, resumed))):
     np.testing.assert_array_equal(a, b)
   assert straight['eval'] == resumed['eval']
 
@@ -51,8 +61,10 @@ def test_restart_continues_exactly(tmp_path):
   records = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   train_steps = [r['step'] for r in records if 'loss' in r]
   assert train_steps == list(range(1, 21))
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['15',
-                                                                      '20']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
+    '15',
+    '20',
+  ]
   for name in ('config.json', 'training_curves.png', 'result.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert not os.path.exists(os.path.join(workdir, 'tensorboard'))  # Off.
@@ -65,12 +77,18 @@ def test_finished_run_restarts_without_training(tmp_path, async_checkpoint):
   again = loop.train(config, common.build_toy_task, str(tmp_path))
   assert again['start_step'] == 5 and not again['losses']
   assert again['eval'] == first['eval']
-  for a, b in zip(jax_leaves(first['train_state']),
-                  jax_leaves(again['train_state'])):
+  for a, b in zip(
+    jax_leaves(first['train_state']), jax_leaves(again['train_state'])
+  ):
     np.testing.assert_array_equal(a, b)
 
 
 def jax_leaves(train_state):
   import jax  # pylint: disable=g-import-not-at-top
-  return [np.asarray(x) for x in jax.tree.leaves(
-      (train_state.params, train_state.opt_state, train_state.step))]
+
+  return [
+    np.asarray(x)
+    for x in jax.tree.leaves(
+      (train_state.params, train_state.opt_state, train_state.step)
+    )
+  ]

@@ -23,11 +23,16 @@ from perceiver.train import step as step_lib
 def _step_and_state(precision):
   config = common.toy_config()
   task = common.build_toy_task(config, 0, 1)
-  opt = optim.make_optimizer(config.optimizer, optim.make_schedule(
-      config.optimizer, config.batch_size, config.total_steps))
+  opt = optim.make_optimizer(
+    config.optimizer,
+    optim.make_schedule(
+      config.optimizer, config.batch_size, config.total_steps
+    ),
+  )
   ts = step_lib.init_train_state(task.forward, opt, 0, task.example_batch)
-  step = step_lib.make_train_step(task.forward, task.per_example, opt,
-                                  precision=precision)
+  step = step_lib.make_train_step(
+    task.forward, task.per_example, opt, precision=precision
+  )
   return step, ts, next(task.train_data)
 
 
@@ -48,8 +53,12 @@ def test_bfloat16_policy_computes_in_bf16_and_keeps_float32_params():
 def test_step_randomness_depends_on_the_step_only():
   config = common.toy_config(**{'model.dropout': 0.5})
   task = common.build_toy_task(config, 0, 1)
-  opt = optim.make_optimizer(config.optimizer, optim.make_schedule(
-      config.optimizer, config.batch_size, config.total_steps))
+  opt = optim.make_optimizer(
+    config.optimizer,
+    optim.make_schedule(
+      config.optimizer, config.batch_size, config.total_steps
+    ),
+  )
   ts = step_lib.init_train_state(task.forward, opt, 0, task.example_batch)
   step = jax.jit(step_lib.make_train_step(task.forward, task.per_example, opt))
   batch = next(task.train_data)
@@ -62,15 +71,19 @@ def test_process_shards_concatenate_to_the_global_batch():
   arrays = common.toy_arrays(64)
   kwargs = dict(global_batch=16, seed=5)
   whole = data_lib.ShardedArrayIterator(arrays, **kwargs)
-  parts = [data_lib.ShardedArrayIterator(arrays, process_index=p,
-                                         process_count=4, **kwargs)
-           for p in range(4)]
+  parts = [
+    data_lib.ShardedArrayIterator(
+      arrays, process_index=p, process_count=4, **kwargs
+    )
+    for p in range(4)
+  ]
   for _ in range(6):  # 1.5 epochs: crosses an epoch boundary.
     want = next(whole)
     got = [next(p) for p in parts]
     for k in want:
-      np.testing.assert_array_equal(np.concatenate([g[k] for g in got]),
-                                    want[k])
+      np.testing.assert_array_equal(
+        np.concatenate([g[k] for g in got]), want[k]
+      )
 
 
 def test_iterator_position_resumes_the_same_batches():
@@ -89,8 +102,9 @@ def test_eval_batches_cover_every_example_once():
   arrays = {'x': np.arange(10)}
   seen = []
   for p in range(2):
-    for b in data_lib.eval_batches(arrays, global_batch=8, process_index=p,
-                                   process_count=2):
+    for b in data_lib.eval_batches(
+      arrays, global_batch=8, process_index=p, process_count=2
+    ):
       seen.extend(b['x'][b['mask'] > 0].tolist())
   assert sorted(seen) == list(range(10))
 
@@ -100,13 +114,17 @@ def test_metrics_file_drops_records_past_the_restored_step(tmp_path):
   for s in (1, 2, 3, 4):
     writer.write(s, {'loss': float(s)})
   writer.close()
-  resumed = metrics_lib.MetricWriter(str(tmp_path), resume_step=2,
-                                     tensorboard=False)
+  resumed = metrics_lib.MetricWriter(
+    str(tmp_path), resume_step=2, tensorboard=False
+  )
   resumed.write(3, {'loss': 30.0})
   resumed.plot()
   records = metrics_lib.read_metrics(resumed.path)
-  assert records == [{'step': 1, 'loss': 1.0}, {'step': 2, 'loss': 2.0},
-                     {'step': 3, 'loss': 30.0}]
+  assert records == [
+    {'step': 1, 'loss': 1.0},
+    {'step': 2, 'loss': 2.0},
+    {'step': 3, 'loss': 30.0},
+  ]
   assert os.path.getsize(resumed.plot_path) > 1000
 
 
@@ -119,10 +137,10 @@ def test_metrics_writer_of_other_processes_writes_nothing(tmp_path):
 
 def test_progress_line_shows_step_loss_rate_and_eta():
   bar = progress_lib.ProgressBar(100, stream=io.StringIO())
-  bar.line(10, 2.0, now=1000.0)            # Reference point (after compile).
-  line = bar.line(30, 0.5, now=1010.0)     # 20 steps in 10 s.
+  bar.line(10, 2.0, now=1000.0)  # Reference point (after compile).
+  line = bar.line(30, 0.5, now=1010.0)  # 20 steps in 10 s.
   assert 'step 30/100' in line and 'loss 0.5000' in line
-  assert '2.00 steps/s' in line and 'ETA 00:35' in line   # 70 steps / 2.
+  assert '2.00 steps/s' in line and 'ETA 00:35' in line  # 70 steps / 2.
 
 
 @pytest.mark.parametrize('accumulation_steps', [2, 4])
@@ -130,6 +148,7 @@ def test_microbatches_take_every_kth_example(accumulation_steps):
   x = jnp.arange(8)
   micro = step_lib._split_microbatches({'x': x}, accumulation_steps)['x']
   assert micro.shape == (accumulation_steps, 8 // accumulation_steps)
-  np.testing.assert_array_equal(np.sort(np.asarray(micro).ravel()),
-                                np.arange(8))
+  np.testing.assert_array_equal(
+    np.sort(np.asarray(micro).ravel()), np.arange(8)
+  )
   np.testing.assert_array_equal(micro[1], np.arange(1, 8, accumulation_steps))

@@ -23,28 +23,35 @@ import orbax.checkpoint as ocp
 class Checkpointer:
   """Periodic checkpoints in `directory`, keeping the last `max_to_keep`."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3,
-               async_save: bool = False):
+  def __init__(
+    self, directory: str, *, max_to_keep: int = 3, async_save: bool = False
+  ):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True,
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True)
+      max_to_keep=max_to_keep,
+      create=True,
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
+    )
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=('state', 'data'))
+      self.directory, options=options, item_names=('state', 'data')
+    )
 
   def all_steps(self):
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, train_state: Any, data_position: dict,
-           force: bool = False) -> bool:
+  def save(
+    self, step: int, train_state: Any, data_position: dict, force: bool = False
+  ) -> bool:
     """Saves `train_state` and `data_position` as checkpoint `step`."""
     return self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_as_tree(train_state)),
-            data=ocp.args.JsonSave(data_position)),
-        force=force)
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_as_tree(train_state)),
+        data=ocp.args.JsonSave(data_position),
+      ),
+      force=force,
+    )
 
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, dict]:
     """Restores checkpoint `step` into the structure/shardings of the target.
@@ -58,15 +65,18 @@ class Checkpointer:
       (train_state, data_position).
     """
     restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_as_tree(abstract_state)),
-            data=ocp.args.JsonRestore()))
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_as_tree(abstract_state)),
+        data=ocp.args.JsonRestore(),
+      ),
+    )
     state = type(abstract_state)(**restored['state'])
     return state, dict(restored['data'])
 
-  def restore_latest(self, abstract_state: Any
-                     ) -> Optional[Tuple[int, Any, dict]]:
+  def restore_latest(
+    self, abstract_state: Any
+  ) -> Optional[Tuple[int, Any, dict]]:
     """The newest readable checkpoint as (step, train_state, data_position).
 
     Returns None when there is no checkpoint at all. A checkpoint that
@@ -81,8 +91,10 @@ class Checkpointer:
       try:
         state, position = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
-        message = (f'Checkpoint at step {step} in {self.directory} is damaged '
-                   f'and was skipped: {type(e).__name__}: {e}')
+        message = (
+          f'Checkpoint at step {step} in {self.directory} is damaged '
+          f'and was skipped: {type(e).__name__}: {e}'
+        )
         logging.warning(message)
         if jax.process_index() == 0:
           print(f'WARNING: {message}', flush=True)
@@ -91,8 +103,12 @@ class Checkpointer:
       if step != steps[-1]:
         self._set_aside([s for s in steps if s > step])
       return step, state, position
-    raise RuntimeError('No checkpoint in ' + self.directory +
-                       ' could be restored:\n' + '\n'.join(errors))
+    raise RuntimeError(
+      'No checkpoint in '
+      + self.directory
+      + ' could be restored:\n'
+      + '\n'.join(errors)
+    )
 
   def _set_aside(self, steps) -> None:
     """Moves damaged checkpoints to `<directory>_damaged/` (kept to inspect).
@@ -107,10 +123,13 @@ class Checkpointer:
       for step in steps:
         target = os.path.join(aside, f'{step}.{time.time_ns()}')
         os.replace(os.path.join(self.directory, str(step)), target)
-        print(f'WARNING: moved the damaged checkpoint {step} to {target}.',
-              flush=True)
+        print(
+          f'WARNING: moved the damaged checkpoint {step} to {target}.',
+          flush=True,
+        )
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       multihost_utils.sync_global_devices('perceiver_checkpoint_set_aside')
     self._manager.reload()
 

@@ -21,22 +21,31 @@ Batch = Dict[str, np.ndarray]
 class ShardedArrayIterator:
   """Infinite shuffled batches of `arrays`, this process's rows only."""
 
-  def __init__(self, arrays: Batch, *, global_batch: int, seed: int,
-               process_index: int = 0, process_count: int = 1,
-               shuffle: bool = True,
-               transform: Optional[Callable[[Batch, np.random.Generator],
-                                            Batch]] = None):
+  def __init__(
+    self,
+    arrays: Batch,
+    *,
+    global_batch: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+    transform: Optional[Callable[[Batch, np.random.Generator], Batch]] = None,
+  ):
     sizes = {k: len(v) for k, v in arrays.items()}
     if len(set(sizes.values())) != 1:
       raise ValueError(f'arrays: expected equal leading sizes, got {sizes}.')
     self._n = next(iter(sizes.values()))
     if global_batch % process_count:
       raise ValueError(
-          f'batch_size={global_batch} must be divisible by the number of '
-          f'processes={process_count}.')
+        f'batch_size={global_batch} must be divisible by the number of '
+        f'processes={process_count}.'
+      )
     if global_batch > self._n:
-      raise ValueError(f'batch_size: expected at most the dataset size '
-                       f'{self._n}, got {global_batch}.')
+      raise ValueError(
+        f'batch_size: expected at most the dataset size '
+        f'{self._n}, got {global_batch}.'
+      )
     self._arrays = arrays
     self._batch = global_batch
     self._seed = seed
@@ -77,13 +86,14 @@ class ShardedArrayIterator:
     perm = self._permutation()
     local = self._batch // self._procs
     start = self.index * self._batch + self._proc * local
-    rows = perm[start:start + local]
+    rows = perm[start : start + local]
     batch = {k: v[rows] for k, v in self._arrays.items()}
     if self._transform is not None:
       # Randomness of the transform depends on (seed, epoch, batch, process):
       # reproducible after a restart.
-      rng = np.random.default_rng([self._seed, self.epoch, self.index,
-                                   self._proc, 1])
+      rng = np.random.default_rng(
+        [self._seed, self.epoch, self.index, self._proc, 1]
+      )
       batch = self._transform(batch, rng)
     self.index += 1
     if self.index >= self.batches_per_epoch:
@@ -92,8 +102,13 @@ class ShardedArrayIterator:
     return batch
 
 
-def eval_batches(arrays: Batch, *, global_batch: int, process_index: int = 0,
-                 process_count: int = 1):
+def eval_batches(
+  arrays: Batch,
+  *,
+  global_batch: int,
+  process_index: int = 0,
+  process_count: int = 1,
+):
   """One pass over `arrays` in order, padded to whole batches.
 
   Yields this process's rows of each global batch, with a 'mask' entry that
@@ -102,8 +117,9 @@ def eval_batches(arrays: Batch, *, global_batch: int, process_index: int = 0,
   n = len(next(iter(arrays.values())))
   local = global_batch // process_count
   for start in range(0, n, global_batch):
-    idx = np.arange(start + process_index * local,
-                    start + (process_index + 1) * local)
+    idx = np.arange(
+      start + process_index * local, start + (process_index + 1) * local
+    )
     mask = (idx < n).astype(np.float32)
     idx = np.minimum(idx, n - 1)
     batch = {k: v[idx] for k, v in arrays.items()}

@@ -17,10 +17,12 @@ import jax
 _CLUSTER_ENV = ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'OMPI_COMM_WORLD_SIZE')
 
 
-def initialize(coordinator_address: Optional[str] = None,
-               num_processes: Optional[int] = None,
-               process_id: Optional[int] = None,
-               auto: bool = False) -> bool:
+def initialize(
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  auto: bool = False,
+) -> bool:
   """Connects this process to the others; returns True if multi-process.
 
   Args:
@@ -35,24 +37,32 @@ def initialize(coordinator_address: Optional[str] = None,
       they are inconsistent.
   """
   given = [coordinator_address, num_processes, process_id]
-  if any(v is not None for v in given) and not all(v is not None for v in given):
+  if any(v is not None for v in given) and not all(
+    v is not None for v in given
+  ):
     raise ValueError(
-        'coordinator_address, num_processes and process_id: expected all '
-        f'three or none, got coordinator_address={coordinator_address!r}, '
-        f'num_processes={num_processes!r}, process_id={process_id!r}.')
+      'coordinator_address, num_processes and process_id: expected all '
+      f'three or none, got coordinator_address={coordinator_address!r}, '
+      f'num_processes={num_processes!r}, process_id={process_id!r}.'
+    )
   if coordinator_address is not None:
     if num_processes < 1:
       raise ValueError(
-          f'num_processes: expected a positive integer, got {num_processes}.')
+        f'num_processes: expected a positive integer, got {num_processes}.'
+      )
     if not 0 <= process_id < num_processes:
-      raise ValueError(f'process_id: expected an integer in '
-                       f'[0, {num_processes}), got {process_id}.')
+      raise ValueError(
+        f'process_id: expected an integer in '
+        f'[0, {num_processes}), got {process_id}.'
+      )
     if num_processes == 1:
       return False
     _use_gloo_on_cpu()
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+    )
     return True
   if auto and any(k in os.environ for k in _CLUSTER_ENV):
     _use_gloo_on_cpu()

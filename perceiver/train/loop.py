@@ -65,8 +65,9 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.replace(path + '.tmp', path)
 
 
-def evaluate(eval_fn, ts: step_lib.TrainState, task: Task,
-             mesh) -> Dict[str, float]:
+def evaluate(
+  eval_fn, ts: step_lib.TrainState, task: Task, mesh
+) -> Dict[str, float]:
   """Means of the task's per-example metrics over its evaluation data."""
   totals: Dict[str, float] = {}
   for local in task.eval_data():
@@ -79,8 +80,12 @@ def evaluate(eval_fn, ts: step_lib.TrainState, task: Task,
   return {f'eval/{k}': v / count for k, v in totals.items()}
 
 
-def train(config: ml_collections.ConfigDict, build_task: BuildTask,
-          workdir: str, devices: Optional[list] = None) -> Dict[str, Any]:
+def train(
+  config: ml_collections.ConfigDict,
+  build_task: BuildTask,
+  workdir: str,
+  devices: Optional[list] = None,
+) -> Dict[str, Any]:
   """Trains (or resumes) the job described by `config` in `workdir`.
 
   Args:
@@ -96,29 +101,36 @@ def train(config: ml_collections.ConfigDict, build_task: BuildTask,
     final evaluation metrics) and 'nonfinite_count'.
   """
   devices = list(jax.devices() if devices is None else devices)
-  config_lib.validate(config, device_count=len(devices),
-                      process_count=jax.process_count())
+  config_lib.validate(
+    config, device_count=len(devices), process_count=jax.process_count()
+  )
   save_config(config, workdir)
 
   mesh = mesh_lib.make_mesh(config.fsdp, devices)
   task = build_task(config, jax.process_index(), jax.process_count())
-  schedule = optim.make_schedule(config.optimizer, config.batch_size,
-                                 config.total_steps)
+  schedule = optim.make_schedule(
+    config.optimizer, config.batch_size, config.total_steps
+  )
   optimizer = optim.make_optimizer(config.optimizer, schedule)
 
   init_fn = lambda: step_lib.init_train_state(
-      task.forward, optimizer, config.seed, task.example_batch)
+    task.forward, optimizer, config.seed, task.example_batch
+  )
   abstract = jax.eval_shape(init_fn)
-  shardings = mesh_lib.state_shardings(mesh, abstract,
-                                       shard_params=config.fsdp > 1)
+  shardings = mesh_lib.state_shardings(
+    mesh, abstract, shard_params=config.fsdp > 1
+  )
   abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, shardings)
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    abstract,
+    shardings,
+  )
 
   checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, 'checkpoints'),
-      max_to_keep=config.keep_checkpoints,
-      async_save=config.async_checkpoint)
+    os.path.join(workdir, 'checkpoints'),
+    max_to_keep=config.keep_checkpoints,
+    async_save=config.async_checkpoint,
+  )
   restored = checkpointer.restore_latest(abstract)
   if restored is None:
     start_step = 0
@@ -132,31 +144,44 @@ def train(config: ml_collections.ConfigDict, build_task: BuildTask,
   batch_sharding = mesh_lib.batch_sharding(mesh)
   replicated = mesh_lib.replicated(mesh)
   train_step = jax.jit(
-      step_lib.make_train_step(
-          task.forward, task.per_example, optimizer,
-          accumulation_steps=config.accumulation_steps,
-          precision=config.precision, schedule=schedule,
-          batch_constraint=batch_sharding),
-      in_shardings=(shardings, batch_sharding),
-      out_shardings=(shardings, replicated),
-      donate_argnums=(0,))
+    step_lib.make_train_step(
+      task.forward,
+      task.per_example,
+      optimizer,
+      accumulation_steps=config.accumulation_steps,
+      precision=config.precision,
+      schedule=schedule,
+      batch_constraint=batch_sharding,
+    ),
+    in_shardings=(shardings, batch_sharding),
+    out_shardings=(shardings, replicated),
+    donate_argnums=(0,),
+  )
   eval_fn = None
   if task.eval_data is not None:
     eval_fn = jax.jit(
-        step_lib.make_eval_step(task.forward, task.per_example,
-                                precision=config.precision),
-        in_shardings=(shardings.params, shardings.state, batch_sharding),
-        out_shardings=replicated)
+      step_lib.make_eval_step(
+        task.forward, task.per_example, precision=config.precision
+      ),
+      in_shardings=(shardings.params, shardings.state, batch_sharding),
+      out_shardings=replicated,
+    )
 
   writer = metrics_lib.MetricWriter(
-      workdir, enabled=_is_chief(), resume_step=start_step,
-      tensorboard=config.tensorboard)
+    workdir,
+    enabled=_is_chief(),
+    resume_step=start_step,
+    tensorboard=config.tensorboard,
+  )
   bar = progress_lib.ProgressBar(
-      config.total_steps, enabled=_is_chief() and config.progress_bar)
+    config.total_steps, enabled=_is_chief() and config.progress_bar
+  )
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(ts.params))
-  _say(f'{n_params / 1e6:.3f}M parameters; {len(devices)} devices on '
-       f'{jax.process_count()} process(es); mesh {dict(mesh.shape)}; '
-       f'global batch {config.batch_size}.')
+  _say(
+    f'{n_params / 1e6:.3f}M parameters; {len(devices)} devices on '
+    f'{jax.process_count()} process(es); mesh {dict(mesh.shape)}; '
+    f'global batch {config.batch_size}.'
+  )
 
   losses: Dict[int, float] = {}
   last_saved = start_step
@@ -167,16 +192,18 @@ def train(config: ml_collections.ConfigDict, build_task: BuildTask,
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     losses[step_done] = values['loss']
     if not values.pop('finite'):
-      where = (f'Non-finite loss or gradient at step {step_done} '
-               f'(loss={values["loss"]}, grad_norm={values["grad_norm"]}); '
-               'the update was not applied')
+      where = (
+        f'Non-finite loss or gradient at step {step_done} '
+        f'(loss={values["loss"]}, grad_norm={values["grad_norm"]}); '
+        'the update was not applied'
+      )
       if config.nonfinite == 'stop':
         raise FloatingPointError(
-            f'{where}. Stopping; the last good checkpoint (step '
-            f'{last_saved}) in {checkpointer.directory} is intact.')
+          f'{where}. Stopping; the last good checkpoint (step '
+          f'{last_saved}) in {checkpointer.directory} is intact.'
+        )
       logging.warning('%s; skipping it (nonfinite=skip).', where)
-    bar.update(step_done, values['loss'],
-               force=step_done == config.total_steps)
+    bar.update(step_done, values['loss'], force=step_done == config.total_steps)
     if step_done % config.log_every == 0 or step_done == config.total_steps:
       writer.write(step_done, values)
 
@@ -194,11 +221,16 @@ def train(config: ml_collections.ConfigDict, build_task: BuildTask,
       if step_done % config.checkpoint_every == 0 or last:
         consume(*pending)
         pending = None
-        checkpointer.save(step_done, ts, task.train_data.get_state(),
-                          force=True)
+        checkpointer.save(
+          step_done, ts, task.train_data.get_state(), force=True
+        )
         last_saved = step_done
-      if (eval_fn is not None and config.eval_every
-          and step_done % config.eval_every == 0 and not last):
+      if (
+        eval_fn is not None
+        and config.eval_every
+        and step_done % config.eval_every == 0
+        and not last
+      ):
         if pending is not None:
           consume(*pending)
           pending = None
@@ -216,24 +248,38 @@ def train(config: ml_collections.ConfigDict, build_task: BuildTask,
     eval_metrics = evaluate(eval_fn, ts, task, mesh)
     writer.write(int(jax.device_get(ts.step)), eval_metrics)
     if eval_metrics:
-      _say('Held-out: ' + ', '.join(
-          f'{k[5:]} {v:.4f}' for k, v in sorted(eval_metrics.items())))
+      _say(
+        'Held-out: '
+        + ', '.join(f'{k[5:]} {v:.4f}' for k, v in sorted(eval_metrics.items()))
+      )
   nonfinite = int(jax.device_get(ts.nonfinite_count))
   if nonfinite:
-    _say(f'{nonfinite} update(s) had a non-finite loss or gradient and were '
-         'skipped.')
+    _say(
+      f'{nonfinite} update(s) had a non-finite loss or gradient and were '
+      'skipped.'
+    )
   steps_run = config.total_steps - start_step
   if steps_run:
-    _say(f'Trained {steps_run} steps in {train_time:.1f}s '
-         f'({steps_run / max(train_time, 1e-9):.2f} steps/s).')
+    _say(
+      f'Trained {steps_run} steps in {train_time:.1f}s '
+      f'({steps_run / max(train_time, 1e-9):.2f} steps/s).'
+    )
   if config.plot_curves:
     writer.plot()
   writer.close()
   checkpointer.close()
   if _is_chief():
-    summary = {'step': int(jax.device_get(ts.step)), 'train_time_s': train_time,
-               **eval_metrics}
+    summary = {
+      'step': int(jax.device_get(ts.step)),
+      'train_time_s': train_time,
+      **eval_metrics,
+    }
     with open(os.path.join(workdir, 'result.json'), 'w') as f:
       json.dump(summary, f, indent=2)
-  return {'train_state': ts, 'start_step': start_step, 'losses': losses,
-          'eval': eval_metrics, 'nonfinite_count': nonfinite}
+  return {
+    'train_state': ts,
+    'start_step': start_step,
+    'losses': losses,
+    'eval': eval_metrics,
+    'nonfinite_count': nonfinite,
+  }

@@ -28,8 +28,9 @@ FSDP = 'fsdp'
 BATCH_AXES = (DATA, FSDP)
 
 
-def make_mesh(fsdp: int = 1,
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(
+  fsdp: int = 1, devices: Optional[Sequence[jax.Device]] = None
+) -> Mesh:
   """Builds the ('data', 'fsdp') mesh over every device of every process.
 
   Args:
@@ -44,8 +45,9 @@ def make_mesh(fsdp: int = 1,
     raise ValueError(f'mesh.fsdp: expected a positive integer, got {fsdp!r}.')
   if len(devices) % fsdp:
     raise ValueError(
-        f'mesh.fsdp: expected a divisor of the device count {len(devices)}, '
-        f'got {fsdp}.')
+      f'mesh.fsdp: expected a divisor of the device count {len(devices)}, '
+      f'got {fsdp}.'
+    )
   grid = np.asarray(devices, dtype=object).reshape(len(devices) // fsdp, fsdp)
   return Mesh(grid, (DATA, FSDP))
 
@@ -77,8 +79,7 @@ def fsdp_spec(shape: Sequence[int], fsdp: int, min_size: int = 2**12) -> P:
   return P()
 
 
-def state_shardings(mesh: Mesh, abstract_tree: Any,
-                    shard_params: bool) -> Any:
+def state_shardings(mesh: Mesh, abstract_tree: Any, shard_params: bool) -> Any:
   """Shardings for a pytree of arrays (train state): replicated or FSDP."""
   fsdp = mesh.shape[FSDP]
 
@@ -100,5 +101,6 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   """
   sharding = batch_sharding(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-      local_batch)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+    local_batch,
+  )

@@ -26,8 +26,14 @@ def _to_float(v) -> float:
 class MetricWriter:
   """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True,
-               resume_step: Optional[int] = None, tensorboard: bool = True):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    enabled: bool = True,
+    resume_step: Optional[int] = None,
+    tensorboard: bool = True,
+  ):
     self.enabled = enabled
     self.path = os.path.join(workdir, METRICS_FILE)
     self.plot_path = os.path.join(workdir, PLOT_FILE)
@@ -38,8 +44,10 @@ class MetricWriter:
     self._truncate_after(resume_step or 0)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                               purge_step=resume_step or None)
+
+      self._tb = SummaryWriter(
+        os.path.join(workdir, 'tensorboard'), purge_step=resume_step or None
+      )
 
   def _truncate_after(self, step: int) -> None:
     """Keeps only the records with step <= `step` (all of them if 0 and new)."""
@@ -91,6 +99,7 @@ def read_metrics(path: str) -> List[dict]:
 def plot_metrics(records: List[dict], path: str) -> None:
   """One panel per metric name, value against step; written atomically."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -100,8 +109,9 @@ def plot_metrics(records: List[dict], path: str) -> None:
     return
   cols = min(3, len(names))
   rows = math.ceil(len(names) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False
+  )
   for ax, name in zip(axes.flat, names):
     pts = [(r['step'], r[name]) for r in records if name in r]
     xs, ys = zip(*pts)
@@ -110,7 +120,7 @@ def plot_metrics(records: List[dict], path: str) -> None:
     ax.set_xlabel('step')
     if name == 'loss' and all(y > 0 for y in ys):
       ax.set_yscale('log')
-  for ax in list(axes.flat)[len(names):]:
+  for ax in list(axes.flat)[len(names) :]:
     ax.axis('off')
   fig.tight_layout()
   tmp = path + '.tmp.png'

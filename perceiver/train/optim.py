@@ -21,14 +21,19 @@ OPTIMIZERS = ('lamb', 'adamw')
 _NORM_MODULE_MARKERS = ('layer_norm', 'batchnorm')
 
 
-def scaled_base_lr(base_lr: float, batch_size: int, scale_by_batch: bool,
-                   reference_batch: int = 256) -> float:
+def scaled_base_lr(
+  base_lr: float,
+  batch_size: int,
+  scale_by_batch: bool,
+  reference_batch: int = 256,
+) -> float:
   """`base_lr * batch_size / reference_batch` if scaling, else `base_lr`."""
   return base_lr * batch_size / reference_batch if scale_by_batch else base_lr
 
 
-def make_schedule(cfg: ml_collections.ConfigDict, batch_size: int,
-                  total_steps: int) -> optax.Schedule:
+def make_schedule(
+  cfg: ml_collections.ConfigDict, batch_size: int, total_steps: int
+) -> optax.Schedule:
   """The learning-rate schedule described by `cfg` (the `optimizer` section).
 
   Fields: `schedule`, `base_lr`, `scale_by_batch`, `constant_fraction`
@@ -42,17 +47,24 @@ def make_schedule(cfg: ml_collections.ConfigDict, batch_size: int,
     decay_steps = max(total_steps - boundary, 1)
     alpha = cfg.end_lr / lr if lr else 0.0
     return optax.join_schedules(
-        [optax.constant_schedule(lr),
-         optax.cosine_decay_schedule(lr, decay_steps, alpha=alpha)],
-        [boundary])
+      [
+        optax.constant_schedule(lr),
+        optax.cosine_decay_schedule(lr, decay_steps, alpha=alpha),
+      ],
+      [boundary],
+    )
   if cfg.schedule == 'warmup_cosine':
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=lr, warmup_steps=cfg.warmup_steps,
-        decay_steps=max(total_steps, cfg.warmup_steps + 1),
-        end_value=cfg.end_lr)
+      init_value=0.0,
+      peak_value=lr,
+      warmup_steps=cfg.warmup_steps,
+      decay_steps=max(total_steps, cfg.warmup_steps + 1),
+      end_value=cfg.end_lr,
+    )
   raise ValueError(
-      f'optimizer.schedule: expected one of {list(SCHEDULES)}, '
-      f'got {cfg.schedule!r}.')
+    f'optimizer.schedule: expected one of {list(SCHEDULES)}, '
+    f'got {cfg.schedule!r}.'
+  )
 
 
 def decay_mask(params: Any, decay_pos_embs: bool = True) -> Any:
@@ -69,6 +81,7 @@ def decay_mask(params: Any, decay_pos_embs: bool = True) -> Any:
   Returns:
     A pytree of bools with the structure of `params`.
   """
+
   def keep(module_name: str, name: str) -> bool:
     if name == 'b':
       return False
@@ -81,8 +94,9 @@ def decay_mask(params: Any, decay_pos_embs: bool = True) -> Any:
   return {m: {n: keep(m, n) for n in p} for m, p in params.items()}
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict,
-                   schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(
+  cfg: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
   """LAMB or AdamW with global-norm clipping and masked weight decay.
 
   The chain matches the released `make_optimizer` (clip, Adam moments,
@@ -91,14 +105,27 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
   """
   mask: Callable[[Any], Any] = lambda p: decay_mask(p, cfg.decay_pos_embs)
   if cfg.name == 'lamb':
-    opt = optax.lamb(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                     weight_decay=cfg.weight_decay, mask=mask)
+    opt = optax.lamb(
+      schedule,
+      b1=cfg.b1,
+      b2=cfg.b2,
+      eps=cfg.eps,
+      weight_decay=cfg.weight_decay,
+      mask=mask,
+    )
   elif cfg.name == 'adamw':
-    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                      weight_decay=cfg.weight_decay, mask=mask)
+    opt = optax.adamw(
+      schedule,
+      b1=cfg.b1,
+      b2=cfg.b2,
+      eps=cfg.eps,
+      weight_decay=cfg.weight_decay,
+      mask=mask,
+    )
   else:
     raise ValueError(
-        f'optimizer.name: expected one of {list(OPTIMIZERS)}, got {cfg.name!r}.')
+      f'optimizer.name: expected one of {list(OPTIMIZERS)}, got {cfg.name!r}.'
+    )
   if cfg.clip_norm and cfg.clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
   return opt
@@ -106,8 +133,20 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
 
 def default_config() -> ml_collections.ConfigDict:
   """The released ImageNet optimizer settings (LAMB, MODELS.md 3.2)."""
-  return ml_collections.ConfigDict(dict(
-      name='lamb', base_lr=5e-4, scale_by_batch=True, schedule='constant_cosine',
-      constant_fraction=0.5, warmup_steps=0, end_lr=0.0, b1=0.9, b2=0.999,
-      eps=1e-6, weight_decay=0.1, decay_pos_embs=True, clip_norm=10.0))
-
+  return ml_collections.ConfigDict(
+    dict(
+      name='lamb',
+      base_lr=5e-4,
+      scale_by_batch=True,
+      schedule='constant_cosine',
+      constant_fraction=0.5,
+      warmup_steps=0,
+      end_lr=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      weight_decay=0.1,
+      decay_pos_embs=True,
+      clip_norm=10.0,
+    )
+  )

@@ -21,8 +21,15 @@ class ProgressBar:
   distort it.
   """
 
-  def __init__(self, total_steps: int, *, enabled: bool = True, stream: Optional[TextIO] = None,
-               width: int = 24, min_interval_s: float = 0.2):
+  def __init__(
+    self,
+    total_steps: int,
+    *,
+    enabled: bool = True,
+    stream: Optional[TextIO] = None,
+    width: int = 24,
+    min_interval_s: float = 0.2,
+  ):
     self.total = total_steps
     self.enabled = enabled
     self.stream = stream or sys.stderr
@@ -43,8 +50,10 @@ class ProgressBar:
     loss_str = 'loss n/a' if loss is None else f'loss {loss:.4f}'
     eta_str = _duration(eta) if eta == eta else '--:--'
     rate_str = f'{rate:.2f}' if rate == rate else '--'
-    return (f'[{bar}] step {step}/{self.total} {loss_str} '
-            f'{rate_str} steps/s ETA {eta_str}')
+    return (
+      f'[{bar}] step {step}/{self.total} {loss_str} '
+      f'{rate_str} steps/s ETA {eta_str}'
+    )
 
   def update(self, step: int, loss: Optional[float], force: bool = False):
     if not self.enabled:

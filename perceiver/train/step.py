@@ -36,26 +36,34 @@ PerExampleFn = Callable[[Any, Any], Dict[str, jax.Array]]
 
 class TrainState(NamedTuple):
   """Everything a run needs to continue; checkpointed as one pytree."""
-  step: jax.Array            # int32 scalar: number of updates applied or skipped
-  params: Any                # hk.Params, float32
-  state: Any                 # hk.State (e.g. BatchNorm statistics)
-  opt_state: Any             # optax state
-  rng: jax.Array             # base PRNG key data (uint32 [2]); never split
+
+  step: jax.Array  # int32 scalar: number of updates applied or skipped
+  params: Any  # hk.Params, float32
+  state: Any  # hk.State (e.g. BatchNorm statistics)
+  opt_state: Any  # optax state
+  rng: jax.Array  # base PRNG key data (uint32 [2]); never split
   nonfinite_count: jax.Array  # int32: how many updates were skipped
   first_nonfinite: jax.Array  # int32: step of the first skipped update, or -1
 
 
-def init_train_state(forward: hk.TransformedWithState,
-                     optimizer: optax.GradientTransformation,
-                     seed: int, example_batch: Any) -> TrainState:
+def init_train_state(
+  forward: hk.TransformedWithState,
+  optimizer: optax.GradientTransformation,
+  seed: int,
+  example_batch: Any,
+) -> TrainState:
   """Initialises parameters, model state and optimizer state from `seed`."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
   params, state = forward.init(init_rng, example_batch, is_training=True)
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, state=state,
-      opt_state=optimizer.init(params), rng=train_rng,
-      nonfinite_count=jnp.zeros((), jnp.int32),
-      first_nonfinite=jnp.full((), -1, jnp.int32))
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    state=state,
+    opt_state=optimizer.init(params),
+    rng=train_rng,
+    nonfinite_count=jnp.zeros((), jnp.int32),
+    first_nonfinite=jnp.full((), -1, jnp.int32),
+  )
 
 
 def make_policy(name: Optional[str]) -> jmp.Policy:
@@ -76,19 +84,24 @@ def _split_microbatches(batch: Any, num: int) -> Any:
   Strided (not contiguous) so that each microbatch keeps examples from every
   device's shard: the batch stays split over the devices and no example moves.
   """
+
   def one(x):
     x = x.reshape((x.shape[0] // num, num) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
+
   return jax.tree.map(one, batch)
 
 
-def make_train_step(forward: hk.TransformedWithState,
-                    per_example: PerExampleFn,
-                    optimizer: optax.GradientTransformation,
-                    *, accumulation_steps: int = 1,
-                    precision: Optional[str] = None,
-                    schedule: Optional[optax.Schedule] = None,
-                    batch_constraint: Optional[Any] = None) -> Callable:
+def make_train_step(
+  forward: hk.TransformedWithState,
+  per_example: PerExampleFn,
+  optimizer: optax.GradientTransformation,
+  *,
+  accumulation_steps: int = 1,
+  precision: Optional[str] = None,
+  schedule: Optional[optax.Schedule] = None,
+  batch_constraint: Optional[Any] = None,
+) -> Callable:
   """Builds the (un-jitted) train step; `loop.compile_train_step` jits it.
 
   Args:
@@ -112,8 +125,9 @@ def make_train_step(forward: hk.TransformedWithState,
   def loss_fn(params, model_state, rng, batch):
     compute_params = policy.cast_to_compute(params)
     compute_batch = policy.cast_to_compute(batch)
-    outputs, new_state = forward.apply(compute_params, model_state, rng,
-                                       compute_batch, is_training=True)
+    outputs, new_state = forward.apply(
+      compute_params, model_state, rng, compute_batch, is_training=True
+    )
     outputs = policy.cast_to_output(outputs)
     values = per_example(outputs, batch)
     means = {k: jnp.mean(v.astype(jnp.float32)) for k, v in values.items()}
@@ -134,20 +148,26 @@ def make_train_step(forward: hk.TransformedWithState,
         if batch_constraint is not None:
           mb = jax.lax.with_sharding_constraint(mb, batch_constraint)
         (_, (model_state, m)), g = grad_fn(
-            ts.params, model_state, jax.random.fold_in(rng, index), mb)
+          ts.params, model_state, jax.random.fold_in(rng, index), mb
+        )
         grads_acc = jax.tree.map(jnp.add, grads_acc, g)
         means_acc = jax.tree.map(jnp.add, means_acc, m)
         return (grads_acc, means_acc, model_state), None
 
       zeros = jax.tree.map(jnp.zeros_like, ts.params)
       mean_shapes = jax.eval_shape(
-          lambda: loss_fn(ts.params, ts.state, rng,
-                          jax.tree.map(lambda x: x[0], micro))[1][1])
-      zero_means = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                mean_shapes)
+        lambda: loss_fn(
+          ts.params, ts.state, rng, jax.tree.map(lambda x: x[0], micro)
+        )[1][1]
+      )
+      zero_means = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), mean_shapes
+      )
       (grads, means, new_state), _ = jax.lax.scan(
-          body, (zeros, zero_means, ts.state),
-          (jnp.arange(accumulation_steps), micro))
+        body,
+        (zeros, zero_means, ts.state),
+        (jnp.arange(accumulation_steps), micro),
+      )
       grads = jax.tree.map(lambda g: g / accumulation_steps, grads)
       means = jax.tree.map(lambda m: m / accumulation_steps, means)
 
@@ -158,16 +178,19 @@ def make_train_step(forward: hk.TransformedWithState,
 
     keep = functools.partial(jnp.where, finite)
     new_ts = TrainState(
-        step=ts.step + 1,
-        params=jax.tree.map(keep, new_params, ts.params),
-        state=jax.tree.map(keep, new_state, ts.state),
-        opt_state=jax.tree.map(keep, new_opt_state, ts.opt_state),
-        rng=ts.rng,
-        nonfinite_count=ts.nonfinite_count + (~finite).astype(jnp.int32),
-        first_nonfinite=jnp.where(
-            (ts.first_nonfinite < 0) & ~finite, ts.step, ts.first_nonfinite))
-    metrics = dict(means, grad_norm=grad_norm,
-                   finite=finite.astype(jnp.float32))
+      step=ts.step + 1,
+      params=jax.tree.map(keep, new_params, ts.params),
+      state=jax.tree.map(keep, new_state, ts.state),
+      opt_state=jax.tree.map(keep, new_opt_state, ts.opt_state),
+      rng=ts.rng,
+      nonfinite_count=ts.nonfinite_count + (~finite).astype(jnp.int32),
+      first_nonfinite=jnp.where(
+        (ts.first_nonfinite < 0) & ~finite, ts.step, ts.first_nonfinite
+      ),
+    )
+    metrics = dict(
+      means, grad_norm=grad_norm, finite=finite.astype(jnp.float32)
+    )
     if schedule is not None:
       metrics['learning_rate'] = jnp.asarray(schedule(ts.step), jnp.float32)
     return new_ts, metrics
@@ -175,9 +198,11 @@ def make_train_step(forward: hk.TransformedWithState,
   return step
 
 
-def make_eval_step(forward: hk.TransformedWithState,
-                   per_example: PerExampleFn,
-                   precision: Optional[str] = None) -> Callable:
+def make_eval_step(
+  forward: hk.TransformedWithState,
+  per_example: PerExampleFn,
+  precision: Optional[str] = None,
+) -> Callable:
   """Builds `eval_step(params, state, batch) -> {name: sum over the batch}`.
 
   Examples whose `batch['mask']` is 0 (padding of the last batch) are left
@@ -188,16 +213,21 @@ def make_eval_step(forward: hk.TransformedWithState,
   def eval_step(params, model_state, batch):
     weights = batch.get('mask') if isinstance(batch, dict) else None
     inputs = batch
-    outputs, _ = forward.apply(policy.cast_to_compute(params), model_state,
-                               None, policy.cast_to_compute(inputs),
-                               is_training=False)
+    outputs, _ = forward.apply(
+      policy.cast_to_compute(params),
+      model_state,
+      None,
+      policy.cast_to_compute(inputs),
+      is_training=False,
+    )
     values = per_example(policy.cast_to_output(outputs), batch)
     some = next(iter(values.values()))
     if weights is None:
       weights = jnp.ones(some.shape[:1], jnp.float32)
     weights = weights.astype(jnp.float32)
-    sums = {k: jnp.sum(v.astype(jnp.float32) * weights)
-            for k, v in values.items()}
+    sums = {
+      k: jnp.sum(v.astype(jnp.float32) * weights) for k, v in values.items()
+    }
     sums['count'] = jnp.sum(weights)
     return sums
 

@@ -29,6 +29,7 @@ class Task(NamedTuple):
     eval_data: returns a fresh pass over this process's rows of the
       evaluation batches (each with a 'mask' entry), or None.
   """
+
   forward: hk.TransformedWithState
   per_example: Callable[[Any, Any], Dict[str, jax.Array]]
   train_data: DataIterator
