@@ -1,7 +1,8 @@
 """python -m experiments.main --config=experiments/digits.py --workdir=runs/digits
 
-Expected: about 97% held-out accuracy on 2,000 real MNIST digits after a few
-minutes on 2 CPU cores (measured figures are in the README).
+Expected: 97.5% held-out accuracy on 2,000 real MNIST digits after 10 epochs
+(625 steps of 128), about 3 minutes of CPU time for the training (measured
+figures are in the README).
 
 A Perceiver IO image classifier (Perceiver IO, Sec. 4.5 / App. E, at toy scale)
 on the 10,000 MNIST digits vendored in `experiments/data/mnist_10k.npz`: the
@@ -43,7 +44,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c = config_lib.base_config()
   c.seed = 0
   c.batch_size = 128
-  c.epochs = 12
+  c.epochs = 10
   c.num_train = 8000  # the rest of the 10,000 digits is held out
   c.total_steps = (
     c.get_ref('epochs') * c.get_ref('num_train') // c.get_ref('batch_size')
