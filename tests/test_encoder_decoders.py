@@ -134,7 +134,7 @@ def test_encoder_input_mask_matches_numpy():
   )
 
 
-REMAT_CONFIG = dict(num_blocks=3, num_self_attends_per_block=1)
+REMAT_CONFIG = dict(num_blocks=2, num_self_attends_per_block=1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -517,13 +517,11 @@ def test_jit_and_grad_through_perceiver():
   f = perceiver_fn('basic-fourier')
   params = random_params(f, x, seed=10)
 
-  @jax.jit
   def loss(params, x):
     return jnp.mean(jnp.square(f.apply(params, None, x) - 1.0))
 
-  value, (g_params, g_x) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(
-    params, x
-  )
+  value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  value, (g_params, g_x) = value_and_grad(params, x)
   assert np.isfinite(value)
   assert g_x.shape == x.shape and np.all(np.isfinite(g_x))
   for path, g in jax.tree_util.tree_leaves_with_path(g_params):
@@ -536,7 +534,7 @@ def test_jit_and_grad_through_perceiver():
   assert all(v > 0 for v in norms.values()), norms
   # One SGD step decreases the loss.
   stepped = jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params, g_params)
-  assert loss(stepped, x) < value
+  assert value_and_grad(stepped, x)[0] < value
 
 
 @pytest.mark.parametrize(
