@@ -806,8 +806,10 @@ def autoencode_video(
     model: 'video_autoencoding' or `presets.build('video_autoencoding',
       **overrides)`.
     params, state: the model's parameters and state.
-    video: [T, H, W, 3] frames of the model's size (16 x 224 x 224), float
-      in [0, 1] or uint8 (divided by 255).
+    video: [T, H, W, 3] RGB frames of the model's size (16 x 224 x 224),
+      float in [0, 1] or uint8 (divided by 255). The colab gets them by
+      cropping each frame to its central square and resizing it to 224
+      (bilinear).
     audio: [A] or [A, 1] mono audio of the model's length (30,720 samples at
       48 kHz), float in [-1, 1] or int16 (divided by 2**15).
     num_chunks: number of decoding chunks (128 in the colab; 1 decodes all
