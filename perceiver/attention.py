@@ -376,27 +376,51 @@ class SelfAttention(hk.Module):
 
   def __call__(self, inputs, *, attention_mask=None, is_training: bool):
     """x + Attn(LN(x)), then + MLP(LN(.)). [B, N, C] -> [B, N, C]."""
-    validation.check_rank('inputs', inputs, (3,), '[B, N, C]')
-    channels = inputs.shape[-1]
-    v_channels = self._v_channels or self._qk_channels or channels
-    if v_channels != channels:
-      raise ValueError(
-          f'v_channels: the residual needs the attention output width '
-          f'(v_channels) to equal the input width {channels}, got '
-          f'{v_channels}.')
-    x = inputs
-    qkv_inputs = layer_norm(inputs)
-    attention = Attention(
-        num_heads=self._num_heads, init_scale=self._att_init_scale,
+    return self_attention_block(
+        inputs, attention_mask=attention_mask, is_training=is_training,
+        widening_factor=self._widening_factor,
+        dropout_prob=self._dropout_prob,
+        dropout_attn_prob=self._dropout_attn_prob, num_heads=self._num_heads,
+        att_init_scale=self._att_init_scale,
+        dense_init_scale=self._dense_init_scale,
         qk_channels=self._qk_channels, v_channels=self._v_channels,
-        dropout_prob=self._dropout_attn_prob if is_training else 0.0,
-        attention_impl=self._attention_impl)(qkv_inputs, qkv_inputs,
-                                             attention_mask=attention_mask)
-    x = x + _dropout(attention, self._dropout_prob, is_training)
-    return x + MLP(widening_factor=self._widening_factor,
-                   dropout_prob=self._dropout_prob,
-                   init_scale=self._dense_init_scale)(layer_norm(x),
-                                                      is_training=is_training)
+        attention_impl=self._attention_impl)
+
+
+def self_attention_block(inputs, *, is_training: bool, attention_mask=None,
+                         widening_factor: int = 4, dropout_prob: float = 0.0,
+                         dropout_attn_prob: float = 0.0, num_heads: int = 8,
+                         att_init_scale: float = 1.0,
+                         dense_init_scale: float = 1.0,
+                         qk_channels: Optional[int] = None,
+                         v_channels: Optional[int] = None,
+                         attention_impl: str = 'reference'):
+  """The body of `SelfAttention`, creating its submodules in the current scope.
+
+  Submodules are `layer_norm`, `attention`, `layer_norm_1` and `mlp`, so under
+  a module (or `hk.lift`) named `self_attention_k` the parameters carry the
+  released names. Arguments are those of `SelfAttention`.
+  """
+  validation.check_rank('inputs', inputs, (3,), '[B, N, C]')
+  channels = inputs.shape[-1]
+  resolved_v = v_channels or qk_channels or channels
+  if resolved_v != channels:
+    raise ValueError(
+        f'v_channels: the residual needs the attention output width '
+        f'(v_channels) to equal the input width {channels}, got '
+        f'{resolved_v}.')
+  x = inputs
+  qkv_inputs = layer_norm(inputs)
+  attention = Attention(
+      num_heads=num_heads, init_scale=att_init_scale,
+      qk_channels=qk_channels, v_channels=v_channels,
+      dropout_prob=dropout_attn_prob if is_training else 0.0,
+      attention_impl=attention_impl)(qkv_inputs, qkv_inputs,
+                                     attention_mask=attention_mask)
+  x = x + _dropout(attention, dropout_prob, is_training)
+  return x + MLP(widening_factor=widening_factor, dropout_prob=dropout_prob,
+                 init_scale=dense_init_scale)(layer_norm(x),
+                                              is_training=is_training)
 
 
 class CrossAttention(hk.Module):

@@ -4,9 +4,11 @@ Shapes: B batch, M inputs, N latents (z_index_dim), C input channels,
 D latent channels (num_z_channels).
 """
 
+import functools
 from typing import Optional
 
 import haiku as hk
+import jax
 import jax.numpy as jnp
 
 from perceiver import attention as attn
@@ -25,8 +27,10 @@ class PerceiverEncoder(hk.Module):
 
   Two switches change how the computation is compiled, never the parameters:
   `remat` rematerialises each self-attention layer in the backward pass
-  (`hk.remat`), and `scan_blocks` runs the repeated shared-weight blocks under
-  `hk.scan`, so compile time does not grow with `num_blocks`.
+  (`jax.checkpoint`), `scan_blocks` runs the repeated shared-weight blocks
+  under `lax.scan`, so compile time does not grow with `num_blocks`, and
+  `scan_layers` runs the distinct layers of a block under `lax.scan` over
+  their stacked weights.
   """
 
   def __init__(self,
@@ -48,7 +52,8 @@ class PerceiverEncoder(hk.Module):
                *,
                attention_impl: str = 'reference',
                remat: bool = False,
-               scan_blocks: bool = False):
+               scan_blocks: bool = False,
+               scan_layers: bool = False):
     """Builds the encoder; arguments and defaults are the released ones.
 
     Args:
@@ -69,7 +74,10 @@ class PerceiverEncoder(hk.Module):
       name: module name.
       attention_impl: one of `attention.ATTENTION_IMPLEMENTATIONS`.
       remat: rematerialise the self-attention layers in the backward pass.
-      scan_blocks: run the `num_blocks` repetitions under `hk.scan`.
+      scan_blocks: run the `num_blocks` repetitions under `lax.scan`.
+      scan_layers: run the layers of a block under `lax.scan` over their
+        stacked weights (compile time and, on CPU, step time then grow
+        linearly with depth; see README, Performance).
     """
     super().__init__(name=name)
     validation.check_positive('num_self_attends_per_block',
@@ -99,12 +107,18 @@ class PerceiverEncoder(hk.Module):
         shape_for_attn=cross_attention_shape_for_attn,
         qk_channels=qk_channels, v_channels=v_channels,
         use_query_residual=use_query_residual, attention_impl=attention_impl)
-    self.self_attends = [
-        attn.SelfAttention(
-            num_heads=num_self_attend_heads, dropout_prob=dropout_prob,
-            qk_channels=qk_channels, v_channels=v_channels,
-            widening_factor=self_attend_widening_factor,
-            attention_impl=attention_impl)
+    self._dropout_prob = dropout_prob
+    self._scan_layers = scan_layers
+    # The self-attention layers are pure functions of their parameters, so the
+    # same code runs them unrolled or under `lax.scan` over stacked weights.
+    # `hk.lift` keeps the released names: perceiver_encoder/~/self_attention_k.
+    self._layer = hk.transform(functools.partial(
+        attn.self_attention_block, num_heads=num_self_attend_heads,
+        dropout_prob=dropout_prob, qk_channels=qk_channels,
+        v_channels=v_channels, widening_factor=self_attend_widening_factor,
+        attention_impl=attention_impl))
+    self._layer_params = [
+        hk.lift(self._layer.init, name='self_attention')
         for _ in range(num_self_attends_per_block)
     ]
 
@@ -112,12 +126,34 @@ class PerceiverEncoder(hk.Module):
     """The trainable latent array broadcast to the batch: [B, N, D]."""
     return self.z_pos_enc(batch_size=inputs.shape[0])
 
-  def _block(self, z, is_training: bool):
-    for layer in self.self_attends:
-      if self._remat:
-        z = hk.remat(lambda x, layer=layer: layer(x, is_training=is_training))(z)
-      else:
-        z = layer(z, is_training=is_training)
+  def _run_layers(self, z, layer_params, *, is_training: bool):
+    """Applies num_blocks x the per-block layers to z (pure JAX from here)."""
+    use_rng = is_training and self._dropout_prob > 0
+    num_layers = len(layer_params)
+    total = self._num_blocks * num_layers
+    keys = (jax.random.split(hk.next_rng_key(), total).reshape(
+        self._num_blocks, num_layers, -1) if use_rng else None)
+
+    def layer(z, params, key):
+      return self._layer.apply(params, key, z, is_training=is_training)
+
+    if self._remat:
+      layer = jax.checkpoint(layer)
+
+    def block(z, block_keys):
+      if self._scan_layers:
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *layer_params)
+        return jax.lax.scan(lambda c, xs: (layer(c, *xs), None), z,
+                            (stacked, block_keys))[0]
+      for i, params in enumerate(layer_params):
+        z = layer(z, params, None if block_keys is None else block_keys[i])
+      return z
+
+    if self._scan_blocks and self._num_blocks > 1:
+      return jax.lax.scan(lambda c, k: (block(c, k), None), z, keys,
+                          length=self._num_blocks)[0]
+    for b in range(self._num_blocks):
+      z = block(z, None if keys is None else keys[b])
     return z
 
   def __call__(self, inputs, z, *, is_training: bool, input_mask=None):
@@ -145,10 +181,7 @@ class PerceiverEncoder(hk.Module):
           query_mask=jnp.ones(z.shape[:2], dtype=bool), kv_mask=input_mask)
     z = self.cross_attend(z, inputs, attention_mask=attention_mask,
                           is_training=is_training)
-    if self._scan_blocks and self._num_blocks > 1:
-      z, _ = hk.scan(lambda c, _: (self._block(c, is_training), None), z, None,
-                     length=self._num_blocks)
-      return z
-    for _ in range(self._num_blocks):
-      z = self._block(z, is_training)
-    return z
+    init_rng = hk.next_rng_key() if hk.running_init() else None
+    layer_params = [lift(init_rng, z, is_training=False)
+                    for lift in self._layer_params]
+    return self._run_layers(z, layer_params, is_training=is_training)

@@ -26,7 +26,7 @@ Calls (`init` takes the same arguments without params and state):
 
 Overrides: any size field of a preset (see `defaults(name)`, e.g.
 `num_blocks=1, image_size=32` for tests), plus for every preset
-`attention_impl`, `remat`, `scan_blocks` (core options) and `compute_dtype`
+`attention_impl`, `remat`, `scan_blocks`, `scan_layers` (core options) and `compute_dtype`
 (e.g. `jnp.bfloat16`: parameters stay float32, matmuls run in bfloat16,
 LayerNorm and softmax in float32). None of them changes the parameter tree.
 """
@@ -47,7 +47,7 @@ PRESETS = ('imagenet_fourier', 'imagenet_conv', 'imagenet_learned',
            'language_mlm', 'optical_flow', 'video_autoencoding')
 
 _COMMON = dict(attention_impl='reference', remat=False, scan_blocks=False,
-               compute_dtype=None)
+               scan_layers=False, compute_dtype=None)
 
 _DEFAULTS: Dict[str, Dict[str, Any]] = {
     'imagenet': dict(image_size=224, num_classes=1000, z_index_dim=512,
@@ -107,7 +107,7 @@ def example_inputs(name: str, batch: int = 1, **overrides):
 
 def _encoder_options(cfg):
   return dict(attention_impl=cfg['attention_impl'], remat=cfg['remat'],
-              scan_blocks=cfg['scan_blocks'])
+              scan_blocks=cfg['scan_blocks'], scan_layers=cfg['scan_layers'])
 
 
 def _imagenet(name: str, cfg) -> Callable[..., Any]:
