@@ -22,6 +22,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from perceiver.train import distributed
@@ -71,6 +72,9 @@ def load_experiment(config_path: str):
 def _run(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    # Orbax logs every save at INFO; keep the terminal for the progress bar.
+    logging.set_verbosity(logging.WARNING)
   distributed.initialize(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=True
   )
