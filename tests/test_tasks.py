@@ -10,6 +10,7 @@ import os
 import runpy
 import sys
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -407,6 +408,23 @@ def test_optical_flow_tiles_any_size_and_batching_does_not_matter():
   # The top-left corner is covered by the first tile only.
   direct = apply_flow_directly(image1[:8, :12], image2[:8, :12])
   np.testing.assert_allclose(one[:3, :3], direct[:3, :3], rtol=1e-5, atol=1e-6)
+
+
+def test_optical_flow_traces_the_model_once_for_all_tiles_and_sizes():
+  model, params, state = tiny('optical_flow')
+  traces = []
+
+  def counting_apply(*args, **kwargs):
+    traces.append(1)  # runs only while jax traces
+    return model.apply(*args, **kwargs)
+
+  counted = hk.TransformedWithState(model.init, counting_apply)
+  kw = dict(min_overlap=2, overrides=TINY['optical_flow'])
+  for shape in [(8, 12, 3), (19, 29, 3), (30, 14, 3)]:
+    tasks.optical_flow(
+      counted, params, state, uint8_image(shape, 0), uint8_image(shape, 1), **kw
+    )
+  assert len(traces) == 1
 
 
 def test_optical_flow_pads_small_images():
