@@ -134,7 +134,32 @@ def test_encoder_input_mask_matches_numpy():
   )
 
 
-REMAT_CONFIG = dict(num_blocks=2, num_self_attends_per_block=1)
+def test_encoder_called_twice_shares_weights():
+  # Calling one module twice in a transform is ordinary Haiku weight sharing
+  # (e.g. encoding two inputs with one encoder, or encode() then __call__).
+  x, x2 = make_inputs(13), make_inputs(14)
+
+  def fn(x, x2):
+    enc = tiny_encoder(num_blocks=2)
+    return (
+      enc(x, enc.latents(x), is_training=False),
+      enc(x2, enc.latents(x2), is_training=False),
+    )
+
+  f = hk.transform(fn)
+  params = random_params(f, x, x2, seed=13)
+  assert tree_shapes(params) == tree_shapes(
+    jax.eval_shape(encoder_fn(num_blocks=2).init, jax.random.PRNGKey(0), x)
+  )
+  a, b = jax.jit(f.apply)(params, None, x, x2)
+  p = to_np(params)
+  np.testing.assert_allclose(a, np_encoder(p, x, 2, 1, 2), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    b, np_encoder(p, x2, 2, 1, 2), rtol=1e-4, atol=1e-4
+  )
+
+
+REMAT_CONFIG = dict(num_blocks=2, num_self_attends_per_block=2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,11 +174,22 @@ def _plain_encoder_value_and_grads():
 
 
 @pytest.mark.parametrize(
-  'remat,scan_blocks', [(True, False), (False, True), (True, True)]
+  'remat,scan_blocks,scan_layers',
+  [
+    (True, False, False),
+    (False, True, False),
+    (False, False, True),
+    (True, True, True),
+  ],
 )
-def test_remat_and_scan_match_plain_encoder(remat, scan_blocks):
+def test_remat_and_scan_match_plain_encoder(remat, scan_blocks, scan_layers):
   x, params, out, grads = _plain_encoder_value_and_grads()
-  f = encoder_fn(remat=remat, scan_blocks=scan_blocks, **REMAT_CONFIG)
+  f = encoder_fn(
+    remat=remat,
+    scan_blocks=scan_blocks,
+    scan_layers=scan_layers,
+    **REMAT_CONFIG,
+  )
   shapes = jax.eval_shape(f.init, jax.random.PRNGKey(0), x)
   assert tree_shapes(shapes) == tree_shapes(params)
   loss = lambda p, x: jnp.sum(jnp.sin(f.apply(p, None, x)))
@@ -415,21 +451,19 @@ def test_classification_decoder_matches_numpy():
     model = Perceiver(
       tiny_encoder(), dec.ClassificationDecoder(10, num_heads=1, **TRAINABLE)
     )
-    z, *_ = model.encode(x, is_training=False)
-    return model(x, is_training=False), z
+    return model(x, is_training=False)
 
   f = hk.transform(fn)
   params = random_params(f, x, seed=7)
-  logits, z = jax.jit(f.apply)(params, None, x)
+  logits = jax.jit(f.apply)(params, None, x)
   assert logits.shape == (B, 10)
   p = to_np(params)
+  z = np_encoder(p, x, 1, 1, 2)
   pre = 'classification_decoder/~/basic_decoder'
   query = np.broadcast_to(
     p[f'{pre}/~/trainable_position_encoding']['pos_embs'], (B, 1, 6)
   )
-  h = np_cross_attention(
-    p, f'{pre}/cross_attention', query, np.asarray(z), 1, False
-  )
+  h = np_cross_attention(p, f'{pre}/cross_attention', query, z, 1, False)
   expected = np_linear(h, p[f'{pre}/output'])[:, 0]
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
@@ -439,8 +473,7 @@ def test_projection_decoder():
 
   def fn(x):
     model = Perceiver(tiny_encoder(), dec.ProjectionDecoder(num_classes=7))
-    z, *_ = model.encode(x, is_training=False)
-    return model(x, is_training=False), z
+    return model(x, is_training=False)
 
   f = hk.transform(fn)
   # Zero-initialised projection (nothing random to compile: init the head).
@@ -452,11 +485,11 @@ def test_projection_decoder():
     init_params['projection_decoder/linear']['w'], 0.0
   )
   params = random_params(f, x, seed=8)
-  logits, z = jax.jit(f.apply)(params, None, x)
+  logits = jax.jit(f.apply)(params, None, x)
   assert logits.shape == (B, 7)
-  expected = np_linear(
-    np.asarray(z).mean(1), to_np(params)['projection_decoder/linear']
-  )
+  p = to_np(params)
+  z = np_encoder(p, x, 1, 1, 2)
+  expected = np_linear(z.mean(1), p['projection_decoder/linear'])
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
