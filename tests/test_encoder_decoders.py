@@ -206,6 +206,22 @@ def test_remat_and_scan_match_plain_encoder(remat, scan_blocks, scan_layers):
     )
 
 
+def test_scanned_encoder_dropout_matches_unrolled():
+  # In training, every layer of every block gets its own dropout key, in the
+  # same order whether the blocks and layers are unrolled or scanned.
+  x = make_inputs(15)
+  config = dict(REMAT_CONFIG, dropout_prob=0.3, is_training=True)
+  plain = encoder_fn(**config)
+  scanned = encoder_fn(remat=True, scan_blocks=True, scan_layers=True, **config)
+  params = random_params(plain, x, seed=15)
+  key = jax.random.PRNGKey(3)
+  a = jax.jit(plain.apply)(params, key, x)
+  b = jax.jit(scanned.apply)(params, key, x)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  no_dropout = jax.jit(encoder_fn(**REMAT_CONFIG).apply)(params, None, x)
+  assert not np.allclose(a, no_dropout, atol=1e-3)
+
+
 # ----------------------------------------------------------------------------
 # Decoders in a Perceiver: chunked and subsampled decoding.
 # ----------------------------------------------------------------------------
