@@ -149,3 +149,41 @@ def test_digits_configs_pass_their_checks(variant):
   config = digits.get_config(variant)
   digits.validate(config)
   config_lib.validate(config, device_count=1)
+
+
+@pytest.mark.parametrize(
+  'args,field',
+  [
+    (('127.0.0.1:1234', None, None), 'coordinator_address'),
+    (('127.0.0.1:1234', 2, 2), 'process_id'),
+    (('127.0.0.1:1234', 0, 0), 'num_processes'),
+  ],
+)
+def test_distributed_flags_are_checked(args, field):
+  from perceiver.train import distributed  # pylint: disable=g-import-not-at-top
+
+  with pytest.raises(ValueError, match=field):
+    distributed.initialize(*args)
+
+
+def test_single_process_needs_no_coordinator():
+  from perceiver.train import distributed  # pylint: disable=g-import-not-at-top
+
+  assert distributed.initialize() is False
+  assert distributed.initialize('127.0.0.1:1234', 1, 0) is False
+
+
+@pytest.mark.parametrize(
+  'environ,size',
+  [
+    ({}, 1),
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '1'}, 1),
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '4'}, 4),
+    ({'OMPI_COMM_WORLD_SIZE': '2'}, 2),
+    ({'TPU_WORKER_HOSTNAMES': 'a,b,c,d'}, 4),
+  ],
+)
+def test_cluster_size_from_the_environment(environ, size):
+  from perceiver.train import distributed  # pylint: disable=g-import-not-at-top
+
+  assert distributed.cluster_size(environ) == size

@@ -14,7 +14,21 @@ from typing import Optional
 
 import jax
 
-_CLUSTER_ENV = ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'OMPI_COMM_WORLD_SIZE')
+# Environment variables giving a cluster job's number of processes (a
+# comma-separated host list for TPU pods).
+_CLUSTER_SIZE_ENV = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
+_TPU_HOSTS_ENV = 'TPU_WORKER_HOSTNAMES'
+
+
+def cluster_size(environ=None) -> int:
+  """How many processes the cluster environment says the job has (1 if
+  none): SLURM, Open MPI or a multi-host TPU slice."""
+  environ = os.environ if environ is None else environ
+  for key in _CLUSTER_SIZE_ENV:
+    if environ.get(key, '').isdigit():
+      return int(environ[key])
+  hosts = environ.get(_TPU_HOSTS_ENV, '')
+  return len(hosts.split(',')) if hosts else 1
 
 
 def initialize(
@@ -29,8 +43,9 @@ def initialize(
     coordinator_address: 'host:port' of process 0's coordinator.
     num_processes: how many processes take part.
     process_id: this process's index in [0, num_processes).
-    auto: if no address is given, let JAX detect a cluster from the
-      environment (SLURM, TPU pods, Open MPI).
+    auto: if no address is given and the environment describes a job of
+      several processes (SLURM, Open MPI, multi-host TPU), let JAX read
+      the coordinator and process index from it.
 
   Raises:
     ValueError: if only some of the three explicit settings are given, or
@@ -64,7 +79,7 @@ def initialize(
       process_id=process_id,
     )
     return True
-  if auto and any(k in os.environ for k in _CLUSTER_ENV):
+  if auto and cluster_size() > 1:
     _use_gloo_on_cpu()
     jax.distributed.initialize()
     return jax.process_count() > 1
