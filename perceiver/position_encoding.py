@@ -24,7 +24,7 @@ IndexDims = Union[int, Sequence[int]]
 POSITION_ENCODING_TYPES = ('trainable', 'fourier')
 
 
-def _as_tuple(index_dims: IndexDims) -> Tuple[int, ...]:
+def as_index_dims(index_dims: IndexDims) -> Tuple[int, ...]:
   if isinstance(index_dims, (int, np.integer)):
     return (int(index_dims),)
   return tuple(int(d) for d in index_dims)
@@ -53,11 +53,13 @@ def generate_fourier_features(pos, num_bands: int,
   """
   validation.check_rank('pos', pos, (2,), '[N, D]')
   validation.check_positive('num_bands', num_bands)
-  max_resolution = _as_tuple(max_resolution)
+  max_resolution = as_index_dims(max_resolution)
   if pos.shape[-1] != len(max_resolution):
     raise ValueError(
         f'max_resolution: expected {pos.shape[-1]} entries (one per position '
         f'dimension of pos, shape {tuple(pos.shape)}), got {max_resolution}.')
+  for i, res in enumerate(max_resolution):
+    validation.check_positive(f'max_resolution[{i}]', res)
   freqs_DK = jnp.stack([
       jnp.linspace(1.0, res / 2, num=num_bands, endpoint=True)
       for res in max_resolution
@@ -80,7 +82,7 @@ def build_linear_positions(index_dims: IndexDims,
   Returns:
     [*index_dims, D] positions.
   """
-  dims = _as_tuple(index_dims)
+  dims = as_index_dims(index_dims)
   for i, d in enumerate(dims):
     validation.check_positive(f'index_dims[{i}]', d)
   axes = [jnp.linspace(output_range[0], output_range[1], num=n, endpoint=True,
@@ -103,7 +105,7 @@ def grid_positions(index_dims: IndexDims, flat_indices=None):
   Returns:
     [S, D] float32 positions.
   """
-  dims = _as_tuple(index_dims)
+  dims = as_index_dims(index_dims)
   if flat_indices is None:
     flat_indices = jnp.arange(int(np.prod(dims)))
   coords = jnp.unravel_index(flat_indices, dims)
@@ -172,11 +174,11 @@ class FourierPositionEncoding(AbstractPositionEncoding):
                sine_only: bool = False, name: Optional[str] = None):
     super().__init__(name=name)
     validation.check_positive('num_bands', num_bands)
-    self._index_dims = _as_tuple(index_dims) if index_dims is not None else None
+    self._index_dims = as_index_dims(index_dims) if index_dims is not None else None
     self._num_bands = num_bands
     self._concat_pos = concat_pos
     self._sine_only = sine_only
-    self._max_resolution = (_as_tuple(max_resolution) if max_resolution
+    self._max_resolution = (as_index_dims(max_resolution) if max_resolution
                             else self._index_dims)
     if self._max_resolution is None:
       raise ValueError('max_resolution: expected a resolution per dimension '
@@ -266,7 +268,7 @@ def build_position_encoding(
   """
   validation.check_choice('position_encoding_type', position_encoding_type,
                           POSITION_ENCODING_TYPES)
-  dims = _as_tuple(index_dims) if index_dims is not None else None
+  dims = as_index_dims(index_dims) if index_dims is not None else None
   if position_encoding_type == 'trainable':
     if trainable_position_encoding_kwargs is None:
       raise ValueError('trainable_position_encoding_kwargs: expected a dict '

@@ -5,6 +5,7 @@ and shows what came, so a bad call fails at the boundary with a readable message
 instead of deep inside a matmul.
 """
 
+import numbers
 from typing import Any, Optional, Sequence
 
 
@@ -32,7 +33,8 @@ def check_positive(name: str, value: Any, allow_none: bool = False) -> None:
   """Raises unless `value` is a positive integer (or None, if allowed)."""
   if value is None and allow_none:
     return
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
+      value <= 0):
     raise ValueError(f'{name}: expected a positive integer, got {value!r}.')
 
 
@@ -53,5 +55,6 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
 
 def check_probability(name: str, value: Any) -> None:
   """Raises unless 0 <= value < 1."""
-  if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
+      not 0.0 <= value < 1.0):
     raise ValueError(f'{name}: expected a rate in [0, 1), got {value!r}.')
