@@ -192,7 +192,9 @@ def make_train_step(
       means, grad_norm=grad_norm, finite=finite.astype(jnp.float32)
     )
     if schedule is not None:
-      metrics['learning_rate'] = jnp.asarray(schedule(ts.step), jnp.float32)
+      # Skipped updates leave the optimizer's own step count behind.
+      applied = ts.step - ts.nonfinite_count
+      metrics['learning_rate'] = jnp.asarray(schedule(applied), jnp.float32)
     return new_ts, metrics
 
   return step
