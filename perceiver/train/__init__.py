@@ -1,7 +1,22 @@
-"""Task-agnostic training: mesh, step, optimizers, loop, checkpoints, metrics.
+"""Task-agnostic training: the modern replacement of the released trainer.
 
-The modern replacement of the released jaxline/pmap trainer (MODELS.md 3):
-`jax.jit` over a named device mesh, optax optimizers, orbax checkpoints.
+The released code trained with jaxline and `jax.pmap` (MODELS.md 3), which no
+longer run on current JAX. This package does the same job with `jax.jit` over
+a named device mesh, optax and orbax:
+
+  mesh.py         the ('data', 'fsdp') mesh, batch/parameter shardings,
+                  global arrays from each process's rows
+  step.py         TrainState and the pure train/eval steps (accumulation,
+                  mixed precision, non-finite guard, rng folded in by step)
+  optim.py        LAMB/AdamW, schedules, the weight-decay mask
+  config.py       the fields every experiment config has, and their checks
+  data.py         a resumable per-process iterator over in-memory arrays
+  checkpoint.py   orbax checkpoints with the data position, damage fallback
+  metrics.py      metrics.jsonl, TensorBoard, the PNG of training curves
+  progress.py     the terminal progress bar
+  distributed.py  multi-host start-up
+  task.py         what an experiment hands the engine
+  loop.py         train(): restore or init, step, log, checkpoint, evaluate
 """
 
 from perceiver.train.config import base_config
