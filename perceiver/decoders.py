@@ -239,8 +239,9 @@ class BasicDecoder(AbstractPerceiverDecoder):
       query: [B, O, E].
       z: [B, N, D].
       is_training: enables dropout.
-      query_mask: optional [B, O]; masked queries output zeros before the
-        final projection.
+      query_mask: optional [B, O]; masked queries read nothing (their
+        attention output is zero; the residual MLP and projection still
+        apply).
 
     Returns:
       [B, O, C] (or [B, O, E] with final_project=False).
