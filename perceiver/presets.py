@@ -46,8 +46,11 @@ from perceiver import validation
 PRESETS = ('imagenet_fourier', 'imagenet_conv', 'imagenet_learned',
            'language_mlm', 'optical_flow', 'video_autoencoding')
 
-_COMMON = dict(attention_impl='reference', remat=False, scan_blocks=False,
-               scan_layers=False, compute_dtype=None)
+# Defaults are the fastest correct settings measured on CPU (README,
+# Performance): scanning the layers makes a 26-layer MLM training step 2.5x
+# cheaper in CPU time and compile 4.7x faster than the unrolled release.
+_COMMON = dict(attention_impl='reference', remat=False, scan_blocks=True,
+               scan_layers=True, compute_dtype=None)
 
 _DEFAULTS: Dict[str, Dict[str, Any]] = {
     'imagenet': dict(image_size=224, num_classes=1000, z_index_dim=512,
