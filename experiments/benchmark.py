@@ -659,7 +659,7 @@ def plot_scaling(records, out_dir: str) -> List[str]:
   for what, key, unit, scale in (('time', 'median_s', 's', 1.0),
                                  ('memory', 'peak_mem_bytes', 'GiB', GB)):
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    firsts = []
+    firsts, top = [], 0.0
     for curve, recs in sorted(_curves(records).items()):
       label, style = styles[curve]
       xs = [r[curve[1]] for r in recs if r.get(key)]
@@ -667,15 +667,34 @@ def plot_scaling(records, out_dir: str) -> List[str]:
       if xs:
         ax.plot(xs, ys, style, label=label)
         firsts.append((xs[0], ys[0]))
+        top = max(top, max(ys))
     both = [r for r in records if r['sweep'] == 'M=O' and r.get(key)
             and r.get('status') == 'ok']
     for r in both:
       ax.plot([r['M']], [r[key] / scale], '*', markersize=12,
-              label=f"Perceiver, M = O = {r['M']}")
-    if firsts:  # Reference slopes 1 and 2 through the lowest first point.
-      x0, y0 = min(firsts, key=lambda p: p[1])
-      xs = np.array([x0, max(max(r['M'], r['O']) for r in records)])
+              label=f"Perceiver, M = O = 2^{int(np.log2(r['M']))}")
+      top = max(top, r[key] / scale)
+    if what == 'memory':
+      inputs = sorted((r['M'], r['input_bytes'] / scale) for r in records
+                      if r['model'] == 'perceiver' and r['sweep'] == 'M'
+                      and r.get('input_bytes'))
+      if inputs:
+        ax.plot(*zip(*inputs), ':', color='C0', alpha=0.6,
+                label='the inputs themselves (M sweep)')
+      # Configurations not run: XLA's estimate of what they would need.
+      oom = [(r['M'], r['xla_memory']['total_bytes'] / scale)
+             for r in records if r.get('status') == 'OOM'
+             and (r.get('xla_memory') or {}).get('total_bytes')]
+      if oom:
+        ax.plot(*zip(*oom), 'x', color='C2', markersize=9,
+                label='Transformer: XLA estimate, over budget (not run)')
+        top = max(top, max(y for _, y in oom))
+    if firsts:  # Reference slopes 1 and 2 from the lowest first point,
+      x0, y0 = min(firsts, key=lambda p: p[1])  # up to the highest point.
+      x_max = max(max(r['M'], r['O']) for r in records)
       for n, style in ((1, ':'), (2, '-.')):
+        x1 = min(x_max, x0 * (top / y0)**(1.0 / n))
+        xs = np.array([x0, x1])
         ax.plot(xs, y0 * (xs / x0)**n, style, color='gray', linewidth=0.8,
                 label=f'slope {n}')
     ax.set_xscale('log', base=2)
