@@ -265,7 +265,17 @@ class BasicDecoder(AbstractPerceiverDecoder):
     return outputs
 
 
-class ClassificationDecoder(AbstractPerceiverDecoder):
+class _WrappedBasicDecoder(AbstractPerceiverDecoder):
+  """A decoder whose queries are those of its inner `self.decoder`."""
+
+  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
+                    subsampled_points=None):
+    return self.decoder.decoder_query(inputs, modality_sizes,
+                                      inputs_without_pos,
+                                      subsampled_points=subsampled_points)
+
+
+class ClassificationDecoder(_WrappedBasicDecoder):
   """One query, [B, 1, C] -> [B, num_classes] logits."""
 
   def __init__(self, num_classes: int, name: str = 'classification_decoder',
@@ -280,12 +290,6 @@ class ClassificationDecoder(AbstractPerceiverDecoder):
   @property
   def num_outputs(self) -> int:
     return 1
-
-  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
-                    subsampled_points=None):
-    return self.decoder.decoder_query(inputs, modality_sizes,
-                                      inputs_without_pos,
-                                      subsampled_points=subsampled_points)
 
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
     return self.restore_output_shape(
@@ -349,7 +353,7 @@ class FlowDecoder(AbstractPerceiverDecoder):
         (outputs.shape[0],) + self._output_image_shape + (outputs.shape[-1],))
 
 
-class BasicVideoAutoencodingDecoder(AbstractPerceiverDecoder):
+class BasicVideoAutoencodingDecoder(_WrappedBasicDecoder):
   """Per-pixel video decoder over (T, H, W); full decodes are [B, T, H, W, C]."""
 
   def __init__(self, output_shape: Sequence[int], position_encoding_type: str,
@@ -367,12 +371,6 @@ class BasicVideoAutoencodingDecoder(AbstractPerceiverDecoder):
   @property
   def num_outputs(self) -> int:
     return int(np.prod(self._output_shape[1:4]))
-
-  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
-                    subsampled_points=None):
-    return self.decoder.decoder_query(inputs, modality_sizes,
-                                      inputs_without_pos,
-                                      subsampled_points=subsampled_points)
 
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
     outputs = self.decoder(query, z, is_training=is_training,

@@ -10,10 +10,7 @@ import pytest
 
 from perceiver import checkpoints
 from perceiver import presets
-from tests.test_presets import SMALL, official_tree  # noqa: F401
-
-REFERENCE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
-                         'reference', 'official_params.json')
+from tests.test_presets import SMALL, official  # noqa: F401  (fixture)
 
 
 def synthetic_tree(entry, seed=0):
@@ -21,15 +18,6 @@ def synthetic_tree(entry, seed=0):
   rng = np.random.default_rng(seed)
   return {m: {n: rng.standard_normal(s['shape']).astype(s['dtype'])
               for n, s in d.items()} for m, d in entry.items()}
-
-
-@pytest.fixture(scope='module')
-def official():
-  import json
-  if not os.path.exists(REFERENCE):
-    pytest.skip(f'{REFERENCE} not found')
-  with open(REFERENCE) as f:
-    return json.load(f)
 
 
 def test_loads_released_params_only_pickle(tmp_path, official):
