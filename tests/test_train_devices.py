@@ -7,6 +7,7 @@ The reference is the same global batch on one device. A worker subprocess
 BatchNorm, and saves the losses and parameters for the test to compare.
 """
 
+import fcntl
 import json
 import os
 import subprocess
@@ -92,9 +93,7 @@ def _worker(out_dir):
     json.dump(summary, f)
 
 
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp('devices'))
+def _run_worker(out):
   env = dict(
     os.environ,
     XLA_FLAGS='--xla_force_host_platform_device_count=8',
@@ -109,6 +108,25 @@ def runs(tmp_path_factory):
     timeout=600,
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  # Under pytest-xdist every worker would build this module fixture; the
+  # first one runs the subprocess and the others wait for its results in
+  # the session's shared temporary directory.
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    base = base.parent
+  out = str(base / 'train_devices_runs')
+  with open(str(base / 'train_devices.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if not os.path.exists(os.path.join(out, 'summary.json')):
+        os.makedirs(out, exist_ok=True)
+        _run_worker(out)
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
   with open(os.path.join(out, 'summary.json')) as f:
     summary = json.load(f)
   arrays = {
