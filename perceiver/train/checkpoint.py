@@ -92,8 +92,9 @@ class Checkpointer:
         state, position = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
         message = (
-          f'Checkpoint at step {step} in {self.directory} is damaged '
-          f'and was skipped: {type(e).__name__}: {e}'
+          f'Checkpoint at step {step} in {self.directory} could not be '
+          f'read (damaged, or written for another model) and was skipped: '
+          f'{type(e).__name__}: {e}'
         )
         logging.warning(message)
         if jax.process_index() == 0:
