@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 WORKDIR ?= runs/digits
 CONFIG ?= experiments/digits.py
-# Extra flags, e.g. make train ARGS='--config.train.steps=100'.
+# Extra flags, e.g. make train ARGS='--config.total_steps=100'.
 ARGS ?=
 PYTEST_ARGS ?= -n 2 --durations=10
 LINT_PATHS ?= perceiver experiments tests setup.py
