@@ -341,6 +341,8 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
   rec['peak_rss_bytes'] = peak_rss_bytes()
   rec['baseline_rss_bytes'] = baseline
   rec['peak_mem_bytes'] = rec['peak_rss_bytes'] - baseline
+  if spec.get('matmul_size'):  # The peak under this run's machine load.
+    rec['matmul_peak_flops'] = matmul_peak(spec['matmul_size'])
   return rec
 
 
@@ -536,7 +538,8 @@ def run_presets(out_dir: str, mem_budget: float,
                       overrides=overrides, batch=_BATCH.value, dtype=dtype,
                       mode=mode, attention_impl=_ATTENTION.value,
                       warmup=_WARMUP.value, repeats=_REPEATS.value,
-                      mem_budget=mem_budget, export_dir=export)
+                      mem_budget=mem_budget, export_dir=export,
+                      matmul_size=_MATMUL_SIZE.value)
           rec = spawn('experiments.benchmark', spec, _TIMEOUT.value)
           records.append(dict(_public(spec), **rec))
           save()
@@ -755,7 +758,10 @@ def markdown(results: Dict[str, Any]) -> str:
         '## Presets', '',
         'Median of the timed calls after warm-up, one process per row and '
         'framework. GFLOP: XLA cost analysis of the jitted JAX call; % peak: '
-        'JAX FLOP/s over the JAX matmul peak of the same dtype. Peak mem: '
+        'JAX FLOP/s over the JAX matmul peak of the same dtype, measured ' +
+        ('in the same process right after the row' if any(
+            r.get('matmul_peak_flops') for r in recs) else
+         'at the start of the run') + '. Peak mem: '
         'peak RSS minus RSS before the model was built. torch/JAX > 1: JAX '
         'is faster. rel err: max |JAX − torch| / max |torch| of the float32 '
         'forward outputs (same weights and inputs).', '',
@@ -771,9 +777,12 @@ def markdown(results: Dict[str, Any]) -> str:
       t = by_key.get(('torch', r['preset'], r['dtype'], r['mode']))
       ok = r.get('status') == 'ok'
       t_ok = t is not None and t.get('status') == 'ok'
-      frac = (r['flops_per_s'] / peak['jax'][r['dtype']]
-              if ok and r.get('flops_per_s') and r['dtype'] in peak.get(
-                  'jax', {}) else None)
+      # The matmul peak measured right after this row's run, in its process
+      # (the machine is shared); else the one measured at the start.
+      row_peak = (r.get('matmul_peak_flops') or peak.get('jax', {})).get(
+          r['dtype'])
+      frac = (r['flops_per_s'] / row_peak
+              if ok and r.get('flops_per_s') and row_peak else None)
       ratio = t['median_s'] / r['median_s'] if ok and t_ok else None
       xla = (r.get('xla_memory') or {}).get('total_bytes')
       lines.append('| ' + ' | '.join([
