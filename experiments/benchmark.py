@@ -178,11 +178,15 @@ def _memory(compiled) -> Optional[Dict[str, int]]:
 
 def compile_and_time(fn, args, *, warmup: int, repeats: int,
                      mem_budget: Optional[float], donate=(),
-                     feed_back=None) -> Dict[str, Any]:
+                     feed_back=None, flops_fn=None) -> Dict[str, Any]:
   """Jits `fn`, compiles it for `args`, checks the memory budget, times it.
 
   `feed_back(args, outputs)` gives the next call's arguments (a training step
   feeds its updated parameters back; the donated ones are consumed).
+  XLA's cost analysis counts the body of a loop (`lax.scan`) once, so the
+  FLOP count comes from `flops_fn`, the same computation without loops,
+  where given (lowered only, not compiled); `flops_compiled` keeps XLA's
+  count of the compiled `fn`.
   """
   import jax  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
@@ -193,6 +197,9 @@ def compile_and_time(fn, args, *, warmup: int, repeats: int,
   compile_s = time.perf_counter() - start
   rec = dict(lower_s=lower_s, compile_s=lower_s + compile_s,
              flops=_cost(compiled), xla_memory=_memory(compiled))
+  rec['flops_compiled'] = rec['flops']
+  if flops_fn is not None:
+    rec['flops'] = _cost(jax.jit(flops_fn).lower(*args))
   need = (rec['xla_memory'] or {}).get('total_bytes')
   if mem_budget and need and need > mem_budget:
     rec.update(status='OOM', reason=f'XLA memory analysis: needs '
@@ -304,13 +311,18 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
   baseline = peak_rss_bytes()
   name, overrides = spec['preset'], spec['overrides']
   cfg = dict(presets.defaults(name), **overrides)
-  model = presets.build(name, attention_impl=spec['attention_impl'],
-                        compute_dtype=getattr(jnp, spec['dtype']),
-                        **overrides)
+  options = dict(attention_impl=spec['attention_impl'],
+                 compute_dtype=getattr(jnp, spec['dtype']))
+  model = presets.build(name, **options, **overrides)
+  # The same model without loops, only to count FLOPs (see compile_and_time).
+  unrolled = {k: False for k in ('scan_blocks', 'scan_layers', 'remat')
+              if k in cfg}
+  flat = presets.build(name, **options, **dict(overrides, **unrolled))
   args, targets = preset_inputs(name, cfg, spec['batch'])
   params, state = jax.jit(functools.partial(model.init, is_training=True))(
       jax.random.PRNGKey(0), *args)
-  rec = dict(num_params=int(sum(x.size for x in jax.tree.leaves(params))))
+  rec = dict(num_params=int(sum(x.size for x in jax.tree.leaves(params))),
+             options={k: cfg[k] for k in unrolled})
   export = spec.get('export_dir')
   if export and not os.path.exists(os.path.join(export, 'weights.npz')):
     sd = hf_convert.haiku_to_transformers(params, state, name)
@@ -324,16 +336,19 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
   timing = dict(warmup=spec['warmup'], repeats=spec['repeats'],
                 mem_budget=spec.get('mem_budget'))
   if spec['mode'] == 'forward':
-    def forward(params, state, args):
+    def forward(model, params, state, args):
       return model.apply(params, state, None, *args, is_training=False)[0]
-    rec.update(compile_and_time(forward, (params, state, args), **timing))
+    rec.update(compile_and_time(
+        functools.partial(forward, model), (params, state, args),
+        flops_fn=functools.partial(forward, flat), **timing))
   else:
     optimizer = optax.adam(1e-4)
-    step = make_train_step(model, optimizer)
     opt_state = optimizer.init(params)
     rec.update(compile_and_time(
-        step, (params, state, opt_state, args, targets), donate=(0, 1, 2),
-        feed_back=lambda a, o: (o[0], o[1], o[2], a[3], a[4]), **timing))
+        make_train_step(model, optimizer),
+        (params, state, opt_state, args, targets), donate=(0, 1, 2),
+        feed_back=lambda a, o: (o[0], o[1], o[2], a[3], a[4]),
+        flops_fn=make_train_step(flat, optimizer), **timing))
   outputs = rec.pop('last_outputs', None)
   if (export and rec['status'] == 'ok' and spec['mode'] == 'forward' and
       spec['dtype'] == 'float32' and not isinstance(outputs, dict)):
