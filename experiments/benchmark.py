@@ -513,6 +513,15 @@ def machine_info() -> Dict[str, Any]:
   total = meminfo_bytes('MemTotal')
   if total:
     info['memory_gib'] = round(total / GB, 1)
+  try:  # The code measured: commit, and whether the library had edits.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    git = lambda *a: subprocess.run(['git', *a], cwd=root, capture_output=True,
+                                    text=True, timeout=30).stdout.strip()
+    info['git_commit'] = git('rev-parse', '--short', 'HEAD')
+    info['git_uncommitted'] = git('status', '--porcelain', 'perceiver',
+                                  'experiments').splitlines()
+  except (OSError, subprocess.SubprocessError):
+    pass
   from importlib import metadata  # pylint: disable=g-import-not-at-top
   for pkg in ('jax', 'jaxlib', 'dm-haiku', 'torch', 'transformers'):
     try:
@@ -757,7 +766,10 @@ def markdown(results: Dict[str, Any]) -> str:
       f"`{results['command']}`", '',
       f"Machine: {m.get('cpu')}, {m.get('cpu_count')} cores, "
       f"{m.get('memory_gib')} GiB; {m.get('platform')}; jax {m.get('jax')}, "
-      f"torch {m.get('torch')}, transformers {m.get('transformers')}. "
+      f"torch {m.get('torch')}, transformers {m.get('transformers')}; "
+      f"commit {m.get('git_commit', '?')}"
+      + (' (uncommitted changes in ' + ', '.join(m['git_uncommitted']) + ')'
+         if m.get('git_uncommitted') else '') + '. '
       f"Load average (1/5/15 min) at start {results['load_start']}, at end "
       f"{results['load_end']} (a shared machine: other jobs ran at the same "
       'time).', '']
@@ -810,9 +822,12 @@ def markdown(results: Dict[str, Any]) -> str:
           _fmt(t.get('peak_mem_bytes') if t_ok else None, '.2f', GB),
           _fmt(ratio, '.2f'), _fmt(t.get('max_rel_err') if t_ok else None,
                                    '.1e')]) + ' |')
-    notes = [f"{r['framework']} {r['preset']} {r['dtype']} {r['mode']}: "
-             f"{r.get('status')} ({r.get('reason', '')})" for r in recs
-             if r.get('status') != 'ok']
+    options = sorted({(r['preset'], json.dumps(r['options'], sort_keys=True))
+                      for r in recs if r.get('options')})
+    notes = [f'JAX options of {p}: {o}' for p, o in options]
+    notes += [f"{r['framework']} {r['preset']} {r['dtype']} {r['mode']}: "
+              f"{r.get('status')} ({r.get('reason', '')})" for r in recs
+              if r.get('status') != 'ok']
     if notes:
       lines += [''] + [f'- {n}' for n in notes]
     lines.append('')
