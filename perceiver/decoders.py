@@ -109,7 +109,7 @@ class ProjectionDecoder(AbstractPerceiverDecoder):
     """[B, N, D] latents -> [B, num_classes] logits."""
     del query, is_training, query_mask
     validation.check_rank('z', z, (3,), '[B, N, D]')
-    return hk.Linear(self._num_classes, w_init=jnp.zeros)(jnp.mean(z, axis=1))
+    return attn.Linear(self._num_classes, w_init=jnp.zeros)(jnp.mean(z, axis=1))
 
 
 class BasicDecoder(AbstractPerceiverDecoder):
@@ -260,8 +260,8 @@ class BasicDecoder(AbstractPerceiverDecoder):
         attention_impl=self._attention_impl)(
             query, z, attention_mask=attention_mask, is_training=is_training)
     if self._final_project:
-      outputs = hk.Linear(self._output_num_channels, w_init=self._output_w_init,
-                          name='output')(outputs)
+      outputs = attn.Linear(self._output_num_channels,
+                            w_init=self._output_w_init, name='output')(outputs)
     return outputs
 
 

@@ -320,8 +320,8 @@ def _mixed_precision(compute_dtype):
   half = jmp.get_policy(f'params=float32,compute={compute},output={compute}')
   norm = jmp.get_policy(f'params=float32,compute=float32,output={compute}')
   stack.enter_context(hk.mixed_precision.push_policy(P.Perceiver, full))
-  for cls in (hk.Linear, hk.Conv2D, hk.Conv2DTranspose, hk.Conv3DTranspose,
-              hk.Embed):
+  for cls in (hk.Linear, P.Linear, hk.Conv2D, hk.Conv2DTranspose,
+              hk.Conv3DTranspose, hk.Embed):
     stack.enter_context(hk.mixed_precision.push_policy(cls, half))
   for cls in (hk.LayerNorm, hk.BatchNorm):
     stack.enter_context(hk.mixed_precision.push_policy(cls, norm))
