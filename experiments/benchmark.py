@@ -784,7 +784,8 @@ def markdown(results: Dict[str, Any]) -> str:
     lines += [
         '## Presets', '',
         'Median of the timed calls after warm-up, one process per row and '
-        'framework. GFLOP: XLA cost analysis of the jitted JAX call; % peak: '
+        'framework. GFLOP: XLA cost analysis of the JAX call without '
+        '`lax.scan` loops (XLA counts a loop body once); % peak: '
         'JAX FLOP/s over the JAX matmul peak of the same dtype, measured ' +
         ('in the same process right after the row' if any(
             r.get('matmul_peak_flops') for r in recs) else
