@@ -390,27 +390,17 @@ class SelfAttention(hk.Module):
     validation.check_probability('dropout_attn_prob', dropout_attn_prob)
     validation.check_positive('widening_factor', widening_factor)
     validation.check_positive('num_heads', num_heads)
-    self._widening_factor = widening_factor
-    self._dropout_prob = dropout_prob
-    self._dropout_attn_prob = dropout_attn_prob
-    self._num_heads = num_heads
-    self._att_init_scale = att_init_scale
-    self._dense_init_scale = dense_init_scale
-    self._qk_channels = qk_channels
-    self._v_channels = v_channels
-    self._attention_impl = attention_impl
+    self._config = dict(
+        widening_factor=widening_factor, dropout_prob=dropout_prob,
+        dropout_attn_prob=dropout_attn_prob, num_heads=num_heads,
+        att_init_scale=att_init_scale, dense_init_scale=dense_init_scale,
+        qk_channels=qk_channels, v_channels=v_channels,
+        attention_impl=attention_impl)
 
   def __call__(self, inputs, *, attention_mask=None, is_training: bool):
     """x + Attn(LN(x)), then + MLP(LN(.)). [B, N, C] -> [B, N, C]."""
-    return self_attention_block(
-        inputs, attention_mask=attention_mask, is_training=is_training,
-        widening_factor=self._widening_factor,
-        dropout_prob=self._dropout_prob,
-        dropout_attn_prob=self._dropout_attn_prob, num_heads=self._num_heads,
-        att_init_scale=self._att_init_scale,
-        dense_init_scale=self._dense_init_scale,
-        qk_channels=self._qk_channels, v_channels=self._v_channels,
-        attention_impl=self._attention_impl)
+    return self_attention_block(inputs, attention_mask=attention_mask,
+                                is_training=is_training, **self._config)
 
 
 def self_attention_block(inputs, *, is_training: bool, attention_mask=None,

@@ -93,7 +93,6 @@ class PerceiverEncoder(hk.Module):
                                'num_cross_attend_heads', num_cross_attend_heads)
     validation.check_choice('attention_impl', attention_impl,
                             attn.ATTENTION_IMPLEMENTATIONS)
-    self._input_is_1d = True
     self._num_blocks = num_blocks
     self._remat = remat
     self._scan_blocks = scan_blocks

@@ -1258,8 +1258,47 @@ class ImagePostprocessor(hk.Module):
     return apply(x)
 
 
-class AudioPostprocessor(hk.Module):
-  """Decoder outputs to raw audio: Linear(samples_per_patch), then flatten."""
+class _LinearPostprocessor(hk.Module):
+  """A Linear(width) on every decoder output, then `_finish` ([B, N, width])."""
+
+  _ANY_RANK = False  # True: any [..., C] of rank >= 2 is accepted.
+
+  def __init__(self, width_name: str, width: int, name: Optional[str]):
+    super().__init__(name=name)
+    validation.check_positive(width_name, width)
+    self._width = width
+
+  def _finish(self, x):
+    return x
+
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    pos=None,
+    modality_sizes: Optional[ModalitySizeT] = None,
+  ):
+    """Applies the Linear and the subclass's reshaping.
+
+    Args:
+      inputs: [B, N, C].
+      is_training: unused.
+      pos: unused.
+      modality_sizes: unused.
+    """
+    del is_training, pos, modality_sizes
+    bad_rank = inputs.ndim < 2 if self._ANY_RANK else inputs.ndim != 3
+    if bad_rank:
+      validation.check_rank('inputs', inputs, (3,), '[B, N, C]')
+    return self._finish(hk.Linear(self._width)(inputs))
+
+
+class AudioPostprocessor(_LinearPostprocessor):
+  """Decoder outputs to raw audio: Linear(samples_per_patch), then flatten.
+
+  [B, N, C] -> [B, N * samples_per_patch].
+  """
 
   def __init__(
     self,
@@ -1267,125 +1306,36 @@ class AudioPostprocessor(hk.Module):
     samples_per_patch: int = 96,
     name: Optional[str] = 'audio_postprocessor',
   ):
-    """Configures the postprocessor.
-
-    Args:
-      postproc_type: 'patches'.
-      samples_per_patch: audio samples per output token.
-      name: module name.
-    """
-    super().__init__(name=name)
     validation.check_choice(
       'postproc_type', postproc_type, AUDIO_POSTPROC_TYPES
     )
-    validation.check_positive('samples_per_patch', samples_per_patch)
-    self._samples_per_patch = samples_per_patch
+    super().__init__('samples_per_patch', samples_per_patch, name)
 
-  def __call__(
-    self,
-    inputs,
-    *,
-    is_training: bool,
-    pos=None,
-    modality_sizes: Optional[ModalitySizeT] = None,
-  ):
-    """Maps [B, N, C] to [B, N * samples_per_patch] audio samples.
-
-    Args:
-      inputs: [B, N, C].
-      is_training: unused.
-      pos: unused.
-      modality_sizes: unused.
-
-    Returns:
-      [B, N * samples_per_patch].
-    """
-    del is_training, pos, modality_sizes
-    validation.check_rank('inputs', inputs, (3,), '[B, N, C]')
-    x_BNS = hk.Linear(self._samples_per_patch)(inputs)
-    return jnp.reshape(x_BNS, (inputs.shape[0], -1))
+  def _finish(self, x):
+    return jnp.reshape(x, (x.shape[0], -1))
 
 
-class ClassificationPostprocessor(hk.Module):
-  """Logits from the first decoder output: Linear(num_classes), then [:, 0]."""
+class ClassificationPostprocessor(_LinearPostprocessor):
+  """Logits of the first decoder output: [B, N, C] -> [B, num_classes]."""
 
   def __init__(
     self, num_classes: int, name: Optional[str] = 'classification_postprocessor'
   ):
-    """Configures the postprocessor.
+    super().__init__('num_classes', num_classes, name)
 
-    Args:
-      num_classes: number of logits.
-      name: module name.
-    """
-    super().__init__(name=name)
-    validation.check_positive('num_classes', num_classes)
-    self._num_classes = num_classes
-
-  def __call__(
-    self,
-    inputs,
-    *,
-    is_training: bool,
-    pos=None,
-    modality_sizes: Optional[ModalitySizeT] = None,
-  ):
-    """Maps [B, N, C] to [B, num_classes] logits (of output 0).
-
-    Args:
-      inputs: [B, N, C].
-      is_training: unused.
-      pos: unused.
-      modality_sizes: unused.
-
-    Returns:
-      [B, num_classes].
-    """
-    del is_training, pos, modality_sizes
-    validation.check_rank('inputs', inputs, (3,), '[B, N, C]')
-    logits_BNK = hk.Linear(self._num_classes)(inputs)
-    return logits_BNK[:, 0, :]
+  def _finish(self, x):
+    return x[:, 0, :]
 
 
-class ProjectionPostprocessor(hk.Module):
-  """A Linear(num_outputs) on every decoder output."""
+class ProjectionPostprocessor(_LinearPostprocessor):
+  """A Linear(num_outputs) on every decoder output (any rank >= 2)."""
+
+  _ANY_RANK = True
 
   def __init__(
     self, num_outputs: int, name: Optional[str] = 'projection_postprocessor'
   ):
-    """Configures the postprocessor.
-
-    Args:
-      num_outputs: output channels.
-      name: module name.
-    """
-    super().__init__(name=name)
-    validation.check_positive('num_outputs', num_outputs)
-    self._num_outputs = num_outputs
-
-  def __call__(
-    self,
-    inputs,
-    *,
-    is_training: bool,
-    pos=None,
-    modality_sizes: Optional[ModalitySizeT] = None,
-  ):
-    """Maps [B, N, C] to [B, N, num_outputs].
-
-    Args:
-      inputs: [B, N, C] (any rank >= 2).
-      is_training: unused.
-      pos: unused.
-      modality_sizes: unused.
-
-    Returns:
-      [B, N, num_outputs].
-    """
-    del is_training, pos, modality_sizes
-    if inputs.ndim < 2:
-      validation.check_rank('inputs', inputs, (3,), '[B, N, C]')
-    return hk.Linear(self._num_outputs)(inputs)
+    super().__init__('num_outputs', num_outputs, name)
 
 
 class IdentityPostprocessor(hk.Module):
