@@ -83,9 +83,6 @@ def _chunked(q_BNHK, k_BMHK, v_BMHV, mask_BNM, q_chunk: int, kv_chunk: int):
   q_chunk, kv_chunk = min(q_chunk, N), min(kv_chunk, M)
   nq, nk = -(-N // q_chunk), -(-M // kv_chunk)
   scale = 1.0 / math.sqrt(K)
-  if mask_BNM is None:
-    # Only padded keys need masking.
-    mask_BNM = jnp.ones((B, N, M), bool) if nk * kv_chunk != M else None
   q_BNHK = _pad_axis(q_BNHK, 1, nq * q_chunk)
   k_BMHK = _pad_axis(k_BMHK, 1, nk * kv_chunk)
   v_BMHV = _pad_axis(v_BMHV, 1, nk * kv_chunk)
@@ -93,6 +90,8 @@ def _chunked(q_BNHK, k_BMHK, v_BMHV, mask_BNM, q_chunk: int, kv_chunk: int):
   k_blocks = jnp.moveaxis(k_BMHK.reshape(B, nk, kv_chunk, H, K), 1, 0)
   v_blocks = jnp.moveaxis(v_BMHV.reshape(B, nk, kv_chunk, H, V), 1, 0)
   q_blocks = jnp.moveaxis(q_BNHK.reshape(B, nq, q_chunk, H, K), 1, 0)
+  # [nk, kv_chunk]: padded keys are never attended (a vector, not [N, M]).
+  key_valid = (jnp.arange(nk * kv_chunk) < M).reshape(nk, kv_chunk)
   if mask_BNM is not None:
     mask_BNM = _pad_axis(_pad_axis(mask_BNM, 1, nq * q_chunk, True), 2,
                          nk * kv_chunk, False)
@@ -109,14 +108,14 @@ def _chunked(q_BNHK, k_BMHK, v_BMHV, mask_BNM, q_chunk: int, kv_chunk: int):
     def kv_step(carry, xs):
       max_BHn, denom_BHn, acc_BHnV = carry
       if masks is None:
-        k_BmHK, v_BmHV = xs
-        mask_Bnm = None
+        k_BmHK, v_BmHV, valid_m = xs
+        mask_Bnm = valid_m[None, None, :]
       else:
-        k_BmHK, v_BmHV, mask_Bnm = xs
+        k_BmHK, v_BmHV, valid_m, mask_Bnm = xs
+        mask_Bnm = jnp.logical_and(mask_Bnm, valid_m[None, None, :])
       logits_BHnm = jnp.einsum('BnHK,BmHK->BHnm', q_BnHK, k_BmHK,
                                preferred_element_type=jnp.float32) * scale
-      if mask_Bnm is not None:
-        logits_BHnm = jnp.where(mask_Bnm[:, None], logits_BHnm, _MASKED_LOGIT)
+      logits_BHnm = jnp.where(mask_Bnm[:, None], logits_BHnm, _MASKED_LOGIT)
       new_max_BHn = jnp.maximum(max_BHn, jnp.max(logits_BHnm, axis=-1))
       probs_BHnm = jnp.exp(logits_BHnm - new_max_BHn[..., None])
       correction_BHn = jnp.exp(max_BHn - new_max_BHn)
@@ -130,7 +129,9 @@ def _chunked(q_BNHK, k_BMHK, v_BMHV, mask_BNM, q_chunk: int, kv_chunk: int):
     init = (jnp.full((B, H, n), -jnp.inf, jnp.float32),
             jnp.zeros((B, H, n), jnp.float32),
             jnp.zeros((B, H, n, V), jnp.float32))
-    xs = (k_blocks, v_blocks) if masks is None else (k_blocks, v_blocks, masks)
+    xs = (k_blocks, v_blocks, key_valid)
+    if masks is not None:
+      xs += (masks,)
     (_, denom_BHn, acc_BHnV), _ = jax.lax.scan(kv_step, init, xs)
     return jnp.einsum('BHnV->BnHV', acc_BHnV / denom_BHn[..., None])
 
