@@ -5,7 +5,7 @@ D latent channels (num_z_channels).
 """
 
 import functools
-from typing import Optional
+from typing import Optional, Union
 
 import haiku as hk
 import jax
@@ -30,7 +30,13 @@ class PerceiverEncoder(hk.Module):
   (`jax.checkpoint`), `scan_blocks` runs the repeated shared-weight blocks
   under `lax.scan`, so compile time does not grow with `num_blocks`, and
   `scan_layers` runs the distinct layers of a block under `lax.scan` over
-  their stacked weights.
+  their stacked weights (True), unrolled (False), or 'auto': scanned when
+  `is_training`, unrolled otherwise. On CPU the backward pass of an unrolled
+  stack of LayerNorm residual layers compiles into fusions spanning many
+  layers, and its time grows quadratically with depth, so training wants the
+  scan; but the scan must stack the layers' weights on every call (680 MB
+  copied per MLM call, a third of its forward), so inference wants them
+  unrolled (README, Performance).
   """
 
   def __init__(self,
@@ -53,7 +59,7 @@ class PerceiverEncoder(hk.Module):
                attention_impl: str = 'reference',
                remat: bool = False,
                scan_blocks: bool = False,
-               scan_layers: bool = False):
+               scan_layers: Union[bool, str] = False):
     """Builds the encoder; arguments and defaults are the released ones.
 
     Args:
@@ -75,9 +81,12 @@ class PerceiverEncoder(hk.Module):
       attention_impl: one of `attention.ATTENTION_IMPLEMENTATIONS`.
       remat: rematerialise the self-attention layers in the backward pass.
       scan_blocks: run the `num_blocks` repetitions under `lax.scan`.
-      scan_layers: run the layers of a block under `lax.scan` over their
-        stacked weights (compile time and, on CPU, step time then grow
-        linearly with depth; see README, Performance).
+      scan_layers: True: run the layers of a block under `lax.scan` over
+        their stacked weights (compile time and, on CPU, training step time
+        then grow linearly with depth); False: unrolled; 'auto': scanned
+        when `is_training`, unrolled otherwise (no per-call stacking of the
+        weights at inference). Gradients through an 'auto' encoder called
+        with `is_training=False` go through the unrolled stack.
     """
     super().__init__(name=name)
     validation.check_positive('num_self_attends_per_block',
@@ -93,6 +102,7 @@ class PerceiverEncoder(hk.Module):
                                'num_cross_attend_heads', num_cross_attend_heads)
     validation.check_choice('attention_impl', attention_impl,
                             attn.ATTENTION_IMPLEMENTATIONS)
+    validation.check_choice('scan_layers', scan_layers, (True, False, 'auto'))
     self._num_blocks = num_blocks
     self._remat = remat
     self._scan_blocks = scan_blocks
@@ -139,9 +149,14 @@ class PerceiverEncoder(hk.Module):
     if self._remat:
       layer = jax.checkpoint(layer)
 
+    scan_layers = (is_training if self._scan_layers == 'auto'
+                   else self._scan_layers)
+    # Stacked once, outside the loop over blocks.
+    stacked = (jax.tree.map(lambda *a: jnp.stack(a), *layer_params)
+               if scan_layers else None)
+
     def block(z, block_keys):
-      if self._scan_layers:
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *layer_params)
+      if scan_layers:
         return jax.lax.scan(lambda c, xs: (layer(c, *xs), None), z,
                             (stacked, block_keys))[0]
       for i, params in enumerate(layer_params):

@@ -206,6 +206,25 @@ def test_remat_and_scan_match_plain_encoder(remat, scan_blocks, scan_layers):
     )
 
 
+@pytest.mark.parametrize('is_training', [False, True])
+def test_auto_scan_layers_scans_only_in_training(is_training):
+  # 'auto' runs the layers under lax.scan when training (fast backward on
+  # CPU) and unrolled otherwise (no per-call stacking of the weights); the
+  # values equal the plain encoder's either way (no dropout here).
+  x, params, out, _ = _plain_encoder_value_and_grads()
+  f = encoder_fn(scan_layers='auto', is_training=is_training, **REMAT_CONFIG)
+  np.testing.assert_allclose(
+    jax.jit(f.apply)(params, None, x), out, rtol=1e-5, atol=1e-5
+  )
+  jaxpr = str(jax.make_jaxpr(f.apply)(params, None, x))
+  assert ('scan[' in jaxpr) == is_training
+
+
+def test_scan_layers_rejects_unknown_value():
+  with pytest.raises(ValueError, match='scan_layers'):
+    encoder_fn(scan_layers='yes').init(jax.random.PRNGKey(0), make_inputs(1))
+
+
 def test_scanned_encoder_dropout_matches_unrolled():
   # In training, every layer of every block gets its own dropout key, in the
   # same order whether the blocks and layers are unrolled or scanned.
