@@ -76,20 +76,52 @@ def _pad_axis(x, axis: int, size: int, value=0):
   return jnp.pad(x, widths, constant_values=value)
 
 
-def _chunked(q_BNHK, k_BMHK, v_BMHV, mask_BNM, q_chunk: int, kv_chunk: int):
-  """Blockwise attention with an online softmax (never builds [N, M])."""
+def _kv_block_size(num_kv: int, requested: int) -> int:
+  """A key block size: a divisor of `num_kv` near `requested` if one exists.
+
+  Blocks that tile M exactly are reshapes of the inputs (no copy); otherwise
+  the inputs are padded, which copies them.
+  """
+  if num_kv <= requested:
+    return num_kv
+  for size in range(requested, requested // 2, -1):
+    if num_kv % size == 0:
+      return size
+  return requested
+
+
+def _blocks(x, axis: int, size: int, num: int, leading: bool = True):
+  """x split along `axis` into `num` blocks of `size` (zero-padded).
+
+  The block axis is moved to the front if `leading` (a transpose, so a copy,
+  unless it is already first), else it stays at `axis` (a reshape: no copy).
+  """
+  x = _pad_axis(x, axis, num * size)
+  shape = x.shape[:axis] + (num, size) + x.shape[axis + 1:]
+  x = x.reshape(shape)
+  return jnp.moveaxis(x, axis, 0) if leading else x
+
+
+def _chunked(q_BNHK, kv_inputs, project, v_width: int, mask_BNM,
+             q_chunk: int, kv_chunk: int):
+  """Blockwise attention with an online softmax (never builds [N, M]).
+
+  `kv_inputs` is a pytree of [B, M, ...] arrays and `project` maps a key
+  block of it to (k [B, m, H, K], v [B, m, H, V]); so keys and values can be
+  computed block by block from the raw inputs and never exist for all M.
+  `v_width` is V.
+  """
   B, N, H, K = q_BNHK.shape
-  M, V = k_BMHK.shape[1], v_BMHV.shape[-1]
-  q_chunk, kv_chunk = min(q_chunk, N), min(kv_chunk, M)
+  M = jax.tree.leaves(kv_inputs)[0].shape[1]
+  q_chunk = min(q_chunk, N)
+  kv_chunk = _kv_block_size(M, kv_chunk)
   nq, nk = -(-N // q_chunk), -(-M // kv_chunk)
   scale = 1.0 / math.sqrt(K)
-  q_BNHK = _pad_axis(q_BNHK, 1, nq * q_chunk)
-  k_BMHK = _pad_axis(k_BMHK, 1, nk * kv_chunk)
-  v_BMHV = _pad_axis(v_BMHV, 1, nk * kv_chunk)
-  # [nk, B, kv_chunk, H, .] blocks of keys and values.
-  k_blocks = jnp.moveaxis(k_BMHK.reshape(B, nk, kv_chunk, H, K), 1, 0)
-  v_blocks = jnp.moveaxis(v_BMHV.reshape(B, nk, kv_chunk, H, V), 1, 0)
-  q_blocks = jnp.moveaxis(q_BNHK.reshape(B, nq, q_chunk, H, K), 1, 0)
+  # [B, nk, kv_chunk, ...] blocks of the key/value inputs, read by index in
+  # the loop: moving the block axis first would copy all M inputs.
+  kv_blocks = jax.tree.map(
+      lambda x: _blocks(x, 1, kv_chunk, nk, leading=False), kv_inputs)
+  q_blocks = _blocks(q_BNHK, 1, q_chunk, nq)
   # [nk, kv_chunk]: padded keys are never attended (a vector, not [N, M]).
   key_valid = (jnp.arange(nk * kv_chunk) < M).reshape(nk, kv_chunk)
   if mask_BNM is not None:
@@ -108,11 +140,14 @@ def _chunked(q_BNHK, k_BMHK, v_BMHV, mask_BNM, q_chunk: int, kv_chunk: int):
     def kv_step(carry, xs):
       max_BHn, denom_BHn, acc_BHnV = carry
       if masks is None:
-        k_BmHK, v_BmHV, valid_m = xs
+        index, valid_m = xs
         mask_Bnm = valid_m[None, None, :]
       else:
-        k_BmHK, v_BmHV, valid_m, mask_Bnm = xs
+        index, valid_m, mask_Bnm = xs
         mask_Bnm = jnp.logical_and(mask_Bnm, valid_m[None, None, :])
+      k_BmHK, v_BmHV = project(jax.tree.map(
+          lambda x: jax.lax.dynamic_index_in_dim(x, index, 1, keepdims=False),
+          kv_blocks))
       logits_BHnm = jnp.einsum('BnHK,BmHK->BHnm', q_BnHK, k_BmHK,
                                preferred_element_type=jnp.float32) * scale
       logits_BHnm = jnp.where(mask_Bnm[:, None], logits_BHnm, _MASKED_LOGIT)
@@ -128,8 +163,8 @@ def _chunked(q_BNHK, k_BMHK, v_BMHV, mask_BNM, q_chunk: int, kv_chunk: int):
     n = q_BnHK.shape[1]
     init = (jnp.full((B, H, n), -jnp.inf, jnp.float32),
             jnp.zeros((B, H, n), jnp.float32),
-            jnp.zeros((B, H, n, V), jnp.float32))
-    xs = (k_blocks, v_blocks, key_valid)
+            jnp.zeros((B, H, n, v_width), jnp.float32))
+    xs = (jnp.arange(nk), key_valid)
     if masks is not None:
       xs += (masks,)
     (_, denom_BHn, acc_BHnV), _ = jax.lax.scan(kv_step, init, xs)
@@ -137,7 +172,7 @@ def _chunked(q_BNHK, k_BMHK, v_BMHV, mask_BNM, q_chunk: int, kv_chunk: int):
 
   out = jax.lax.map(one_query_block, (q_blocks, mask_blocks))
   # [nq, B, n, H, V] -> [B, N, H, V]
-  return jnp.moveaxis(out, 0, 1).reshape(B, nq * q_chunk, H, V)[:, :N]
+  return jnp.moveaxis(out, 0, 1).reshape(B, nq * q_chunk, H, -1)[:, :N]
 
 
 def _dot_product(q_BNHK, k_BMHK, v_BMHV, mask_BNM, implementation):
@@ -199,11 +234,40 @@ def attend(q, k, v, dropout_prob: float = 0.0, attention_mask=None, *,
   elif implementation == 'chunked':
     validation.check_positive('q_chunk_size', q_chunk_size)
     validation.check_positive('kv_chunk_size', kv_chunk_size)
-    out = _chunked(q, k, v, mask, q_chunk_size, kv_chunk_size)
+    out = _chunked(q, (k, v), lambda kv: kv, v.shape[-1], mask,
+                   q_chunk_size, kv_chunk_size)
   else:
     out = _dot_product(q, k, v, mask, implementation)
   out = _zero_masked_rows(out, mask).astype(v.dtype)
   return out.reshape(B, N, H * v.shape[-1])
+
+
+def attend_projected(q, inputs_kv, project, v_width: int,
+                     attention_mask=None, *,
+                     q_chunk_size: int = DEFAULT_Q_CHUNK,
+                     kv_chunk_size: int = DEFAULT_KV_CHUNK):
+  """'chunked' attention whose keys and values are computed per key block.
+
+  `project` maps a [B, m, C] block of `inputs_kv` to (k [B, m, H, K],
+  v [B, m, H, v_width]); it runs inside the key-block loop (and again in the
+  backward pass), so neither the keys, the values nor anything else the size
+  of `inputs_kv` is materialised: cross-attending to M inputs needs memory
+  for one key block, not for M. Otherwise as `attend(...,
+  implementation='chunked')`; returns [B, N, H * v_width] in `q`'s dtype.
+  """
+  validation.check_rank('q', q, (4,), '[B, N, H, K]')
+  validation.check_rank('inputs_kv', inputs_kv, (3,), '[B, M, C]')
+  validation.check_positive('q_chunk_size', q_chunk_size)
+  validation.check_positive('kv_chunk_size', kv_chunk_size)
+  B, N, H, _ = q.shape
+  if inputs_kv.shape[0] != B:
+    raise ValueError(f'inputs_kv: expected batch {B} (that of q), got shape '
+                     f'{tuple(inputs_kv.shape)}.')
+  mask = _check_mask(attention_mask, B, N, inputs_kv.shape[1])
+  out = _chunked(q, inputs_kv, project, v_width, mask, q_chunk_size,
+                 kv_chunk_size)
+  out = _zero_masked_rows(out, mask).astype(q.dtype)
+  return out.reshape(B, N, H * v_width)
 
 
 class Linear(hk.Linear):
@@ -240,10 +304,15 @@ def conv_1d(output_channels: int, init_scale: float = 1.0,
                 w_init=hk.initializers.VarianceScaling(init_scale), name=name)
 
 
-def layer_norm(x, name: Optional[str] = None):
-  """LayerNorm over the channel axis with scale and offset."""
+def layer_norm_module(name: Optional[str] = None) -> hk.LayerNorm:
+  """A LayerNorm over the channel axis with scale and offset."""
   return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True,
-                      name=name)(x)
+                      name=name)
+
+
+def layer_norm(x, name: Optional[str] = None):
+  """Applies `layer_norm_module(name)` to x."""
+  return layer_norm_module(name)(x)
 
 
 def make_cross_attention_mask(query_mask, kv_mask):
@@ -316,13 +385,16 @@ class Attention(hk.Module):
     self._output_channels = output_channels
     self._attention_impl = attention_impl
 
-  def __call__(self, inputs_q, inputs_kv, attention_mask=None):
+  def __call__(self, inputs_q, inputs_kv, attention_mask=None, kv_norm=None):
     """Attends from `inputs_q` [B, N, Cq] to `inputs_kv` [B, M, Ckv].
 
     Args:
       inputs_q: [B, N, Cq].
       inputs_kv: [B, M, Ckv].
       attention_mask: optional [B, N, M].
+      kv_norm: optional module (a LayerNorm) applied to `inputs_kv` before
+        the key and value projections. With 'chunked' attention it runs,
+        with the projections, one key block at a time.
 
     Returns:
       [B, N, output_channels].
@@ -342,15 +414,29 @@ class Attention(hk.Module):
                                self._num_heads)
     H = self._num_heads
     q = conv_1d(qk_channels, self._init_scale)(inputs_q)
-    k = conv_1d(qk_channels, self._init_scale)(inputs_kv)
-    v = conv_1d(v_channels, self._init_scale)(inputs_kv)
-    B, N, M = inputs_q.shape[0], inputs_q.shape[1], inputs_kv.shape[1]
+    k_linear = conv_1d(qk_channels, self._init_scale)
+    v_linear = conv_1d(v_channels, self._init_scale)
+
+    def project(x_BMC):
+      if kv_norm is not None:
+        x_BMC = kv_norm(x_BMC)
+      B, M = x_BMC.shape[:2]
+      return (k_linear(x_BMC).reshape(B, M, H, qk_channels // H),
+              v_linear(x_BMC).reshape(B, M, H, v_channels // H))
+
+    B, N = inputs_q.shape[:2]
     q_BNHK = q.reshape(B, N, H, qk_channels // H)
-    k_BMHK = k.reshape(B, M, H, qk_channels // H)
-    v_BMHV = v.reshape(B, M, H, v_channels // H)
-    out_BNC = attend(q_BNHK, k_BMHK, v_BMHV, dropout_prob=self._dropout_prob,
-                     attention_mask=attention_mask,
-                     implementation=self._attention_impl)
+    if self._attention_impl == 'chunked' and not self._dropout_prob:
+      if hk.running_init():  # Creates the parameters outside the loop.
+        project(inputs_kv[:, :1])
+      out_BNC = attend_projected(q_BNHK, inputs_kv, project,
+                                 v_channels // H, attention_mask)
+    else:
+      k_BMHK, v_BMHV = project(inputs_kv)
+      out_BNC = attend(q_BNHK, k_BMHK, v_BMHV,
+                       dropout_prob=self._dropout_prob,
+                       attention_mask=attention_mask,
+                       implementation=self._attention_impl)
     return conv_1d(output_channels, self._final_init_scale,
                    with_bias=self._with_final_bias)(out_BNC)
 
@@ -495,8 +581,12 @@ class CrossAttention(hk.Module):
         qk_channels=qk_channels, v_channels=self._v_channels,
         output_channels=output_channels,
         attention_impl=self._attention_impl)
-    attended = attention(layer_norm(inputs_q), layer_norm(inputs_kv),
-                         attention_mask=attention_mask)
+    # The key/value LayerNorm is handed to the attention, which applies it
+    # block by block with 'chunked' attention (no [M, C] normalised copy).
+    q_in = layer_norm(inputs_q)
+    kv_norm = layer_norm_module()
+    attended = attention(q_in, inputs_kv, attention_mask=attention_mask,
+                         kv_norm=kv_norm)
     attended = _dropout(attended, self._dropout_prob, is_training)
     x = inputs_q + attended if self._use_query_residual else attended
     return x + MLP(widening_factor=self._widening_factor,
