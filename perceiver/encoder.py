@@ -5,7 +5,7 @@ D latent channels (num_z_channels).
 """
 
 import functools
-from typing import Optional, Union
+from typing import Optional
 
 import haiku as hk
 import jax
@@ -30,13 +30,17 @@ class PerceiverEncoder(hk.Module):
   (`jax.checkpoint`), `scan_blocks` runs the repeated shared-weight blocks
   under `lax.scan`, so compile time does not grow with `num_blocks`, and
   `scan_layers` runs the distinct layers of a block under `lax.scan` over
-  their stacked weights (True), unrolled (False), or 'auto': scanned when
-  `is_training`, unrolled otherwise. On CPU the backward pass of an unrolled
-  stack of LayerNorm residual layers compiles into fusions spanning many
-  layers, and its time grows quadratically with depth, so training wants the
-  scan; but the scan must stack the layers' weights on every call (680 MB
-  copied per MLM call, a third of its forward), so inference wants them
-  unrolled (README, Performance).
+  their stacked weights. The scans cut compile time; unrolled (the default,
+  as released) is faster on CPU: a scan stacks the layers' weights on every
+  call (680 MB per MLM call) and copies every saved activation in and out of
+  its loop.
+
+  On CPU, XLA fuses the backward pass of an unrolled stack of LayerNorm
+  residual layers into fusions that each recompute the residual gradient of
+  all later layers, so its time grew quadratically with depth (26 MLM layers:
+  16 s per training step). Unrolled layers therefore pass their input through
+  `_cut_backward_fusion`, which makes each layer's input gradient a buffer
+  (README, Performance).
   """
 
   def __init__(self,
@@ -60,7 +64,7 @@ class PerceiverEncoder(hk.Module):
                cross_attention_impl: Optional[str] = None,
                remat: bool = False,
                scan_blocks: bool = False,
-               scan_layers: Union[bool, str] = False):
+               scan_layers: bool = False):
     """Builds the encoder; arguments and defaults are the released ones.
 
     Args:
@@ -88,12 +92,8 @@ class PerceiverEncoder(hk.Module):
         Performance).
       remat: rematerialise the self-attention layers in the backward pass.
       scan_blocks: run the `num_blocks` repetitions under `lax.scan`.
-      scan_layers: True: run the layers of a block under `lax.scan` over
-        their stacked weights (compile time and, on CPU, training step time
-        then grow linearly with depth); False: unrolled; 'auto': scanned
-        when `is_training`, unrolled otherwise (no per-call stacking of the
-        weights at inference). Gradients through an 'auto' encoder called
-        with `is_training=False` go through the unrolled stack.
+      scan_layers: run the layers of a block under `lax.scan` over their
+        stacked weights (compile time then does not grow with depth).
     """
     super().__init__(name=name)
     validation.check_positive('num_self_attends_per_block',
@@ -111,7 +111,6 @@ class PerceiverEncoder(hk.Module):
                             attn.ATTENTION_IMPLEMENTATIONS)
     validation.check_choice('cross_attention_impl', cross_attention_impl,
                             (None,) + attn.ATTENTION_IMPLEMENTATIONS)
-    validation.check_choice('scan_layers', scan_layers, (True, False, 'auto'))
     self._num_blocks = num_blocks
     self._remat = remat
     self._scan_blocks = scan_blocks
@@ -159,17 +158,18 @@ class PerceiverEncoder(hk.Module):
     if self._remat:
       layer = jax.checkpoint(layer)
 
-    scan_layers = (is_training if self._scan_layers == 'auto'
-                   else self._scan_layers)
     # Stacked once, outside the loop over blocks.
     stacked = (jax.tree.map(lambda *a: jnp.stack(a), *layer_params)
-               if scan_layers else None)
+               if self._scan_layers else None)
+    cut = jax.default_backend() == 'cpu'
 
     def block(z, block_keys):
-      if scan_layers:
+      if self._scan_layers:
         return jax.lax.scan(lambda c, xs: (layer(c, *xs), None), z,
                             (stacked, block_keys))[0]
       for i, params in enumerate(layer_params):
+        if cut:
+          z = _cut_backward_fusion(z)
         z = layer(z, params, None if block_keys is None else block_keys[i])
       return z
 
@@ -209,3 +209,30 @@ class PerceiverEncoder(hk.Module):
     layer_params = [lift(init_rng, z, is_training=False)
                     for lift in self._layer_params]
     return self._run_layers(z, layer_params, is_training=is_training)
+
+
+@jax.custom_vjp
+def _cut_backward_fusion(x):
+  """Identity whose gradient is materialised: XLA cannot fuse through it.
+
+  The backward pass routes the cotangent through a `lax.cond` on a runtime
+  predicate (its first element equals itself). A conditional is a fusion
+  boundary, so XLA's CPU fusion cannot pull the residual gradient of later
+  layers into the fusions of earlier ones. Both branches return the
+  cotangent: the second, taken only when that first element is NaN, adds
+  0 * NaN, so a NaN gradient stays NaN. The forward pass is untouched.
+  """
+  return x
+
+
+def _cut_fwd(x):
+  return x, None
+
+
+def _cut_bwd(_, g):
+  first = g.reshape(-1)[0]
+  return (jax.lax.cond(first == first, lambda t: t,
+                       lambda t: t + 0 * t.reshape(-1)[0], g),)
+
+
+_cut_backward_fusion.defvjp(_cut_fwd, _cut_bwd)

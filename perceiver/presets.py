@@ -49,14 +49,14 @@ PRESETS = ('imagenet_fourier', 'imagenet_conv', 'imagenet_learned',
            'language_mlm', 'optical_flow', 'video_autoencoding')
 
 # Defaults are the fastest correct settings measured on CPU (README,
-# Performance): scanning the layers makes a 26-layer MLM training step 2.5x
-# cheaper in CPU time and compile 4.7x faster than the unrolled release, and
-# unrolling them at inference ('auto') saves stacking their weights per call
-# (MLM forward 0.78 -> 0.54 s); the encoder's cross-attention is 'chunked'
-# (per-block LayerNorm and projections: memory for one key block, ImageNet
-# forward 2.2 -> 1.9 s), the latent self-attention 'reference'.
+# Performance): layers unrolled, as released (with the encoder's backward
+# fusion cut, faster than scanning them: MLM train step 2.9 -> 2.5 s,
+# ImageNet 9.4 -> 7.8 s; scans only save compile time); the encoder's
+# cross-attention 'chunked' (per-block LayerNorm and projections: memory for
+# one key block, ImageNet forward 2.2 -> 1.9 s); the latent self-attention
+# 'reference'.
 _COMMON = dict(attention_impl='reference', cross_attention_impl='chunked',
-               remat=False, scan_blocks=True, scan_layers='auto',
+               remat=False, scan_blocks=False, scan_layers=False,
                compute_dtype=None)
 
 _DEFAULTS: Dict[str, Dict[str, Any]] = {
