@@ -22,6 +22,7 @@ have shape [B, N, M] (true/1 = attend); a query whose row is entirely masked
 outputs zeros, as in the released code.
 """
 
+import functools
 import math
 from typing import Optional
 
@@ -54,17 +55,68 @@ def _zero_masked_rows(out_BNHV, mask_BNM):
                    jnp.zeros_like(out_BNHV))
 
 
+_LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+
+
+def einsum(spec: str, a, b):
+  """Two-operand `jnp.einsum` that accumulates low precision in float32.
+
+  Float32 operands: plain `jnp.einsum`. bfloat16/float16 operands: the
+  product is computed with `preferred_element_type=float32` and returned in
+  float32, and so are both gradients (the incoming cotangent is rounded to
+  the operands' dtype first). JAX's own transpose of such a product mixes a
+  float32 cotangent with a bfloat16 operand and so runs the backward
+  matmuls in float32; on CPU bf16 x bf16 -> f32 uses the AMX kernels
+  (README, Performance). Every index must appear in two of the three terms.
+  """
+  if a.dtype not in _LOW_PRECISION and b.dtype not in _LOW_PRECISION:
+    return jnp.einsum(spec, a, b)
+  if a.dtype != b.dtype:
+    raise ValueError(f'b: expected dtype {a.dtype} (that of a), got '
+                     f'{b.dtype}.')
+  return _low_precision_einsum(spec, a, b)
+
+
+def _transposed_specs(spec: str):
+  inputs, out = spec.split('->')
+  sa, sb = inputs.split(',')
+  for name, term, others in (('a', sa, sb + out), ('b', sb, sa + out)):
+    if any(c not in others for c in term):
+      raise ValueError(f'spec: every index of operand {name} must appear in '
+                       f'the other operand or the output, got {spec!r}.')
+  return f'{out},{sb}->{sa}', f'{sa},{out}->{sb}'
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _low_precision_einsum(spec, a, b):
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _lp_einsum_fwd(spec, a, b):
+  return _low_precision_einsum(spec, a, b), (a, b)
+
+
+def _lp_einsum_bwd(spec, residuals, ct):
+  a, b = residuals
+  spec_a, spec_b = _transposed_specs(spec)
+  ct = ct.astype(a.dtype)
+  da = jnp.einsum(spec_a, ct, b, preferred_element_type=jnp.float32)
+  db = jnp.einsum(spec_b, a, ct, preferred_element_type=jnp.float32)
+  return da.astype(a.dtype), db.astype(b.dtype)
+
+
+_low_precision_einsum.defvjp(_lp_einsum_fwd, _lp_einsum_bwd)
+
+
 def _reference(q_BNHK, k_BMHK, v_BMHV, mask_BNM, dropout_prob):
   scale = 1.0 / math.sqrt(q_BNHK.shape[-1])
-  logits_BHNM = jnp.einsum('BNHK,BMHK->BHNM', q_BNHK, k_BMHK,
-                           preferred_element_type=jnp.float32) * scale
+  logits_BHNM = einsum('BNHK,BMHK->BHNM', q_BNHK, k_BMHK) * scale
   if mask_BNM is not None:
     logits_BHNM = jnp.where(mask_BNM[:, None], logits_BHNM, _MASKED_LOGIT)
   weights_BHNM = jax.nn.softmax(logits_BHNM, axis=-1)
   if dropout_prob > 0:
     weights_BHNM = hk.dropout(hk.next_rng_key(), dropout_prob, weights_BHNM)
-  return jnp.einsum('BHNM,BMHV->BNHV', weights_BHNM.astype(v_BMHV.dtype),
-                    v_BMHV, preferred_element_type=jnp.float32)
+  return einsum('BHNM,BMHV->BNHV', weights_BHNM.astype(v_BMHV.dtype), v_BMHV)
 
 
 def _pad_axis(x, axis: int, size: int, value=0):
@@ -148,16 +200,14 @@ def _chunked(q_BNHK, kv_inputs, project, v_width: int, mask_BNM,
       k_BmHK, v_BmHV = project(jax.tree.map(
           lambda x: jax.lax.dynamic_index_in_dim(x, index, 1, keepdims=False),
           kv_blocks))
-      logits_BHnm = jnp.einsum('BnHK,BmHK->BHnm', q_BnHK, k_BmHK,
-                               preferred_element_type=jnp.float32) * scale
+      logits_BHnm = einsum('BnHK,BmHK->BHnm', q_BnHK, k_BmHK) * scale
       logits_BHnm = jnp.where(mask_Bnm[:, None], logits_BHnm, _MASKED_LOGIT)
       new_max_BHn = jnp.maximum(max_BHn, jnp.max(logits_BHnm, axis=-1))
       probs_BHnm = jnp.exp(logits_BHnm - new_max_BHn[..., None])
       correction_BHn = jnp.exp(max_BHn - new_max_BHn)
       denom_BHn = denom_BHn * correction_BHn + jnp.sum(probs_BHnm, axis=-1)
-      acc_BHnV = acc_BHnV * correction_BHn[..., None] + jnp.einsum(
-          'BHnm,BmHV->BHnV', probs_BHnm.astype(v_BmHV.dtype), v_BmHV,
-          preferred_element_type=jnp.float32)
+      acc_BHnV = acc_BHnV * correction_BHn[..., None] + einsum(
+          'BHnm,BmHV->BHnV', probs_BHnm.astype(v_BmHV.dtype), v_BmHV)
       return (new_max_BHn, denom_BHn, acc_BHnV), None
 
     n = q_BnHK.shape[1]
@@ -277,7 +327,8 @@ class Linear(hk.Linear):
   bfloat16/float16 inputs the matmul takes `preferred_element_type=float32`
   and the result is cast back: on CPU this reaches the fast bf16 kernels
   (AMX), which bf16 x bf16 -> bf16 matmuls do not (about 6x slower, measured
-  in README, Performance), and it is the usual mixed-precision numerics.
+  in README, Performance), and it is the usual mixed-precision numerics. Its
+  gradients are bf16 matmuls accumulating in float32 too (`einsum`).
   """
 
   def __call__(self, inputs, *, precision=None):
@@ -288,8 +339,10 @@ class Linear(hk.Linear):
         1.0 / math.sqrt(input_size))
     w = hk.get_parameter('w', [input_size, self.output_size], inputs.dtype,
                          init=w_init)
-    out = jnp.dot(inputs, w.astype(inputs.dtype), precision=precision,
-                  preferred_element_type=jnp.float32)
+    del precision  # bf16 operands: the precision is that of their kernel.
+    out = einsum('nc,cd->nd', inputs.reshape(-1, input_size),
+                 w.astype(inputs.dtype))
+    out = out.reshape(inputs.shape[:-1] + (self.output_size,))
     if self.with_bias:
       b = hk.get_parameter('b', [self.output_size], inputs.dtype,
                            init=self.b_init)

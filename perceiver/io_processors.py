@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver import attention
 from perceiver import position_encoding
 from perceiver import validation
 
@@ -1488,7 +1489,8 @@ class EmbeddingDecoder(hk.Module):
     bias_V = hk.get_parameter(
       'bias', [vocab_size], dtype=inputs.dtype, init=jnp.zeros
     )
-    logits_BTV = jnp.einsum(
-      '...D,VD->...V', inputs, self._embedding_matrix.astype(inputs.dtype)
-    )
-    return logits_BTV + bias_V
+    logits_BTV = attention.einsum(
+      'TD,VD->TV', inputs.reshape(-1, d_model),
+      self._embedding_matrix.astype(inputs.dtype)
+    ).astype(inputs.dtype)
+    return logits_BTV.reshape(inputs.shape[:-1] + (vocab_size,)) + bias_V

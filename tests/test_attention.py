@@ -765,3 +765,63 @@ def test_chunked_cross_attention_memory_does_not_grow_with_inputs():
   assert large < inputs_bytes / 4, (large, inputs_bytes)
   # The check can fail: 'reference' materialises [M, C]-sized temporaries.
   assert temp_bytes(2**18, 'reference') > inputs_bytes
+
+
+# ----------------------------------------------------------------------------
+# Mixed-precision einsum: float32 accumulation, forward and gradients.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('spec,shape_a,shape_b', [
+    ('nc,cd->nd', (6, 5), (5, 4)),
+    ('BNHK,BMHK->BHNM', (2, 3, 2, 4), (2, 5, 2, 4)),
+    ('BHNM,BMHV->BNHV', (2, 2, 3, 5), (2, 5, 2, 4)),
+])
+def test_low_precision_einsum_matches_float64_with_bf16_backward(
+    spec, shape_a, shape_b):
+  # Operands rounded to bf16 once; the reference is float64 NumPy on those
+  # rounded values, forward and the two gradients for a given cotangent.
+  rng = np.random.default_rng(30)
+  a = jnp.asarray(rng.normal(size=shape_a), jnp.bfloat16)
+  b = jnp.asarray(rng.normal(size=shape_b), jnp.bfloat16)
+  out, vjp = jax.vjp(lambda a, b: attn.einsum(spec, a, b), a, b)
+  a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, np.einsum(spec, a64, b64), rtol=1e-5,
+                             atol=1e-5)
+  ct = jnp.asarray(rng.normal(size=out.shape), jnp.bfloat16)
+  da, db = vjp(ct.astype(jnp.float32))
+  assert (da.dtype, db.dtype) == (jnp.bfloat16, jnp.bfloat16)
+  inputs, o = spec.split('->')
+  sa, sb = inputs.split(',')
+  ct64 = np.asarray(ct, np.float64)
+  # Gradients accumulate in float32 and are rounded to bf16 once (2^-8).
+  np.testing.assert_allclose(np.asarray(da, np.float64),
+                             np.einsum(f'{o},{sb}->{sa}', ct64, b64),
+                             rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(np.asarray(db, np.float64),
+                             np.einsum(f'{sa},{o}->{sb}', a64, ct64),
+                             rtol=1e-2, atol=1e-2)
+
+
+def test_low_precision_einsum_backward_uses_bf16_matmuls():
+  # The gradient's matmuls take bf16 operands (the fast CPU kernels); JAX's
+  # default transpose would mix a float32 cotangent with a bf16 operand.
+  a = jnp.ones((8, 16), jnp.bfloat16)
+  b = jnp.ones((16, 4), jnp.bfloat16)
+  text = jax.jit(jax.grad(
+      lambda a, b: jnp.sum(attn.einsum('nc,cd->nd', a, b)),
+      argnums=(0, 1))).lower(a, b).as_text()
+  dots = [line for line in text.splitlines() if 'dot_general' in line]
+  assert len(dots) == 2, text  # the two gradients (the forward is unused)
+  for line in dots:
+    operands = line.split(': (')[1].split(') ->')[0]
+    assert operands.count('bf16>') == 2, line
+
+
+def test_einsum_rejects_mixed_dtypes_and_one_sided_indices():
+  a = jnp.ones((2, 3), jnp.bfloat16)
+  with pytest.raises(ValueError, match='b: expected dtype'):
+    attn.einsum('nc,cd->nd', a, jnp.ones((3, 4), jnp.float32))
+  with pytest.raises(ValueError, match='spec'):
+    jax.grad(lambda a: jnp.sum(attn.einsum('nc,dk->nd', a, a)))(a)
