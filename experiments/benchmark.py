@@ -322,7 +322,8 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
   params, state = jax.jit(functools.partial(model.init, is_training=True))(
       jax.random.PRNGKey(0), *args)
   rec = dict(num_params=int(sum(x.size for x in jax.tree.leaves(params))),
-             options={k: cfg[k] for k in unrolled})
+             options={k: dict(cfg, **options)[k] for k in (
+                 *unrolled, 'attention_impl', 'cross_attention_impl')})
   export = spec.get('export_dir')
   if export and not os.path.exists(os.path.join(export, 'weights.npz')):
     sd = hf_convert.haiku_to_transformers(params, state, name)
