@@ -117,6 +117,28 @@ def peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def proc_status_bytes(field: str) -> Optional[int]:
+  """A /proc/self/status field (e.g. 'VmRSS', 'VmHWM') in bytes, or None."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith(field + ':'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def reset_peak_rss() -> bool:
+  """Resets this process's peak RSS (VmHWM) to its current RSS (Linux)."""
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+    return proc_status_bytes('VmHWM') is not None
+  except OSError:
+    return False
+
+
 def time_calls(fn, warmup: int, repeats: int) -> List[float]:
   """Wall times of `repeats` calls of `fn` (which blocks) after `warmup`."""
   for _ in range(warmup):
@@ -428,6 +450,9 @@ def run_scaling(spec: Dict[str, Any]) -> Dict[str, Any]:
   x = jax.jit(lambda k: jax.random.normal(k, (1, m, c)))(
       jax.random.PRNGKey(1))
   x.block_until_ready()
+  # Memory the model needs on top of its parameters and inputs: the peak
+  # from here on (generating the inputs took more than the inputs).
+  with_inputs = proc_status_bytes('VmRSS') if reset_peak_rss() else None
   rec = compile_and_time(lambda p, x: model.apply(p, None, x), (params, x),
                          warmup=spec['warmup'], repeats=spec['repeats'],
                          mem_budget=spec.get('mem_budget'))
@@ -437,6 +462,8 @@ def run_scaling(spec: Dict[str, Any]) -> Dict[str, Any]:
     rec['output_bytes'] = int(outputs.nbytes)
   rec['peak_rss_bytes'] = peak_rss_bytes()
   rec['peak_mem_bytes'] = rec['peak_rss_bytes'] - baseline
+  if with_inputs is not None:
+    rec['model_mem_bytes'] = proc_status_bytes('VmHWM') - with_inputs
   return rec
 
 
@@ -668,10 +695,9 @@ def scaling_slopes(records) -> Dict[str, Dict[str, Any]]:
       entry[f'{what}_slope'] = fit_slope(sizes, [r.get(key) for r in recs])
       entry[f'{what}_slope_upper_half'] = fit_slope(
           top_sizes, [r.get(key) for r in top])
-    if model == 'perceiver' and sweep == 'M':
-      beyond = [r['peak_mem_bytes'] - r['input_bytes'] for r in recs]
-      entry['memory_beyond_inputs_slope_upper_half'] = fit_slope(
-          top_sizes, beyond[len(recs) // 2:])
+    if model == 'perceiver' and all('model_mem_bytes' in r for r in top):
+      entry['model_memory_slope_upper_half'] = fit_slope(
+          top_sizes, [r['model_mem_bytes'] for r in top])
     out[f'{model} vs {sweep}'] = entry
   return out
 
@@ -845,9 +871,13 @@ def markdown(results: Dict[str, Any]) -> str:
         f"{cfg['decode_chunk']}, 1 output channel. Transformer: a linear "
         f"embedding to {cfg['width']}, 3 self-attention layers (8 heads, "
         "'reference' attention), on all M inputs. Peak mem: peak RSS minus "
-        'RSS after JAX started (includes compilation and the inputs).', '',
-        '| model | M | O | ms | compile s | peak mem GiB | inputs GiB | '
-        'XLA GiB |', '|' + '---|' * 8]
+        'RSS after JAX started (includes generating the inputs and '
+        'compiling). Model mem: peak RSS while compiling and running minus '
+        'the RSS once parameters and inputs existed, i.e. the memory the '
+        'model needs beyond its inputs (Linux: the peak is reset through '
+        '/proc/self/clear_refs).', '',
+        '| model | M | O | ms | compile s | peak mem GiB | model mem GiB | '
+        'inputs GiB | XLA GiB |', '|' + '---|' * 9]
     for r in scaling['records']:
       ok = r.get('status') == 'ok'
       lines.append('| ' + ' | '.join([
@@ -856,6 +886,7 @@ def markdown(results: Dict[str, Any]) -> str:
           _ms(r) if ok else f"{r.get('status')}",
           _fmt(r.get('compile_s'), '.1f'),
           _fmt(r.get('peak_mem_bytes') if ok else None, '.2f', GB),
+          _fmt(r.get('model_mem_bytes') if ok else None, '.3f', GB),
           _fmt(r.get('input_bytes'), '.3f', GB),
           _fmt((r.get('xla_memory') or {}).get('total_bytes'), '.2f', GB)])
                    + ' |')
@@ -866,9 +897,9 @@ def markdown(results: Dict[str, Any]) -> str:
       line = (f"- {curve} ({s['points']} points): time {two('time_slope')}; "
               f"{two('time_slope_upper_half')}, memory "
               f"{two('memory_slope')}; {two('memory_slope_upper_half')}")
-      if 'memory_beyond_inputs_slope_upper_half' in s:
-        line += ('; memory beyond the inputs (upper half) '
-                 f"{two('memory_beyond_inputs_slope_upper_half')}")
+      if 'model_memory_slope_upper_half' in s:
+        line += ('; model memory beyond the inputs (upper half) '
+                 f"{two('model_memory_slope_upper_half')}")
       lines.append(line)
     notes = [f"{r['model']} M={r['M']} O={r['O']}: {r.get('status')} "
              f"({r.get('reason', '')})" for r in scaling['records']

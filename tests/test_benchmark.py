@@ -111,7 +111,8 @@ def test_scaling_slopes():
   for n in sizes:
     records.append(dict(model='perceiver', sweep='M', M=n, O=1024,
                         status='ok', median_s=1e-6 * n,
-                        peak_mem_bytes=1e3 * n + 1e9, input_bytes=1e3 * n))
+                        peak_mem_bytes=1e3 * n + 1e9, input_bytes=1e3 * n,
+                        model_mem_bytes=1e8 + 0 * n))
     records.append(dict(model='transformer', sweep='M', M=n, O=n,
                         status='ok' if n < 2**14 else 'OOM',
                         median_s=1e-9 * n**2, peak_mem_bytes=4.0 * n**2))
@@ -123,9 +124,24 @@ def test_scaling_slopes():
   assert perceiver['points'] == 6
   assert perceiver['time_slope'] == pytest.approx(1.0)
   assert perceiver['memory_slope'] < 0.1  # The constant dominates.
-  assert perceiver['memory_beyond_inputs_slope_upper_half'] == (
+  assert perceiver['model_memory_slope_upper_half'] == (
       pytest.approx(0.0, abs=1e-6))
   transformer = slopes['transformer vs M']
   assert transformer['points'] == 4
   assert transformer['time_slope'] == pytest.approx(2.0)
   assert transformer['memory_slope_upper_half'] == pytest.approx(2.0)
+
+
+def test_reset_peak_rss_measures_a_later_peak():
+  # After a reset the high-water mark follows the current RSS, so a 200 MB
+  # buffer allocated and freed before the reset is not counted after it.
+  if not benchmark.reset_peak_rss():
+    pytest.skip('no /proc/self/clear_refs')
+  big = np.ones(50_000_000, np.float32)  # 200 MB, touched
+  del big
+  assert benchmark.reset_peak_rss()
+  start = benchmark.proc_status_bytes('VmRSS')
+  assert benchmark.proc_status_bytes('VmHWM') - start < 100e6
+  small = np.ones(25_000_000, np.float32)  # 100 MB
+  assert benchmark.proc_status_bytes('VmHWM') - start > 90e6
+  del small
