@@ -336,10 +336,12 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
   options = dict(attention_impl=spec['attention_impl'],
                  compute_dtype=getattr(jnp, spec['dtype']))
   model = presets.build(name, **options, **overrides)
-  # The same model without loops, only to count FLOPs (see compile_and_time).
+  # The same model without loops, only to count FLOPs (see compile_and_time):
+  # no scans, and 'reference' cross-attention ('chunked' loops over blocks).
   unrolled = {k: False for k in ('scan_blocks', 'scan_layers', 'remat')
               if k in cfg}
-  flat = presets.build(name, **options, **dict(overrides, **unrolled))
+  flat = presets.build(name, **options, **dict(
+      overrides, **unrolled, cross_attention_impl='reference'))
   args, targets = preset_inputs(name, cfg, spec['batch'])
   params, state = jax.jit(functools.partial(model.init, is_training=True))(
       jax.random.PRNGKey(0), *args)
@@ -812,7 +814,9 @@ def markdown(results: Dict[str, Any]) -> str:
         '## Presets', '',
         'Median of the timed calls after warm-up, one process per row and '
         'framework. GFLOP: XLA cost analysis of the JAX call without '
-        '`lax.scan` loops (XLA counts a loop body once); % peak: '
+        '`lax.scan` loops and with \'reference\' cross-attention (XLA '
+        'counts a loop body once; the chunked backward\'s recomputation is '
+        'not counted); % peak: '
         'JAX FLOP/s over the JAX matmul peak of the same dtype, measured ' +
         ('in the same process right after the row' if any(
             r.get('matmul_peak_flops') for r in recs) else
