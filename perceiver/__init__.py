@@ -5,7 +5,8 @@ released keyword arguments and parameter names.
 """
 
 from perceiver.attention import (ATTENTION_IMPLEMENTATIONS, MLP, Attention,
-                                 CrossAttention, Linear, SelfAttention, attend,
+                                 CrossAttention, LayerNorm, Linear,
+                                 SelfAttention, attend,
                                  conv_1d, layer_norm,
                                  make_cross_attention_mask)
 from perceiver.bytes_tokenizer import BytesTokenizer

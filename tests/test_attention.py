@@ -825,3 +825,27 @@ def test_einsum_rejects_mixed_dtypes_and_one_sided_indices():
     attn.einsum('nc,cd->nd', a, jnp.ones((3, 4), jnp.float32))
   with pytest.raises(ValueError, match='spec'):
     jax.grad(lambda a: jnp.sum(attn.einsum('nc,dk->nd', a, a)))(a)
+
+
+def test_layer_norm_matches_haiku_values_and_gradients():
+  # perceiver.LayerNorm's written-out gradient against autodiff of
+  # hk.LayerNorm: same parameter tree, values and gradients.
+  rng = np.random.default_rng(40)
+  x = jnp.asarray(rng.normal(size=(2, 5, 16)) * 3 + 1, jnp.float32)
+  ct = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  ours = hk.without_apply_rng(hk.transform(lambda x: attn.LayerNorm()(x)))
+  theirs = hk.without_apply_rng(hk.transform(
+      lambda x: hk.LayerNorm(axis=-1, create_scale=True,
+                             create_offset=True)(x)))
+  params = jax.tree.map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+      theirs.init(jax.random.PRNGKey(0), x))
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == (
+      jax.tree.map(jnp.shape, params))
+  def value_and_grads(model):
+    loss = lambda p, x: jnp.sum(model.apply(p, x) * ct)
+    return model.apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
+  (out, grads), (ref, ref_grads) = map(value_and_grads, (ours, theirs))
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
