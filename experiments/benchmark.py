@@ -117,16 +117,21 @@ def peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def proc_status_bytes(field: str) -> Optional[int]:
-  """A /proc/self/status field (e.g. 'VmRSS', 'VmHWM') in bytes, or None."""
+def _proc_kib_field_bytes(path: str, field: str) -> Optional[int]:
+  """A 'Field: N kB' line of a /proc file, in bytes; None elsewhere."""
   try:
-    with open('/proc/self/status') as f:
+    with open(path) as f:
       for line in f:
         if line.startswith(field + ':'):
           return int(line.split()[1]) * 1024
   except OSError:
     pass
   return None
+
+
+def proc_status_bytes(field: str) -> Optional[int]:
+  """A /proc/self/status field (e.g. 'VmRSS', 'VmHWM') in bytes, or None."""
+  return _proc_kib_field_bytes('/proc/self/status', field)
 
 
 def reset_peak_rss() -> bool:
@@ -513,14 +518,7 @@ def worker_main(spec: Dict[str, Any]) -> None:
 
 def meminfo_bytes(field: str) -> Optional[int]:
   """A /proc/meminfo field (e.g. 'MemAvailable') in bytes; None elsewhere."""
-  try:
-    with open('/proc/meminfo') as f:
-      for line in f:
-        if line.startswith(field + ':'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
+  return _proc_kib_field_bytes('/proc/meminfo', field)
 
 
 def torch_available() -> bool:

@@ -58,7 +58,7 @@ def _zero_masked_rows(out_BNHV, mask_BNM):
 _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 
 
-def einsum(spec: str, a, b):
+def einsum(spec: str, a, b, *, precision=None):
   """Two-operand `jnp.einsum` that accumulates low precision in float32.
 
   Float32 operands: plain `jnp.einsum`. bfloat16/float16 operands: the
@@ -68,13 +68,14 @@ def einsum(spec: str, a, b):
   float32 cotangent with a bfloat16 operand and so runs the backward
   matmuls in float32; on CPU bf16 x bf16 -> f32 uses the AMX kernels
   (README, Performance). Every index must appear in two of the three terms.
+  `precision` is passed to every `jnp.einsum`, forward and backward.
   """
   if a.dtype not in _LOW_PRECISION and b.dtype not in _LOW_PRECISION:
-    return jnp.einsum(spec, a, b)
+    return jnp.einsum(spec, a, b, precision=precision)
   if a.dtype != b.dtype:
     raise ValueError(f'b: expected dtype {a.dtype} (that of a), got '
                      f'{b.dtype}.')
-  return _low_precision_einsum(spec, a, b)
+  return _low_precision_einsum(spec, precision, a, b)
 
 
 def _transposed_specs(spec: str):
@@ -87,32 +88,36 @@ def _transposed_specs(spec: str):
   return f'{out},{sb}->{sa}', f'{sa},{out}->{sb}'
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _low_precision_einsum(spec, a, b):
-  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _low_precision_einsum(spec, precision, a, b):
+  return jnp.einsum(spec, a, b, precision=precision,
+                    preferred_element_type=jnp.float32)
 
 
-def _lp_einsum_fwd(spec, a, b):
-  return _low_precision_einsum(spec, a, b), (a, b)
+def _lp_einsum_fwd(spec, precision, a, b):
+  return _low_precision_einsum(spec, precision, a, b), (a, b)
 
 
-_LINEAR_SPEC = 'nc,cd->nd'
-
-
-def _lp_einsum_bwd(spec, residuals, ct):
+def _lp_einsum_bwd(spec, precision, residuals, ct):
   a, b = residuals
   spec_a, spec_b = _transposed_specs(spec)
   ct = ct.astype(a.dtype)
-  da = jnp.einsum(spec_a, ct, b, preferred_element_type=jnp.float32)
-  if spec == _LINEAR_SPEC and jax.default_backend() == 'cpu':
-    # dW = x^T g contracts the first axis of both operands, which XLA CPU
-    # runs on a slow path in bf16 (235 GFLOP/s against 1,100 measured for
-    # [512, 1024] x [512, 1024]). A transposed copy of x taken through a unit
-    # axis, which XLA does not fold back into the dot, reaches the fast one.
-    a_cn = jnp.transpose(a[:, :, None], (2, 1, 0))[0]
-    db = jnp.einsum('cn,nd->cd', a_cn, ct, preferred_element_type=jnp.float32)
+  f32_einsum = functools.partial(jnp.einsum, precision=precision,
+                                 preferred_element_type=jnp.float32)
+  da = f32_einsum(spec_a, ct, b)
+  sa, sb = spec.split('->')[0].split(',')
+  if (a.ndim == 2 and sa[0] not in sb and sa[1] in sb and
+      jax.default_backend() == 'cpu'):
+    # A 2-D `a` contracted over its first axis (the weight gradient x^T g of
+    # a Linear, the embedding gradient of the decoder) makes a dot that
+    # contracts both operands' first axes, which XLA CPU runs on a slow path
+    # in bf16 (235 GFLOP/s against 1,100 measured for [512, 1024] twice). A
+    # transposed copy of `a` taken through a unit axis, which XLA does not
+    # fold back into the dot, reaches the fast one.
+    a_t = jnp.transpose(a[:, :, None], (2, 1, 0))[0]
+    db = f32_einsum(f'{sa[::-1]},{spec_b.split(",")[1]}', a_t, ct)
   else:
-    db = jnp.einsum(spec_b, a, ct, preferred_element_type=jnp.float32)
+    db = f32_einsum(spec_b, a, ct)
   return da.astype(a.dtype), db.astype(b.dtype)
 
 
@@ -350,9 +355,8 @@ class Linear(hk.Linear):
         1.0 / math.sqrt(input_size))
     w = hk.get_parameter('w', [input_size, self.output_size], inputs.dtype,
                          init=w_init)
-    del precision  # bf16 operands: the precision is that of their kernel.
     out = einsum('nc,cd->nd', inputs.reshape(-1, input_size),
-                 w.astype(inputs.dtype))
+                 w.astype(inputs.dtype), precision=precision)
     out = out.reshape(inputs.shape[:-1] + (self.output_size,))
     if self.with_bias:
       b = hk.get_parameter('b', [self.output_size], inputs.dtype,

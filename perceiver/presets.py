@@ -332,7 +332,7 @@ def _mixed_precision(compute_dtype):
   for cls in (hk.Linear, P.Linear, hk.Conv2D, hk.Conv2DTranspose,
               hk.Conv3DTranspose, hk.Embed):
     stack.enter_context(hk.mixed_precision.push_policy(cls, half))
-  for cls in (hk.LayerNorm, P.LayerNorm, hk.BatchNorm):
+  for cls in (P.LayerNorm, hk.BatchNorm):
     stack.enter_context(hk.mixed_precision.push_policy(cls, norm))
   return stack
 

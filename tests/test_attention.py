@@ -776,6 +776,7 @@ def test_chunked_cross_attention_memory_does_not_grow_with_inputs():
     ('nc,cd->nd', (6, 5), (5, 4)),
     ('BNHK,BMHK->BHNM', (2, 3, 2, 4), (2, 5, 2, 4)),
     ('BHNM,BMHV->BNHV', (2, 2, 3, 5), (2, 5, 2, 4)),
+    ('TD,VD->TV', (6, 4), (5, 4)),
 ])
 def test_low_precision_einsum_matches_float64_with_bf16_backward(
     spec, shape_a, shape_b):
@@ -817,6 +818,25 @@ def test_low_precision_einsum_backward_uses_bf16_matmuls():
   for line in dots:
     operands = line.split(': (')[1].split(') ->')[0]
     assert operands.count('bf16>') == 2, line
+
+
+@pytest.mark.parametrize('spec,shape_b', [('nc,cd->nd', (64, 32)),
+                                          ('TD,VD->TV', (32, 64))])
+def test_low_precision_weight_gradient_avoids_first_axis_contraction(
+    spec, shape_b):
+  # On CPU a bf16 dot contracting both operands' first axes takes XLA's slow
+  # path; the gradient of a 2-D operand contracted over its first axis is
+  # taken from a transposed copy instead, so no such dot is compiled.
+  a = jnp.ones((128, 64), jnp.bfloat16)
+  b = jnp.ones(shape_b, jnp.bfloat16)
+  hlo = jax.jit(jax.grad(lambda b: jnp.sum(attn.einsum(spec, a, b)))).lower(
+      b).compile().as_text()
+  assert 'lhs_contracting_dims={0}, rhs_contracting_dims={0}' not in hlo
+  # The check can fail: JAX's plain transpose compiles exactly that dot.
+  plain = jax.jit(jax.grad(lambda b: jnp.sum(jnp.einsum(
+      spec, a, b, preferred_element_type=jnp.float32)))).lower(
+          b).compile().as_text()
+  assert 'lhs_contracting_dims={0}, rhs_contracting_dims={0}' in plain
 
 
 def test_einsum_rejects_mixed_dtypes_and_one_sided_indices():

@@ -20,8 +20,7 @@ from perceiver.train import progress as progress_lib
 from perceiver.train import step as step_lib
 
 
-def _step_and_state(precision):
-  config = common.toy_config()
+def _task_optimizer_state(config):
   task = common.build_toy_task(config, 0, 1)
   opt = optim.make_optimizer(
     config.optimizer,
@@ -29,7 +28,13 @@ def _step_and_state(precision):
       config.optimizer, config.batch_size, config.total_steps
     ),
   )
-  ts = step_lib.init_train_state(task.forward, opt, 0, task.example_batch)
+  return task, opt, step_lib.init_train_state(
+    task.forward, opt, 0, task.example_batch
+  )
+
+
+def _step_and_state(precision):
+  task, opt, ts = _task_optimizer_state(common.toy_config())
   step = step_lib.make_train_step(
     task.forward, task.per_example, opt, precision=precision
   )
@@ -51,15 +56,9 @@ def test_bfloat16_policy_computes_in_bf16_and_keeps_float32_params():
 
 
 def test_step_randomness_depends_on_the_step_only():
-  config = common.toy_config(**{'model.dropout': 0.5})
-  task = common.build_toy_task(config, 0, 1)
-  opt = optim.make_optimizer(
-    config.optimizer,
-    optim.make_schedule(
-      config.optimizer, config.batch_size, config.total_steps
-    ),
+  task, opt, ts = _task_optimizer_state(
+    common.toy_config(**{'model.dropout': 0.5})
   )
-  ts = step_lib.init_train_state(task.forward, opt, 0, task.example_batch)
   step = jax.jit(step_lib.make_train_step(task.forward, task.per_example, opt))
   batch = next(task.train_data)
   loss = lambda s: float(step(ts._replace(step=jnp.int32(s)), batch)[1]['loss'])

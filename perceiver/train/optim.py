@@ -104,28 +104,19 @@ def make_optimizer(
   `optax.lamb`/`optax.adamw` whose internals are exactly that chain.
   """
   mask: Callable[[Any], Any] = lambda p: decay_mask(p, cfg.decay_pos_embs)
-  if cfg.name == 'lamb':
-    opt = optax.lamb(
-      schedule,
-      b1=cfg.b1,
-      b2=cfg.b2,
-      eps=cfg.eps,
-      weight_decay=cfg.weight_decay,
-      mask=mask,
-    )
-  elif cfg.name == 'adamw':
-    opt = optax.adamw(
-      schedule,
-      b1=cfg.b1,
-      b2=cfg.b2,
-      eps=cfg.eps,
-      weight_decay=cfg.weight_decay,
-      mask=mask,
-    )
-  else:
+  factories = {'lamb': optax.lamb, 'adamw': optax.adamw}
+  if cfg.name not in factories:
     raise ValueError(
       f'optimizer.name: expected one of {list(OPTIMIZERS)}, got {cfg.name!r}.'
     )
+  opt = factories[cfg.name](
+    schedule,
+    b1=cfg.b1,
+    b2=cfg.b2,
+    eps=cfg.eps,
+    weight_decay=cfg.weight_decay,
+    mask=mask,
+  )
   if cfg.clip_norm and cfg.clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
   return opt
