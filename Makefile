@@ -1,7 +1,8 @@
 # make venv | train | test | lint | format | bench | clean
-# Needs only Python 3.11 and make; everything else goes into .venv.
+# Needs only Python (3.11 or 3.12+) and make; everything else goes into .venv.
 
-# Prefer python3.11 (the version the pins are tested on) where it exists.
+# Prefer python3.11 where it exists (it also runs the torch cross-checks);
+# e.g. `make test PYTHON=python3.12 VENV=.venv312` for the other CI leg.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -1,44 +1,75 @@
 """Packaging checks: pinned requirements and the vendored MNIST digits."""
 
 import os
-import re
 import shutil
 
 import numpy as np
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 import pytest
 
 from experiments import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PIN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*==[0-9][0-9A-Za-z.+!-]*$')
+SUPPORTED_PYTHONS = ('3.11', '3.12', '3.13')
 
 
-def _requirement_lines(name):
+def _requirements(name):
+  """The requirement lines of `name`, parsed (PEP 508, markers included)."""
   with open(os.path.join(ROOT, name)) as f:
     lines = (line.split('#', 1)[0].strip() for line in f)
-    return [line for line in lines if line]
+    return [Requirement(line) for line in lines if line]
 
 
+def _pins_for(name, python_version):
+  """{package: version} that pip installs from `name` on `python_version`."""
+  env = {
+    'python_version': python_version,
+    'python_full_version': python_version + '.0',
+  }
+  pins = {}
+  for req in _requirements(name):
+    if req.marker is not None and not req.marker.evaluate(env):
+      continue
+    key = canonicalize_name(req.name)
+    assert key not in pins, f'{name}: {key} pinned twice for {python_version}'
+    pins[key] = req.specifier
+  return pins
+
+
+@pytest.mark.parametrize('python_version', SUPPORTED_PYTHONS)
 @pytest.mark.parametrize('name', ['requirements.txt', 'requirements-test.txt'])
-def test_every_requirement_is_pinned(name):
-  lines = _requirement_lines(name)
-  assert lines, f'{name} is empty'
-  unpinned = [line for line in lines if not PIN.match(line)]
-  assert not unpinned, f'{name}: not pinned with ==: {unpinned}'
+def test_every_requirement_is_pinned(name, python_version):
+  pins = _pins_for(name, python_version)
+  assert pins, f'{name} is empty'
+  unpinned = {
+    k: str(s)
+    for k, s in pins.items()
+    if len(s) != 1 or next(iter(s)).operator != '=='
+  }
+  assert not unpinned, (
+    f'{name}: not pinned with == on {python_version}: {unpinned}'
+  )
 
 
-def test_torch_pinned_to_local_cpu_build():
+@pytest.mark.parametrize('python_version', SUPPORTED_PYTHONS)
+def test_jax_and_jaxlib_pinned_together(python_version):
+  pins = _pins_for('requirements.txt', python_version)
+  assert str(pins['jax']) == str(pins['jaxlib'])
+  # jax 0.11+ needs Python 3.12; 3.11 keeps the last release for it.
+  expected = '==0.10.2' if python_version == '3.11' else '==0.12.0.1'
+  assert str(pins['jax']) == expected
+
+
+def test_torch_only_where_its_cpu_build_exists():
   # Any other torch pulls a multi-GB CUDA build on the project's machines.
-  assert 'torch==2.13.0' in _requirement_lines('requirements-test.txt')
+  assert str(_pins_for('requirements-test.txt', '3.11')['torch']) == '==2.13.0'
+  for version in SUPPORTED_PYTHONS[1:]:
+    assert 'torch' not in _pins_for('requirements-test.txt', version)
 
 
 def test_requirement_files_do_not_overlap():
-  def names(file):
-    return {
-      line.split('==')[0].lower().replace('_', '-')
-      for line in _requirement_lines(file)
-    }
-
+  names = lambda f: {canonicalize_name(r.name) for r in _requirements(f)}
   both = names('requirements.txt') & names('requirements-test.txt')
   assert not both, f'listed in both requirement files: {both}'
 
