@@ -4,6 +4,8 @@ A small Haiku MLP (optionally with BatchNorm and dropout) classifying
 synthetic Gaussian blobs: deterministic, tiny, and fast on a CPU.
 """
 
+import json
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -96,17 +98,18 @@ def build_toy_task(config, process_index, process_count):
   arrays = toy_arrays()
   train = {k: v[:192] for k, v in arrays.items()}
   held = {k: v[192:] for k, v in arrays.items()}
-  it = data_lib.ShardedArrayIterator(
-    train,
+  it = data_lib.train_iterator(
+    data_lib.ArraySource(train),
     global_batch=config.batch_size,
     seed=config.seed,
     process_index=process_index,
     process_count=process_count,
+    worker_count=config.data.worker_count,
   )
-  if m.nan_at_step >= 0 or m.interrupt_at_step >= 0:
-    it = _Faulty(it, m.nan_at_step, m.interrupt_at_step)
+  # Always wrapped, so that checkpoints of faulty and clean runs match.
+  it = _Faulty(it, m.nan_at_step, m.interrupt_at_step)
   eval_data = lambda: data_lib.eval_batches(
-    held,
+    data_lib.ArraySource(held),
     global_batch=config.eval_batch_size,
     process_index=process_index,
     process_count=process_count,
@@ -144,11 +147,16 @@ class _Faulty:
     return b
 
   def get_state(self):
-    return dict(self.inner.get_state(), step=self.step)
+    inner = self.inner.get_state().decode()
+    return json.dumps({'inner': inner, 'step': self.step}).encode()
 
-  def set_state(self, position):
-    self.step = position.pop('step')
-    self.inner.set_state(position)
+  def set_state(self, state):
+    state = json.loads(state)
+    self.step = state['step']
+    self.inner.set_state(state['inner'].encode())
+
+  def start_prefetch(self):
+    self.inner.start_prefetch()
 
 
 def params_close(a, b, rtol=1e-5, atol=1e-6):

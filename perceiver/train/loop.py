@@ -131,14 +131,13 @@ def train(
     max_to_keep=config.keep_checkpoints,
     async_save=config.async_checkpoint,
   )
-  restored = checkpointer.restore_latest(abstract)
+  restored = checkpointer.restore_latest(abstract, task.train_data)
   if restored is None:
     start_step = 0
     ts = jax.jit(init_fn, out_shardings=shardings)()
     _say(f'Initialised from seed {config.seed}.')
   else:
-    start_step, ts, position = restored
-    task.train_data.set_state(position)
+    start_step, ts = restored
     _say(f'Resumed from the checkpoint at step {start_step}.')
 
   batch_sharding = mesh_lib.batch_sharding(mesh)
@@ -221,9 +220,7 @@ def train(
       if step_done % config.checkpoint_every == 0 or last:
         consume(*pending)
         pending = None
-        checkpointer.save(
-          step_done, ts, task.train_data.get_state(), force=True
-        )
+        checkpointer.save(step_done, ts, task.train_data, force=True)
         last_saved = step_done
       if (
         eval_fn is not None
