@@ -277,6 +277,14 @@ class BatchIterator:
     """Starts the workers (grain's checkpoint restore calls it)."""
     self._it.start_prefetch()
 
+  def close(self) -> None:
+    """Stops the workers and frees their buffers; the iterator is done.
+
+    Grain's iterator does that when it is deleted; this drops the only
+    reference to it, before the interpreter exits.
+    """
+    self._it = None
+
 
 def _check_count(name: str, value, minimum: int) -> None:
   if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
