@@ -1,7 +1,7 @@
-"""Unit checks of the step, the data iterator, the metrics file and the bar.
+"""Unit checks of the step, the metrics file and the bar.
 
-References: the float32 step for the bfloat16 policy, the one-process batch
-for the per-process shards, hand-computed progress figures.
+References: the float32 step for the bfloat16 policy, hand-computed progress
+figures. (The data iterator is tested in test_data_engine.py.)
 """
 
 import io
@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from tests import test_train_common as common
-from perceiver.train import data as data_lib
 from perceiver.train import metrics as metrics_lib
 from perceiver.train import optim
 from perceiver.train import progress as progress_lib
@@ -64,48 +63,6 @@ def test_step_randomness_depends_on_the_step_only():
   loss = lambda s: float(step(ts._replace(step=jnp.int32(s)), batch)[1]['loss'])
   assert loss(3) == loss(3)
   assert loss(3) != loss(4)
-
-
-def test_process_shards_concatenate_to_the_global_batch():
-  arrays = common.toy_arrays(64)
-  kwargs = dict(global_batch=16, seed=5)
-  whole = data_lib.ShardedArrayIterator(arrays, **kwargs)
-  parts = [
-    data_lib.ShardedArrayIterator(
-      arrays, process_index=p, process_count=4, **kwargs
-    )
-    for p in range(4)
-  ]
-  for _ in range(6):  # 1.5 epochs: crosses an epoch boundary.
-    want = next(whole)
-    got = [next(p) for p in parts]
-    for k in want:
-      np.testing.assert_array_equal(
-        np.concatenate([g[k] for g in got]), want[k]
-      )
-
-
-def test_iterator_position_resumes_the_same_batches():
-  arrays = common.toy_arrays(64)
-  first = data_lib.ShardedArrayIterator(arrays, global_batch=16, seed=1)
-  for _ in range(5):
-    next(first)
-  second = data_lib.ShardedArrayIterator(arrays, global_batch=16, seed=1)
-  second.set_state(first.get_state())
-  assert first.get_state() == {'epoch': 1, 'index': 1}
-  for _ in range(4):
-    np.testing.assert_array_equal(next(first)['x'], next(second)['x'])
-
-
-def test_eval_batches_cover_every_example_once():
-  arrays = {'x': np.arange(10)}
-  seen = []
-  for p in range(2):
-    for b in data_lib.eval_batches(
-      arrays, global_batch=8, process_index=p, process_count=2
-    ):
-      seen.extend(b['x'][b['mask'] > 0].tolist())
-  assert sorted(seen) == list(range(10))
 
 
 def test_metrics_file_drops_records_past_the_restored_step(tmp_path):
