@@ -1,0 +1,561 @@
+"""python -m experiments.main --config=experiments/flow.py:local --workdir=runs/flow
+
+Optical flow with Perceiver IO (Sec. 4.2, App. H; MODELS.md 2.3): the
+`optical_flow` preset (3 x 3 patches of both frames, concatenated, projected
+to 64 channels with 2-D Fourier features, 2048 x 512 latents, 24
+self-attention layers, the inputs themselves as output queries, output / 100
+x 20), trained with the average end-point error (EPE).
+
+`get_config()` is the paper's recipe: LAMB, a cosine schedule from 4e-4,
+batch 512, 480 epochs over 400,000 AutoFlow pairs (375,000 steps; only
+40,000 AutoFlow pairs are public: `data.source='autoflow'` with `data.dir`
+the unpacked release), RAFT/AutoFlow augmentation (random scaling and
+stretching, crop to 368 x 496, colour jitter, erasing, flips). The paper's
+last phase turns augmentation off and feeds every pair forward and
+reversed: `:final`, started from the main phase's parameters
+(`init_checkpoint`). Evaluation is tiled (overlapping 368 x 496 tiles, min
+overlap 20, pyramid weights; `perceiver.tasks.optical_flow`) at any image
+size: EPE on held-out procedural pairs, on the real Middlebury motorcycle
+pair (`experiments/data/SOURCE.md`), on MPI-Sintel clean/final
+(`data.sintel_dir`) and EPE with Fl-all on KITTI 2015 (`data.kitti_dir`).
+The paper reports EPE 1.81 (Sintel clean), 2.42 (final), 4.98 (KITTI).
+
+Variants:
+  `:local`  procedural AutoFlow-style pairs textured with real photographs
+            (`experiments/data/autoflow.py`) at 48 x 64 and a small model,
+            for a CPU run of at most 30 minutes (the result is in README).
+  `:debug`  a tiny model and a few steps (seconds; tests).
+  `:final`  the paper's augmentation-off, reversed-pairs phase.
+
+Evaluation prints `EPE: N.NN (zero flow: N.NN)` per data set and writes
+flow colour-wheel PNGs to the workdir; it runs through `evaluate(config,
+params, state, workdir)`, which the engine does not call yet (see
+`build_task`).
+"""
+
+import functools
+import os
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from experiments.data import autoflow
+from experiments.data import flow as flow_data
+from experiments.data import flow_augment
+from perceiver import presets
+from perceiver import tasks
+from perceiver import validation
+from perceiver.train import config as config_lib
+from perceiver.train import data as data_lib
+from perceiver.train.task import Task
+
+# Shapes: B batch, H, W frame size (the model's tile size), 2 frames or flow
+# channels (u along x, v along y, pixels).
+
+TRAIN_SIZE = (368, 496)
+SOURCES = ('procedural', 'autoflow', 'chairs')
+VARIANTS = ('', 'final', 'local', 'debug')
+# KITTI's outlier: end-point error > 3 px and > 5% of the true flow's length.
+FL_ABS_PX, FL_REL = 3.0, 0.05
+_EPS = 1e-12  # under the EPE's square root: a finite gradient at zero error
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """The paper's recipe; `arg` picks a variant ('final', 'local', 'debug')."""
+  if arg not in VARIANTS:
+    raise ValueError(
+      f'config: expected a variant among {VARIANTS}, got {arg!r}.'
+    )
+  c = config_lib.base_config()
+  c.seed = 0
+  c.batch_size = 512
+  c.num_train = 400_000  # AutoFlow pairs per epoch (Perceiver IO, App. H)
+  c.epochs = 480
+  c.total_steps = (
+    c.get_ref('epochs') * c.get_ref('num_train') // c.get_ref('batch_size')
+  )
+  c.log_every = 100
+  c.checkpoint_every = 5000
+  c.eval_every = 0
+  c.eval_batch_size = 8
+  # A released or earlier checkpoint to start from ('' = random init): the
+  # official optical_flow .pystate/.pickle or an .npz of
+  # perceiver.checkpoints.save. Needed by ':final'.
+  c.init_checkpoint = ''
+
+  c.optimizer.name = 'lamb'
+  c.optimizer.base_lr = 4e-4
+  c.optimizer.scale_by_batch = False
+  # "A cosine schedule starting at 4e-4" (App. H): constant for 0% of the
+  # steps, then cosine to 0. No warm-up: the paper gives none for flow, and
+  # warm-up kept its LAMB ImageNet models from training (App. A).
+  c.optimizer.schedule = 'constant_cosine'
+  c.optimizer.constant_fraction = 0.0
+  # Not in the paper: the weight decay of the paper's other LAMB recipes
+  # (MLM, GLUE) and the released trainer's clipping.
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.clip_norm = 10.0
+
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source='autoflow',  # or 'procedural' / 'chairs'
+      dir='',  # the unpacked AutoFlow release / FlyingChairs root
+      num_eval=16,  # held-out procedural pairs scored after training
+      sintel_dir='',  # MPI-Sintel root ('' = skip)
+      kitti_dir='',  # KITTI 2015 root ('' = skip)
+      max_eval_pairs=0,  # per Sintel/KITTI pass; 0 = all
+      eval_tile_batch=6,  # tiles per model call in the tiled evaluation
+      num_pngs=4,  # colour-wheel PNGs per evaluation set
+      reverse_pairs=False,  # feed every pair also reversed
+      augment=True,
+      # The procedural generator (experiments/data/autoflow.py).
+      max_layers=4,
+      max_motion=20.0,
+      # RAFT's augmentation (FlowAugmentor), AutoFlow's default ranges.
+      min_log2_scale=-0.2,
+      max_log2_scale=0.6,
+      spatial_prob=0.8,
+      stretch_prob=0.8,
+      max_log2_stretch=0.2,
+      h_flip_prob=0.5,
+      v_flip_prob=0.1,
+      brightness=0.4,
+      contrast=0.4,
+      saturation=0.4,
+      hue=0.5 / np.pi,
+      asymmetric_prob=0.2,
+      erase_prob=0.5,
+      worker_count=0,
+    )
+  )
+  c.model = ml_collections.ConfigDict(
+    {k: v for k, v in presets.defaults('optical_flow').items()}
+  )
+  c.model.image_size = TRAIN_SIZE
+
+  if arg == 'final':
+    # Perceiver IO App. H: a last phase with augmentation off and each pair
+    # fed forward and reversed. Its length is not in the paper: 10% of the
+    # main phase here.
+    c.data.augment = False
+    c.data.reverse_pairs = True
+    c.total_steps = 37_500
+  elif arg in ('local', 'debug'):
+    # Sized for 30 minutes of 2 shared CPU cores: 2,000 steps (a step took
+    # ~1 s at load average 9). Frames are rendered at the training size,
+    # so no scaling.
+    c.data.source = 'procedural'
+    c.batch_size = 8
+    c.num_train = 4000
+    c.epochs = 4
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.eval_batch_size = 8
+    c.optimizer.name = 'adamw'
+    c.optimizer.base_lr = 1e-3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.clip_norm = 1.0
+    c.model.image_size = (48, 64)
+    c.model.z_index_dim = 64
+    c.model.num_z_channels = 64
+    c.model.num_self_attends_per_block = 4
+    c.model.num_self_attend_heads = 4
+    c.model.num_bands = 8
+    c.data.max_motion = 6.0
+    c.data.max_layers = 3
+    c.data.spatial_prob = 0.0
+    c.data.erase_prob = 0.0
+    c.data.num_eval = 16
+    c.data.eval_tile_batch = 36  # the motorcycle pair is 72 tiles of 48 x 64
+    c.data.num_pngs = 2
+  if arg == 'debug':
+    c.num_train = 16
+    c.epochs = 1
+    c.batch_size = 4
+    c.log_every = 1
+    c.checkpoint_every = 2
+    c.eval_batch_size = 2
+    c.model.z_index_dim = 8
+    c.model.num_z_channels = 16
+    c.model.num_self_attends_per_block = 1
+    c.model.num_self_attend_heads = 2
+    c.model.num_bands = 4
+    c.data.num_eval = 2
+    c.data.num_pngs = 1
+  c.lock()
+  return c
+
+
+# ---------------------------------------------------------------------------
+# Model, loss and metrics.
+# ---------------------------------------------------------------------------
+
+
+def model_overrides(model: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The `presets.build('optical_flow', **overrides)` of a config."""
+  out = dict(model)
+  out['image_size'] = tuple(model.image_size)
+  return out
+
+
+def make_forward(model: ml_collections.ConfigDict) -> hk.TransformedWithState:
+  """The preset, called on a batch {'frame1', 'frame2': uint8 [B, H, W, 3]}
+  -> flow float32 [B, H, W, 2] in pixels.
+
+  The parameter tree is the preset's (so released checkpoints load as
+  they are); frames are scaled to [-1, 1] as the colab does.
+  """
+  net = presets.build('optical_flow', **model_overrides(model))
+
+  def frames(batch):
+    pair = jnp.stack([batch['frame1'], batch['frame2']], axis=1)
+    return pair.astype(jnp.float32) / 255.0 * 2.0 - 1.0  # [B, 2, H, W, 3]
+
+  def init(rng, batch, *, is_training):
+    return net.init(rng, frames(batch), is_training=is_training)
+
+  def apply(params, state, rng, batch, *, is_training):
+    return net.apply(params, state, rng, frames(batch), is_training=is_training)
+
+  return hk.TransformedWithState(init=init, apply=apply)
+
+
+def per_example(flow_pred, batch) -> Dict[str, jax.Array]:
+  """Average end-point error over each example's valid pixels, [B].
+
+  Returns 'loss' (= 'epe'), 'zero_flow_epe' (the EPE of predicting no
+  motion) and 'fl' (KITTI's outlier share), each float32 [B].
+  """
+  valid = batch['valid'].astype(jnp.float32)  # [B, H, W]
+  count = jnp.maximum(valid.sum((1, 2)), 1.0)
+  gt = batch['flow'].astype(jnp.float32)
+  sq = jnp.sum(jnp.square(flow_pred.astype(jnp.float32) - gt), -1)
+  epe = jnp.sqrt(sq + _EPS)  # [B, H, W]
+  mag = jnp.sqrt(jnp.sum(jnp.square(gt), -1))
+  outlier = (epe > FL_ABS_PX) & (epe > FL_REL * mag)
+  mean = lambda x: jnp.sum(x * valid, (1, 2)) / count
+  loss = mean(epe)
+  return {
+    'loss': loss,
+    'epe': loss,
+    'zero_flow_epe': mean(mag),
+    'fl': mean(outlier.astype(jnp.float32)),
+  }
+
+
+def flow_errors(pred_HW2, gt_HW2, valid_HW) -> Dict[str, float]:
+  """Sums over the valid pixels of one pair, for pixel-weighted averages.
+
+  Returns:
+    {'epe': sum of |pred - gt|, 'zero': sum of |gt| (zero-flow EPE), 'fl':
+    number of outliers (> 3 px and > 5%), 'count': valid pixels}.
+  """
+  pred = np.asarray(pred_HW2, np.float64)
+  gt = np.asarray(gt_HW2, np.float64)
+  if pred.shape != gt.shape:
+    raise ValueError(f'pred: expected shape {gt.shape}, got {pred.shape}.')
+  valid = np.asarray(valid_HW, bool)
+  epe = np.linalg.norm(pred - gt, axis=-1)[valid]
+  mag = np.linalg.norm(gt, axis=-1)[valid]
+  return {
+    'epe': float(epe.sum()),
+    'zero': float(mag.sum()),
+    'fl': float(((epe > FL_ABS_PX) & (epe > FL_REL * mag)).sum()),
+    'count': float(valid.sum()),
+  }
+
+
+# ---------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------
+
+
+def _generator(config, num: int) -> autoflow.AutoFlowGenerator:
+  return autoflow.AutoFlowGenerator(
+    num,
+    size=tuple(config.model.image_size),
+    seed=config.seed,
+    max_layers=config.data.max_layers,
+    max_motion=config.data.max_motion,
+  )
+
+
+class _Slice:
+  """Records [start, start + n) of a source (the held-out procedural pairs
+  are indices after the training ones: disjoint by construction)."""
+
+  def __init__(self, source, start: int, n: int):
+    self._source, self._start, self._n = source, start, n
+
+  def __len__(self):
+    return self._n
+
+  def __getitem__(self, index):
+    if not 0 <= index < self._n:
+      raise IndexError(f'index: expected [0, {self._n}), got {index}.')
+    return self._source[self._start + int(index)]
+
+
+def train_source(config):
+  """The training pairs of `config.data.source`."""
+  d = config.data
+  if d.source == 'procedural':
+    source = _Slice(_generator(config, config.num_train), 0, config.num_train)
+  elif d.source == 'autoflow':
+    source = flow_data.AutoFlowSource(d.dir, arg_name='data.dir')
+  else:
+    source = flow_data.FlyingChairsSource(d.dir, arg_name='data.dir')
+  if d.reverse_pairs:
+    source = flow_data.ReversedPairs(source)
+  return source
+
+
+def held_out_source(config):
+  """`data.num_eval` procedural pairs after the training indices."""
+  n, start = config.data.num_eval, config.num_train
+  return _Slice(_generator(config, start + n), start, n)
+
+
+def train_ops(config) -> list:
+  """The per-record training ops (RAFT's order: colour, erase, spatial,
+  flips); with `data.augment` off only the random crop remains."""
+  d = config.data
+  crop = dict(crop_size=tuple(config.model.image_size))
+  if not d.augment:
+    return [
+      data_lib.RandomMap(
+        flow_augment.random_scale_crop, spatial_prob=0.0, margin=0, **crop
+      )
+    ]
+  return [
+    data_lib.RandomMap(
+      flow_augment.photometric_jitter,
+      brightness=d.brightness,
+      contrast=d.contrast,
+      saturation=d.saturation,
+      hue=d.hue,
+      asymmetric_prob=d.asymmetric_prob,
+    ),
+    data_lib.RandomMap(flow_augment.random_erase, prob=d.erase_prob),
+    data_lib.RandomMap(
+      flow_augment.random_scale_crop,
+      min_log2_scale=d.min_log2_scale,
+      max_log2_scale=d.max_log2_scale,
+      spatial_prob=d.spatial_prob,
+      stretch_prob=d.stretch_prob,
+      max_log2_stretch=d.max_log2_stretch,
+      margin=0 if d.spatial_prob == 0 else 8,
+      **crop,
+    ),
+    data_lib.RandomMap(
+      flow_augment.random_flip, h_prob=d.h_flip_prob, v_prob=d.v_flip_prob
+    ),
+  ]
+
+
+# ---------------------------------------------------------------------------
+# Tiled evaluation at any size.
+# ---------------------------------------------------------------------------
+
+
+def evaluate_pairs(
+  predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+  pairs: Iterable[Mapping[str, np.ndarray]],
+  name: str,
+  *,
+  workdir: Optional[str] = None,
+  num_pngs: int = 0,
+  say: Callable[[str], None] = print,
+) -> Dict[str, float]:
+  """EPE (pixel-weighted over valid pixels), zero-flow EPE and Fl-all.
+
+  Prints `<name> (<n> pairs) EPE: N.NN (zero flow: N.NN), Fl-all: P%` and
+  writes `<workdir>/flow_<name>_<i>_{pred,gt}.png` (same colour scale) for
+  the first `num_pngs` pairs.
+
+  Returns:
+    {'<name>/epe', '<name>/zero_flow_epe', '<name>/fl_all' (a fraction)}.
+  """
+  totals = dict(epe=0.0, zero=0.0, fl=0.0, count=0.0)
+  n = 0
+  for i, record in enumerate(pairs):
+    pred = predict(record['frame1'], record['frame2'])
+    for k, v in flow_errors(pred, record['flow'], record['valid']).items():
+      totals[k] += v
+    if workdir and i < num_pngs:
+      gt = np.where(record['valid'][..., None], record['flow'], 0.0)
+      scale = max(float(np.linalg.norm(gt, axis=-1).max()), 1e-6)
+      base = os.path.join(workdir, f'flow_{name}_{i}')
+      tasks.save_flow_png(pred, f'{base}_pred.png', max_flow=scale)
+      tasks.save_flow_png(gt, f'{base}_gt.png', max_flow=scale)
+    n += 1
+  if not totals['count']:
+    raise ValueError(f'{name}: no valid pixels to evaluate.')
+  out = {
+    f'{name}/epe': totals['epe'] / totals['count'],
+    f'{name}/zero_flow_epe': totals['zero'] / totals['count'],
+    f'{name}/fl_all': totals['fl'] / totals['count'],
+  }
+  say(
+    f'{name} ({n} pairs) EPE: {out[f"{name}/epe"]:.2f} (zero flow: '
+    f'{out[f"{name}/zero_flow_epe"]:.2f}), Fl-all: '
+    f'{100 * out[f"{name}/fl_all"]:.1f}%'
+  )
+  return out
+
+
+def _first(source, limit: int):
+  n = len(source) if not limit else min(limit, len(source))
+  return (source[i] for i in range(n))
+
+
+def evaluate(
+  config, params, state, workdir: Optional[str] = None, say=print
+) -> Dict[str, float]:
+  """Scores a model on every configured evaluation set, at full size.
+
+  Each pair goes through `perceiver.tasks.optical_flow` (tiles of the
+  model's size, min overlap 20, pyramid-weighted stitching; smaller frames
+  are edge-padded): held-out procedural pairs, the real motorcycle pair,
+  then MPI-Sintel clean and final and KITTI 2015 when their directories are
+  set.
+
+  Returns:
+    {'<set>/epe', '<set>/zero_flow_epe', '<set>/fl_all'} for each set.
+  """
+  overrides = model_overrides(config.model)
+  net = presets.build('optical_flow', **overrides)
+  predict = functools.partial(
+    tasks.optical_flow,
+    net,
+    params,
+    state,
+    batch_size=config.data.eval_tile_batch,
+    overrides=overrides,
+  )
+  d = config.data
+  common = dict(workdir=workdir, num_pngs=d.num_pngs, say=say)
+  results = {}
+  results.update(
+    evaluate_pairs(
+      predict, _first(held_out_source(config), 0), 'synthetic', **common
+    )
+  )
+  results.update(
+    evaluate_pairs(
+      predict, [flow_data.load_motorcycle()], 'motorcycle', **common
+    )
+  )
+  if d.sintel_dir:
+    for dstype in flow_data.SINTEL_PASSES:
+      source = flow_data.SintelSource(
+        d.sintel_dir, dstype=dstype, arg_name='data.sintel_dir'
+      )
+      results.update(
+        evaluate_pairs(
+          predict,
+          _first(source, d.max_eval_pairs),
+          f'sintel_{dstype}',
+          **common,
+        )
+      )
+  if d.kitti_dir:
+    source = flow_data.KittiSource(d.kitti_dir, arg_name='data.kitti_dir')
+    results.update(
+      evaluate_pairs(
+        predict, _first(source, d.max_eval_pairs), 'kitti', **common
+      )
+    )
+  return results
+
+
+def load_init_checkpoint(config) -> Tuple[Any, Any]:
+  """(params, state) from `config.init_checkpoint`: a released optical-flow
+  pickle (.pystate / .pickle) or an .npz of `perceiver.checkpoints.save`,
+  checked against the configured model."""
+  from perceiver import checkpoints  # pylint: disable=g-import-not-at-top
+
+  path = config.init_checkpoint
+  if not os.path.isfile(path):
+    raise ValueError(
+      f'init_checkpoint: expected an existing checkpoint file, got {path!r}.'
+    )
+  overrides = {
+    k: v
+    for k, v in model_overrides(config.model).items()
+    if v != presets.defaults('optical_flow')[k]
+  }
+  if path.endswith('.npz'):
+    return checkpoints.load(path, 'optical_flow', **overrides)
+  return checkpoints.load_official(path, 'optical_flow', **overrides)
+
+
+# ---------------------------------------------------------------------------
+# The engine's entry point.
+# ---------------------------------------------------------------------------
+
+
+def validate(config) -> None:
+  """Checks the flow-specific fields (the engine checks the rest)."""
+  d = config.data
+  validation.check_choice('data.source', d.source, SOURCES)
+  if d.source != 'procedural' and not d.dir:
+    raise ValueError(
+      f'data.dir: expected the {d.source} directory for data.source='
+      f'{d.source!r}, got an empty string (use :local for procedural pairs).'
+    )
+  size = tuple(config.model.image_size)
+  if len(size) != 2 or min(size) < 8:
+    raise ValueError(
+      f'model.image_size: expected (H, W) of at least 8, got {size!r}.'
+    )
+  for name in ('num_train', 'num_eval', 'eval_tile_batch'):
+    value = config[name] if name == 'num_train' else d[name]
+    field = name if name == 'num_train' else f'data.{name}'
+    validation.check_positive(field, value)
+  if config.init_checkpoint and not os.path.isfile(config.init_checkpoint):
+    raise ValueError(
+      'init_checkpoint: expected an existing checkpoint file, got '
+      f'{config.init_checkpoint!r}.'
+    )
+
+
+def build_task(config, process_index: int, process_count: int) -> Task:
+  """Model, EPE loss, this process's training pairs, held-out pairs.
+
+  The engine evaluates `eval_data` (held-out procedural pairs at the
+  training size) with `per_example`; the tiled, any-size evaluation with
+  PNGs is `evaluate(config, params, state, workdir)`, and
+  `config.init_checkpoint` is loaded by `load_init_checkpoint(config)`:
+  the engine must call both (see the report of issue 13).
+  """
+  validate(config)
+  held_out = held_out_source(config)
+  train_data = data_lib.train_iterator(
+    train_source(config),
+    global_batch=config.batch_size,
+    seed=config.seed,
+    process_index=process_index,
+    process_count=process_count,
+    ops=train_ops(config),
+    worker_count=config.data.worker_count,
+  )
+  eval_data = lambda: data_lib.eval_batches(
+    held_out,
+    global_batch=config.eval_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+  )
+  examples = [held_out[0], held_out[min(1, len(held_out) - 1)]]
+  example_batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  return Task(
+    forward=make_forward(config.model),
+    per_example=per_example,
+    train_data=train_data,
+    example_batch=example_batch,
+    eval_data=eval_data,
+  )
