@@ -386,10 +386,6 @@ class MlmSource:
       )
     return data
 
-  def __del__(self):
-    for fd in getattr(self, '_fds', {}).values():
-      os.close(fd)
-
   def _fd(self, f: int) -> int:
     if f not in self._fds:
       self._fds[f] = os.open(self._indexes[f]['read_path'], os.O_RDONLY)
@@ -518,9 +514,9 @@ def mask_whole_words(
       ids (uniform over the 256 byte values); the rest stay unchanged.
 
   Returns:
-    The record without 'ids' and with 'inputs' (int32 [L], what the model
-    reads), 'targets' (int32 [L], the original ids) and 'target_mask'
-    (float32 [L], 1 at the bytes to predict).
+    {'inputs': int32 [L] (what the model reads), 'input_mask': int32 [L],
+    'targets': int32 [L] (the original ids), 'target_mask': float32 [L] (1 at
+    the bytes to predict)}; other keys of `record` are dropped.
 
   Raises:
     ValueError: fractions outside [0, 1] or summing to more than 1.
@@ -566,13 +562,12 @@ def mask_whole_words(
     TOKENIZER.num_reserved_tokens, TOKENIZER.vocab_size, size=ids_L.shape
   )
   inputs_L[to_random_L] = random_ids[to_random_L]
-  out = {k: v for k, v in record.items() if k != 'ids'}
-  out.update(
-    inputs=inputs_L.astype(np.int32),
-    targets=ids_L.astype(np.int32),
-    target_mask=target_L.astype(np.float32),
-  )
-  return out
+  return {
+    'inputs': inputs_L.astype(np.int32),
+    'input_mask': record['input_mask'].astype(np.int32),
+    'targets': ids_L.astype(np.int32),
+    'target_mask': target_L.astype(np.float32),
+  }
 
 
 def mask_whole_words_fixed(record: Record, *, seed: int, **kwargs) -> Record:
@@ -622,7 +617,12 @@ def build_sources(
   seed: int,
   resolution: int = 1000,
 ) -> MixedSource:
-  """`MixedSource` of the `MlmSource`s named by `data.sources` (one split)."""
+  """`MixedSource` of the `MlmSource`s named by `data.sources` (one split).
+
+  The 'train' split mixes the sources with their weights; the 'eval' split
+  holds every held-out record of every source exactly once (the weights
+  only matter for training).
+  """
   parts = resolve_sources(data_dir, spec)
   sources = [
     MlmSource(
@@ -636,6 +636,9 @@ def build_sources(
     )
     for files, _ in parts
   ]
+  if split == 'eval':
+    sizes = [len(s) for s in sources]
+    return MixedSource(sources, sizes, resolution=sum(sizes))
   return MixedSource(sources, [w for _, w in parts], resolution=resolution)
 
 
