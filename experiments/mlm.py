@@ -348,7 +348,7 @@ def warm_start(
   forward: hk.TransformedWithState,
   params_source: Dict[str, Dict[str, np.ndarray]],
   *,
-  strict: bool,
+  must_load: Callable[[str], bool] = lambda module: True,
   report: Optional[Callable[[str], None]] = print,
 ) -> hk.TransformedWithState:
   """`forward` whose init returns `params_source`'s values where they fit.
@@ -360,16 +360,17 @@ def warm_start(
   Args:
     forward: the model.
     params_source: {module: {name: array}}, e.g. from `load_params`.
-    strict: raise unless every parameter is taken from the source (resuming
-      pre-training); False lists the fresh ones instead (fine-tuning, where
-      the task decoder and heads are new).
+    must_load: which modules must come from the source (all of them when
+      resuming pre-training; the encoder when fine-tuning, whose task
+      decoder and heads are new).
     report: where the one-line summary goes (None: nowhere).
 
   Returns:
     A `hk.TransformedWithState` with the same apply.
 
   Raises:
-    ValueError: (at init) with `strict`, a parameter missing or mis-shaped.
+    ValueError: (at init) a parameter of a `must_load` module missing from
+      the source or of another shape there.
   """
 
   def init(rng, *args, **kwargs):
@@ -393,10 +394,11 @@ def warm_start(
       for n in vs
       if n not in params.get(m, {})
     )
-    if strict and fresh:
+    required = [f for f in fresh if must_load(f.rsplit('/', 1)[0])]
+    if required:
       raise ValueError(
-        f'init_checkpoint: {len(fresh)} parameter(s) of the model are missing '
-        f'or differ in shape in the checkpoint: {fresh[:10]}.'
+        f'init_checkpoint: {len(required)} parameter(s) of the model are '
+        f'missing or differ in shape in the checkpoint: {required[:10]}.'
       )
     if report is not None and jax.process_index() == 0:
       count = sum(len(v) for v in params.values())
@@ -410,12 +412,11 @@ def warm_start(
   return hk.TransformedWithState(init=init, apply=forward.apply)
 
 
-def maybe_warm_start(forward, config, *, strict: bool):
+def maybe_warm_start(forward, config, **kwargs):
   """`warm_start(forward, load_params(config.init_checkpoint))` if set."""
   if not config.init_checkpoint:
     return forward
-  source = load_params(config.init_checkpoint)
-  return warm_start(forward, source, strict=strict)
+  return warm_start(forward, load_params(config.init_checkpoint), **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -480,7 +481,7 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     train[0], seed=config.seed, mask_fraction=config.data.mask_fraction
   )
   return Task(
-    forward=maybe_warm_start(make_forward(config), config, strict=True),
+    forward=maybe_warm_start(make_forward(config), config),
     per_example=functools.partial(per_example, unigram_logp_V=unigram),
     train_data=train_data,
     example_batch={k: np.stack([v, v]) for k, v in example.items()},

@@ -73,18 +73,16 @@ def test_warm_start_from_npz_loads_every_parameter(tmp_path):
   path = str(tmp_path / 'mlm.npz')
   checkpoints.save(path, params, state)
   lines = []
-  warm = mlm.warm_start(
-    forward, mlm.load_params(path), strict=True, report=lines.append
-  )
+  warm = mlm.warm_start(forward, mlm.load_params(path), report=lines.append)
   got, _ = jax.jit(
     lambda: warm.init(jax.random.PRNGKey(2), batch, is_training=True)
   )()
   jax.tree.map(np.testing.assert_array_equal, got, params)
   assert 'none' in lines[0]
-  # A checkpoint missing a parameter is refused when strict.
+  # A checkpoint missing a parameter that must load is refused.
   partial = {k: v for k, v in mlm.load_params(path).items() if k != 'embed'}
   with pytest.raises(ValueError, match='init_checkpoint: 1 parameter'):
-    mlm.warm_start(forward, partial, strict=True, report=None).init(
+    mlm.warm_start(forward, partial, report=None).init(
       jax.random.PRNGKey(2), batch, is_training=True
     )
 
