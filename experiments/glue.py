@@ -54,6 +54,7 @@ import perceiver as P
 from experiments import mlm
 from experiments.data import glue as glue_data
 from experiments.data import text as text_data
+from perceiver import train as train_lib
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
@@ -137,7 +138,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.data.seq_len = local.data.seq_len  # the MLM position table's size
     c.model.update(local.model)
     c.optimizer.base_lr = 1e-4
-    c.epochs = 3
+    c.epochs = 2  # ~600 steps: sized for two runs in 30 minutes on 2 cores
     if arg == 'debug':
       c.total_steps = 3  # replaces epochs x num_train / batch_size
       c.batch_size = 8
@@ -336,7 +337,7 @@ def per_example(outputs, batch, *, tasks: Sequence[str]):
 # ---------------------------------------------------------------------------
 
 
-def _source(config, task: str, split: str) -> glue_data.GlueSource:
+def source(config, task: str, split: str) -> glue_data.GlueSource:
   d = config.data
   return glue_data.GlueSource(
     d.dir,
@@ -353,7 +354,7 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   """The fine-tuning model, its loss and this process's training rows."""
   validate(config)
   tasks = tasks_of(config)
-  train_parts = [_source(config, t, 'train') for t in tasks]
+  train_parts = [source(config, t, 'train') for t in tasks]
   sizes = [len(s) for s in train_parts]
   if sum(sizes) != config.num_train:
     raise ValueError(
@@ -404,7 +405,7 @@ def first_dev_split(config):
   tasks = tasks_of(config)
   if len(tasks) != 1:
     return None  # the multitask metrics come from `evaluate`
-  return _source(config, tasks[0], glue_data.TASKS[tasks[0]].dev_splits[0])
+  return source(config, tasks[0], glue_data.TASKS[tasks[0]].dev_splits[0])
 
 
 def evaluate(
@@ -431,7 +432,7 @@ def evaluate(
   for task in tasks:
     for split in glue_data.TASKS[task].dev_splits:
       batches = data_lib.eval_batches(
-        _source(config, task, split),
+        source(config, task, split),
         global_batch=config.eval_batch_size,
         process_index=process_index,
         process_count=process_count,
@@ -498,8 +499,6 @@ def sweep(
     {'best': {task: (score, lr, batch)}, 'runs': {run name: metrics}} and,
     when all eight tasks are present, 'glue_average' of the best scores.
   """
-  from perceiver import train as train_lib  # pylint: disable=g-import-not-at-top
-
   best, runs = {}, {}
   for lr in learning_rates:
     for batch in batch_sizes:

@@ -118,7 +118,7 @@ def _multitask(tmp_path, mode):
       'progress_bar': False,
       'tensorboard': False,
       'plot_curves': False,
-      **{f'model.{k}': debug.model[k] for k in mlm._PRESET_FIELDS},  # pylint: disable=protected-access
+      **{f'model.{k}': debug.model[k] for k in mlm.PRESET_FIELDS},
     },
   )
 
@@ -128,7 +128,7 @@ def _multitask(tmp_path, mode):
 )
 def test_multitask_variants_forward_and_loss(tmp_path, mode):
   config = _multitask(tmp_path, mode)
-  train = [glue._source(config, t, 'train') for t in glue_data.TASK_NAMES]  # pylint: disable=protected-access
+  train = [glue.source(config, t, 'train') for t in glue_data.TASK_NAMES]
   records = [s[i] for s in train for i in (0, 1)]
   batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
   prefix = glue.num_prefix_tokens(config)

@@ -77,7 +77,7 @@ def convert_stdlib(package_dir: str, out_dir: str) -> None:
 
 
 def convert_vader(sdist: str, out_dir: str) -> Tuple[int, int]:
-  """Movie-review sentences -> SST-2-format train/dev .tsv.gz; (n_train, n_dev)."""
+  """Movie-review sentences -> SST-2-format {train,dev}.tsv.gz; sizes."""
   with tarfile.open(sdist) as outer:
     inner_bytes = outer.extractfile(INNER_TAR).read()
   with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
