@@ -21,8 +21,9 @@ line number before training starts). Reading a document is then one
 indexing pass also writes the decompressed bytes once into the cache
 directory (disk use: the decompressed size) and documents are read from that
 copy. Index files are cached under `cache_dir`, keyed by the file's path,
-size and modification time, and are loaded memory-mapped; a source pickled to
-a grain worker carries only paths and settings and reloads them there.
+size and modification time; a source holds them in memory (24 bytes per
+document, plus 8 per document for the grouping table), and a source pickled
+to a grain worker carries only paths and settings and reloads them there.
 
 Sequences (App. F.3: "10 documents concatenated before cropping"). The
 documents of a split are put in a fixed random order (seeded) and taken ten
