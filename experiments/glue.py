@@ -1,0 +1,523 @@
+"""python -m experiments.main --config=experiments/glue.py:movie_reviews --workdir=runs/movie_reviews
+
+GLUE fine-tuning of the byte-level Perceiver IO (Sec. 4.1, App. F.4, Tables
+1, 2, 13, 14; PAPER.md 1.1-1.3 and 3). The model is the MLM encoder (byte
+embedding + learned positions + `PerceiverEncoder`, the `language_mlm`
+preset's modules under the same names, so `--config.init_checkpoint` loads
+an MLM checkpoint of `experiments/mlm.py` or the released
+`language_perceiver_io_bytes.pickle`), a cross-attention decoder whose
+query reads the task output (the MLM decoder's settings: 8 heads, queries of
+E = 768 channels, no final projection) and, per task, a 2-layer MLP with a
+tanh hidden layer of E units mapping that output to logits or the STS-B score.
+Loss: cross-entropy, or squared error for STS-B.
+
+Recipe (Table 13): LAMB, learning rate in {1e-4, 5e-5, 2e-5, 1e-5}, batch
+in {16, 32, 64}, 200 linear warm-up steps, 10 epochs, weight decay 0.01; the
+paper does not give the decay after warm-up: cosine to 0 here. `sweep` runs
+the grid and keeps the best dev score per task.
+
+Data (`data.dir`, never downloaded): GLUE as distributed
+(`DIR/<TASK>/train.tsv`, `dev.tsv`, MNLI `dev_matched.tsv` /
+`dev_mismatched.tsv`; see `experiments/data/glue.py`). Variants:
+
+* `:<TASK>` (e.g. `:RTE`; default SST-2): one task, one learned query.
+* `:multitask`: the eight tasks at once (Table 2), records mixed in
+  proportion to the tasks' sizes; `model.mode` picks (a) 'shared_token': one
+  CLS token before the text, every task's head reads its output; (b)
+  'task_tokens': 8 learned task tokens before the text, task t's head reads
+  the output at token t; (c) 'task_queries' (default, the multitask query):
+  8 learned decoder queries, no extra tokens. (a) and (b) query the output at
+  the tokens' positions with the MLM decoder's learned position queries.
+* `:movie_reviews`: SST-2-format Rotten Tomatoes sentences vendored in
+  `experiments/data/movie_reviews` and the `experiments/mlm.py:local` model
+  sizes (pass `--config.init_checkpoint=runs/mlm` to start from that run);
+  `evaluate` prints `dev accuracy: NN.N%`.
+* `:debug`: a tiny model, 3 steps on the vendored sentences.
+
+Metrics (`evaluate`): per task and dev split as the paper reports them
+(Matthews for CoLA, Pearson/Spearman for STS-B, accuracy and F1 for MRPC and
+QQP, accuracy otherwise), and the GLUE average when all eight are present.
+"""
+
+import copy
+import functools
+import os
+from typing import Dict, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import perceiver as P
+from experiments import mlm
+from experiments.data import glue as glue_data
+from experiments.data import text as text_data
+from perceiver import train as train_lib
+from perceiver import validation
+from perceiver.train import config as config_lib
+from perceiver.train import data as data_lib
+from perceiver.train.task import Task
+
+MODES = ('single', 'shared_token', 'task_tokens', 'task_queries')
+VENDORED_REVIEWS = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'data', 'movie_reviews'
+)
+# Training examples of the GLUE release (total_steps = epochs x size / batch).
+TRAIN_SIZES = {
+  'CoLA': 8551,
+  'SST-2': 67349,
+  'MRPC': 3668,
+  'STS-B': 5749,
+  'QQP': 363846,
+  'MNLI': 392702,
+  'QNLI': 104743,
+  'RTE': 2490,
+}
+MOVIE_REVIEWS_TRAIN = 9512
+STSB_ID = glue_data.TASK_NAMES.index('STS-B')
+
+
+def is_encoder_module(module: str) -> bool:
+  """The modules that must come from init_checkpoint when one is given."""
+  return module in ('embed', 'trainable_position_encoding') or (
+    module.startswith('perceiver_encoder/')
+  )
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """`arg`: a GLUE task name, 'multitask', 'movie_reviews' or 'debug'."""
+  c = config_lib.base_config()
+  c.seed = 0
+  c.batch_size = 32
+  c.epochs = 10
+  c.num_train = TRAIN_SIZES['SST-2']
+  c.total_steps = (
+    c.get_ref('epochs') * c.get_ref('num_train') // c.get_ref('batch_size')
+  )
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.eval_batch_size = 64
+  c.init_checkpoint = ''
+
+  c.optimizer.name = 'lamb'
+  c.optimizer.base_lr = 2e-5
+  c.optimizer.scale_by_batch = False
+  c.optimizer.schedule = 'warmup_cosine'
+  c.optimizer.warmup_steps = 200
+  c.optimizer.end_lr = 0.0
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.clip_norm = 1.0
+
+  c.data = ml_collections.ConfigDict(
+    dict(
+      dir='',  # the GLUE root; required
+      task='SST-2',  # or 'all' (multitask)
+      seq_len=2048,
+      truncate=False,
+      skip_malformed=False,
+      worker_count=0,
+    )
+  )
+  c.model = copy.deepcopy(mlm.get_config().model)
+  c.model.unlock()
+  c.model.mode = 'single'
+
+  if arg in glue_data.TASKS:
+    c.data.task = arg
+    c.num_train = TRAIN_SIZES[arg]
+  elif arg == 'multitask':
+    c.data.task = 'all'
+    c.num_train = sum(TRAIN_SIZES.values())
+    c.model.mode = 'task_queries'
+  elif arg in ('movie_reviews', 'debug'):
+    local = mlm.get_config('local')
+    c.data.dir = VENDORED_REVIEWS
+    c.num_train = MOVIE_REVIEWS_TRAIN
+    c.data.seq_len = local.data.seq_len  # the MLM position table's size
+    c.model.update(local.model)
+    c.optimizer.base_lr = 1e-4
+    c.epochs = 2  # ~600 steps: sized for two runs in 30 minutes on 2 cores
+    if arg == 'debug':
+      c.total_steps = 3  # replaces epochs x num_train / batch_size
+      c.batch_size = 8
+      c.log_every = 1
+      c.checkpoint_every = 3
+      c.optimizer.warmup_steps = 1
+      c.data.seq_len = 64
+      c.data.truncate = True
+      c.model.update(mlm.get_config('debug').model)
+      c.progress_bar = False
+      c.tensorboard = False
+      c.plot_curves = False
+  elif arg:
+    raise ValueError(
+      f'config: expected a GLUE task {list(glue_data.TASKS)}, "multitask", '
+      f'"movie_reviews" or "debug", got {arg!r}.'
+    )
+  c.lock()
+  return c
+
+
+def tasks_of(config) -> Sequence[str]:
+  """The tasks the model has heads for, in TASK_NAMES order."""
+  if config.data.task == 'all':
+    return glue_data.TASK_NAMES
+  return (config.data.task,)
+
+
+def num_prefix_tokens(config) -> int:
+  """P: tokens before the text (1 shared, 8 task tokens, else 0)."""
+  mode = config.model.mode
+  return {'shared_token': 1, 'task_tokens': len(tasks_of(config))}.get(mode, 0)
+
+
+def validate(config) -> None:
+  """Checks the GLUE-specific fields (the engine checks the rest)."""
+  if not config.data.dir or not os.path.isdir(config.data.dir):
+    raise ValueError(
+      f'data.dir: expected an existing directory holding GLUE, got '
+      f'{config.data.dir!r}.'
+    )
+  validation.check_choice(
+    'data.task', config.data.task, glue_data.TASK_NAMES + ('all',)
+  )
+  validation.check_choice('model.mode', config.model.mode, MODES)
+  multi = config.data.task == 'all'
+  if multi == (config.model.mode == 'single'):
+    raise ValueError(
+      f"model.mode: expected 'single' for one task and one of {MODES[1:]} "
+      f"for data.task='all', got {config.model.mode!r} with data.task="
+      f'{config.data.task!r}.'
+    )
+  validation.check_positive('data.seq_len', config.data.seq_len)
+  validation.check_positive('epochs', config.epochs)
+  validation.check_positive('num_train', config.num_train)
+  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
+    raise ValueError(
+      f'init_checkpoint: expected a checkpoint file or directory, got '
+      f'{config.init_checkpoint!r}.'
+    )
+
+
+# ---------------------------------------------------------------------------
+# Model and loss.
+# ---------------------------------------------------------------------------
+
+
+class TaskHead(hk.Module):
+  """Linear(E) -> tanh -> Linear(outputs): the App. F.4 head of one task."""
+
+  def __init__(self, num_outputs: int, hidden: int, name=None):
+    super().__init__(name=name)
+    self._num_outputs = num_outputs
+    self._hidden = hidden
+
+  def __call__(self, x_BE):
+    """[B, E] -> [B, num_outputs]."""
+    h_BE = jnp.tanh(hk.Linear(self._hidden)(x_BE))
+    return hk.Linear(self._num_outputs)(h_BE)
+
+
+def make_forward(config) -> hk.TransformedWithState:
+  """batch {'inputs', 'input_mask': int32 [B, L]} -> {'logits': [B, T, K],
+  'score': [B, T]}: per head t, the task's logits (padded to K = 3 with
+  -1e9) and the STS-B score (0 for classification heads)."""
+  m, seq_len = config.model, config.data.seq_len
+  tasks, mode = tuple(tasks_of(config)), config.model.mode
+  n_prefix = num_prefix_tokens(config)
+
+  def forward(batch, *, is_training):
+    inputs_BL = batch['inputs']
+    validation.check_shape('inputs', inputs_BL, (None, seq_len))
+    batch_size = inputs_BL.shape[0]
+    embed = hk.Embed(262, m.d_model)
+    x_BLC = embed(inputs_BL)
+    if mode == 'task_tokens':
+      tokens_TC = P.TrainablePositionEncoding(
+        len(tasks), m.d_model, init_scale=0.02, name='task_tokens'
+      )(batch_size=None)
+      x_BLC = x_BLC.at[:, : len(tasks)].set(tokens_TC[None])
+    x_BLC = x_BLC + P.TrainablePositionEncoding(
+      seq_len, m.d_model, init_scale=0.02
+    )(batch_size=batch_size)
+    encoder = P.PerceiverEncoder(
+      num_self_attends_per_block=m.num_self_attends_per_block,
+      num_blocks=1,
+      z_index_dim=m.z_index_dim,
+      num_z_channels=m.num_z_channels,
+      num_self_attend_heads=m.num_heads,
+      num_cross_attend_heads=m.num_heads,
+      qk_channels=m.qk_channels,
+      v_channels=m.num_z_channels,
+      use_query_residual=True,
+      cross_attend_widening_factor=1,
+      self_attend_widening_factor=1,
+      attention_impl=m.attention_impl,
+      cross_attention_impl=m.cross_attention_impl,
+    )
+    if mode in ('shared_token', 'task_tokens'):
+      # The MLM decoder's position queries, read at the prefix tokens.
+      num_queries, points = seq_len, jnp.arange(n_prefix)
+    else:
+      num_queries, points = len(tasks), None
+    decoder = P.BasicDecoder(
+      output_num_channels=m.num_z_channels,
+      position_encoding_type='trainable',
+      output_index_dims=num_queries,
+      num_z_channels=m.num_z_channels,
+      qk_channels=m.qk_channels,
+      v_channels=m.d_model,
+      num_heads=m.num_heads,
+      final_project=False,
+      use_query_residual=False,
+      trainable_position_encoding_kwargs=dict(num_channels=m.d_model),
+      attention_impl=m.attention_impl,
+    )
+    out_BQE = P.Perceiver(encoder=encoder, decoder=decoder)(
+      x_BLC,
+      is_training=is_training,
+      input_mask=batch['input_mask'],
+      subsampled_output_points=points,
+    )
+    logits, scores = [], []
+    for t, task in enumerate(tasks):
+      q = 0 if mode == 'shared_token' else t
+      y_BN = TaskHead(
+        glue_data.num_outputs(task),
+        m.d_model,
+        name='head_' + task.lower().replace('-', ''),
+      )(out_BQE[:, q])
+      if glue_data.TASKS[task].labels is None:
+        scores.append(y_BN[:, 0])
+        logits.append(jnp.zeros((batch_size, glue_data.MAX_CLASSES)))
+      else:
+        pad = glue_data.MAX_CLASSES - y_BN.shape[1]
+        logits.append(jnp.pad(y_BN, ((0, 0), (0, pad)), constant_values=-1e9))
+        scores.append(jnp.zeros((batch_size,)))
+    return {'logits': jnp.stack(logits, 1), 'score': jnp.stack(scores, 1)}
+
+  return hk.transform_with_state(forward)
+
+
+def _head_slot(tasks: Sequence[str]) -> np.ndarray:
+  """[num GLUE tasks] int32: global task id -> head index (0 if absent)."""
+  slot = np.zeros(len(glue_data.TASK_NAMES), np.int32)
+  for t, task in enumerate(tasks):
+    slot[glue_data.TASK_NAMES.index(task)] = t
+  return slot
+
+
+def predictions(outputs, batch, *, tasks: Sequence[str]):
+  """Each example's own head: (logits [B, K], predicted score [B], is_reg)."""
+  slot_B = jnp.asarray(_head_slot(tasks))[batch['task']]
+  logits_BK = jnp.take_along_axis(outputs['logits'], slot_B[:, None, None], 1)[
+    :, 0
+  ]
+  score_B = jnp.take_along_axis(outputs['score'], slot_B[:, None], 1)[:, 0]
+  return logits_BK, score_B, batch['task'] == STSB_ID
+
+
+def per_example(outputs, batch, *, tasks: Sequence[str]):
+  """Cross-entropy (squared error for STS-B) and, without STS-B, accuracy."""
+  logits_BK, score_B, is_reg_B = predictions(outputs, batch, tasks=tasks)
+  logp_BK = jax.nn.log_softmax(logits_BK)
+  ce_B = -jnp.take_along_axis(logp_BK, batch['label'][:, None], 1)[:, 0]
+  se_B = jnp.square(score_B - batch['score'])
+  out = {'loss': jnp.where(is_reg_B, se_B, ce_B)}
+  if 'STS-B' not in tasks:
+    correct_B = jnp.argmax(logits_BK, -1) == batch['label']
+    out['accuracy'] = correct_B.astype(jnp.float32)
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Data, task, evaluation and the sweep.
+# ---------------------------------------------------------------------------
+
+
+def source(config, task: str, split: str) -> glue_data.GlueSource:
+  d = config.data
+  return glue_data.GlueSource(
+    d.dir,
+    task,
+    split,
+    seq_len=d.seq_len,
+    num_prefix_tokens=num_prefix_tokens(config),
+    truncate=d.truncate,
+    skip_malformed=d.skip_malformed,
+  )
+
+
+def build_task(config, process_index: int, process_count: int) -> Task:
+  """The fine-tuning model, its loss and this process's training rows."""
+  validate(config)
+  tasks = tasks_of(config)
+  train_parts = [source(config, t, 'train') for t in tasks]
+  sizes = [len(s) for s in train_parts]
+  if sum(sizes) != config.num_train:
+    raise ValueError(
+      f'num_train: expected the number of training examples found '
+      f'({sum(sizes)} in {config.data.dir} for {list(tasks)}), got '
+      f'{config.num_train}; pass --config.num_train={sum(sizes)}.'
+    )
+  # Weights equal to the sizes over one period of all records: each record
+  # once per epoch (examples-proportional mixing for the multitask run).
+  train = text_data.MixedSource(train_parts, sizes, resolution=sum(sizes))
+  if process_index == 0:
+    cut = sum(s.num_truncated for s in train_parts)
+    skipped = sum(s.num_skipped for s in train_parts)
+    print(
+      f'GLUE train: {dict(zip(tasks, sizes))}; {cut} truncated, {skipped} '
+      'malformed lines skipped.',
+      flush=True,
+    )
+  dev = first_dev_split(config)
+  forward = make_forward(config)
+  forward = mlm.maybe_warm_start(forward, config, must_load=is_encoder_module)
+  return Task(
+    forward=forward,
+    per_example=functools.partial(per_example, tasks=tasks),
+    train_data=data_lib.train_iterator(
+      train,
+      global_batch=config.batch_size,
+      seed=config.seed,
+      process_index=process_index,
+      process_count=process_count,
+      worker_count=config.data.worker_count,
+    ),
+    example_batch={k: np.stack([v, v]) for k, v in train[0].items()},
+    eval_data=None
+    if dev is None
+    else lambda: data_lib.eval_batches(
+      dev,
+      global_batch=config.eval_batch_size,
+      process_index=process_index,
+      process_count=process_count,
+      worker_count=config.data.worker_count,
+    ),
+  )
+
+
+def first_dev_split(config):
+  """The engine's running eval set: the one task's (first) dev split."""
+  tasks = tasks_of(config)
+  if len(tasks) != 1:
+    return None  # the multitask metrics come from `evaluate`
+  return source(config, tasks[0], glue_data.TASKS[tasks[0]].dev_splits[0])
+
+
+def evaluate(
+  config, train_state, process_index: int, process_count: int
+) -> Dict[str, float]:
+  """Dev metrics of every task (x100), printed on process 0.
+
+  Returns:
+    {'<TASK>[/<split>]/<metric>': value} and, with all eight tasks,
+    'glue_average'. A single classification task also prints
+    `dev accuracy: NN.N%`.
+  """
+  tasks = tasks_of(config)
+  forward = make_forward(config)
+
+  def fn(params, state, batch):
+    outputs, _ = forward.apply(params, state, None, batch, is_training=False)
+    logits_BK, score_B, is_reg_B = predictions(outputs, batch, tasks=tasks)
+    pred_B = jnp.where(is_reg_B, score_B, jnp.argmax(logits_BK, -1))
+    truth_B = jnp.where(is_reg_B, batch['score'], batch['label'])
+    return {'pred': pred_B, 'truth': truth_B}
+
+  results = {}
+  for task in tasks:
+    for split in glue_data.TASKS[task].dev_splits:
+      batches = data_lib.eval_batches(
+        source(config, task, split),
+        global_batch=config.eval_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+        worker_count=config.data.worker_count,
+      )
+      out = mlm.run_eval(fn, train_state.params, train_state.state, batches)
+      metrics = glue_data.task_metrics(task, out['truth'], out['pred'])
+      name = {'dev_matched': 'MNLI-m', 'dev_mismatched': 'MNLI-mm'}.get(
+        split, task
+      )
+      results.update({f'{name}/{k}': v for k, v in metrics.items()})
+      if process_index == 0:
+        shown = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items())
+        print(f'{name} ({len(out["pred"])} dev examples): {shown}', flush=True)
+  main = main_scores(results)
+  if len(main) == len(glue_data.TASK_NAMES) + 1:  # MNLI-m and MNLI-mm
+    results['glue_average'] = glue_data.glue_score(main)
+    if process_index == 0:
+      print(f'GLUE average: {results["glue_average"]:.2f}', flush=True)
+  accuracy = results.get(f'{tasks[0]}/accuracy')
+  if len(tasks) == 1 and accuracy is not None and process_index == 0:
+    print(f'dev accuracy: {accuracy:.1f}%', flush=True)
+  return results
+
+
+def main_scores(results: Dict[str, float]) -> Dict[str, float]:
+  """{'<TASK>' or 'MNLI-m'/'MNLI-mm': the paper's metric} from `evaluate`."""
+  grouped: Dict[str, Dict[str, float]] = {}
+  for key, value in results.items():
+    if '/' in key:
+      name, metric = key.split('/')
+      grouped.setdefault(name, {})[metric] = value
+  return {
+    name: glue_data.main_metric(
+      'MNLI' if name.startswith('MNLI') else name, metrics
+    )
+    for name, metrics in grouped.items()
+  }
+
+
+LEARNING_RATES = (1e-4, 5e-5, 2e-5, 1e-5)
+BATCH_SIZES = (16, 32, 64)
+
+
+def sweep(
+  config,
+  workdir: str,
+  learning_rates: Sequence[float] = LEARNING_RATES,
+  batch_sizes: Sequence[int] = BATCH_SIZES,
+) -> Dict[str, object]:
+  """Table 13's grid for one config; the best dev score per task.
+
+  Runs `perceiver.train.train` once per (learning rate, batch size) in
+  `workdir/lr<lr>_bs<batch>` (each resumes if interrupted), evaluates the
+  dev sets and keeps, per task (MNLI-m / MNLI-mm separately, as the paper's
+  best-of-sweep numbers), the best main metric. Usage:
+
+    python -c "from experiments import glue; c = glue.get_config('RTE');
+      c.unlock(); c.data.dir = '/data/glue';
+      c.init_checkpoint = 'language_perceiver_io_bytes.pickle';
+      print(glue.sweep(c, 'runs/rte_sweep'))"
+
+  Returns:
+    {'best': {task: (score, lr, batch)}, 'runs': {run name: metrics}} and,
+    when all eight tasks are present, 'glue_average' of the best scores.
+  """
+  best, runs = {}, {}
+  for lr in learning_rates:
+    for batch in batch_sizes:
+      c = copy.deepcopy(config)
+      c.unlock()
+      c.optimizer.base_lr = lr
+      c.batch_size = batch
+      name = f'lr{lr:g}_bs{batch}'
+      result = train_lib.train(c, build_task, os.path.join(workdir, name))
+      metrics = evaluate(
+        c, result['train_state'], jax.process_index(), jax.process_count()
+      )
+      runs[name] = metrics
+      for task, score in main_scores(metrics).items():
+        if score > best.get(task, (-np.inf,))[0]:
+          best[task] = (score, lr, batch)
+  out = {'best': best, 'runs': runs}
+  if len(best) == len(glue_data.TASK_NAMES) + 1:  # MNLI counted twice
+    out['glue_average'] = glue_data.glue_score(
+      {k: v[0] for k, v in best.items()}
+    )
+  return out

@@ -1,0 +1,573 @@
+"""python -m experiments.main --config=experiments/mlm.py:local --workdir=runs/mlm
+
+Byte-level masked language modelling (Perceiver IO, Sec. 4.1, App. F.3;
+PAPER.md 2.1 and 3): UTF-8 bytes through `BytesTokenizer`, records of 2,048
+bytes cut from 10 documents concatenated, 15% whole-word masking (how masked
+bytes are replaced, and why: `experiments/data/text.py`), the `language_mlm`
+preset (201 M parameters: 256 latents of 1,280 channels, 26 self-attention
+layers, 2,048 learned output queries, logits tied to the input embedding).
+Recipe: LAMB, learning rate 1.25e-3 with 1,000 linear warm-up steps and a
+cosine decay over 500,000 steps, weight decay 0.01, batch 2,048 (the paper's
+data: 70% C4 / 30% English Wikipedia).
+
+Data (`data.dir`, never downloaded): `data.sources` names the files as
+comma-separated `GLOB=WEIGHT` pairs under `data.dir`, e.g.
+`c4/*.json.gz=0.7,wikipedia/*.jsonl.gz=0.3`; plain `.txt` files (one document
+each) and JSON lines with a `text` field, optionally gzip-compressed. A seeded
+`data.eval_fraction` of the documents is held out.
+
+Metrics (`evaluate`): on the held-out split, with every chosen word replaced
+by MASK ids, the masked-byte accuracy and bits per byte (mean -log2 p over
+the masked bytes) of the model and of a unigram model of the maskable bytes
+counted on `data.unigram_records` training records, plus their ratio.
+
+`--config.init_checkpoint=PATH` starts from the released
+`language_perceiver_io_bytes.pickle` (via `perceiver.checkpoints.
+load_official`), an `.npz` of `perceiver.checkpoints.save`, or a workdir /
+checkpoint directory of this engine; every parameter must fit.
+
+Variants: `:local` (a small model on the vendored State of the Union
+addresses and Moby-Dick, `experiments/data/english_prose`; minutes on a CPU),
+`:debug` (a tiny model and a few steps; seconds).
+"""
+
+import functools
+import glob
+import os
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import grain
+import haiku as hk
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from experiments.data import text as text_data
+from perceiver import checkpoints
+from perceiver import presets
+from perceiver import validation
+from perceiver.train import config as config_lib
+from perceiver.train import data as data_lib
+from perceiver.train import mesh as mesh_lib
+from perceiver.train.task import Task
+
+VENDORED_PROSE = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'data', 'english_prose'
+)
+PRESET_FIELDS = (
+  'd_model',
+  'z_index_dim',
+  'num_z_channels',
+  'num_self_attends_per_block',
+  'num_heads',
+  'qk_channels',
+)
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """The paper's MLM config; `arg` in {'', 'local', 'debug'}."""
+  c = config_lib.base_config()
+  c.seed = 0
+  c.batch_size = 2048
+  c.total_steps = 500_000
+  c.log_every = 100
+  c.checkpoint_every = 5000
+  c.eval_every = 0
+  c.eval_batch_size = 256
+  c.init_checkpoint = ''
+
+  c.optimizer.name = 'lamb'
+  c.optimizer.base_lr = 1.25e-3
+  c.optimizer.scale_by_batch = False
+  c.optimizer.schedule = 'warmup_cosine'
+  c.optimizer.warmup_steps = 1000
+  c.optimizer.end_lr = 0.0
+  c.optimizer.weight_decay = 0.01
+
+  c.data = ml_collections.ConfigDict(
+    dict(
+      dir='',  # the corpus root; required
+      sources='c4/*.json.gz=0.7,wikipedia/*.jsonl.gz=0.3',
+      cache_dir=text_data.DEFAULT_CACHE_DIR,
+      seq_len=2048,
+      docs_per_sequence=10,
+      mask_fraction=0.15,
+      eval_fraction=0.01,
+      unigram_records=2000,
+      max_eval_records=0,  # 0: the whole held-out split
+      worker_count=0,
+    )
+  )
+  c.model = ml_collections.ConfigDict(
+    {k: presets.defaults('language_mlm')[k] for k in PRESET_FIELDS}
+  )
+  c.model.attention_impl = 'reference'
+  c.model.cross_attention_impl = 'chunked'
+
+  if arg in ('local', 'debug'):
+    c.data.dir = VENDORED_PROSE
+    # Sizes as share of the period: the corpus' own proportions.
+    c.data.sources = 'sotu.jsonl.gz=0.9,moby_dick.jsonl.gz=0.1'
+    c.data.eval_fraction = 0.05
+    c.optimizer.clip_norm = 1.0
+  if arg == 'local':
+    # Sized for ~20 minutes on 2 shared CPU cores (a 10-step smoke run took
+    # 24 s with compilation; not yet measured over the full run).
+    c.batch_size = 32
+    c.total_steps = 1200
+    c.log_every = 50
+    c.checkpoint_every = 300
+    c.eval_batch_size = 64
+    c.optimizer.base_lr = 1e-3
+    c.optimizer.warmup_steps = 100
+    c.data.seq_len = 512
+    c.data.unigram_records = 1000
+    c.model.update(
+      d_model=128,
+      z_index_dim=64,
+      num_z_channels=256,
+      num_self_attends_per_block=4,
+      num_heads=4,
+      qk_channels=64,
+    )
+  elif arg == 'debug':
+    c.batch_size = 4
+    c.total_steps = 3
+    c.log_every = 1
+    c.checkpoint_every = 3
+    c.eval_batch_size = 8
+    c.optimizer.warmup_steps = 1
+    c.data.seq_len = 64
+    c.data.unigram_records = 50
+    c.data.max_eval_records = 16
+    c.model.update(
+      d_model=16,
+      z_index_dim=8,
+      num_z_channels=32,
+      num_self_attends_per_block=1,
+      num_heads=2,
+      qk_channels=16,
+    )
+    c.progress_bar = False
+    c.tensorboard = False
+    c.plot_curves = False
+  elif arg:
+    raise ValueError(
+      f'config: expected variant "", "local" or "debug", got {arg!r}.'
+    )
+  c.lock()
+  return c
+
+
+def preset_overrides(config) -> Dict[str, Any]:
+  """`presets.build('language_mlm', ...)` fields of this config."""
+  m = config.model
+  return dict(
+    {k: m[k] for k in PRESET_FIELDS},
+    max_seq_len=config.data.seq_len,
+    attention_impl=m.attention_impl,
+    cross_attention_impl=m.cross_attention_impl,
+  )
+
+
+def validate(config) -> None:
+  """Checks the MLM-specific fields (the engine checks the rest)."""
+  d = config.data
+  if not d.dir or not os.path.isdir(d.dir):
+    raise ValueError(
+      f'data.dir: expected an existing directory holding the corpus, got '
+      f'{d.dir!r}.'
+    )
+  if not isinstance(d.max_eval_records, int) or d.max_eval_records < 0:
+    raise ValueError(
+      f'data.max_eval_records: expected a non-negative integer, got '
+      f'{d.max_eval_records!r}.'
+    )
+  for name in ('seq_len', 'docs_per_sequence', 'unigram_records'):
+    validation.check_positive(f'data.{name}', d[name])
+  if not 0.0 < d.mask_fraction < 1.0:
+    raise ValueError(
+      f'data.mask_fraction: expected a number in (0, 1), got '
+      f'{d.mask_fraction!r}.'
+    )
+  for name in PRESET_FIELDS:
+    validation.check_positive(f'model.{name}', config.model[name])
+  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
+    raise ValueError(
+      f'init_checkpoint: expected a checkpoint file or directory, got '
+      f'{config.init_checkpoint!r}.'
+    )
+
+
+# ---------------------------------------------------------------------------
+# Model and loss.
+# ---------------------------------------------------------------------------
+
+
+def batch_forward(model: hk.TransformedWithState) -> hk.TransformedWithState:
+  """The preset's `(inputs, input_mask)` call as `(batch)`, as Task wants."""
+
+  def init(rng, batch, *, is_training):
+    return model.init(
+      rng, batch['inputs'], batch['input_mask'], is_training=is_training
+    )
+
+  def apply(params, state, rng, batch, *, is_training):
+    return model.apply(
+      params,
+      state,
+      rng,
+      batch['inputs'],
+      batch['input_mask'],
+      is_training=is_training,
+    )
+
+  return hk.TransformedWithState(init=init, apply=apply)
+
+
+def make_forward(config) -> hk.TransformedWithState:
+  """batch {'inputs', 'input_mask': int32 [B, L]} -> logits [B, L, 262]."""
+  return batch_forward(
+    presets.build('language_mlm', **preset_overrides(config))
+  )
+
+
+def per_example(logits_BLV, batch, *, unigram_logp_V) -> Dict[str, jax.Array]:
+  """Cross-entropy over the masked bytes and the counts behind the metrics.
+
+  Args:
+    logits_BLV: [B, L, 262] float32.
+    batch: 'targets' int32 [B, L], 'target_mask' float32 [B, L].
+    unigram_logp_V: [262] natural-log unigram probabilities (a constant).
+
+  Returns:
+    [B] arrays: 'loss' (mean cross-entropy in nats over the example's
+    masked bytes), 'accuracy' (the example's masked-byte accuracy), and the
+    sums that `summarize` turns into corpus-level metrics: 'masked_bytes',
+    'correct', 'bits' (-log2 p of the targets), 'unigram_correct',
+    'unigram_bits'.
+  """
+  targets_BL = batch['targets']
+  weight_BL = batch['target_mask'].astype(jnp.float32)
+  logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32))
+  nll_BL = -jnp.take_along_axis(logp_BLV, targets_BL[..., None], -1)[..., 0]
+  count_B = weight_BL.sum(-1)
+  correct_BL = (jnp.argmax(logits_BLV, -1) == targets_BL).astype(jnp.float32)
+  # -inf for the special ids: keep them out of the products with weight 0.
+  unigram_BL = jnp.where(
+    weight_BL > 0, -jnp.asarray(unigram_logp_V, jnp.float32)[targets_BL], 0.0
+  )
+  unigram_hit_BL = targets_BL == jnp.argmax(jnp.asarray(unigram_logp_V))
+  denom_B = jnp.maximum(count_B, 1.0)
+  return {
+    'loss': (nll_BL * weight_BL).sum(-1) / denom_B,
+    'accuracy': (correct_BL * weight_BL).sum(-1) / denom_B,
+    'masked_bytes': count_B,
+    'correct': (correct_BL * weight_BL).sum(-1),
+    'bits': (nll_BL * weight_BL).sum(-1) / np.log(2.0),
+    'unigram_correct': (unigram_hit_BL * weight_BL).sum(-1),
+    'unigram_bits': (unigram_BL * weight_BL).sum(-1) / np.log(2.0),
+  }
+
+
+def summarize(sums: Dict[str, float]) -> Dict[str, float]:
+  """Corpus-level metrics from sums (or means) of `per_example`'s counts."""
+  n = sums['masked_bytes']
+  if not n:
+    raise ValueError('sums: expected masked bytes in the evaluation, got 0.')
+  out = {
+    'masked_accuracy': sums['correct'] / n,
+    'bits_per_byte': sums['bits'] / n,
+    'unigram_masked_accuracy': sums['unigram_correct'] / n,
+    'unigram_bits_per_byte': sums['unigram_bits'] / n,
+  }
+  out['bits_per_byte_vs_unigram'] = (
+    out['bits_per_byte'] / out['unigram_bits_per_byte']
+  )
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Starting from a checkpoint (the engine calls `forward.init` only on a fresh
+# start, so a warm start is an init that returns the checkpoint's values).
+# ---------------------------------------------------------------------------
+
+
+def load_params(path: str, **overrides) -> Dict[str, Dict[str, np.ndarray]]:
+  """The parameters of an MLM checkpoint, as numpy.
+
+  Args:
+    path: the released pickle (`.pickle`/`.pkl`, read with `load_official`
+      and checked against the `language_mlm` preset built with
+      `overrides`), an `.npz` of `perceiver.checkpoints.save`, or an orbax
+      directory of this engine: a workdir, its `checkpoints/` folder or one
+      `checkpoints/<step>` folder (the newest step is used).
+    **overrides: `presets.build` size fields the pickle was made with.
+
+  Returns:
+    {module: {name: array}}.
+
+  Raises:
+    perceiver.checkpoints.CheckpointError / ValueError: unreadable or
+      misfitting file, or a directory without a checkpoint.
+  """
+  if path.endswith(('.pickle', '.pkl')):
+    params, _ = checkpoints.load_official(path, 'language_mlm', **overrides)
+  elif path.endswith('.npz'):
+    params, _ = checkpoints.load(path)
+  else:
+    params = _load_orbax_params(path)
+  return jax.tree.map(np.asarray, params)
+
+
+def _load_orbax_params(path: str):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  for sub in ('', 'checkpoints'):
+    base = os.path.join(path, sub)
+    if os.path.isdir(os.path.join(base, 'state')):
+      step_dir = base
+      break
+    steps = [
+      d
+      for d in glob.glob(os.path.join(base, '*'))
+      if os.path.basename(d).isdigit() and os.path.isdir(d)
+    ]
+    if steps:
+      step_dir = max(steps, key=lambda d: int(os.path.basename(d)))
+      break
+  else:
+    raise ValueError(
+      f'init_checkpoint: expected a .pickle, an .npz or a directory holding '
+      f'engine checkpoints, got {path!r} (no <step>/state inside).'
+    )
+  tree = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'state'))
+  return tree['params']
+
+
+def warm_start(
+  forward: hk.TransformedWithState,
+  params_source: Dict[str, Dict[str, np.ndarray]],
+  *,
+  must_load: Callable[[str], bool] = lambda module: True,
+  report: Optional[Callable[[str], None]] = print,
+) -> hk.TransformedWithState:
+  """`forward` whose init returns `params_source`'s values where they fit.
+
+  Every parameter of the model that the source holds with the same shape is
+  taken from it (through `jax.pure_callback`, so the values never become
+  compile-time constants); the others keep their fresh initialisation.
+
+  Args:
+    forward: the model.
+    params_source: {module: {name: array}}, e.g. from `load_params`.
+    must_load: which modules must come from the source (all of them when
+      resuming pre-training; the encoder when fine-tuning, whose task
+      decoder and heads are new).
+    report: where the one-line summary goes (None: nowhere).
+
+  Returns:
+    A `hk.TransformedWithState` with the same apply.
+
+  Raises:
+    ValueError: (at init) a parameter of a `must_load` module missing from
+      the source or of another shape there.
+  """
+
+  def init(rng, *args, **kwargs):
+    params, state = forward.init(rng, *args, **kwargs)
+    fresh, out = [], {}
+    for module, values in params.items():
+      out[module] = {}
+      for name, value in values.items():
+        src = params_source.get(module, {}).get(name)
+        if src is None or tuple(src.shape) != tuple(value.shape):
+          fresh.append(f'{module}/{name}')
+          out[module][name] = value
+          continue
+        host = np.asarray(src, value.dtype)
+        out[module][name] = jax.pure_callback(
+          lambda h=host: h, jax.ShapeDtypeStruct(value.shape, value.dtype)
+        )
+    unused = sorted(
+      f'{m}/{n}'
+      for m, vs in params_source.items()
+      for n in vs
+      if n not in params.get(m, {})
+    )
+    required = [f for f in fresh if must_load(f.rsplit('/', 1)[0])]
+    if required:
+      raise ValueError(
+        f'init_checkpoint: {len(required)} parameter(s) of the model are '
+        f'missing or differ in shape in the checkpoint: {required[:10]}.'
+      )
+    if report is not None and jax.process_index() == 0:
+      count = sum(len(v) for v in params.values())
+      report(
+        f'Warm start: {count - len(fresh)}/{count} parameters from the '
+        f'checkpoint; fresh: {fresh or "none"}; checkpoint entries not '
+        f'used: {unused or "none"}.'
+      )
+    return out, state
+
+  return hk.TransformedWithState(init=init, apply=forward.apply)
+
+
+def maybe_warm_start(forward, config, **kwargs):
+  """`warm_start(forward, load_params(config.init_checkpoint))` if set."""
+  if not config.init_checkpoint:
+    return forward
+  return warm_start(forward, load_params(config.init_checkpoint), **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Data, task and evaluation.
+# ---------------------------------------------------------------------------
+
+
+def sources(config, split: str):
+  """The train or held-out records (the first `data.max_eval_records`)."""
+  d = config.data
+  source = text_data.build_sources(
+    d.dir,
+    d.sources,
+    split=split,
+    cache_dir=d.cache_dir,
+    seq_len=d.seq_len,
+    docs_per_sequence=d.docs_per_sequence,
+    eval_fraction=d.eval_fraction,
+    seed=config.seed,
+  )
+  if split == 'eval' and 0 < d.max_eval_records < len(source):
+    return grain.MapDataset.source(source)[: d.max_eval_records]
+  return source
+
+
+def eval_ops(config):
+  """Fixed whole-word masks for held-out data, every chosen word -> MASK."""
+  return (
+    data_lib.Map(
+      text_data.mask_whole_words_fixed,
+      seed=config.seed,
+      mask_fraction=config.data.mask_fraction,
+      mask_token_fraction=1.0,
+      random_token_fraction=0.0,
+    ),
+  )
+
+
+def build_task(config, process_index: int, process_count: int) -> Task:
+  """The MLM model, its loss and this process's share of the corpus."""
+  validate(config)
+  train = sources(config, 'train')
+  held_out = sources(config, 'eval')
+  if process_index == 0:
+    print(f'MLM train: {text_data.describe(train)}', flush=True)
+    print(f'MLM held out: {len(held_out)} records', flush=True)
+  unigram = text_data.unigram_log_probs(train, config.data.unigram_records)
+  train_data = data_lib.train_iterator(
+    train,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    process_index=process_index,
+    process_count=process_count,
+    ops=(
+      data_lib.RandomMap(
+        text_data.mask_whole_words, mask_fraction=config.data.mask_fraction
+      ),
+    ),
+    worker_count=config.data.worker_count,
+  )
+  example = text_data.mask_whole_words_fixed(
+    train[0], seed=config.seed, mask_fraction=config.data.mask_fraction
+  )
+  return Task(
+    forward=maybe_warm_start(make_forward(config), config),
+    per_example=functools.partial(per_example, unigram_logp_V=unigram),
+    train_data=train_data,
+    example_batch={k: np.stack([v, v]) for k, v in example.items()},
+    eval_data=lambda: data_lib.eval_batches(
+      held_out,
+      global_batch=config.eval_batch_size,
+      process_index=process_index,
+      process_count=process_count,
+      ops=eval_ops(config),
+      worker_count=config.data.worker_count,
+    ),
+  )
+
+
+def run_eval(
+  fn: Callable[..., Dict[str, jax.Array]],
+  params,
+  state,
+  batches: Iterable[Dict[str, np.ndarray]],
+) -> Dict[str, np.ndarray]:
+  """`fn(params, state, batch)` over every batch, all processes' rows.
+
+  Args:
+    fn: a jittable `(params, state, batch) -> {name: [B] array}`.
+    params, state: the model's (possibly sharded) parameters and state.
+    batches: this process's rows of each global batch (with 'mask').
+
+  Returns:
+    {name: [N] numpy}, the rows of every process concatenated, padding rows
+    (mask 0) removed; the order of rows is not the dataset's order.
+  """
+  jitted = jax.jit(fn)
+  leaves = jax.tree.leaves(params)
+  mesh = getattr(leaves[0].sharding, 'mesh', None) if leaves else None
+  pieces: Dict[str, list] = {}
+  for local in batches:
+    mask = np.asarray(local['mask'])
+    if jax.process_count() > 1 and mesh is not None:
+      out = jitted(params, state, mesh_lib.global_batch(local, mesh))
+      out = multihost_utils.process_allgather(out, tiled=True)
+      mask = multihost_utils.process_allgather(mask, tiled=True)
+    else:
+      out = jax.device_get(jitted(params, state, local))
+    keep = np.asarray(mask) > 0
+    for k, v in out.items():
+      pieces.setdefault(k, []).append(np.asarray(v)[keep])
+  return {k: np.concatenate(v) for k, v in pieces.items()}
+
+
+def evaluate(
+  config, train_state, process_index: int, process_count: int
+) -> Dict[str, float]:
+  """Held-out masked-byte accuracy and bits per byte, model vs unigram.
+
+  Prints one line on process 0 and returns `summarize`'s metrics.
+  """
+  train = sources(config, 'train')
+  held_out = sources(config, 'eval')
+  unigram = text_data.unigram_log_probs(train, config.data.unigram_records)
+  forward = make_forward(config)
+
+  def fn(params, state, batch):
+    logits, _ = forward.apply(params, state, None, batch, is_training=False)
+    return per_example(logits, batch, unigram_logp_V=unigram)
+
+  batches = data_lib.eval_batches(
+    held_out,
+    global_batch=config.eval_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+    ops=eval_ops(config),
+    worker_count=config.data.worker_count,
+  )
+  values = run_eval(fn, train_state.params, train_state.state, batches)
+  metrics = summarize({k: float(v.sum()) for k, v in values.items()})
+  if process_index == 0:
+    print(
+      f'held-out masked bytes: {int(values["masked_bytes"].sum())}; model '
+      f'accuracy {100 * metrics["masked_accuracy"]:.1f}%, '
+      f'{metrics["bits_per_byte"]:.3f} bits/byte; unigram accuracy '
+      f'{100 * metrics["unigram_masked_accuracy"]:.1f}%, '
+      f'{metrics["unigram_bits_per_byte"]:.3f} bits/byte; ratio '
+      f'{metrics["bits_per_byte_vs_unigram"]:.3f}',
+      flush=True,
+    )
+  return metrics

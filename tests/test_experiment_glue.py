@@ -1,0 +1,228 @@
+"""experiments/glue.py: `:debug` end to end, multitask variants, warm start."""
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import glue
+from experiments import mlm
+from experiments.data import glue as glue_data
+from perceiver import checkpoints
+from perceiver import train as train_lib
+
+# One valid row per task in its published layout (header, row).
+_ROWS = {
+  'CoLA': (None, ['src', '{y}', '', 'The {w} sat.']),
+  'SST-2': (['sentence', 'label'], ['a {w} film', '{y}']),
+  'MRPC': (
+    ['Quality', '#1 ID', '#2 ID', '#1 String', '#2 String'],
+    ['{y}', '1', '2', 'He {w}.', 'She {w}.'],
+  ),
+  'STS-B': (
+    'index genre filename year old_index source1 source2 sentence1 '
+    'sentence2 score'.split(),
+    ['0', 'g', 'f', 'y', '0', 's', 's', 'A {w}.', 'The {w}.', '{s}'],
+  ),
+  'QQP': (
+    ['id', 'qid1', 'qid2', 'question1', 'question2', 'is_duplicate'],
+    ['0', '1', '2', 'Why {w}?', 'How {w}?', '{y}'],
+  ),
+  'MNLI': (
+    [
+      'index',
+      'promptID',
+      'pairID',
+      'genre',
+      'b1',
+      'b2',
+      'p1',
+      'p2',
+      'sentence1',
+      'sentence2',
+      'label1',
+      'gold_label',
+    ],
+    ['0', '1', '2', 'g', '-', '-', '-', '-', 'A {w}.', 'No {w}.', 'x', '{nli}'],
+  ),
+  'QNLI': (
+    ['index', 'question', 'sentence', 'label'],
+    ['0', 'Who {w}?', 'The {w}.', '{ent}'],
+  ),
+  'RTE': (
+    ['index', 'sentence1', 'sentence2', 'label'],
+    ['0', 'A {w} ran.', 'A {w} moved.', '{ent}'],
+  ),
+}
+
+
+def _write_glue(root, n=8):
+  words = ['cat', 'dog', 'owl', 'elk', 'ant', 'bee', 'cow', 'fox']
+  nli = ('contradiction', 'entailment', 'neutral')
+  ent = ('entailment', 'not_entailment')
+  for task, (header, row) in _ROWS.items():
+    splits = glue_data.TASKS[task].dev_splits + ('train',)
+    for split in splits:
+      lines = [header] if header else []
+      for i in range(n):
+        fill = dict(
+          w=words[i % 8],
+          y=i % 2,
+          s=f'{i % 6}.0',
+          nli=nli[i % 3],
+          ent=ent[i % 2],
+        )
+        lines.append([f.format(**fill) for f in row])
+      d = root / task
+      d.mkdir(parents=True, exist_ok=True)
+      (d / f'{split}.tsv').write_text(
+        ''.join('\t'.join(r) + '\n' for r in lines)
+      )
+
+
+def _config(arg, **fields):
+  c = glue.get_config(arg)
+  c.unlock()
+  for key, value in fields.items():
+    target = c
+    *path, last = key.split('.')
+    for p in path:
+      target = target[p]
+    target[last] = value
+  c.lock()
+  return c
+
+
+def test_debug_trains_and_prints_dev_accuracy(tmp_path, capsys):
+  config = _config('debug')
+  result = train_lib.train(config, glue.build_task, str(tmp_path / 'run'))
+  assert len(result['losses']) == 3
+  metrics = glue.evaluate(config, result['train_state'], 0, 1)
+  out = capsys.readouterr().out
+  assert f'dev accuracy: {metrics["SST-2/accuracy"]:.1f}%' in out
+  assert 'SST-2 (1056 dev examples)' in out
+  assert 0.0 <= metrics['SST-2/accuracy'] <= 100.0
+
+
+def _multitask(tmp_path, mode):
+  _write_glue(tmp_path / 'glue')
+  debug = glue.get_config('debug')
+  return _config(
+    'multitask',
+    **{
+      'data.dir': str(tmp_path / 'glue'),
+      'data.seq_len': 32,
+      'model.mode': mode,
+      'num_train': 64,
+      'batch_size': 8,
+      'eval_batch_size': 8,
+      'progress_bar': False,
+      'tensorboard': False,
+      'plot_curves': False,
+      **{f'model.{k}': debug.model[k] for k in mlm.PRESET_FIELDS},
+    },
+  )
+
+
+@pytest.mark.parametrize(
+  'mode', ['shared_token', 'task_tokens', 'task_queries']
+)
+def test_multitask_variants_forward_and_loss(tmp_path, mode):
+  config = _multitask(tmp_path, mode)
+  train = [glue.source(config, t, 'train') for t in glue_data.TASK_NAMES]
+  records = [s[i] for s in train for i in (0, 1)]
+  batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
+  prefix = glue.num_prefix_tokens(config)
+  assert prefix == {'shared_token': 1, 'task_tokens': 8}.get(mode, 0)
+  assert np.all(batch['inputs'][:, :prefix] == glue_data.TOKENIZER.cls_token)
+  forward = glue.make_forward(config)
+  params, state = forward.init(jax.random.PRNGKey(0), batch, is_training=True)
+  out, _ = forward.apply(params, state, None, batch, is_training=False)
+  assert out['logits'].shape == (16, 8, 3) and out['score'].shape == (16, 8)
+  if mode == 'task_tokens':
+    assert params['task_tokens']['pos_embs'].shape == (8, 16)
+  queries = params['basic_decoder/~/trainable_position_encoding']['pos_embs']
+  assert queries.shape[0] == (32 if prefix else 8)
+  values = glue.per_example(out, batch, tasks=glue_data.TASK_NAMES)
+  assert values['loss'].shape == (16,) and np.all(np.isfinite(values['loss']))
+  # Two-class heads cannot predict the padded third class.
+  two = glue_data.TASK_NAMES.index('RTE')
+  assert np.all(np.asarray(out['logits'])[:, two, 2] < -1e8)
+
+
+def test_multitask_trains_and_reports_glue_average(tmp_path, capsys):
+  config = _multitask(tmp_path, 'task_queries')
+  config.unlock()
+  config.total_steps = 2
+  config.lock()
+  result = train_lib.train(config, glue.build_task, str(tmp_path / 'run'))
+  metrics = glue.evaluate(config, result['train_state'], 0, 1)
+  assert {
+    'CoLA/matthews',
+    'STS-B/pearson',
+    'STS-B/spearman',
+    'MRPC/f1',
+    'MNLI-m/accuracy',
+    'MNLI-mm/accuracy',
+  } <= set(metrics)
+  main = glue.main_scores(metrics)
+  assert metrics['glue_average'] == pytest.approx(glue_data.glue_score(main))
+  assert 'GLUE average' in capsys.readouterr().out
+
+
+def test_init_checkpoint_loads_the_mlm_encoder(tmp_path):
+  config = glue.get_config('debug')
+  mlm_config = mlm.get_config('debug')
+  mlm_forward = mlm.make_forward(mlm_config)
+  ids = np.zeros((1, mlm_config.data.seq_len), np.int32)
+  mlm_params, _ = mlm_forward.init(
+    jax.random.PRNGKey(3),
+    {'inputs': ids, 'input_mask': ids + 1},
+    is_training=True,
+  )
+  path = str(tmp_path / 'mlm.npz')
+  checkpoints.save(path, mlm_params)
+  config = _config('debug', init_checkpoint=path)
+  task = glue.build_task(config, 0, 1)
+  params, _ = jax.jit(
+    lambda: task.forward.init(
+      jax.random.PRNGKey(0), task.example_batch, is_training=True
+    )
+  )()
+  for module in mlm_params:
+    if glue.is_encoder_module(module):
+      for name, value in mlm_params[module].items():
+        np.testing.assert_array_equal(params[module][name], value)
+  # embed, positions, and the encoder's latents, cross- and self-attention.
+  assert sum(map(glue.is_encoder_module, params)) == 2 + 1 + 9 + 8
+  # The MLM decoder's 64 queries do not fit the single task query: fresh.
+  q = params['basic_decoder/~/trainable_position_encoding']['pos_embs']
+  assert q.shape == (1, 16)
+  assert 'head_sst2/linear' in params
+
+
+@pytest.mark.parametrize(
+  'fields, match',
+  [
+    ({'model.mode': 'task_queries'}, 'model.mode'),
+    ({'data.task': 'WNLI'}, 'data.task'),
+    ({'data.dir': '/no/glue'}, 'data.dir'),
+  ],
+)
+def test_validate_rejects_bad_fields(fields, match):
+  with pytest.raises(ValueError, match=match):
+    glue.validate(_config('debug', **fields))
+
+
+def test_recipe_and_num_train_check(tmp_path):
+  c = glue.get_config('RTE')
+  assert (c.optimizer.name, c.optimizer.warmup_steps) == ('lamb', 200)
+  assert c.optimizer.weight_decay == 0.01 and c.epochs == 10
+  assert c.total_steps == 10 * 2490 // 32
+  assert glue.LEARNING_RATES == (1e-4, 5e-5, 2e-5, 1e-5)
+  assert glue.BATCH_SIZES == (16, 32, 64)
+  _write_glue(tmp_path / 'glue')
+  bad = _config(
+    'RTE', **{'data.dir': str(tmp_path / 'glue'), 'data.seq_len': 64}
+  )
+  with pytest.raises(ValueError, match='num_train=8'):
+    glue.build_task(bad, 0, 1)
