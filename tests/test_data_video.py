@@ -359,3 +359,19 @@ def test_audioset_source(clips, tmp_path):
   nohead = write_text(str(tmp_path / 'n.csv'), 'a,b\n')
   with pytest.raises(ValueError, match='expected a "# YTID'):
     V.read_audioset_segments(nohead, ['/m/x'])
+
+
+def test_vendored_big_buck_bunny():
+  spec = V.WindowSpec(image_size=32)
+  info = V.probe(V.BIG_BUCK_BUNNY, spec)
+  assert (info.video_end, info.source_fps, info.audio_end) == (5.28, 25, 5.312)
+  # 132 frames: windows of 16 start at frames 0..116.
+  assert info.window_range(spec) == (0, 116)
+  with av.open(V.BIG_BUCK_BUNNY) as c:
+    assert c.streams.audio[0].layout.name == '5.1'
+    assert c.streams.audio[0].rate == 48000
+  video, audio = V.decode_span(V.BIG_BUCK_BUNNY, 116, spec, 16, info)
+  assert video.shape == (16, 32, 32, 3) and audio.shape == (30720,)
+  # Real content: frames change over the window and the sound is not silent.
+  assert np.abs(np.diff(video.astype(float), axis=0)).mean() > 0.5
+  assert 1e-3 < np.sqrt(np.mean(audio**2)) and np.abs(audio).max() <= 1

@@ -55,6 +55,10 @@ from absl import logging
 import av
 import numpy as np
 
+# The vendored real clip (Big Buck Bunny, CC-BY 3.0; see SOURCE.md).
+BIG_BUCK_BUNNY = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'bigbuckbunny_320x180.mp4'
+)
 FPS = 25
 AUDIO_RATE = 48_000
 NUM_FRAMES = 16
