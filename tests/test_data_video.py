@@ -180,7 +180,7 @@ def record(path, index=3):
   return {
     'path': np.asarray(path),
     'label': np.int32(1),
-    'index': np.asarray(index, np.int64),
+    'index': np.asarray(index, np.int32),
   }
 
 
@@ -375,3 +375,13 @@ def test_vendored_big_buck_bunny():
   # Real content: frames change over the window and the sound is not silent.
   assert np.abs(np.diff(video.astype(float), axis=0)).mean() > 0.5
   assert 1e-3 < np.sqrt(np.mean(audio**2)) and np.abs(audio).max() <= 1
+
+
+def test_clip_windows_and_window_at(clips):
+  source = V.clip_windows(clips['25'], [3, 22])
+  assert len(source) == 2 and int(source[1]['start']) == 22
+  out = V.window_at(source[1], **OPS)
+  assert set(out) == {'image', 'audio', 'label', 'index'}
+  np.testing.assert_array_equal(frame_indices(out['image']), np.arange(22, 30))
+  with pytest.raises(V.ClipError, match=r'record 0: .*start 23 is outside'):
+    V.window_at(V.clip_windows(clips['25'], [23])[0], **OPS)

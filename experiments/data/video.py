@@ -27,11 +27,11 @@ On disk (nothing is downloaded):
   10-second segment.
 
 Grain contract: `ClipSource` is a picklable random-access source whose
-records are `{'path': str [], 'label': ..., 'index': int64 []}` (no file is
+records are `{'path': str [], 'label': ..., 'index': int32 []}` (no file is
 opened); the ops `random_window` (training: uniform window start from `rng`),
-`fixed_window` (evaluation) and `spaced_windows` (evaluation by averaging
-overlapping windows) decode the clip and replace 'path' by 'image' and
-'audio'.
+`fixed_window` (evaluation), `spaced_windows` (evaluation by averaging
+overlapping windows) and `window_at` (the windows of `clip_windows`) decode
+the clip and replace 'path' by 'image' and 'audio'.
 
 Clips that cannot be read or are shorter than one window raise `ClipError`
 naming the file and the record index. With `skip_bad=True` the source probes
@@ -501,6 +501,37 @@ def fixed_window(
   return out
 
 
+def window_at(
+  record: Mapping[str, np.ndarray],
+  *,
+  num_frames: int = NUM_FRAMES,
+  fps: int = FPS,
+  image_size: int = IMAGE_SIZE,
+  audio_rate: int = AUDIO_RATE,
+  with_audio: bool = True,
+) -> Dict[str, np.ndarray]:
+  """Deterministic op: the window starting at grid frame `record['start']`.
+
+  Returns the record without 'path' and 'start', plus 'image' and 'audio'
+  as `random_window`; raises `ClipError` (naming the record index and file)
+  if that window is not in the clip.
+  """
+  spec = _spec(num_frames, fps, image_size, audio_rate, with_audio)
+  path, info, n_min, n_max = _window_range(record, spec)
+  n = int(record['start'])
+  if not n_min <= n <= n_max:
+    raise ClipError(
+      f'record {int(record["index"])}: {path}: window start {n} is outside '
+      f'the valid starts [{n_min}, {n_max}].'
+    )
+  out, video, audio = _decoded(record, path, n, spec, num_frames, info)
+  del out['start']
+  out['image'] = video
+  if with_audio:
+    out['audio'] = audio[:, None]
+  return out
+
+
 def spaced_windows(
   record: Mapping[str, np.ndarray],
   *,
@@ -731,8 +762,9 @@ class ClipSource:
   """Grain random-access source of clip records (picklable; opens nothing).
 
   `source[i]` is `{'path': str [], 'label': int32 [] or float32 [C],
-  'index': int64 []}`. `skipped` maps each dropped clip's path (or stem, if
-  missing) to the reason.
+  'index': int32 []}`, plus 'start': int32 [] (a window's first grid frame,
+  for `window_at`) if `starts` is given. `skipped` maps each dropped clip's
+  path (or stem, if missing) to the reason.
   """
 
   def __init__(
@@ -740,15 +772,22 @@ class ClipSource:
     paths: Sequence[str],
     labels: np.ndarray,
     skipped: Optional[Mapping[str, str]] = None,
+    starts: Optional[Sequence[int]] = None,
   ):
     if len(paths) != len(labels):
       raise ValueError(
         f'labels: expected {len(paths)} labels (one per path), '
         f'got {len(labels)}.'
       )
+    if starts is not None and len(starts) != len(paths):
+      raise ValueError(
+        f'starts: expected {len(paths)} window starts (one per path), '
+        f'got {len(starts)}.'
+      )
     self.paths = tuple(paths)
     self.labels = np.asarray(labels)
     self.skipped = dict(skipped or {})
+    self.starts = None if starts is None else np.asarray(starts, np.int32)
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -759,11 +798,27 @@ class ClipSource:
       raise IndexError(
         f'index: expected 0..{len(self.paths) - 1}, got {index}.'
       )
-    return {
+    record = {
       'path': np.asarray(self.paths[index]),
       'label': self.labels[index],
-      'index': np.asarray(index, np.int64),
+      'index': np.asarray(index, np.int32),
     }
+    if self.starts is not None:
+      record['start'] = self.starts[index]
+    return record
+
+
+def clip_windows(path: str, starts: Sequence[int], label=np.int32(0)):
+  """A `ClipSource` of fixed windows of one clip (for `window_at`).
+
+  Args:
+    path: the clip.
+    starts: first grid frame of each window (see `ClipInfo.window_range`).
+    label: every record's label.
+  """
+  return ClipSource(
+    [path] * len(starts), np.stack([label] * len(starts)), starts=starts
+  )
 
 
 def build_source(
