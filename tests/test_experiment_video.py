@@ -1,0 +1,344 @@
+"""The video autoencoding and AudioSet experiments: model, loss, metrics,
+files, and `:debug` end to end through `perceiver.train.train`."""
+
+import os
+import wave
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import audioset
+from experiments import video_autoencoding as vae
+from perceiver import presets
+from tests import test_data_video as clips_lib
+
+
+def small_model(**overrides):
+  m = vae.get_config('debug').model.to_dict()
+  m.update(overrides)
+  return m
+
+
+def random_batch(m, batch=2, seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+    'image': rng.integers(
+      0, 256, (batch, m['num_frames'], m['image_size'], m['image_size'], 3)
+    ).astype(np.uint8),
+    'audio': rng.uniform(-1, 1, (batch, m['audio_samples'], 1)).astype(
+      np.float32
+    ),
+    'label': rng.integers(0, m['num_classes'], (batch,)).astype(np.int32),
+  }
+
+
+def as_cfg(d):
+  return ml_collections.ConfigDict(d)
+
+
+def test_model_is_the_released_preset():
+  # The preset's decoder widths are fixed at 512 / 1024.
+  m = small_model(decoder_channels=512, label_query_channels=1024)
+  loss = vae.get_config('debug').loss
+  forward = vae.make_forward(as_cfg(m), loss)
+  batch = random_batch(m)
+  params, state = jax.jit(
+    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
+  )(batch)
+  sizes = {k: m[k] for k in presets.defaults('video_autoencoding') if k in m}
+  preset = presets.build('video_autoencoding', **sizes)
+  inputs = vae.model_inputs(batch, m['num_classes'])
+  p2 = jax.eval_shape(
+    lambda x: preset.init(jax.random.PRNGKey(1), x, is_training=False)[0],
+    inputs,
+  )
+  shapes = lambda p: jax.tree.map(lambda x: x.shape, p)
+  assert shapes(params) == shapes(p2)
+  # Evaluation (label masked) equals the preset's chunked decode.
+  ours, _ = jax.jit(
+    lambda b: forward.apply(params, state, None, b, is_training=False)
+  )(batch)
+  theirs, _ = jax.jit(
+    lambda x: preset.apply(
+      params,
+      state,
+      None,
+      x,
+      is_training=False,
+      decode_chunk_size=m['eval_chunk_size'],
+    )
+  )(inputs)
+  for k in ('image', 'audio', 'label'):
+    np.testing.assert_allclose(ours[k], theirs[k], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(ours['image_target'], inputs['image'], atol=1e-7)
+
+
+def test_training_decodes_random_points_per_example():
+  m = small_model()
+  loss = vae.get_config('debug').loss
+  forward = vae.make_forward(as_cfg(m), loss)
+  batch = random_batch(m)
+  batch['image'][1] = batch['image'][0]  # two identical examples
+  batch['audio'][1] = batch['audio'][0]
+  params, state = jax.jit(
+    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
+  )(batch)
+  out, _ = jax.jit(
+    lambda b: forward.apply(
+      params, state, jax.random.PRNGKey(3), b, is_training=True
+    )
+  )(batch)
+  assert out['image'].shape == out['image_target'].shape == (2, 16, 3)
+  assert out['audio'].shape == out['audio_target'].shape == (2, 64)
+  assert out['label'].shape == (2, 2)
+  pixels = batch['image'][0].reshape(-1, 3) / 255.0
+  for b in range(2):
+    for row in np.asarray(out['image_target'][b]):
+      assert np.isclose(pixels, row, atol=1e-6).all(axis=1).any()
+    # Each target patch is 16 consecutive samples of the clip's audio.
+    patches = batch['audio'][b, :, 0].reshape(-1, 16)
+    for patch in np.asarray(out['audio_target'][b]).reshape(-1, 16):
+      assert np.isclose(patches, patch, atol=1e-6).all(axis=1).any()
+  # Same clip, different points: each example draws its own.
+  assert not np.allclose(out['image_target'][0], out['image_target'][1])
+
+
+@pytest.mark.parametrize('prob, masked', [(0.0, 0), (1.0, 2)])
+def test_label_masking(prob, masked):
+  m = small_model()
+  loss = vae.get_config('debug').loss.to_dict()
+  loss['label_mask_prob'] = prob
+  forward = vae.make_forward(as_cfg(m), as_cfg(loss))
+  batch = random_batch(m)
+  params, state = jax.jit(
+    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
+  )(batch)
+  apply = jax.jit(
+    lambda b: forward.apply(
+      params, state, jax.random.PRNGKey(3), b, is_training=True
+    )[0]['label']
+  )
+  other = dict(batch, label=(batch['label'] + 1) % 2)
+  # A masked label does not reach the logits; a visible one does.
+  changed = ~np.isclose(apply(batch), apply(other), atol=1e-6).all(axis=1)
+  assert int(changed.sum()) == 2 - masked
+
+
+def test_per_example_values():
+  image = np.zeros((1, 2, 4, 4, 3), np.uint8)
+  image[0, 1] = 255  # mean colour 0.5: baseline MSE 0.25
+  batch = {
+    'image': image,
+    'audio': np.full((1, 8, 1), 0.1, np.float32),
+    'label': np.array([1]),
+  }
+  target = image / 255.0
+  outputs = {
+    'image': target + 0.1,
+    'image_target': target,
+    'audio': np.zeros((1, 8, 1)),
+    'audio_target': batch['audio'],
+    'label': jnp.log(jnp.array([[0.25, 0.75]])),
+  }
+  got = vae.per_example(
+    outputs, batch, video_weight=0.03, audio_weight=1.0, label_weight=1e-4
+  )
+  np.testing.assert_allclose(got['video_psnr'], [20.0], rtol=1e-5)
+  np.testing.assert_allclose(
+    got['video_psnr_baseline'], [10 * np.log10(4)], rtol=1e-5
+  )
+  np.testing.assert_allclose(got['audio_psnr'], [20.0], rtol=1e-5)
+  np.testing.assert_allclose(got['audio_psnr_baseline'], [20.0], rtol=1e-5)
+  np.testing.assert_allclose(got['label_ce'], [-np.log(0.75)], rtol=1e-5)
+  np.testing.assert_allclose(
+    got['loss'], [0.03 * 0.1 + 0.1 - 1e-4 * np.log(0.75)], rtol=1e-5
+  )
+  assert float(got['top1'][0]) == 1.0
+  assert vae.report(
+    {
+      'eval/video_psnr': 20.04,
+      'eval/video_psnr_baseline': 6.02,
+      'eval/audio_psnr': 31.25,
+      'eval/audio_psnr_baseline': 46.5,
+    }
+  ) == (
+    'video PSNR: 20.0 dB (baseline 6.0)\naudio PSNR: 31.2 dB (baseline 46.5)'
+  )
+
+
+def test_write_reconstruction(tmp_path):
+  rng = np.random.default_rng(0)
+  video = rng.uniform(0, 1, (4, 8, 8, 3))
+  audio = np.sin(np.arange(960) / 10) * 0.5
+  paths = vae.write_reconstruction(
+    str(tmp_path), video, video * 0, audio, audio[:, None] * 2, 48000
+  )
+  strip = np.asarray(Image.open(paths[0]))
+  assert strip.shape == (16, 32, 3)  # originals on top, reconstruction below
+  np.testing.assert_array_equal(strip[:8, 8:16], np.round(video[1] * 255))
+  assert (strip[8:] == 0).all()
+  assert Image.open(paths[1]).size[0] > 0
+  with wave.open(paths[2]) as f:
+    assert (
+      f.getnchannels(),
+      f.getsampwidth(),
+      f.getframerate(),
+      f.getnframes(),
+    ) == (1, 2, 48000, 960)
+    pcm = np.frombuffer(f.readframes(960), '<i2')
+  np.testing.assert_array_equal(
+    pcm, np.round(np.clip(audio * 2, -1, 1) * 32767)
+  )  # clipped at 1
+
+
+@pytest.mark.parametrize(
+  'arg, latents, label_weight',
+  [('', 784, 1e-4), ('latents392', 392, 1e-4), ('latents196,label1', 196, 1.0)],
+)
+def test_config_variants(arg, latents, label_weight):
+  c = vae.get_config(arg)
+  assert c.model.z_index_dim == latents and c.loss.label_weight == label_weight
+  assert (c.batch_size, c.optimizer.base_lr, c.loss.label_mask_prob) == (
+    1024,
+    1e-3,
+    0.5,
+  )
+  assert (c.loss.train_pixels, c.loss.train_audio_samples) == (512, 512)
+  assert (c.model.num_frames, c.model.image_size, c.model.audio_samples) == (
+    16,
+    224,
+    30720,
+  )
+  vae.validate(c)
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match='config variant: expected one of'):
+    vae.get_config('latents100')
+  c = vae.get_config('debug')
+  c.unlock()
+  c.model.audio_samples = 1000
+  with pytest.raises(ValueError, match='model.audio_samples: expected'):
+    vae.validate(c)
+
+
+def naive_average_precision(scores, labels):
+  """AP as the area under the step precision-recall curve, one threshold at
+  a time (every distinct score)."""
+  ap, prev_recall = 0.0, 0.0
+  for thr in sorted(set(scores), reverse=True):
+    chosen = scores >= thr
+    tp = np.sum(chosen & labels)
+    recall = tp / labels.sum()
+    ap += (recall - prev_recall) * tp / chosen.sum()
+    prev_recall = recall
+  return ap
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_mean_average_precision_against_naive(seed):
+  rng = np.random.default_rng(seed)
+  labels = rng.random((40, 6)) < 0.3
+  labels[:, 5] = False  # no positive: left out
+  scores = np.round(rng.random((40, 6)) + labels * 0.3, 1)  # with ties
+  expected = np.mean(
+    [naive_average_precision(scores[:, c], labels[:, c]) for c in range(5)]
+  )
+  assert audioset.mean_average_precision(scores, labels) == pytest.approx(
+    expected, abs=1e-12
+  )
+  assert audioset.mean_average_precision(labels * 1.0, labels) == 1.0
+
+
+def test_audioset_forward_averages_windows():
+  c = audioset.get_config('debug')
+  forward = audioset.make_forward(c.model, c.data)
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (2, 3, 4, 16, 16, 3)).astype(np.uint8)
+  audio = rng.uniform(-1, 1, (2, 3, 7680, 1)).astype(np.float32)
+  params, state = jax.jit(
+    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
+  )({'image': image[:, 0], 'audio': audio[:, 0]})
+  apply = jax.jit(
+    lambda b: forward.apply(params, state, None, b, is_training=False)[0]
+  )
+  out = apply({'image': image, 'audio': audio})
+  singles = [
+    apply({'image': image[:, k], 'audio': audio[:, k]}) for k in range(3)
+  ]
+  np.testing.assert_allclose(
+    out['probs'], np.mean([s['probs'] for s in singles], 0), atol=1e-6
+  )
+  np.testing.assert_allclose(
+    out['logits'], np.mean([s['logits'] for s in singles], 0), atol=1e-5
+  )
+  labels = np.array([[1, 0, 1], [0, 0, 0]], np.float32)
+  got = audioset.per_example(out, {'label': labels})
+  logits = np.asarray(out['logits'], np.float64)
+  expected = np.sum(np.log1p(np.exp(-logits)) + (1 - labels) * logits, -1)
+  np.testing.assert_allclose(got['loss'], expected, rtol=1e-5)
+
+
+# --- end to end (needs the engine's grain data_lib) -------------------------
+
+
+def test_video_autoencoding_debug_trains(tmp_path):
+  from perceiver.train import train
+
+  config = vae.get_config('debug')
+  result = train(config, vae.build_task, str(tmp_path))
+  assert result['nonfinite_count'] == 0
+  assert set(result['losses']) == {1, 2}
+  for k in (
+    'video_psnr',
+    'video_psnr_baseline',
+    'audio_psnr',
+    'audio_psnr_baseline',
+    'top1',
+  ):
+    assert np.isfinite(result['eval'][f'eval/{k}'])
+  ts = result['train_state']
+  task = vae.build_task(config, 0, 1)
+  paths = vae.reconstruct(config, task, ts.params, ts.state, str(tmp_path))
+  assert all(os.path.getsize(p) > 0 for p in paths)
+
+
+def audioset_files(tmp_path):
+  d = tmp_path / 'clips'
+  os.makedirs(d)
+  ids = ['--PJHxphWEs', '-0RWZT-miFs', 'abcdefghijk', 'zyxwvutsrqp']
+  for i, vid in enumerate(ids):
+    clips_lib.write_clip(str(d / f'{vid}_000030_000040.mkv'), 12 + i, 25)
+  labels = clips_lib.write_text(
+    str(tmp_path / 'labels.csv'), clips_lib.LABELS_CSV
+  )
+  rows = ['/m/09x0r,/t/dd00088', '/m/05zppz', '/t/dd00088', '/m/09x0r']
+  segments = clips_lib.write_text(
+    str(tmp_path / 'seg.csv'),
+    (
+      '# Segments csv created Sun Mar  5 10:54:31 2017\n'
+      '# YTID, start_seconds, end_seconds, positive_labels\n'
+      + ''.join(f'{vid}, 30.000, 40.000, "{r}"\n' for vid, r in zip(ids, rows))
+    ),
+  )
+  return str(d), segments, labels
+
+
+def test_audioset_debug_trains(tmp_path):
+  from perceiver.train import train
+
+  config = audioset.get_config('debug')
+  config.unlock()
+  config.data.dir, config.data.segments, config.data.labels = audioset_files(
+    tmp_path
+  )
+  config.lock()
+  result = train(config, audioset.build_task, str(tmp_path / 'run'))
+  assert np.isfinite(result['eval']['eval/loss'])
+  ts = result['train_state']
+  task = audioset.build_task(config, 0, 1)
+  assert 0.0 < audioset.evaluate_map(task, ts.params, ts.state) <= 1.0
