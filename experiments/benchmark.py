@@ -6,8 +6,18 @@
   python -m experiments.benchmark --out=bench_out --presets= --scaling \
       --max_log2=22
 
+  python -m experiments.benchmark --out=bench_out --input_pipeline \
+      --input_workers=0,1,2
+
 (`make bench ARGS='...'`). Writes `<out>/results.json`, `<out>/results.md`
 and, with `--scaling`, `<out>/scaling_time.png` and `<out>/scaling_memory.png`.
+
+Input pipeline (`--input_pipeline`, nothing else runs): examples/s of the
+digits training input alone (experiments/digits.py's `train_iterator`: grain
+loader, normalisation, random shifts, batches of its `batch_size`; no model)
+for each `--input_workers` worker count, timed over `--input_batches`
+batches after `--input_warmup` untimed ones (which include starting the
+workers). Writes `<out>/input_pipeline.json`.
 
 Preset table: for each preset, dtype and mode ('forward': inference,
 `is_training=False`; 'train': forward + backward of a cross-entropy (MSE for
@@ -96,6 +106,15 @@ _MEM_BUDGET_GB = flags.DEFINE_float(
     'default: 60% of the memory available at start.')
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 2048,
                                     'n of the n x n x n matmul peak.')
+_INPUT_PIPELINE = flags.DEFINE_bool(
+    'input_pipeline', False,
+    'Only measure the digits input pipeline (examples/s per worker count).')
+_INPUT_WORKERS = flags.DEFINE_list(
+    'input_workers', ['0', '1', '2'], 'Loader worker counts to time.')
+_INPUT_BATCHES = flags.DEFINE_integer(
+    'input_batches', 100, 'Timed batches per worker count.')
+_INPUT_WARMUP = flags.DEFINE_integer(
+    'input_warmup', 10, 'Untimed batches first (start-up of the workers).')
 _OUT = flags.DEFINE_string('out', 'bench_out', 'Output directory.')
 _REPORT_ONLY = flags.DEFINE_bool(
     'report_only', False,
@@ -921,6 +940,45 @@ def write_report(results: Dict[str, Any], out_dir: str) -> None:
     plot_scaling(results['scaling']['records'], out_dir)
 
 
+def input_pipeline(workers: List[int], batches: int,
+                   warmup: int) -> List[Dict[str, Any]]:
+  """Times the digits training input alone, for each worker count.
+
+  Args:
+    workers: loader worker counts (`data.worker_count`).
+    batches: timed batches per worker count.
+    warmup: untimed batches before them (starting the workers included).
+
+  Returns:
+    One record per worker count: 'worker_count', 'batch_size', 'batches',
+    'seconds' (wall time of the timed batches), 'examples_per_s',
+    'startup_s' (wall time of the warm-up batches).
+  """
+  from experiments import digits  # pylint: disable=g-import-not-at-top
+
+  records = []
+  for count in workers:
+    config = digits.get_config()
+    config.data.worker_count = count
+    start = time.perf_counter()
+    data = digits.build_task(config, 0, 1).train_data
+    for _ in range(warmup):
+      next(data)
+    timed = time.perf_counter()
+    for _ in range(batches):
+      next(data)
+    seconds = time.perf_counter() - timed
+    records.append(dict(
+        worker_count=count, batch_size=config.batch_size, batches=batches,
+        seconds=seconds,
+        examples_per_s=batches * config.batch_size / seconds,
+        startup_s=timed - start))
+    _log(f'input pipeline, {count} workers: '
+         f"{records[-1]['examples_per_s']:.0f} examples/s")
+    del data
+  return records
+
+
 def main(argv):
   del argv
   if _WORKER.value:
@@ -928,6 +986,18 @@ def main(argv):
     return
   out_dir = _OUT.value
   os.makedirs(out_dir, exist_ok=True)
+  if _INPUT_PIPELINE.value:
+    results = dict(
+        command=' '.join(['python -m experiments.benchmark'] + sys.argv[1:]),
+        machine=machine_info(), load_start=_load(),
+        input_pipeline=input_pipeline(
+            [int(w) for w in _INPUT_WORKERS.value], _INPUT_BATCHES.value,
+            _INPUT_WARMUP.value),
+        load_end=_load())
+    with open(os.path.join(out_dir, 'input_pipeline.json'), 'w') as f:
+      json.dump(results, f, indent=1)
+    _log(f'wrote {out_dir}/input_pipeline.json')
+    return
   if _REPORT_ONLY.value:
     with open(os.path.join(out_dir, 'results.json')) as f:
       results = json.load(f)

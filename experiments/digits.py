@@ -22,6 +22,7 @@ Variants: `:debug` (a tiny model and a few steps; seconds on a CPU).
 
 import functools
 
+import grain
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -66,12 +67,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optimizer.clip_norm = 1.0
   c.optimizer.decay_pos_embs = False
 
-  c.data = ml_collections.ConfigDict(
-    dict(
-      max_shift=2,  # random translation in pixels (train only)
-      label_smoothing=0.1,
-    )
-  )
+  c.data.max_shift = 2  # random translation in pixels (train only)
+  c.data.label_smoothing = 0.1
 
   c.model = ml_collections.ConfigDict(
     dict(
@@ -180,20 +177,24 @@ def normalise(images_u8: np.ndarray) -> np.ndarray:
   return ((x - MNIST_MEAN) / MNIST_STD)[..., None]
 
 
-def random_shift(batch, rng: np.random.Generator, max_shift: int):
-  """Translates each image by up to `max_shift` pixels (zero padding)."""
-  images = batch['image']
-  n = images.shape[0]
-  pad = max_shift
+def pad(images: np.ndarray, max_shift: int) -> np.ndarray:
+  """[N, 28, 28, 1] -> [N, 28 + 2 max_shift, 28 + 2 max_shift, 1], padded
+  with the normalised background (done once, before the random crops)."""
   background = (0.0 - MNIST_MEAN) / MNIST_STD
-  padded = np.pad(
-    images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=background
+  s = max_shift
+  return np.pad(
+    images, ((0, 0), (s, s), (s, s), (0, 0)), constant_values=background
   )
-  dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
-  rows = dy[:, None] + np.arange(IMAGE_SIZE)[None]  # [N, 28]
-  cols = dx[:, None] + np.arange(IMAGE_SIZE)[None]  # [N, 28]
-  out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-  return dict(batch, image=out)
+
+
+def random_shift(record, rng: np.random.Generator, *, max_shift: int):
+  """Translates the image by up to `max_shift` pixels along each axis
+  (uniform integer offsets from `rng`): a 28x28 crop of the padded image
+  'image' [28 + 2 max_shift, 28 + 2 max_shift, 1] (see `pad`)."""
+  dy, dx = rng.integers(0, 2 * max_shift + 1, size=2)
+  return dict(
+    record, image=record['image'][dy : dy + IMAGE_SIZE, dx : dx + IMAGE_SIZE]
+  )
 
 
 def validate(config) -> None:
@@ -202,6 +203,18 @@ def validate(config) -> None:
     raise ValueError(
       f'num_train: expected an integer in [1, 8000] (the last '
       f'2,000 digits are held out), got {config.num_train!r}.'
+    )
+  if config.batch_size > config.num_train:
+    raise ValueError(
+      f'batch_size: expected at most num_train={config.num_train} (the '
+      f'training split), got {config.batch_size}; it would also make '
+      f'total_steps = epochs * num_train // batch_size = '
+      f'{config.epochs * config.num_train // config.batch_size}.'
+    )
+  shift = config.data.max_shift
+  if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
+    raise ValueError(
+      f'data.max_shift: expected a non-negative integer, got {shift!r}.'
     )
   m = config.model
   validation.check_choice(
@@ -246,24 +259,33 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   validate(config)
   images, labels = load_mnist_10k()
   x = normalise(images)
-  train = {'image': x[: config.num_train], 'label': labels[: config.num_train]}
-  held_out = {'image': x[-2000:], 'label': labels[-2000:]}
-  transform = None
-  if config.data.max_shift:
-    transform = functools.partial(random_shift, max_shift=config.data.max_shift)
-  train_data = data_lib.ShardedArrayIterator(
+  shift = config.data.max_shift
+  train = data_lib.ArraySource(
+    {
+      'image': pad(x[: config.num_train], shift),
+      'label': labels[: config.num_train],
+    }
+  )
+  held_out = data_lib.ArraySource({'image': x[-2000:], 'label': labels[-2000:]})
+  ops = [data_lib.RandomMap(random_shift, max_shift=shift)] if shift else []
+  loader = dict(
+    process_index=process_index,
+    process_count=process_count,
+    worker_count=config.data.worker_count,
+    prefetch=config.data.prefetch,
+    # In-memory records: reader threads would only contend for the GIL.
+    read_options=grain.ReadOptions(num_threads=0, prefetch_buffer_size=0),
+  )
+  train_data = data_lib.train_iterator(
     train,
     global_batch=config.batch_size,
     seed=config.seed,
-    process_index=process_index,
-    process_count=process_count,
-    transform=transform,
+    ops=ops,
+    skip_corrupt=config.data.skip_corrupt,
+    **loader,
   )
   eval_data = lambda: data_lib.eval_batches(
-    held_out,
-    global_batch=config.eval_batch_size,
-    process_index=process_index,
-    process_count=process_count,
+    held_out, global_batch=config.eval_batch_size, **loader
   )
   return Task(
     forward=make_forward(config.model),
@@ -271,6 +293,6 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       per_example, label_smoothing=config.data.label_smoothing
     ),
     train_data=train_data,
-    example_batch={k: v[:2] for k, v in train.items()},
+    example_batch={'image': x[:2], 'label': labels[:2]},
     eval_data=eval_data,
   )

@@ -12,7 +12,10 @@ Multi-host jobs pass `--coordinator_address`, `--num_processes` and
 environment JAX reads by itself).
 
 Re-running the same command with the same workdir resumes from the latest
-complete checkpoint.
+complete checkpoint. On SIGTERM (a preempted job) every process checkpoints
+the same step and the job exits with status 75 (`PREEMPTED_EXIT_CODE`, BSD
+sysexits' EX_TEMPFAIL) after a message naming the step; the same command
+continues from there.
 """
 
 import importlib
@@ -26,6 +29,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from perceiver.train import distributed
+from perceiver.train import preemption
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(_HERE, 'digits.py')
@@ -91,7 +95,15 @@ def _run(argv):
   workdir = _WORKDIR.value or os.path.join(
     'runs', os.path.splitext(os.path.basename(config_path))[0]
   )
-  loop.train(_CONFIG.value, experiment.build_task, workdir)
+  if hasattr(experiment, 'validate'):
+    # The experiment's own checks first: they explain derived fields
+    # (e.g. a total_steps of 0) that the engine's checks can only reject.
+    experiment.validate(_CONFIG.value)
+  try:
+    loop.train(_CONFIG.value, experiment.build_task, workdir)
+  except preemption.Preempted:
+    # train() has checkpointed the step and said so.
+    sys.exit(preemption.PREEMPTED_EXIT_CODE)
 
 
 def main():

@@ -1,8 +1,18 @@
 """A toy task shared by the training-engine tests (no tests of its own).
 
 A small Haiku MLP (optionally with BatchNorm and dropout) classifying
-synthetic Gaussian blobs: deterministic, tiny, and fast on a CPU.
+synthetic Gaussian blobs: deterministic, tiny, and fast on a CPU. It is also
+an experiment file for `experiments.main`
+(`--config=tests/test_train_common.py`), for tests that need a real job.
 """
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 
 import haiku as hk
 import jax
@@ -17,6 +27,7 @@ from perceiver.train.task import Task
 
 NUM_CLASSES = 4
 DIM = 8
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def toy_arrays(n=256, seed=0):
@@ -51,6 +62,9 @@ def toy_config(**overrides):
       dropout=0.0,
       nan_at_step=-1,
       interrupt_at_step=-1,
+      kill_at_step=-1,  # SIGKILL when the batch of this step is asked for
+      sigterm_at_step=-1,  # SIGTERM then, on process `sigterm_process`
+      sigterm_process=0,
     )
   )
   for k, v in overrides.items():
@@ -60,6 +74,12 @@ def toy_config(**overrides):
       target = target[p]
     target[last] = v
   return c
+
+
+def get_config(arg=''):
+  """The toy config, for `experiments.main`."""
+  del arg
+  return toy_config()
 
 
 def build_toy_task(config, process_index, process_count):
@@ -96,17 +116,21 @@ def build_toy_task(config, process_index, process_count):
   arrays = toy_arrays()
   train = {k: v[:192] for k, v in arrays.items()}
   held = {k: v[192:] for k, v in arrays.items()}
-  it = data_lib.ShardedArrayIterator(
-    train,
+  it = data_lib.train_iterator(
+    data_lib.ArraySource(train),
     global_batch=config.batch_size,
     seed=config.seed,
     process_index=process_index,
     process_count=process_count,
+    worker_count=config.data.worker_count,
   )
-  if m.nan_at_step >= 0 or m.interrupt_at_step >= 0:
-    it = _Faulty(it, m.nan_at_step, m.interrupt_at_step)
+  # Always wrapped, so that checkpoints of faulty and clean runs match.
+  signals = {m.kill_at_step: signal.SIGKILL}
+  if process_index == m.sigterm_process:
+    signals[m.sigterm_at_step] = signal.SIGTERM
+  it = _Faulty(it, m.nan_at_step, m.interrupt_at_step, signals)
   eval_data = lambda: data_lib.eval_batches(
-    held,
+    data_lib.ArraySource(held),
     global_batch=config.eval_batch_size,
     process_index=process_index,
     process_count=process_count,
@@ -124,17 +148,24 @@ class Interrupted(Exception):
   """Raised by the toy data to simulate a preempted job."""
 
 
-class _Faulty:
-  """Toy data with faults: a NaN 'poison' factor at one step (0-based), or
-  an interruption when the batch of a given step is requested."""
+build_task = build_toy_task  # The name `experiments.main` looks for.
 
-  def __init__(self, inner, bad_step, interrupt_step):
+
+class _Faulty:
+  """Toy data with faults: a NaN 'poison' factor at one step (0-based), an
+  interruption or a signal to this process when the batch of a given step
+  is requested."""
+
+  def __init__(self, inner, bad_step, interrupt_step, signals):
     self.inner, self.bad_step, self.step = inner, bad_step, 0
     self.interrupt_step = interrupt_step
+    self.signals = signals
 
   def __next__(self):
     if self.step == self.interrupt_step:
       raise Interrupted(f'interrupted before step {self.step}')
+    if self.step in self.signals:
+      os.kill(os.getpid(), self.signals[self.step])
     b = dict(next(self.inner))
     n = len(b['label'])
     b['poison'] = np.full(
@@ -144,11 +175,16 @@ class _Faulty:
     return b
 
   def get_state(self):
-    return dict(self.inner.get_state(), step=self.step)
+    inner = self.inner.get_state().decode()
+    return json.dumps({'inner': inner, 'step': self.step}).encode()
 
-  def set_state(self, position):
-    self.step = position.pop('step')
-    self.inner.set_state(position)
+  def set_state(self, state):
+    state = json.loads(state)
+    self.step = state['step']
+    self.inner.set_state(state['inner'].encode())
+
+  def start_prefetch(self):
+    self.inner.start_prefetch()
 
 
 def params_close(a, b, rtol=1e-5, atol=1e-6):
@@ -162,3 +198,72 @@ def params_close(a, b, rtol=1e-5, atol=1e-6):
     )
   )
   return all(leaves)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def launch_main(args, *, num_processes=1, devices=1, timeout=400):
+  """Runs `python -m experiments.main ARGS` as a job of `num_processes`
+  processes on 127.0.0.1 with `devices` CPU devices each.
+
+  Each process gets its own session; once it has exited, whatever it left
+  behind (loader workers orphaned by a SIGKILL) is killed with the session.
+
+  Returns:
+    [(return code, stdout + stderr)] per process.
+  """
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
+  multi = []
+  if num_processes > 1:
+    multi = [
+      f'--coordinator_address=127.0.0.1:{free_port()}',
+      f'--num_processes={num_processes}',
+    ]
+  with tempfile.TemporaryDirectory() as logs:
+    files = [
+      open(os.path.join(logs, str(i)), 'w+') for i in range(num_processes)
+    ]
+    procs = [
+      subprocess.Popen(
+        [sys.executable, '-m', 'experiments.main', *args, *multi]
+        + ([f'--process_id={i}'] if multi else []),
+        env=env,
+        cwd=ROOT,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+      )
+      for i, f in enumerate(files)
+    ]
+    results = []
+    for p, f in zip(procs, files):
+      try:
+        p.wait(timeout=timeout)
+      finally:
+        try:
+          os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+          pass
+      f.seek(0)
+      results.append((p.returncode, f.read()))
+      f.close()
+  return results
+
+
+def train_losses(workdir):
+  """{step: loss} of the training records in `<workdir>/metrics.jsonl`."""
+  from perceiver.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(workdir, metrics_lib.METRICS_FILE)
+  return {
+    r['step']: r['loss'] for r in metrics_lib.read_metrics(path) if 'loss' in r
+  }

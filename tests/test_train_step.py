@@ -1,7 +1,7 @@
-"""Unit checks of the step, the data iterator, the metrics file and the bar.
+"""Unit checks of the step, the metrics file and the bar.
 
-References: the float32 step for the bfloat16 policy, the one-process batch
-for the per-process shards, hand-computed progress figures.
+References: the float32 step for the bfloat16 policy, hand-computed progress
+figures. (The data iterator is tested in test_data_engine.py.)
 """
 
 import io
@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from tests import test_train_common as common
-from perceiver.train import data as data_lib
 from perceiver.train import metrics as metrics_lib
 from perceiver.train import optim
 from perceiver.train import progress as progress_lib
@@ -28,8 +27,10 @@ def _task_optimizer_state(config):
       config.optimizer, config.batch_size, config.total_steps
     ),
   )
-  return task, opt, step_lib.init_train_state(
-    task.forward, opt, 0, task.example_batch
+  return (
+    task,
+    opt,
+    step_lib.init_train_state(task.forward, opt, 0, task.example_batch),
   )
 
 
@@ -66,48 +67,6 @@ def test_step_randomness_depends_on_the_step_only():
   assert loss(3) != loss(4)
 
 
-def test_process_shards_concatenate_to_the_global_batch():
-  arrays = common.toy_arrays(64)
-  kwargs = dict(global_batch=16, seed=5)
-  whole = data_lib.ShardedArrayIterator(arrays, **kwargs)
-  parts = [
-    data_lib.ShardedArrayIterator(
-      arrays, process_index=p, process_count=4, **kwargs
-    )
-    for p in range(4)
-  ]
-  for _ in range(6):  # 1.5 epochs: crosses an epoch boundary.
-    want = next(whole)
-    got = [next(p) for p in parts]
-    for k in want:
-      np.testing.assert_array_equal(
-        np.concatenate([g[k] for g in got]), want[k]
-      )
-
-
-def test_iterator_position_resumes_the_same_batches():
-  arrays = common.toy_arrays(64)
-  first = data_lib.ShardedArrayIterator(arrays, global_batch=16, seed=1)
-  for _ in range(5):
-    next(first)
-  second = data_lib.ShardedArrayIterator(arrays, global_batch=16, seed=1)
-  second.set_state(first.get_state())
-  assert first.get_state() == {'epoch': 1, 'index': 1}
-  for _ in range(4):
-    np.testing.assert_array_equal(next(first)['x'], next(second)['x'])
-
-
-def test_eval_batches_cover_every_example_once():
-  arrays = {'x': np.arange(10)}
-  seen = []
-  for p in range(2):
-    for b in data_lib.eval_batches(
-      arrays, global_batch=8, process_index=p, process_count=2
-    ):
-      seen.extend(b['x'][b['mask'] > 0].tolist())
-  assert sorted(seen) == list(range(10))
-
-
 def test_metrics_file_drops_records_past_the_restored_step(tmp_path):
   writer = metrics_lib.MetricWriter(str(tmp_path), tensorboard=False)
   for s in (1, 2, 3, 4):
@@ -140,6 +99,33 @@ def test_progress_line_shows_step_loss_rate_and_eta():
   line = bar.line(30, 0.5, now=1010.0)  # 20 steps in 10 s.
   assert 'step 30/100' in line and 'loss 0.5000' in line
   assert '2.00 steps/s' in line and 'ETA 00:35' in line  # 70 steps / 2.
+
+
+def test_progress_line_says_when_input_is_the_bottleneck():
+  bar = progress_lib.ProgressBar(100, stream=io.StringIO())
+  bar.line(10, 2.0, now=1000.0)
+  assert 'data wait' not in bar.line(30, 0.5, now=1010.0, data_wait=0.2)
+  line = bar.line(30, 0.5, now=1010.0, data_wait=0.63)
+  assert line.endswith('data wait 63% (input-bound)')
+
+
+def test_input_timer_reports_waits_and_throughput():
+  now = [100.0]
+  timer = metrics_lib.InputTimer(32, step=4, clock=lambda: now[0])
+  for wait in (0.5, 1.0, 1.5):  # Steps 5, 6, 7.
+    timer.waited(wait)
+  now[0] = 112.0  # 3 steps of 32 examples in 12 s, 3 s of it waiting.
+  assert timer.read(7) == {
+    'data_wait_s': 1.0,
+    'data_wait_fraction': 0.25,
+    'examples_per_s': 8.0,
+  }
+  now[0] = 116.0  # The next interval starts afresh: 1 step, no waiting.
+  assert timer.read(8) == {
+    'data_wait_s': 0.0,
+    'data_wait_fraction': 0.0,
+    'examples_per_s': 8.0,
+  }
 
 
 @pytest.mark.parametrize('accumulation_steps', [2, 4])

@@ -2,7 +2,9 @@
 
 A checkpoint is a directory `<workdir>/checkpoints/<step>/` with two items:
 'state' (the `TrainState` pytree, every array with its sharding) and 'data'
-(the JSON position of the training data iterator). Orbax writes each one into
+(the training data iterator's state, written by grain's orbax handler as one
+JSON file per process, `process_<i>-of-<P>.json`: each process reads its own
+rows, so a checkpoint resumes with the same process count). Orbax writes each one into
 a temporary directory and renames it only once complete, so a process killed
 in the middle of a save leaves no half-written checkpoint where a restore
 looks; the temporary leftovers are removed on the next start.
@@ -17,6 +19,7 @@ from typing import Any, Optional, Tuple
 
 from absl import logging
 import jax
+import grain
 import orbax.checkpoint as ocp
 
 
@@ -41,43 +44,52 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(
-    self, step: int, train_state: Any, data_position: dict, force: bool = False
+    self, step: int, train_state: Any, data: Any, force: bool = False
   ) -> bool:
-    """Saves `train_state` and `data_position` as checkpoint `step`."""
+    """Saves `train_state` and the state of the iterator `data` as `step`.
+
+    Args:
+      step: the checkpoint's step.
+      train_state: the `TrainState` (global arrays).
+      data: the training iterator (see `task.DataIterator`); its
+        `get_state()` is taken now.
+      force: save even if the manager's policy would not.
+
+    Returns:
+      Whether a checkpoint was started.
+    """
     return self._manager.save(
       step,
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(_as_tree(train_state)),
-        data=ocp.args.JsonSave(data_position),
+        data=grain.checkpoint.CheckpointSave(data),
       ),
       force=force,
     )
 
-  def restore(self, step: int, abstract_state: Any) -> Tuple[Any, dict]:
+  def restore(self, step: int, abstract_state: Any, data: Any = None) -> Any:
     """Restores checkpoint `step` into the structure/shardings of the target.
 
     Args:
       step: which checkpoint.
       abstract_state: a `TrainState` of `jax.ShapeDtypeStruct`s carrying the
         target shardings (see `jax.eval_shape`).
+      data: the training iterator, whose state is set from the checkpoint
+        (in place); None to restore the train state only.
 
     Returns:
-      (train_state, data_position).
+      The train state.
     """
-    restored = self._manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_as_tree(abstract_state)),
-        data=ocp.args.JsonRestore(),
-      ),
-    )
-    state = type(abstract_state)(**restored['state'])
-    return state, dict(restored['data'])
+    args = {'state': ocp.args.StandardRestore(_as_tree(abstract_state))}
+    if data is not None:
+      args['data'] = grain.checkpoint.CheckpointRestore(data)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+    return type(abstract_state)(**restored['state'])
 
   def restore_latest(
-    self, abstract_state: Any
-  ) -> Optional[Tuple[int, Any, dict]]:
-    """The newest readable checkpoint as (step, train_state, data_position).
+    self, abstract_state: Any, data: Any
+  ) -> Optional[Tuple[int, Any]]:
+    """The newest readable checkpoint as (step, train_state); sets `data`.
 
     Returns None when there is no checkpoint at all. A checkpoint that
     fails to load is reported and the previous one is tried; if none loads,
@@ -89,7 +101,7 @@ class Checkpointer:
     errors = []
     for step in reversed(steps):
       try:
-        state, position = self.restore(step, abstract_state)
+        state = self.restore(step, abstract_state, data)
       except Exception as e:  # pylint: disable=broad-except
         message = (
           f'Checkpoint at step {step} in {self.directory} could not be '
@@ -103,7 +115,7 @@ class Checkpointer:
         continue
       if step != steps[-1]:
         self._set_aside([s for s in steps if s > step])
-      return step, state, position
+      return step, state
     raise RuntimeError(
       'No checkpoint in '
       + self.directory

@@ -1,7 +1,10 @@
 """The fields every experiment config has, and their checks.
 
 `base_config()` gives the engine's fields with their defaults; an experiment's
-`get_config(arg)` starts from it and adds `model` and `data` sections.
+`get_config(arg)` starts from it, adds a `model` section and adds its own
+fields to the `data` section (keeping the loader's: `data.worker_count`,
+`data.prefetch`, `data.skip_corrupt`, which its `build_task` passes to
+`data.train_iterator`).
 `validate(config, ...)` rejects bad or inconsistent values before anything
 is compiled, with a `ValueError` naming the field, the expected and what came.
 """
@@ -37,10 +40,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.tensorboard = True
   c.plot_curves = True  # training_curves.png at the end of a run
   c.optimizer = optim.default_config()
+  c.data = ml_collections.ConfigDict(
+    dict(
+      worker_count=0,  # loader worker processes (0: read in this process)
+      prefetch=2,  # batches each worker keeps ready
+      skip_corrupt=False,  # replace unreadable records (and count them)
+    )
+  )
   return c
 
 
-def _field_positive_int(config, name: str, allow_zero: bool = False) -> None:
+def _field_positive_int(
+  config, name: str, allow_zero: bool = False, prefix: str = ''
+) -> None:
   value = config[name]
   ok = (
     isinstance(value, int)
@@ -49,7 +61,7 @@ def _field_positive_int(config, name: str, allow_zero: bool = False) -> None:
   )
   if not ok:
     what = 'a non-negative' if allow_zero else 'a positive'
-    raise ValueError(f'{name}: expected {what} integer, got {value!r}.')
+    raise ValueError(f'{prefix}{name}: expected {what} integer, got {value!r}.')
 
 
 def validate(
@@ -104,6 +116,17 @@ def validate(
       f'{device_count}, got {config.eval_batch_size}.'
     )
   validate_optimizer(config.optimizer)
+  validate_loader(config.get('data'))
+
+
+def validate_loader(data: Any) -> None:
+  """Checks the loader counts of the `data` section that are present
+  (ConfigDict itself keeps `skip_corrupt` a bool)."""
+  if data is None:
+    return
+  for name in ('worker_count', 'prefetch'):
+    if name in data:
+      _field_positive_int(data, name, allow_zero=True, prefix='data.')
 
 
 def validate_optimizer(opt: Any) -> None:

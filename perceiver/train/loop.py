@@ -13,6 +13,12 @@ process (call `distributed.initialize` first on multi-host jobs):
 5. evaluate on the task's held-out data, every `eval_every` steps and at the
    end.
 
+On SIGTERM (see `preemption.py`) every process stops after the same step,
+checkpoints it and `train` raises `preemption.Preempted` naming the step;
+`experiments.main` exits with `preemption.PREEMPTED_EXIT_CODE` (75). Each
+logged training record carries the time the loop waited for its batches and
+the input throughput (`metrics.InputTimer`).
+
 Host-side metrics are read one step late (after the next step has been
 dispatched), so reading them never stalls the device pipeline. A non-finite
 loss or gradient norm is never applied (see `step.py`); with
@@ -35,6 +41,7 @@ from perceiver.train import config as config_lib
 from perceiver.train import mesh as mesh_lib
 from perceiver.train import metrics as metrics_lib
 from perceiver.train import optim
+from perceiver.train import preemption
 from perceiver.train import progress as progress_lib
 from perceiver.train import step as step_lib
 from perceiver.train.task import Task
@@ -78,6 +85,16 @@ def evaluate(
   if not count:
     return {}
   return {f'eval/{k}': v / count for k, v in totals.items()}
+
+
+def _skipped_records(data) -> float:
+  """Unreadable records replaced so far, over all processes."""
+  count = np.int64(getattr(data, 'skipped_records', 0))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    count = multihost_utils.process_allgather(count).sum()
+  return float(count)
 
 
 def train(
@@ -131,14 +148,13 @@ def train(
     max_to_keep=config.keep_checkpoints,
     async_save=config.async_checkpoint,
   )
-  restored = checkpointer.restore_latest(abstract)
+  restored = checkpointer.restore_latest(abstract, task.train_data)
   if restored is None:
     start_step = 0
     ts = jax.jit(init_fn, out_shardings=shardings)()
     _say(f'Initialised from seed {config.seed}.')
   else:
-    start_step, ts, position = restored
-    task.train_data.set_state(position)
+    start_step, ts = restored
     _say(f'Resumed from the checkpoint at step {start_step}.')
 
   batch_sharding = mesh_lib.batch_sharding(mesh)
@@ -187,6 +203,9 @@ def train(
   last_saved = start_step
   eval_metrics: Dict[str, float] = {}
 
+  timer = metrics_lib.InputTimer(config.batch_size, start_step)
+  count_skips = bool(config.get('data', {}).get('skip_corrupt', False))
+
   def consume(step_done: int, metrics) -> None:
     """Host-side handling of the metrics of the update that made step_done."""
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -203,39 +222,50 @@ def train(
           f'{last_saved}) in {checkpointer.directory} is intact.'
         )
       logging.warning('%s; skipping it (nonfinite=skip).', where)
-    bar.update(step_done, values['loss'], force=step_done == config.total_steps)
-    if step_done % config.log_every == 0 or step_done == config.total_steps:
+    last = step_done == config.total_steps
+    if step_done % config.log_every == 0 or last:
+      values.update(timer.read(step_done))
+      if count_skips:
+        values['skipped_records'] = _skipped_records(task.train_data)
       writer.write(step_done, values)
+    bar.update(step_done, values['loss'], force=last, data_wait=timer.fraction)
 
   pending: Optional[tuple] = None
+  preempted_at = None
   t0 = time.time()
   try:
-    for step in range(start_step, config.total_steps):
-      batch = mesh_lib.global_batch(next(task.train_data), mesh)
-      ts, metrics = train_step(ts, batch)
-      if pending is not None:
-        consume(*pending)
-      pending = (step + 1, metrics)
-      step_done = step + 1
-      last = step_done == config.total_steps
-      if step_done % config.checkpoint_every == 0 or last:
-        consume(*pending)
-        pending = None
-        checkpointer.save(
-          step_done, ts, task.train_data.get_state(), force=True
-        )
-        last_saved = step_done
-      if (
-        eval_fn is not None
-        and config.eval_every
-        and step_done % config.eval_every == 0
-        and not last
-      ):
+    with preemption.Watcher() as watcher:
+      for step in range(start_step, config.total_steps):
+        asked = time.perf_counter()
+        batch = mesh_lib.global_batch(next(task.train_data), mesh)
+        timer.waited(time.perf_counter() - asked)
+        ts, metrics = train_step(ts, batch)
         if pending is not None:
           consume(*pending)
+        pending = (step + 1, metrics)
+        step_done = step + 1
+        last = step_done == config.total_steps
+        preempted = watcher.reached(step_done) and not last
+        if step_done % config.checkpoint_every == 0 or last or preempted:
+          consume(*pending)
           pending = None
-        results = evaluate(eval_fn, ts, task, mesh)
-        writer.write(step_done, results)
+          checkpointer.save(step_done, ts, task.train_data, force=True)
+          last_saved = step_done
+        if preempted:
+          preempted_at = step_done
+          break
+        if (
+          eval_fn is not None
+          and config.eval_every
+          and step_done % config.eval_every == 0
+          and not last
+        ):
+          if pending is not None:
+            consume(*pending)
+            pending = None
+          results = evaluate(eval_fn, ts, task, mesh)
+          writer.write(step_done, results)
+          timer.restart(step_done)  # The evaluation is not input time.
     if pending is not None:
       consume(*pending)
       pending = None
@@ -243,6 +273,15 @@ def train(
   finally:
     bar.close()
   train_time = time.time() - t0
+  close_data = getattr(task.train_data, 'close', None)
+  if close_data is not None:
+    close_data()
+  if preempted_at is not None:
+    writer.close()
+    checkpointer.close()
+    error = preemption.Preempted(preempted_at, checkpointer.directory)
+    _say(str(error))
+    raise error
 
   if eval_fn is not None:
     eval_metrics = evaluate(eval_fn, ts, task, mesh)

@@ -2,6 +2,9 @@
 
 `metrics.jsonl` holds one JSON object per logged step, with at least 'step'
 and 'loss' for training records and 'eval/...' entries for evaluations.
+Training records also have the input timings of `InputTimer` ('data_wait_s',
+'data_wait_fraction', 'examples_per_s') and, with `data.skip_corrupt`,
+'skipped_records'.
 Only process 0 writes; on the other processes the writer does nothing.
 Records are appended, so a resumed run continues the same file (records at
 steps past the restored checkpoint, left by the crashed run, are dropped on
@@ -11,7 +14,8 @@ open so every step appears once).
 import json
 import math
 import os
-from typing import Dict, List, Optional
+import time
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -82,6 +86,58 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+class InputTimer:
+  """How long the loop waited for its batches, and the input throughput.
+
+  The loop calls `waited(seconds)` with the time it blocked on each batch
+  (reading it and placing it on the devices) and `read(step)` at each logged
+  step, which covers the steps since the previous `read` (the first interval
+  starts at construction, so it includes compilation).
+  """
+
+  def __init__(
+    self,
+    global_batch: int,
+    step: int,
+    clock: Callable[[], float] = time.perf_counter,
+  ):
+    self._batch = global_batch
+    self._clock = clock
+    self._since = (step, clock())
+    self._wait = 0.0
+    self.fraction: Optional[float] = None  # of the last interval read
+
+  def waited(self, seconds: float) -> None:
+    self._wait += seconds
+
+  def restart(self, step: int) -> None:
+    """Starts a new interval at `step` (e.g. after an evaluation)."""
+    self._since = (step, self._clock())
+    self._wait = 0.0
+
+  def read(self, step: int) -> Dict[str, float]:
+    """Timings of the steps since the previous read, up to `step`.
+
+    Returns:
+      'data_wait_s': mean seconds per step spent waiting for the batch;
+      'data_wait_fraction': that waiting over the wall time, in [0, 1];
+      'examples_per_s': training examples consumed per second.
+    """
+    now = self._clock()
+    first, start = self._since
+    steps = max(step - first, 1)
+    elapsed = max(now - start, 1e-9)
+    self.fraction = min(self._wait / elapsed, 1.0)
+    out = {
+      'data_wait_s': self._wait / steps,
+      'data_wait_fraction': self.fraction,
+      'examples_per_s': steps * self._batch / elapsed,
+    }
+    self._since = (step, now)
+    self._wait = 0.0
+    return out
 
 
 def read_metrics(path: str) -> List[dict]:

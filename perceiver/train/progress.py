@@ -1,4 +1,4 @@
-"""A one-line terminal progress bar: step, loss, steps/s and ETA."""
+"""A one-line terminal progress bar: step, loss, steps/s, ETA, data wait."""
 
 import sys
 import time
@@ -12,8 +12,15 @@ def _duration(seconds: float) -> str:
   return f'{h:d}:{m:02d}:{s:02d}' if h else f'{m:02d}:{s:02d}'
 
 
+INPUT_BOUND = 0.5  # fraction of the wall time spent waiting for batches
+
+
 class ProgressBar:
   """Redraws `[####....] step 120/1000 loss 0.4321 12.3 steps/s ETA 01:11`.
+
+  When the loop spends at least `INPUT_BOUND` of its time waiting for
+  batches, the line ends with e.g. `data wait 63% (input-bound)`: the input
+  pipeline, not the model, sets the pace (more `data.worker_count` helps).
 
   On a terminal the line is redrawn in place; otherwise (logs, CI) a full
   line is printed at most every `min_interval_s` seconds. The rate is
@@ -39,7 +46,13 @@ class ProgressBar:
     self._ref: Optional[tuple] = None  # (step, time) of the first update
     self._last_draw = 0.0
 
-  def line(self, step: int, loss: Optional[float], now: float) -> str:
+  def line(
+    self,
+    step: int,
+    loss: Optional[float],
+    now: float,
+    data_wait: Optional[float] = None,
+  ) -> str:
     if self._ref is None:
       self._ref = (step, now)
     done = step - self._ref[0]
@@ -50,12 +63,23 @@ class ProgressBar:
     loss_str = 'loss n/a' if loss is None else f'loss {loss:.4f}'
     eta_str = _duration(eta) if eta == eta else '--:--'
     rate_str = f'{rate:.2f}' if rate == rate else '--'
+    wait_str = ''
+    if data_wait is not None and data_wait >= INPUT_BOUND:
+      wait_str = f' data wait {data_wait:.0%} (input-bound)'
     return (
       f'[{bar}] step {step}/{self.total} {loss_str} '
-      f'{rate_str} steps/s ETA {eta_str}'
+      f'{rate_str} steps/s ETA {eta_str}{wait_str}'
     )
 
-  def update(self, step: int, loss: Optional[float], force: bool = False):
+  def update(
+    self,
+    step: int,
+    loss: Optional[float],
+    force: bool = False,
+    data_wait: Optional[float] = None,
+  ):
+    """Redraws the line; `data_wait` is the fraction of time spent waiting
+    for batches (see `metrics.InputTimer`)."""
     if not self.enabled:
       return
     now = time.time()
@@ -64,7 +88,7 @@ class ProgressBar:
     if not force and now - self._last_draw < self._min_interval:
       return
     self._last_draw = now
-    text = self.line(step, loss, now)
+    text = self.line(step, loss, now, data_wait)
     if self._tty:
       self.stream.write('\r' + text + '\x1b[K')
     else:

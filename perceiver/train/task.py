@@ -7,11 +7,17 @@ import jax
 
 
 class DataIterator(Protocol):
-  """Process-local training batches with a saveable position."""
+  """Process-local training batches with a saveable position.
+
+  `data.train_iterator` returns one; the checkpoint stores `get_state()`
+  with grain's orbax handler, which calls `set_state` and then
+  `start_prefetch` on restore.
+  """
 
   def __next__(self) -> Dict[str, Any]: ...
-  def get_state(self) -> dict: ...
-  def set_state(self, position: dict) -> None: ...
+  def get_state(self) -> bytes: ...
+  def set_state(self, state: bytes) -> None: ...
+  def start_prefetch(self) -> None: ...
 
 
 class Task(NamedTuple):
