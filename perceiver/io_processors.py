@@ -415,9 +415,12 @@ class Conv2DDownsample(hk.Module):
     for i, conv in enumerate(self._convs):
       x = conv(x)  # [B, H/2, W/2, C]
       if self._use_batchnorm:
+        # Batch statistics (and the moving averages) in float32.
         x = self._norms[i](
-          x, is_training=is_training, test_local_stats=test_local_stats
-        )
+          x.astype(jnp.float32),
+          is_training=is_training,
+          test_local_stats=test_local_stats,
+        ).astype(x.dtype)
       x = jax.nn.relu(x)
       x = hk.max_pool(
         x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME'
@@ -619,7 +622,7 @@ class _PositionEncodedPreprocessor(hk.Module):
     Returns:
       (inputs_with_pos, inputs_without_pos): [B, M, C + P] (or C for 'add')
       and [B, M, C]; unflattened [B, *index_dims, .] if not
-      network_input_is_1d.
+      network_input_is_1d. Both are in the dtype of floating `inputs`.
     """
     batch_size = inputs.shape[0]
     index_dims = tuple(inputs.shape[1:-1])
@@ -645,6 +648,10 @@ class _PositionEncodedPreprocessor(hk.Module):
       pos_enc_BMP = jnp.reshape(
         pos_enc_BMP, (batch_size,) + index_dims + (pos_enc_BMP.shape[-1],)
       )
+    if jnp.issubdtype(inputs.dtype, jnp.floating):
+      # Computed in float32 (positions, angles), rounded once to the inputs'
+      # dtype, so bfloat16 inputs stay bfloat16.
+      pos_enc_BMP = pos_enc_BMP.astype(inputs.dtype)
 
     if self._concat_or_add_pos == 'concat':
       inputs_with_pos = jnp.concatenate([inputs, pos_enc_BMP], axis=-1)
@@ -1058,7 +1065,7 @@ class MultimodalPreprocessor(hk.Module):
       if self._mask_probs is not None and m in self._mask_probs:
         token_1C = position_encoding.TrainablePositionEncoding(
           1, num_channels=common, init_scale=0.02, name=f'{m}_mask_token'
-        )(batch_size=None)
+        )(batch_size=None).astype(x_BMC.dtype)
         p = self._mask_probs[m]
         if p >= 1.0:
           x_BMC = jnp.broadcast_to(token_1C[None], x_BMC.shape).astype(
@@ -1066,8 +1073,7 @@ class MultimodalPreprocessor(hk.Module):
           )
         elif p > 0.0:
           mask_BM = jax.random.bernoulli(hk.next_rng_key(), p, (b, length))
-          mask_BM1 = mask_BM[:, :, None].astype(x_BMC.dtype)
-          x_BMC = (1.0 - mask_BM1) * x_BMC + mask_BM1 * token_1C[None]
+          x_BMC = jnp.where(mask_BM[:, :, None], token_1C[None], x_BMC)
       padded[m] = x_BMC
 
     modality_sizes = {m: padded[m].shape[1] for m in names}
