@@ -925,7 +925,7 @@ class OneHotPreprocessor(hk.Module):
     """
     del is_training, pos, network_input_is_1d
     validation.check_rank('inputs', inputs, (2,), '[B, C]')
-    x_B1C = inputs[:, None, :]
+    x_B1C = jnp.asarray(inputs)[:, None, :]
     return x_B1C, None, x_B1C
 
 

@@ -350,3 +350,357 @@ def test_projection_decoder_loads_a_released_format_dict():
   expected = z.mean(axis=1) @ head['w'] + head['b']
   np.testing.assert_allclose(jax.jit(f.apply)(released, None, x), expected,
                              rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# The four colabs' calls, in their released argument forms.
+# ---------------------------------------------------------------------------
+
+
+def test_colab_masked_language_modelling():
+  from perceiver import bytes_tokenizer, perceiver  # The colab's imports.
+  cfg = SMALL['language_mlm']
+  d_model, d_latents, max_seq_len = (cfg['d_model'], cfg['num_z_channels'],
+                                     cfg['max_seq_len'])
+  encoder_config = dict(
+    num_self_attends_per_block=cfg['num_self_attends_per_block'],
+    num_blocks=1, z_index_dim=cfg['z_index_dim'], num_z_channels=d_latents,
+    num_self_attend_heads=4, num_cross_attend_heads=4, qk_channels=4 * 8,
+    v_channels=d_latents, use_query_residual=True,
+    cross_attend_widening_factor=1, self_attend_widening_factor=1)
+  decoder_config = dict(
+    output_num_channels=d_latents, position_encoding_type='trainable',
+    output_index_dims=max_seq_len, num_z_channels=d_latents,
+    qk_channels=4 * 8, v_channels=d_model, num_heads=4, final_project=False,
+    use_query_residual=False,
+    trainable_position_encoding_kwargs=dict(num_channels=d_model))
+  tokenizer = bytes_tokenizer.BytesTokenizer()
+
+  def apply_perceiver(inputs, input_mask):
+    assert inputs.shape[1] == max_seq_len
+    embedding_layer = hk.Embed(vocab_size=tokenizer.vocab_size,
+                               embed_dim=d_model)
+    embedded_inputs = embedding_layer(inputs)
+    batch_size = embedded_inputs.shape[0]
+    input_pos_encoding = perceiver.position_encoding.TrainablePositionEncoding(
+      index_dim=max_seq_len, num_channels=d_model)
+    embedded_inputs = embedded_inputs + input_pos_encoding(batch_size)
+    perceiver_mod = perceiver.Perceiver(
+      encoder=perceiver.PerceiverEncoder(**encoder_config),
+      decoder=perceiver.BasicDecoder(**decoder_config))
+    output_embeddings = perceiver_mod(
+      embedded_inputs, is_training=False, input_mask=input_mask,
+      query_mask=input_mask)
+    return io.EmbeddingDecoder(
+      embedding_matrix=embedding_layer.embeddings)(output_embeddings)
+
+  input_tokens = tokenizer.to_int('An incomplete sentence.')
+  input_tokens[13:22] = tokenizer.mask_token
+  inputs = input_tokens[None]
+  input_mask = np.ones_like(inputs)
+  pad_len = max_seq_len - inputs.shape[1]
+  inputs = np.pad(inputs, ((0, 0), (0, pad_len)),
+                  constant_values=tokenizer.pad_token)
+  input_mask = np.pad(input_mask, ((0, 0), (0, pad_len)), constant_values=0)
+  colab = hk.transform(apply_perceiver)
+  params = colab.init(jax.random.PRNGKey(0), inputs, input_mask)
+  out = colab.apply(params, rng=jax.random.PRNGKey(1), inputs=inputs,
+                    input_mask=input_mask)
+  predicted = tokenizer.to_string(out[0, 13:22].argmax(axis=-1))
+  assert out.shape == (1, max_seq_len, tokenizer.vocab_size)
+  assert isinstance(predicted, str)
+  preset = presets.build('language_mlm', **dict(cfg, num_heads=4))
+  ref, _ = preset.apply(params, {}, None, inputs, input_mask,
+                        is_training=False)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+IMAGENET_CONFIGS = {
+  'imagenet_fourier': dict(
+    input_preprocessor=dict(
+      position_encoding_type='fourier',
+      fourier_position_encoding_kwargs=dict(
+        concat_pos=True, max_resolution=(16, 16), num_bands=4,
+        sine_only=False),
+      prep_type='pixels', spatial_downsample=1)),
+  'imagenet_conv': dict(
+    input_preprocessor=dict(
+      position_encoding_type='fourier',
+      fourier_position_encoding_kwargs=dict(
+        concat_pos=True, max_resolution=(4, 4), num_bands=4,
+        sine_only=False),
+      prep_type='conv')),
+  'imagenet_learned': dict(
+    input_preprocessor=dict(
+      position_encoding_type='trainable',
+      trainable_position_encoding_kwargs=dict(init_scale=0.02,
+                                              num_channels=256),
+      prep_type='conv1x1', project_pos_dim=256, num_channels=256,
+      spatial_downsample=1, concat_or_add_pos='concat')),
+}
+
+
+@pytest.mark.parametrize('name', sorted(IMAGENET_CONFIGS))
+def test_colab_imagenet_configs_passed_at_apply_time(name):
+  from perceiver import perceiver  # The colab's import.
+  config = dict(
+    IMAGENET_CONFIGS[name],
+    encoder=dict(
+      cross_attend_widening_factor=1, cross_attention_shape_for_attn='kv',
+      dropout_prob=0, num_blocks=2, num_cross_attend_heads=1,
+      num_self_attend_heads=8, num_self_attends_per_block=2,
+      num_z_channels=32, self_attend_widening_factor=1,
+      use_query_residual=True, z_index_dim=8, z_pos_enc_init_scale=0.02),
+    decoder=dict(
+      num_z_channels=32, position_encoding_type='trainable',
+      trainable_position_encoding_kwargs=dict(init_scale=0.02,
+                                              num_channels=32),
+      use_query_residual=name != 'imagenet_learned'))
+
+  def imagenet_classifier(config, images):
+    input_preprocessor = io.ImagePreprocessor(**config['input_preprocessor'])
+    encoder = perceiver.PerceiverEncoder(**config['encoder'])
+    decoder = perceiver.ClassificationDecoder(10, **config['decoder'])
+    model = perceiver.Perceiver(encoder=encoder, decoder=decoder,
+                                input_preprocessor=input_preprocessor)
+    return model(images, is_training=False)
+
+  colab = hk.transform_with_state(imagenet_classifier)
+  images = jnp.asarray(_rand((1, 16, 16, 3), seed=3))
+  # The colab loads a checkpoint (its is_training=False model cannot init
+  # BatchNorm state, as released): the preset's parameters and state stand
+  # in for it, and Haiku raises on any name the colab's model does not find.
+  preset = presets.build(name, **SMALL[name])
+  params, state = preset.init(jax.random.PRNGKey(0), images,
+                              is_training=True)
+  logits, _ = colab.apply(params, state, jax.random.PRNGKey(42), config,
+                          images)
+  probs = jax.nn.softmax(logits)
+  assert probs.shape == (1, 10)
+  if name != 'imagenet_conv':
+    colab_params, _ = jax.eval_shape(
+      lambda key, x: colab.init(key, config, x), jax.random.PRNGKey(0),
+      images)
+    assert _shape_tree(colab_params) == _shape_tree(params)
+  ref, _ = preset.apply(params, state, None, images, is_training=False)
+  np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_colab_optical_flow_with_tiling():
+  from perceiver import perceiver  # The colab's import.
+  train_size = SMALL['optical_flow']['image_size']
+  flow_scale_factor = 20
+
+  def optical_flow(images):
+    fourier = dict(num_bands=4, max_resolution=train_size, sine_only=False,
+                   concat_pos=True)
+    input_preprocessor = io.ImagePreprocessor(
+      position_encoding_type='fourier',
+      fourier_position_encoding_kwargs=fourier, n_extra_pos_mlp=0,
+      prep_type='patches', spatial_downsample=1, conv_after_patching=True,
+      temporal_downsample=2)
+    encoder = perceiver.PerceiverEncoder(
+      num_self_attends_per_block=2, num_blocks=1, z_index_dim=8,
+      num_cross_attend_heads=1, num_z_channels=32, num_self_attend_heads=4,
+      cross_attend_widening_factor=1, self_attend_widening_factor=1,
+      dropout_prob=0.0, z_pos_enc_init_scale=0.02,
+      cross_attention_shape_for_attn='kv', name='perceiver_encoder')
+    decoder = perceiver.FlowDecoder(
+      train_size, rescale_factor=100.0, use_query_residual=False,
+      output_num_channels=2, output_w_init=jnp.zeros,
+      position_encoding_type='fourier',
+      fourier_position_encoding_kwargs=fourier)
+    model = perceiver.Perceiver(input_preprocessor=input_preprocessor,
+                                encoder=encoder, decoder=decoder,
+                                output_postprocessor=None)
+    return model(io.patches_for_flow(images),
+                 is_training=False) * flow_scale_factor
+
+  colab = hk.transform(optical_flow)
+  rng = np.random.default_rng(4)
+  img1, img2 = (rng.integers(0, 256, (10, 17, 3)).astype(np.uint8)
+                for _ in range(2))
+  tile = jnp.zeros((1, 2) + train_size + (3,))
+  # Zero output weights (the release's init) would make every flow 0.
+  params = jax.tree.map(
+    lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.3, p.dtype),
+    colab.init(jax.random.PRNGKey(0), tile))
+  apply = jax.jit(colab.apply)
+  # The colab's tiling: grid of tile corners, pyramid weights, stitching.
+  min_overlap = 3
+  height, width = img1.shape[:2]
+  ys = list(range(0, height, train_size[0] - min_overlap))
+  xs = list(range(0, width, train_size[1] - min_overlap))
+  ys[-1], xs[-1] = height - train_size[0], width - train_size[1]
+  imgs = jnp.stack([img1 / 255.0 * 2 - 1, img2 / 255.0 * 2 - 1])[None]
+  flows = 0
+  flow_count = 0
+  for y, x in itertools.product(ys, xs):
+    piece = imgs[..., y:y + train_size[0], x:x + train_size[1], :]
+    flow_piece = apply(params, jax.random.PRNGKey(42), piece)
+    wx, wy = jnp.meshgrid(jnp.arange(train_size[1]),
+                          jnp.arange(train_size[0]))
+    wx = jnp.minimum(wx + 1, train_size[1] - wx)
+    wy = jnp.minimum(wy + 1, train_size[0] - wy)
+    weights = jnp.minimum(wx, wy)[None, :, :, None]
+    padding = [(0, 0), (y, height - y - train_size[0]),
+               (x, width - x - train_size[1]), (0, 0)]
+    flows = flows + jnp.pad(flow_piece * weights, padding)
+    flow_count = flow_count + jnp.pad(weights, padding)
+  flows = flows / flow_count
+  ours = tasks.optical_flow(
+    presets.build('optical_flow', **SMALL['optical_flow']), params, {},
+    img1, img2, min_overlap=min_overlap, overrides=SMALL['optical_flow'])
+  assert float(jnp.abs(flows).max()) > 1e-3
+  np.testing.assert_allclose(ours, flows[0], rtol=1e-4, atol=1e-4)
+
+
+def _colab_video_autoencoder(cfg):
+  """The colab's video_autoencoder, at the sizes of SMALL (MODELS.md 2.4)."""
+  from perceiver import perceiver  # The colab's import.
+  frames, img_sz, spp = cfg['num_frames'], cfg['image_size'] // 4, 16
+  num_classes = cfg['num_classes']
+
+  def video_autoencoder(images, audio, subsampling):
+    n_audio_samples = audio.shape[1]
+    audio_pe = dict(num_bands=4, max_resolution=(n_audio_samples,),
+                    sine_only=False, concat_pos=True)
+    image_pe = dict(num_bands=4, max_resolution=(frames, img_sz, img_sz),
+                    sine_only=False, concat_pos=True)
+    input_preprocessor = io.MultimodalPreprocessor(
+      min_padding_size=4,
+      modalities={
+        'audio': io.AudioPreprocessor(
+          position_encoding_type='fourier',
+          fourier_position_encoding_kwargs=audio_pe, n_extra_pos_mlp=0,
+          prep_type='patches', samples_per_patch=spp),
+        'image': io.ImagePreprocessor(
+          position_encoding_type='fourier',
+          fourier_position_encoding_kwargs=image_pe, n_extra_pos_mlp=0,
+          prep_type='patches', spatial_downsample=4, temporal_downsample=1),
+        'label': io.OneHotPreprocessor(),
+      },
+      mask_probs={'image': 0.0, 'audio': 0.0, 'label': 1.0})
+    output_postprocessor = io.MultimodalPostprocessor(modalities={
+      'audio': io.AudioPostprocessor(samples_per_patch=spp),
+      'image': io.ProjectionPostprocessor(num_outputs=3),
+      'label': io.ClassificationPostprocessor(num_classes=num_classes)})
+    encoder = perceiver.PerceiverEncoder(
+      num_self_attends_per_block=2, num_blocks=1, z_index_dim=8,
+      num_z_channels=32, num_cross_attend_heads=1, num_self_attend_heads=4,
+      cross_attend_widening_factor=1, self_attend_widening_factor=1,
+      dropout_prob=0.0, z_pos_enc_init_scale=0.02,
+      cross_attention_shape_for_attn='kv', name='encoder')
+    subsampled_index_dims = {'audio': subsampling['audio'].shape[0],
+                             'image': subsampling['image'].shape[0],
+                             'label': 1}
+    image_decoder = perceiver.BasicVideoAutoencodingDecoder(
+      concat_preprocessed_input=False,
+      subsampled_index_dims=subsampling['image'],
+      output_shape=images.shape[:4], num_z_channels=1024,
+      output_num_channels=512, use_query_residual=False,
+      position_encoding_type='fourier',
+      fourier_position_encoding_kwargs=image_pe)
+    decoder = perceiver.MultimodalDecoder(
+      concat_preprocessed_input=False,
+      subsampled_index_dims=subsampled_index_dims,
+      modalities={
+        'audio': perceiver.BasicDecoder(
+          concat_preprocessed_input=False,
+          subsampled_index_dims=subsampling['audio'],
+          output_index_dims=(n_audio_samples // spp,), num_z_channels=1024,
+          output_num_channels=512, use_query_residual=False,
+          position_encoding_type='fourier',
+          fourier_position_encoding_kwargs=audio_pe),
+        'image': image_decoder,
+        'label': perceiver.ClassificationDecoder(
+          concat_preprocessed_input=False, num_classes=num_classes,
+          num_z_channels=1024, use_query_residual=False,
+          position_encoding_type='trainable',
+          trainable_position_encoding_kwargs=dict(num_channels=1024,
+                                                  init_scale=0.02)),
+      },
+      num_outputs=None, output_num_channels=32, use_query_residual=False)
+    model = perceiver.Perceiver(
+      input_preprocessor=input_preprocessor, encoder=encoder,
+      decoder=decoder, output_postprocessor=output_postprocessor)
+    return model({'image': images, 'audio': audio,
+                  'label': np.zeros((images.shape[0], num_classes))},
+                 is_training=False, subsampled_output_points=subsampling)
+
+  return hk.transform_with_state(video_autoencoder)
+
+
+def test_colab_video_autoencoding_in_chunks():
+  # Issue 9, item 2: the colab's chunk dicts carry 'label': None.
+  cfg = dict(SMALL['video_autoencoding'], num_z_channels=32)
+  colab = _colab_video_autoencoder(cfg)
+  rng = np.random.default_rng(5)
+  images = jnp.asarray(rng.uniform(0, 1, (1, 2, 16, 16, 3)), jnp.float32)
+  audio = jnp.asarray(rng.uniform(-1, 1, (1, 64, 1)), jnp.float32)
+  nchunks = 4
+  first = {'image': jnp.arange(0, 128), 'audio': jnp.arange(0, 1),
+           'label': None}
+  params, state = colab.init(jax.random.PRNGKey(0), images, audio, first)
+  params = jax.tree.map(
+    lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.2, p.dtype), params)
+  reconstruction = {}
+  for chunk_idx in range(nchunks):
+    image_chunk_size = np.prod(images.shape[1:-1]) // nchunks
+    audio_chunk_size = audio.shape[1] // 16 // nchunks
+    subsampling = {
+      'image': jnp.arange(image_chunk_size * chunk_idx,
+                          image_chunk_size * (chunk_idx + 1)),
+      'audio': jnp.arange(audio_chunk_size * chunk_idx,
+                          audio_chunk_size * (chunk_idx + 1)),
+      'label': None,
+    }
+    output, state = colab.apply(params, state, jax.random.PRNGKey(42),
+                                images, audio, subsampling)
+    assert output['image'].shape == (1, image_chunk_size, 3)
+    assert output['audio'].shape == (1, audio_chunk_size * 16)
+    reconstruction['label'] = output['label']
+    for m in ('image', 'audio'):
+      reconstruction[m] = (
+        output[m] if m not in reconstruction
+        else jnp.concatenate([reconstruction[m], output[m]], axis=1))
+  reconstruction['image'] = jnp.reshape(reconstruction['image'], images.shape)
+  reconstruction['audio'] = jnp.reshape(reconstruction['audio'], audio.shape)
+  scores, _ = jax.lax.top_k(jax.nn.softmax(reconstruction['label']), 5)
+  assert scores.shape == (1, 5)
+  # The chunks equal a full decode of the same model (the preset).
+  preset = presets.build('video_autoencoding', **cfg)
+  inputs = {'image': images, 'audio': audio,
+            'label': jnp.zeros((1, cfg['num_classes']))}
+  full, _ = preset.apply(params, {}, None, inputs, is_training=False)
+  for m in ('image', 'audio', 'label'):
+    np.testing.assert_allclose(reconstruction[m], full[m], rtol=1e-4,
+                               atol=1e-4, err_msg=m)
+
+
+def test_preset_video_chunk_with_label_none():
+  # Issue 9, item 2 with presets.build: None decodes the whole modality (one
+  # label output); the chunk's rows equal the full decode's at its points.
+  cfg = SMALL['video_autoencoding']
+  model = presets.build('video_autoencoding', **cfg)
+  rng = np.random.default_rng(6)
+  inputs = {'image': jnp.asarray(rng.uniform(0, 1, (1, 2, 16, 16, 3)),
+                                 jnp.float32),
+            'audio': jnp.asarray(rng.uniform(-1, 1, (1, 64, 1)), jnp.float32),
+            'label': jnp.zeros((1, 5))}
+  params, state = model.init(jax.random.PRNGKey(0), inputs, is_training=False)
+  params = jax.tree.map(
+    lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.2, p.dtype), params)
+  points = {'image': jnp.arange(0, 100), 'audio': jnp.arange(0, 3),
+            'label': None}
+  chunk, _ = model.apply(params, state, None, inputs, is_training=False,
+                         subsampled_output_points=points)
+  full, _ = model.apply(params, state, None, inputs, is_training=False)
+  assert chunk['label'].shape == (1, 5)
+  np.testing.assert_allclose(chunk['label'], full['label'], rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(
+    chunk['image'], full['image'].reshape(1, -1, 3)[:, :100], rtol=1e-4,
+    atol=1e-4)
+  np.testing.assert_allclose(chunk['audio'], full['audio'][:, :48, 0],
+                             rtol=1e-4, atol=1e-4)
