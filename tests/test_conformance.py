@@ -704,3 +704,190 @@ def test_preset_video_chunk_with_label_none():
     atol=1e-4)
   np.testing.assert_allclose(chunk['audio'], full['audio'][:, :48, 0],
                              rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Subsampling: any points give the full decode's rows.
+# ---------------------------------------------------------------------------
+
+
+def _flow_3x4():
+  return dec.FlowDecoder((3, 4), output_num_channels=2, rescale_factor=10.0)
+
+
+def _classification():
+  return dec.ClassificationDecoder(
+    5, position_encoding_type='trainable',
+    trainable_position_encoding_kwargs=dict(num_channels=6))
+
+
+# kind -> (decoder builder, M inputs, O outputs).
+SUBSAMPLING_KINDS = dict(
+  {k: (functools.partial(make_decoder, k), 6, o)
+   for k, (o, _) in DECODER_SPECS.items()},
+  **{'flow-3x4': (_flow_3x4, 12, 12),
+     'classification': (_classification, 6, 1)})
+
+
+def _point_sets(o):
+  return {
+    'all reversed': np.arange(o)[::-1],
+    'all, repeats': np.concatenate([np.arange(o), [0, o - 1, 0]]),
+    'one': np.array([o - 1]),
+    'repeats only': np.array([o // 2] * 3),
+  }
+
+
+@pytest.mark.parametrize('kind', sorted(SUBSAMPLING_KINDS))
+def test_any_subsampled_points_give_the_full_decode_rows(kind):
+  build, m, o = SUBSAMPLING_KINDS[kind]
+  x = make_inputs(21, m=m)
+
+  def run(x, points=None):
+    return P.Perceiver(tiny_encoder(), build())(
+      x, is_training=False, subsampled_output_points=points)
+
+  f = hk.transform(run)
+  params = random_params(f, x, seed=21)
+  full = np.asarray(jax.jit(f.apply)(params, None, x)).reshape(2, o, -1)
+  for name, points in _point_sets(o).items():
+    rows = jax.jit(functools.partial(f.apply, points=points))(
+      params, None, x)
+    assert rows.shape == (2, len(points), full.shape[-1]), name
+    np.testing.assert_allclose(rows, full[:, points], rtol=1e-5, atol=1e-5,
+                               err_msg=name)
+
+
+def test_flow_reversed_points_are_rows_not_an_image():
+  # Issue 9, item 4: twelve points of a (3, 4) flow decoder, reversed.
+  x = make_inputs(22, m=12)
+  f = hk.transform(lambda x, points=None: P.Perceiver(
+    tiny_encoder(), _flow_3x4())(x, is_training=False,
+                                 subsampled_output_points=points))
+  params = random_params(f, x, seed=22)
+  full = f.apply(params, None, x)
+  assert full.shape == (2, 3, 4, 2)
+  rows = f.apply(params, None, x, points=jnp.arange(12)[::-1])
+  assert rows.shape == (2, 12, 2)
+  np.testing.assert_allclose(rows, np.asarray(full).reshape(2, 12, 2)[:, ::-1],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_direct_full_decode_call_rejects_subsampled_queries():
+  x = make_inputs(23, m=12)
+
+  def fn(x):
+    d = _flow_3x4()
+    return d(d.decoder_query(x, subsampled_points=jnp.arange(5)),
+             jnp.ones((2, 4, 8)), is_training=False)
+
+  with pytest.raises(ValueError, match='decode_points'):
+    hk.transform(fn).init(jax.random.PRNGKey(0), x)
+
+
+def test_multimodal_points_any_order_repeats_and_none():
+  cfg = SMALL['video_autoencoding']
+  model = presets.build('video_autoencoding', **cfg)
+  rng = np.random.default_rng(24)
+  inputs = {'image': jnp.asarray(rng.uniform(0, 1, (1, 2, 16, 16, 3)),
+                                 jnp.float32),
+            'audio': jnp.asarray(rng.uniform(-1, 1, (1, 64, 1)), jnp.float32),
+            'label': jnp.zeros((1, 5))}
+  params, state = model.init(jax.random.PRNGKey(0), inputs, is_training=False)
+  params = jax.tree.map(
+    lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.2, p.dtype), params)
+  apply = jax.jit(model.apply, static_argnames='is_training')
+  full, _ = apply(params, state, None, inputs, is_training=False)
+  image_rows = np.asarray(full['image']).reshape(1, 512, 3)
+  audio_rows = np.asarray(full['audio']).reshape(1, 4, 16)
+  image_points = np.concatenate([np.arange(512)[::-1], [3, 3]])
+  audio_points = np.array([3, 0, 3])
+  out, _ = apply(params, state, None, inputs, is_training=False,
+                 subsampled_output_points={'image': image_points,
+                                           'audio': audio_points,
+                                           'label': None})
+  np.testing.assert_allclose(out['image'], image_rows[:, image_points],
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    out['audio'], audio_rows[:, audio_points].reshape(1, -1), rtol=1e-4,
+    atol=1e-4)
+  np.testing.assert_allclose(out['label'], full['label'], rtol=1e-4,
+                             atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Released defaults are accepted.
+# ---------------------------------------------------------------------------
+
+# Only the arguments the release requires (and the position-encoding kwargs
+# dict its build_position_encoding asserts); every other argument defaults.
+DEFAULT_CASES = {
+  'Attention': (lambda x: P.Attention()(x, x), [(1, 3, 8)]),
+  'MLP': (lambda x: P.MLP()(x, is_training=False), [(1, 3, 8)]),
+  'SelfAttention': (lambda x: P.SelfAttention()(x, is_training=False),
+                    [(1, 3, 8)]),
+  'CrossAttention': (lambda q, kv: P.CrossAttention()(
+    q, kv, is_training=False), [(1, 3, 8), (1, 5, 16)]),
+  'PerceiverEncoder': (lambda x: (lambda e: e(
+    x, e.latents(x), is_training=False))(P.PerceiverEncoder()),
+    [(1, 5, 16)]),
+  'ProjectionDecoder': (lambda x: _perceiver(
+    lambda: P.ProjectionDecoder(3), x), [(1, 5, 3)]),
+  'BasicDecoder': (lambda x: _perceiver(lambda: P.BasicDecoder(
+    3, output_index_dims=(4,), trainable_position_encoding_kwargs={}), x),
+    [(1, 5, 3)]),
+  'ClassificationDecoder': (lambda x: _perceiver(
+    lambda: P.ClassificationDecoder(3, trainable_position_encoding_kwargs={}),
+    x), [(1, 5, 3)]),
+  'FlowDecoder': (lambda x: _perceiver(lambda: P.FlowDecoder((1, 5)), x),
+                  [(1, 5, 3)]),
+  'TrainablePositionEncoding': (
+    lambda: P.TrainablePositionEncoding(4)(1), []),
+  'FourierPositionEncoding': (
+    lambda: P.FourierPositionEncoding((4,), 2)(1), []),
+  'Conv2DDownsample': (lambda x: io.Conv2DDownsample()(x, is_training=True),
+                       [(1, 8, 8, 3)]),
+  'Conv2DUpsample': (lambda x: io.Conv2DUpsample(3)(x, is_training=False),
+                     [(1, 2, 2, 4)]),
+  'Conv3DUpsample': (lambda x: io.Conv3DUpsample(3)(x, is_training=False),
+                     [(1, 1, 1, 1, 4)]),
+  'ImagePreprocessor': (lambda x: io.ImagePreprocessor(
+    fourier_position_encoding_kwargs=dict(num_bands=2))(
+      x, is_training=True), [(1, 8, 8, 3)]),
+  'ImagePostprocessor': (lambda x: io.ImagePostprocessor()(
+    x, is_training=False), [(1, 2, 2, 4)]),
+  'ImagePostprocessor(conv)': (lambda x: io.ImagePostprocessor(
+    'conv', n_outputs=3)(x, is_training=False), [(1, 2, 2, 4)]),
+  'ImagePostprocessor(conv1x1)': (lambda x: io.ImagePostprocessor(
+    'conv1x1', n_outputs=3)(x, is_training=False), [(1, 2, 2, 4)]),
+  'ImagePostprocessor(patches)': (lambda x: io.ImagePostprocessor(
+    'patches')(x, is_training=False), [(1, 2, 2, 4)]),
+  'AudioPreprocessor': (lambda x: io.AudioPreprocessor(
+    fourier_position_encoding_kwargs=dict(num_bands=2))(
+      x, is_training=False), [(1, 192)]),
+  'AudioPostprocessor': (lambda x: io.AudioPostprocessor()(
+    x, is_training=False), [(1, 2, 4)]),
+  'OneHotPreprocessor': (lambda x: io.OneHotPreprocessor()(
+    x, is_training=False), [(1, 4)]),
+  'IdentityPostprocessor': (lambda x: io.IdentityPostprocessor()(
+    x, is_training=False), [(1, 2, 4)]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(DEFAULT_CASES))
+def test_released_defaults_are_accepted(name):
+  fn, shapes = DEFAULT_CASES[name]
+  args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+  f = hk.transform_with_state(fn)
+  params, state = jax.eval_shape(f.init, jax.random.PRNGKey(0), *args)
+  jax.eval_shape(f.apply, params, state, None, *args)
+
+
+def test_conv_postprocessor_default_spatial_upsample_upsamples_4x():
+  # The release ignores spatial_upsample for 'conv' (Conv2DUpsample is 4x).
+  f = hk.transform(lambda x: io.ImagePostprocessor('conv', n_outputs=3)(
+    x, is_training=False))
+  x = jnp.zeros((1, 2, 3, 4))
+  params = jax.eval_shape(f.init, jax.random.PRNGKey(0), x)
+  out = jax.eval_shape(f.apply, params, None, x)
+  assert out.shape == (1, 8, 12, 3)
