@@ -8,7 +8,6 @@ runs unchanged; the implementations live in `attention`, `encoder`,
 `decoders` and `model`.
 """
 
-# pylint: disable=unused-import
 from perceiver import io_processors, position_encoding
 from perceiver.attention import (
   MLP,
@@ -31,3 +30,25 @@ from perceiver.decoders import (
 )
 from perceiver.encoder import PerceiverEncoder
 from perceiver.model import Perceiver
+
+__all__ = [
+  'AbstractPerceiverDecoder',
+  'Attention',
+  'BasicDecoder',
+  'BasicVideoAutoencodingDecoder',
+  'ClassificationDecoder',
+  'CrossAttention',
+  'FlowDecoder',
+  'MLP',
+  'MultimodalDecoder',
+  'Perceiver',
+  'PerceiverEncoder',
+  'ProjectionDecoder',
+  'SelfAttention',
+  'attend',
+  'conv_1d',
+  'io_processors',
+  'layer_norm',
+  'make_cross_attention_mask',
+  'position_encoding',
+]
