@@ -364,6 +364,17 @@ class FlowDecoder(AbstractPerceiverDecoder):
   def __init__(self, output_image_shape: Sequence[int],
                output_num_channels: int = 2, rescale_factor: float = 100.0,
                name: str = 'flow_decoder', **decoder_kwargs):
+    """Builds the decoder; arguments and defaults are the released ones.
+
+    Args:
+      output_image_shape: (H, W), a tuple or list.
+      output_num_channels: C, flow channels.
+      rescale_factor: divisor of the outputs (100 in the release).
+      name: module name.
+      **decoder_kwargs: for the inner `BasicDecoder`. Its queries are the
+        per-pixel inputs, so `position_encoding_type` (default here 'none')
+        and its kwargs are accepted and build no encoding, as released.
+    """
     super().__init__(name=name)
     self._output_image_shape = tuple(output_image_shape)
     if len(self._output_image_shape) != 2:
@@ -417,6 +428,18 @@ class BasicVideoAutoencodingDecoder(_WrappedBasicDecoder):
   def __init__(self, output_shape: Sequence[int], position_encoding_type: str,
                name: str = 'basic_video_autoencoding_decoder',
                **decoder_kwargs):
+    """Builds the decoder; arguments are the released ones.
+
+    Args:
+      output_shape: (B, T, H, W), a tuple or list (the colab passes
+        `images.shape[:4]`); B is accepted and ignored (outputs take the
+        batch size of the queries).
+      position_encoding_type: 'trainable' or 'fourier' queries over
+        (T, H, W).
+      name: module name.
+      **decoder_kwargs: for the inner `BasicDecoder` (`output_num_channels`,
+        `fourier_position_encoding_kwargs`, ...).
+    """
     super().__init__(name=name)
     if len(output_shape) != 4:
       raise ValueError('output_shape: expected (B, T, H, W), got '
