@@ -171,24 +171,30 @@ def per_example(logits, batch, *, label_smoothing: float = 0.0):
   }
 
 
-def normalise(record):
-  """'image' uint8 [28, 28] -> float32 [28, 28, 1], zero mean, unit variance."""
-  x = record['image'].astype(np.float32) / 255.0
-  return dict(record, image=((x - MNIST_MEAN) / MNIST_STD)[..., None])
+def normalise(images_u8: np.ndarray) -> np.ndarray:
+  """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1], zero mean, unit variance."""
+  x = images_u8.astype(np.float32) / 255.0
+  return ((x - MNIST_MEAN) / MNIST_STD)[..., None]
+
+
+def pad(images: np.ndarray, max_shift: int) -> np.ndarray:
+  """[N, 28, 28, 1] -> [N, 28 + 2 max_shift, 28 + 2 max_shift, 1], padded
+  with the normalised background (done once, before the random crops)."""
+  background = (0.0 - MNIST_MEAN) / MNIST_STD
+  s = max_shift
+  return np.pad(
+    images, ((0, 0), (s, s), (s, s), (0, 0)), constant_values=background
+  )
 
 
 def random_shift(record, rng: np.random.Generator, *, max_shift: int):
-  """Translates the [28, 28, 1] image by up to `max_shift` pixels along each
-  axis (uniform integer offsets from `rng`; zero padding)."""
-  pad = max_shift
-  background = (0.0 - MNIST_MEAN) / MNIST_STD
-  padded = np.pad(
-    record['image'],
-    ((pad, pad), (pad, pad), (0, 0)),
-    constant_values=background,
-  )  # [28 + 2 pad, 28 + 2 pad, 1]
-  dy, dx = rng.integers(0, 2 * pad + 1, size=2)
-  return dict(record, image=padded[dy : dy + IMAGE_SIZE, dx : dx + IMAGE_SIZE])
+  """Translates the image by up to `max_shift` pixels along each axis
+  (uniform integer offsets from `rng`): a 28x28 crop of the padded image
+  'image' [28 + 2 max_shift, 28 + 2 max_shift, 1] (see `pad`)."""
+  dy, dx = rng.integers(0, 2 * max_shift + 1, size=2)
+  return dict(
+    record, image=record['image'][dy : dy + IMAGE_SIZE, dx : dx + IMAGE_SIZE]
+  )
 
 
 def validate(config) -> None:
@@ -252,17 +258,16 @@ def build_task(config, process_index: int, process_count: int) -> Task:
 
   validate(config)
   images, labels = load_mnist_10k()
+  x = normalise(images)
+  shift = config.data.max_shift
   train = data_lib.ArraySource(
-    {'image': images[: config.num_train], 'label': labels[: config.num_train]}
+    {
+      'image': pad(x[: config.num_train], shift),
+      'label': labels[: config.num_train],
+    }
   )
-  held_out = data_lib.ArraySource(
-    {'image': images[-2000:], 'label': labels[-2000:]}
-  )
-  ops = [data_lib.Map(normalise)]
-  if config.data.max_shift:
-    ops.append(
-      data_lib.RandomMap(random_shift, max_shift=config.data.max_shift)
-    )
+  held_out = data_lib.ArraySource({'image': x[-2000:], 'label': labels[-2000:]})
+  ops = [data_lib.RandomMap(random_shift, max_shift=shift)] if shift else []
   loader = dict(
     process_index=process_index,
     process_count=process_count,
@@ -280,18 +285,14 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     **loader,
   )
   eval_data = lambda: data_lib.eval_batches(
-    held_out,
-    global_batch=config.eval_batch_size,
-    ops=ops[:1],
-    **loader,
+    held_out, global_batch=config.eval_batch_size, **loader
   )
-  example = [normalise(train[i]) for i in range(2)]
   return Task(
     forward=make_forward(config.model),
     per_example=functools.partial(
       per_example, label_smoothing=config.data.label_smoothing
     ),
     train_data=train_data,
-    example_batch={k: np.stack([r[k] for r in example]) for k in example[0]},
+    example_batch={'image': x[:2], 'label': labels[:2]},
     eval_data=eval_data,
   )

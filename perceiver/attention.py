@@ -381,6 +381,9 @@ class LayerNorm(hk.LayerNorm):
   create_offset=True)`. Autodiff of hk.LayerNorm took 7.3 ms forward +
   backward for [512, 1024] on the 2-core CPU, this 2.8 ms (the closed-form
   input gradient in one pass over the saved normalised inputs).
+
+  Statistics and normalisation are computed in float32 for bfloat16/float16
+  inputs; the output has the inputs' dtype.
   """
 
   def __init__(self, name: Optional[str] = None):
@@ -401,23 +404,29 @@ def _layer_norm(x, scale, offset, eps):
 
 
 def _layer_norm_fwd(x, scale, offset, eps):
-  centred = x - jnp.mean(x, axis=-1, keepdims=True)
+  # Mean, variance and normalisation in float32 whatever x's dtype; the
+  # output is rounded to x's dtype, the saved normalised inputs too.
+  x32 = x.astype(jnp.float32)
+  centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
   inv_std = jax.lax.rsqrt(
       jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
   normalised = centred * inv_std
-  return normalised * scale + offset, (normalised, inv_std, scale)
+  out = normalised * scale.astype(jnp.float32) + offset.astype(jnp.float32)
+  return out.astype(x.dtype), (normalised.astype(x.dtype), inv_std, scale,
+                               offset)
 
 
 def _layer_norm_bwd(eps, residuals, g):
   del eps
-  normalised, inv_std, scale = residuals
-  g_scaled = g * scale
+  normalised, inv_std, scale, offset = residuals
+  n32, g32 = normalised.astype(jnp.float32), g.astype(jnp.float32)
+  g_scaled = g32 * scale.astype(jnp.float32)
   dx = inv_std * (g_scaled - jnp.mean(g_scaled, axis=-1, keepdims=True) -
-                  normalised * jnp.mean(g_scaled * normalised, axis=-1,
-                                        keepdims=True))
+                  n32 * jnp.mean(g_scaled * n32, axis=-1, keepdims=True))
   batch_axes = tuple(range(g.ndim - 1))
-  return (dx, jnp.sum(g * normalised, axis=batch_axes),
-          jnp.sum(g, axis=batch_axes))
+  return (dx.astype(normalised.dtype),
+          jnp.sum(g32 * n32, axis=batch_axes).astype(scale.dtype),
+          jnp.sum(g32, axis=batch_axes).astype(offset.dtype))
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

@@ -74,16 +74,56 @@ class AbstractPerceiverDecoder(hk.Module, metaclass=abc.ABCMeta):
     """Shapes a full decode's flat [B, O, C] outputs as `__call__` returns them."""
     return outputs
 
+  def decode_points(self, query, z, *, is_training: bool, query_mask=None):
+    """Decodes the queries of S points into rows [B, S, C].
+
+    Row s is the output at the point whose query is `query[:, s]`, whatever S
+    is (it may equal O), and whatever the order of the points or their
+    repetitions: the rows are never reshaped into the full output's shape.
+    `Perceiver` uses it for subsampled and chunked decodes; `__call__` is the
+    full decode, in its output shape.
+
+    Args:
+      query: [B, S, E] queries (from `decoder_query`).
+      z: [B, N, D] latents.
+      is_training: enables dropout.
+      query_mask: optional [B, S].
+
+    Returns:
+      [B, S, C] rows.
+    """
+    return self(query, z, is_training=is_training, query_mask=query_mask)
+
   @abc.abstractmethod
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
     """Decodes `query` [B, O, E] from latents `z` [B, N, D]."""
 
 
+def _check_full_decode(decoder_name: str, outputs, num_outputs: int):
+  """Raises unless `outputs` [B, S, C] has the S = O rows of a full decode."""
+  if outputs.shape[1] != num_outputs:
+    raise ValueError(
+        f'query: {decoder_name}.__call__ returns the full decode of its '
+        f'{num_outputs} outputs, got {outputs.shape[1]} queries; decode the '
+        'queries of subsampled points with decode_points (as Perceiver does '
+        'for subsampled_output_points), which returns [B, S, C] rows.')
+
+
+def _in_dtype_of(x, inputs):
+  """`x` cast to the dtype of floating `inputs` (the model's compute dtype)."""
+  if jnp.issubdtype(inputs.dtype, jnp.floating):
+    return x.astype(inputs.dtype)
+  return x
+
+
 class ProjectionDecoder(AbstractPerceiverDecoder):
   """Original-Perceiver head: mean over latents, then a zero-init Linear.
 
-  `final_avg_before_project` is accepted for the released interface: the head
+  The Linear is `projection_decoder/~/logits` (`w` [D, num_classes], `b`
+  [num_classes]), the released parameter path. `final_avg_before_project`
+  is accepted for the released interface and ignored, as released: the head
   is linear, so averaging before or after projecting gives the same result.
+  `num_z_channels` is accepted and ignored (D is read from the latents).
   """
 
   def __init__(self, num_classes: int, final_avg_before_project: bool = False,
@@ -92,6 +132,8 @@ class ProjectionDecoder(AbstractPerceiverDecoder):
     validation.check_positive('num_classes', num_classes)
     del final_avg_before_project, num_z_channels
     self._num_classes = num_classes
+    self.final_layer = attn.Linear(num_classes, w_init=jnp.zeros,
+                                   name='logits')
 
   @property
   def num_outputs(self) -> int:
@@ -106,10 +148,11 @@ class ProjectionDecoder(AbstractPerceiverDecoder):
     return None
 
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
-    """[B, N, D] latents -> [B, num_classes] logits."""
+    """[B, N, D] latents -> [B, num_classes] logits (mean in float32)."""
     del query, is_training, query_mask
     validation.check_rank('z', z, (3,), '[B, N, D]')
-    return attn.Linear(self._num_classes, w_init=jnp.zeros)(jnp.mean(z, axis=1))
+    mean_BD = jnp.mean(z.astype(jnp.float32), axis=1).astype(z.dtype)
+    return self.final_layer(mean_BD)
 
 
 class BasicDecoder(AbstractPerceiverDecoder):
@@ -193,7 +236,9 @@ class BasicDecoder(AbstractPerceiverDecoder):
     """Output queries [B, O, E], or [B, S, E] for `subsampled_points` [S].
 
     Args:
-      inputs: [B, M, C] preprocessed inputs (gives the batch size).
+      inputs: [B, M, C] preprocessed inputs: give the batch size, and the
+        dtype of the queries when floating (queries are computed in float32
+        and rounded to it).
       modality_sizes: unused.
       inputs_without_pos: [B, O, C'] un-encoded inputs, needed with
         `concat_preprocessed_input`.
@@ -216,6 +261,8 @@ class BasicDecoder(AbstractPerceiverDecoder):
       query = self._position_encoding(batch_size, pos=pos)
     else:
       query = self._position_encoding(batch_size, indices=subsampled_points)
+    # Positions and angles are computed in float32, then rounded once.
+    query = _in_dtype_of(query, inputs)
     if self._concat_preprocessed_input:
       if inputs_without_pos is None:
         raise ValueError('inputs_without_pos: expected the un-encoded inputs '
@@ -291,25 +338,43 @@ class ClassificationDecoder(_WrappedBasicDecoder):
   def num_outputs(self) -> int:
     return 1
 
+  def decode_points(self, query, z, *, is_training: bool, query_mask=None):
+    return self.decoder(query, z, is_training=is_training,
+                        query_mask=query_mask)
+
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
+    """Decodes the single query [B, 1, E] into logits [B, num_classes]."""
     return self.restore_output_shape(
-        self.decoder(query, z, is_training=is_training, query_mask=query_mask))
+        self.decode_points(query, z, is_training=is_training,
+                           query_mask=query_mask))
 
   def restore_output_shape(self, outputs):
+    _check_full_decode('ClassificationDecoder', outputs, 1)
     return outputs[:, 0, :]
 
 
 class FlowDecoder(AbstractPerceiverDecoder):
   """Optical flow: the per-pixel preprocessed inputs are the queries.
 
-  Outputs are divided by `rescale_factor` and, for a full decode, reshaped to
-  [B, H, W, C]. Subsampled decodes take the queries of those pixels and
-  return [B, S, C].
+  Outputs are divided by `rescale_factor`; `__call__` (a full decode)
+  reshapes them to [B, H, W, C]. Subsampled decodes take the queries of
+  those pixels and `decode_points` returns their [B, S, C] rows.
   """
 
   def __init__(self, output_image_shape: Sequence[int],
                output_num_channels: int = 2, rescale_factor: float = 100.0,
                name: str = 'flow_decoder', **decoder_kwargs):
+    """Builds the decoder; arguments and defaults are the released ones.
+
+    Args:
+      output_image_shape: (H, W), a tuple or list.
+      output_num_channels: C, flow channels.
+      rescale_factor: divisor of the outputs (100 in the release).
+      name: module name.
+      **decoder_kwargs: for the inner `BasicDecoder`. Its queries are the
+        per-pixel inputs, so `position_encoding_type` (default here 'none')
+        and its kwargs are accepted and build no encoding, as released.
+    """
     super().__init__(name=name)
     self._output_image_shape = tuple(output_image_shape)
     if len(self._output_image_shape) != 2:
@@ -341,14 +406,18 @@ class FlowDecoder(AbstractPerceiverDecoder):
     points = check_subsampled_points(subsampled_points, inputs.shape[1])
     return jnp.take(inputs, points, axis=1)
 
-  def __call__(self, query, z, *, is_training: bool, query_mask=None):
-    flow = self.decoder(query, z, is_training=is_training,
+  def decode_points(self, query, z, *, is_training: bool, query_mask=None):
+    return self.decoder(query, z, is_training=is_training,
                         query_mask=query_mask) / self._rescale_factor
-    if query.shape[1] == self.num_outputs:
-      return self.restore_output_shape(flow)
-    return flow
+
+  def __call__(self, query, z, *, is_training: bool, query_mask=None):
+    """Decodes all H * W pixel queries [B, H * W, E] into [B, H, W, C]."""
+    return self.restore_output_shape(
+        self.decode_points(query, z, is_training=is_training,
+                           query_mask=query_mask))
 
   def restore_output_shape(self, outputs):
+    _check_full_decode('FlowDecoder', outputs, self.num_outputs)
     return outputs.reshape(
         (outputs.shape[0],) + self._output_image_shape + (outputs.shape[-1],))
 
@@ -359,6 +428,18 @@ class BasicVideoAutoencodingDecoder(_WrappedBasicDecoder):
   def __init__(self, output_shape: Sequence[int], position_encoding_type: str,
                name: str = 'basic_video_autoencoding_decoder',
                **decoder_kwargs):
+    """Builds the decoder; arguments are the released ones.
+
+    Args:
+      output_shape: (B, T, H, W), a tuple or list (the colab passes
+        `images.shape[:4]`); B is accepted and ignored (outputs take the
+        batch size of the queries).
+      position_encoding_type: 'trainable' or 'fourier' queries over
+        (T, H, W).
+      name: module name.
+      **decoder_kwargs: for the inner `BasicDecoder` (`output_num_channels`,
+        `fourier_position_encoding_kwargs`, ...).
+    """
     super().__init__(name=name)
     if len(output_shape) != 4:
       raise ValueError('output_shape: expected (B, T, H, W), got '
@@ -372,14 +453,19 @@ class BasicVideoAutoencodingDecoder(_WrappedBasicDecoder):
   def num_outputs(self) -> int:
     return int(np.prod(self._output_shape[1:4]))
 
+  def decode_points(self, query, z, *, is_training: bool, query_mask=None):
+    return self.decoder(query, z, is_training=is_training,
+                        query_mask=query_mask)
+
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
-    outputs = self.decoder(query, z, is_training=is_training,
-                           query_mask=query_mask)
-    if query.shape[1] == self.num_outputs:
-      return self.restore_output_shape(outputs)
-    return outputs
+    """Decodes all T * H * W queries into [B, T, H, W, C]."""
+    return self.restore_output_shape(
+        self.decode_points(query, z, is_training=is_training,
+                           query_mask=query_mask))
 
   def restore_output_shape(self, outputs):
+    _check_full_decode('BasicVideoAutoencodingDecoder', outputs,
+                       self.num_outputs)
     return outputs.reshape((outputs.shape[0],) + self._output_shape[1:4]
                            + (outputs.shape[-1],))
 
@@ -398,6 +484,20 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
                min_padding_size: int = 2,
                subsampled_index_dims: Optional[Mapping[str, int]] = None,
                name: str = 'multimodal_decoder', **decoder_kwargs):
+    """Builds the decoder; arguments and defaults are the released ones.
+
+    Args:
+      modalities: {modality: decoder}; only their `decoder_query` is used.
+      num_outputs: accepted for the released interface (the output count is
+        that of the modalities' queries); None as released.
+      output_num_channels: C, width of the shared decoder's projection.
+      min_padding_size: learned padding channels added to the widest query.
+      subsampled_index_dims: accepted and ignored, as released (the sizes
+        come from the `subsampled_points` of each call).
+      name: module name.
+      **decoder_kwargs: for the shared `BasicDecoder` (e.g.
+        `use_query_residual`, `concat_preprocessed_input`, `num_heads`).
+    """
     super().__init__(name=name)
     if not modalities:
       raise ValueError('modalities: expected a non-empty dict of decoders, '
@@ -423,14 +523,26 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
     return sum(self.output_modality_sizes().values())
 
   def output_modality_sizes(self, subsampled_points=None) -> Mapping[str, int]:
-    """Outputs per modality for a full or subsampled decode."""
+    """Outputs per modality for a full or subsampled decode.
+
+    Args:
+      subsampled_points: optional {modality: [S_m] flat indices or None}; a
+        missing modality or None decodes all of that modality's outputs (the
+        released video colab passes `'label': None`).
+
+    Returns:
+      {modality: S_m (or O_m)}, in sorted modality order.
+    """
     subsampled_points = subsampled_points or {}
     sizes = {}
     for m in sorted(self._modalities):
-      if m in subsampled_points:
-        sizes[m] = int(jnp.shape(subsampled_points[m])[0])
-      else:
+      points = subsampled_points.get(m)
+      if points is None:
         sizes[m] = self._modalities[m].num_outputs
+      else:
+        validation.check_rank(f'subsampled_points[{m!r}]', points, (1,),
+                              '[S] of flat output indices')
+        sizes[m] = int(points.shape[0])
     return sizes
 
   def output_shape(self, inputs):
@@ -439,7 +551,15 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
 
   def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
                     subsampled_points=None):
-    """Padded, concatenated queries of all modalities: [B, sum O_m, E]."""
+    """Padded, concatenated queries of all modalities: [B, sum S_m, E].
+
+    Args:
+      inputs: [B, M, C] preprocessed inputs of all modalities.
+      modality_sizes: {modality: M_m} input sizes (from the preprocessor).
+      inputs_without_pos: optional {modality: un-encoded inputs}.
+      subsampled_points: optional {modality: [S_m] flat indices or None};
+        None or a missing modality gives all of its queries.
+    """
     if modality_sizes is None:
       raise ValueError('modality_sizes: expected the per-modality input sizes '
                        '(from a MultimodalPreprocessor), got None.')
@@ -468,6 +588,7 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
           1, num_channels=width - query.shape[-1], init_scale=0.02,
           name=f'{m}_padding')(query.shape[0])
       padding = jnp.broadcast_to(padding, query.shape[:2] + padding.shape[-1:])
+      padding = padding.astype(query.dtype)
       padded.append(jnp.concatenate([query, padding], axis=-1))
     return jnp.concatenate(padded, axis=1)
 

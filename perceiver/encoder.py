@@ -141,8 +141,15 @@ class PerceiverEncoder(hk.Module):
     ]
 
   def latents(self, inputs):
-    """The trainable latent array broadcast to the batch: [B, N, D]."""
-    return self.z_pos_enc(batch_size=inputs.shape[0])
+    """The trainable latent array broadcast to the batch: [B, N, D].
+
+    It is cast to the dtype of floating `inputs` [B, M, C] (the compute
+    dtype: bfloat16 inputs give bfloat16 latents), else left as stored.
+    """
+    z_BND = self.z_pos_enc(batch_size=inputs.shape[0])
+    if jnp.issubdtype(inputs.dtype, jnp.floating):
+      z_BND = z_BND.astype(inputs.dtype)
+    return z_BND
 
   def _run_layers(self, z, layer_params, *, is_training: bool):
     """Applies num_blocks x the per-block layers to z (pure JAX from here)."""

@@ -415,9 +415,12 @@ class Conv2DDownsample(hk.Module):
     for i, conv in enumerate(self._convs):
       x = conv(x)  # [B, H/2, W/2, C]
       if self._use_batchnorm:
+        # Batch statistics (and the moving averages) in float32.
         x = self._norms[i](
-          x, is_training=is_training, test_local_stats=test_local_stats
-        )
+          x.astype(jnp.float32),
+          is_training=is_training,
+          test_local_stats=test_local_stats,
+        ).astype(x.dtype)
       x = jax.nn.relu(x)
       x = hk.max_pool(
         x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME'
@@ -426,7 +429,11 @@ class Conv2DDownsample(hk.Module):
 
 
 class Conv2DUpsample(hk.Module):
-  """Two 4x4 stride-2 transposed convs with a ReLU between: a 4x upsample."""
+  """Two 4x4 stride-2 transposed convs with a ReLU between: a 4x upsample.
+
+  Parameters: `conv2_d_upsample/~/transp_conv_1` and `.../~/transp_conv_2`
+  (`w`, `b`), the released names.
+  """
 
   def __init__(self, n_outputs: int, name: Optional[str] = None):
     """Builds the upsampler.
@@ -443,6 +450,7 @@ class Conv2DUpsample(hk.Module):
       stride=2,
       with_bias=True,
       padding='SAME',
+      name='transp_conv_1',
     )
     self._transp_conv2 = hk.Conv2DTranspose(
       output_channels=n_outputs,
@@ -450,6 +458,7 @@ class Conv2DUpsample(hk.Module):
       stride=2,
       with_bias=True,
       padding='SAME',
+      name='transp_conv_2',
     )
 
   def __call__(
@@ -478,6 +487,8 @@ class Conv3DUpsample(hk.Module):
   There are L = max(n_time_upsamples, n_space_upsamples) layers; layer i has
   n_outputs * 2**(L-1-i) channels and stride 2 in time if i < n_time_upsamples
   and 2 in space if i < n_space_upsamples (1 otherwise), with ReLUs between.
+  Layer i is `conv3_d_upsample/conv3d_transpose_{i}` (`w`, `b`), the released
+  name (built on call, as released).
   """
 
   def __init__(
@@ -511,18 +522,9 @@ class Conv3DUpsample(hk.Module):
         'n_time_upsamples, n_space_upsamples: expected at least '
         'one of them positive, got 0 and 0.'
       )
-    self._convs = []
-    for i in range(num_layers):
-      t_stride = 2 if i < n_time_upsamples else 1
-      s_stride = 2 if i < n_space_upsamples else 1
-      self._convs.append(
-        hk.Conv3DTranspose(
-          output_channels=n_outputs * 2 ** (num_layers - 1 - i),
-          kernel_shape=4,
-          stride=(t_stride, s_stride, s_stride),
-          padding='SAME',
-        )
-      )
+    self._n_outputs = n_outputs
+    self._n_time_upsamples = n_time_upsamples
+    self._n_space_upsamples = n_space_upsamples
 
   def __call__(
     self, inputs, *, is_training: bool = False, test_local_stats: bool = False
@@ -540,10 +542,19 @@ class Conv3DUpsample(hk.Module):
     """
     del is_training, test_local_stats
     validation.check_rank('inputs', inputs, (5,), '[B, T, H, W, C]')
+    num_layers = max(self._n_time_upsamples, self._n_space_upsamples)
     x = inputs
-    for i, conv in enumerate(self._convs):
-      x = conv(x)
-      if i != len(self._convs) - 1:
+    for i in range(num_layers):
+      t_stride = 2 if i < self._n_time_upsamples else 1
+      s_stride = 2 if i < self._n_space_upsamples else 1
+      x = hk.Conv3DTranspose(
+        output_channels=self._n_outputs * 2 ** (num_layers - 1 - i),
+        kernel_shape=4,
+        stride=(t_stride, s_stride, s_stride),
+        padding='SAME',
+        name=f'conv3d_transpose_{i}',
+      )(x)
+      if i != num_layers - 1:
         x = jax.nn.relu(x)
     return x
 
@@ -619,7 +630,7 @@ class _PositionEncodedPreprocessor(hk.Module):
     Returns:
       (inputs_with_pos, inputs_without_pos): [B, M, C + P] (or C for 'add')
       and [B, M, C]; unflattened [B, *index_dims, .] if not
-      network_input_is_1d.
+      network_input_is_1d. Both are in the dtype of floating `inputs`.
     """
     batch_size = inputs.shape[0]
     index_dims = tuple(inputs.shape[1:-1])
@@ -645,6 +656,10 @@ class _PositionEncodedPreprocessor(hk.Module):
       pos_enc_BMP = jnp.reshape(
         pos_enc_BMP, (batch_size,) + index_dims + (pos_enc_BMP.shape[-1],)
       )
+    if jnp.issubdtype(inputs.dtype, jnp.floating):
+      # Computed in float32 (positions, angles), rounded once to the inputs'
+      # dtype, so bfloat16 inputs stay bfloat16.
+      pos_enc_BMP = pos_enc_BMP.astype(inputs.dtype)
 
     if self._concat_or_add_pos == 'concat':
       inputs_with_pos = jnp.concatenate([inputs, pos_enc_BMP], axis=-1)
@@ -910,7 +925,7 @@ class OneHotPreprocessor(hk.Module):
     """
     del is_training, pos, network_input_is_1d
     validation.check_rank('inputs', inputs, (2,), '[B, C]')
-    x_B1C = inputs[:, None, :]
+    x_B1C = jnp.asarray(inputs)[:, None, :]
     return x_B1C, None, x_B1C
 
 
@@ -1058,7 +1073,7 @@ class MultimodalPreprocessor(hk.Module):
       if self._mask_probs is not None and m in self._mask_probs:
         token_1C = position_encoding.TrainablePositionEncoding(
           1, num_channels=common, init_scale=0.02, name=f'{m}_mask_token'
-        )(batch_size=None)
+        )(batch_size=None).astype(x_BMC.dtype)
         p = self._mask_probs[m]
         if p >= 1.0:
           x_BMC = jnp.broadcast_to(token_1C[None], x_BMC.shape).astype(
@@ -1066,8 +1081,7 @@ class MultimodalPreprocessor(hk.Module):
           )
         elif p > 0.0:
           mask_BM = jax.random.bernoulli(hk.next_rng_key(), p, (b, length))
-          mask_BM1 = mask_BM[:, :, None].astype(x_BMC.dtype)
-          x_BMC = (1.0 - mask_BM1) * x_BMC + mask_BM1 * token_1C[None]
+          x_BMC = jnp.where(mask_BM[:, :, None], token_1C[None], x_BMC)
       padded[m] = x_BMC
 
     modality_sizes = {m: padded[m].shape[1] for m in names}
@@ -1118,7 +1132,8 @@ class ImagePostprocessor(hk.Module):
     'pixels': no change (no upsampling allowed).
     'conv1x1': a 1x1 `hk.Conv2D(n_outputs)` with stride spatial_upsample.
     'conv': `Conv3DUpsample` if temporal_upsample != 1, else `Conv2DUpsample`
-      (a fixed 4x upsample, so spatial_upsample must be 4).
+      (a fixed 4x upsample whatever spatial_upsample is: the release ignores
+      spatial_upsample there, so its default 1 is accepted).
     'patches': `reverse_space_to_depth`.
   """
 
@@ -1135,7 +1150,8 @@ class ImagePostprocessor(hk.Module):
 
     Args:
       postproc_type: one of 'pixels', 'conv1x1', 'conv', 'patches'.
-      spatial_upsample: upsampling factor of H and W.
+      spatial_upsample: upsampling factor of H and W (ignored, as released,
+        by 'conv' with temporal_upsample=1, which always upsamples 4x).
       temporal_upsample: upsampling factor of T.
       n_outputs: output channels ('conv', 'conv1x1').
       input_reshape_size: optional index dims to reshape [B, N, C] to first.
@@ -1195,12 +1211,6 @@ class ImagePostprocessor(hk.Module):
           ),
         )
       else:
-        if spatial_upsample != 4:
-          raise ValueError(
-            f"spatial_upsample: expected 4 for postproc_type='conv' with "
-            f'temporal_upsample=1 (Conv2DUpsample upsamples 4x), got '
-            f'{spatial_upsample!r}.'
-          )
         self._module = Conv2DUpsample(n_outputs=n_outputs)
 
   def __call__(

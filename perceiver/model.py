@@ -71,8 +71,11 @@ class Perceiver(hk.Module):
     Args:
       inputs: raw inputs for the preprocessor, or [B, M, C] without one.
       is_training: enables dropout (and BatchNorm updates in preprocessors).
-      subsampled_output_points: flat output indices [S] (a dict of them per
-        modality for a multimodal decoder) to decode only those outputs.
+      subsampled_output_points: flat output indices [S] (for a multimodal
+        decoder a dict {modality: [S_m] or None}, None decoding all of that
+        modality) to decode only those outputs, in that order, repeats
+        allowed. The decoder then returns [B, S, C] rows (multimodal:
+        [B, sum S_m, C]), row s equal to the full decode's output at point s.
       pos: optional positions for the preprocessor.
       input_mask: optional [B, M] mask of the encoder inputs.
       query_mask: optional [B, O] mask of the decoder queries.
@@ -93,8 +96,12 @@ class Perceiver(hk.Module):
       query = self._decoder.decoder_query(
           inputs, modality_sizes, inputs_without_pos,
           subsampled_points=subsampled_output_points)
-      outputs = self._decoder(query, z, is_training=is_training,
-                              query_mask=query_mask)
+      # A subsampled decode returns the [B, S, C] rows of its points even when
+      # S equals the number of outputs (any order, repeats allowed).
+      decode = (self._decoder if subsampled_output_points is None
+                else self._decoder.decode_points)
+      outputs = decode(query, z, is_training=is_training,
+                       query_mask=query_mask)
     else:
       outputs = self._decode_in_chunks(
           z, inputs, modality_sizes, inputs_without_pos, decode_chunk_size,
@@ -113,8 +120,8 @@ class Perceiver(hk.Module):
     def decode(points, mask=None):
       query = decoder.decoder_query(inputs, modality_sizes, inputs_without_pos,
                                     subsampled_points=points)
-      out = decoder(query, z, is_training=is_training, query_mask=mask)
-      return out.reshape(out.shape[0], -1, out.shape[-1])  # [B, S, C]
+      return decoder.decode_points(query, z, is_training=is_training,
+                                   query_mask=mask)  # [B, S, C]
 
     if isinstance(decoder, dec_lib.MultimodalDecoder):
       if query_mask is not None:

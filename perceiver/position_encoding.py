@@ -41,15 +41,25 @@ def generate_fourier_features(pos, num_bands: int,
   `[x_1..x_D, sin(dim 1 bands), ..., sin(dim D bands), cos(dim 1 bands), ...,
   cos(dim D bands)]`, i.e. width D + 2DK (D + DK with `sine_only`).
 
+  Frequencies, angles (up to pi R_d / 2 rad, ~350 rad at R = 224) and their
+  sines and cosines are computed in float32 whatever the dtype of `pos`, as
+  in the released code: half precision would round the angles by up to a
+  radian. Only the result is rounded to the dtype of `pos`.
+
   Args:
-    pos: [N, D] positions, normally in [-1, 1].
+    pos: [N, D] positions, normally in [-1, 1]; float32, bfloat16, float16
+      or integer.
     num_bands: K, frequency bands per dimension.
     max_resolution: R_d per dimension (length D).
     concat_pos: prepend the raw positions.
     sine_only: emit only the sine features.
 
   Returns:
-    [N, C] features.
+    [N, C] features in the dtype of `pos` (float32 for integer positions).
+
+  Raises:
+    ValueError: if `pos` is not [N, D], `num_bands` is not positive or
+      `max_resolution` does not have D positive entries.
   """
   validation.check_rank('pos', pos, (2,), '[N, D]')
   validation.check_positive('num_bands', num_bands)
@@ -60,19 +70,23 @@ def generate_fourier_features(pos, num_bands: int,
         f'dimension of pos, shape {tuple(pos.shape)}), got {max_resolution}.')
   for i, res in enumerate(max_resolution):
     validation.check_positive(f'max_resolution[{i}]', res)
+  out_dtype = (pos.dtype if jnp.issubdtype(pos.dtype, jnp.floating)
+               else jnp.float32)
+  pos_ND = pos.astype(jnp.float32)
   freqs_DK = jnp.stack([
-      jnp.linspace(1.0, res / 2, num=num_bands, endpoint=True)
+      jnp.linspace(1.0, res / 2, num=num_bands, endpoint=True,
+                   dtype=jnp.float32)
       for res in max_resolution
-  ], axis=0).astype(pos.dtype)
-  angles_NDK = pos[:, :, None] * freqs_DK[None, :, :]
+  ], axis=0)
+  angles_NDK = pos_ND[:, :, None] * freqs_DK[None, :, :]
   angles_NC = jnp.pi * jnp.reshape(angles_NDK, (pos.shape[0], -1))
   if sine_only:
     features = jnp.sin(angles_NC)
   else:
     features = jnp.concatenate([jnp.sin(angles_NC), jnp.cos(angles_NC)], -1)
   if concat_pos:
-    features = jnp.concatenate([pos, features], axis=-1)
-  return features
+    features = jnp.concatenate([pos_ND, features], axis=-1)
+  return features.astype(out_dtype)
 
 
 def build_linear_positions(index_dims: IndexDims,

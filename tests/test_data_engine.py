@@ -239,3 +239,31 @@ def test_empty_source_and_unwrapped_ops_are_named():
       process_count=1,
       ops=(double,),
     )
+
+
+def test_input_pipeline_benchmark_times_the_digits_loader():
+  from experiments import benchmark  # pylint: disable=g-import-not-at-top
+
+  (record,) = benchmark.input_pipeline([0], batches=3, warmup=1)
+  assert record['worker_count'] == 0 and record['batches'] == 3
+  assert record['examples_per_s'] == pytest.approx(
+    3 * record['batch_size'] / record['seconds']
+  )
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_digits_shift_moves_a_pixel_by_the_drawn_offsets(seed):
+  from experiments import digits  # pylint: disable=g-import-not-at-top
+
+  image = np.zeros((1, 28, 28, 1), np.float32)
+  image[0, 10, 20, 0] = 5.0
+  padded = digits.pad(image, 2)[0]
+  out = digits.random_shift(
+    {'image': padded}, np.random.default_rng(seed), max_shift=2
+  )['image']
+  dy, dx = np.random.default_rng(seed).integers(0, 5, size=2)
+  assert out.shape == (28, 28, 1)
+  assert np.argwhere(out[..., 0] == 5.0).tolist() == [[12 - dy, 22 - dx]]
+  # Everything else is the image's zeros or the padding's background.
+  background = np.float32((0.0 - digits.MNIST_MEAN) / digits.MNIST_STD)
+  assert set(np.unique(out[out != 5.0]).tolist()) <= {0.0, float(background)}

@@ -520,14 +520,14 @@ def test_projection_decoder():
   )
   init_params = head.init(None, jnp.ones((B, N, D)))
   np.testing.assert_array_equal(
-    init_params['projection_decoder/linear']['w'], 0.0
+    init_params['projection_decoder/~/logits']['w'], 0.0
   )
   params = random_params(f, x, seed=8)
   logits = jax.jit(f.apply)(params, None, x)
   assert logits.shape == (B, 7)
   p = to_np(params)
   z = np_encoder(p, x, 1, 1, 2)
-  expected = np_linear(z.mean(1), p['projection_decoder/linear'])
+  expected = np_linear(z.mean(1), p['projection_decoder/~/logits'])
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -333,9 +333,12 @@ def test_conv2d_upsample_shapes():
     lambda x: io.Conv2DUpsample(n_outputs=3)(x, is_training=False), x
   )
   assert out.shape == (2, 12, 20, 3)
-  # Haiku stores transposed-conv kernels as [kh, kw, out, in].
-  shapes = sorted(p['w'].shape for p in params.values())
-  assert shapes == [(4, 4, 3, 6), (4, 4, 6, 4)]
+  # Haiku stores transposed-conv kernels as [kh, kw, out, in]; the released
+  # names.
+  assert {m: p['w'].shape for m, p in params.items()} == {
+    'conv2_d_upsample/~/transp_conv_1': (4, 4, 6, 4),
+    'conv2_d_upsample/~/transp_conv_2': (4, 4, 3, 6),
+  }
 
 
 def test_conv3d_upsample_channels_and_strides():
@@ -348,9 +351,13 @@ def test_conv3d_upsample_channels_and_strides():
   )
   # 3 layers, channels 12, 6, 3; time x2 (first layer only), space x8.
   assert out.shape == (1, 4, 24, 24, 3)
-  # Haiku stores transposed-conv kernels as [kt, kh, kw, out, in].
-  out_channels = sorted(p['w'].shape[-2] for p in params.values())
-  assert out_channels == [3, 6, 12]
+  # Haiku stores transposed-conv kernels as [kt, kh, kw, out, in]; the
+  # released names, one per layer.
+  assert {m: p['w'].shape[-2] for m, p in params.items()} == {
+    'conv3_d_upsample/conv3d_transpose_0': 12,
+    'conv3_d_upsample/conv3d_transpose_1': 6,
+    'conv3_d_upsample/conv3d_transpose_2': 3,
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -1284,12 +1291,6 @@ VALIDATION_CASES = [
     lambda: _build(lambda: io.ImagePostprocessor('pixels', spatial_upsample=2)),
   ),
   ('n_outputs', lambda: _build(lambda: io.ImagePostprocessor('conv'))),
-  (
-    'spatial_upsample',
-    lambda: _build(
-      lambda: io.ImagePostprocessor('conv', spatial_upsample=2, n_outputs=3)
-    ),
-  ),
   (
     'temporal_upsample',
     lambda: _build(

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 import haiku as hk
 import jax
@@ -209,6 +210,9 @@ def launch_main(args, *, num_processes=1, devices=1, timeout=400):
   """Runs `python -m experiments.main ARGS` as a job of `num_processes`
   processes on 127.0.0.1 with `devices` CPU devices each.
 
+  Each process gets its own session; once it has exited, whatever it left
+  behind (loader workers orphaned by a SIGKILL) is killed with the session.
+
   Returns:
     [(return code, stdout + stderr)] per process.
   """
@@ -223,20 +227,36 @@ def launch_main(args, *, num_processes=1, devices=1, timeout=400):
       f'--coordinator_address=127.0.0.1:{free_port()}',
       f'--num_processes={num_processes}',
     ]
-  procs = [
-    subprocess.Popen(
-      [sys.executable, '-m', 'experiments.main', *args, *multi]
-      + ([f'--process_id={i}'] if multi else []),
-      env=env,
-      cwd=ROOT,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for i in range(num_processes)
-  ]
-  outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-  return [(p.returncode, out) for p, out in zip(procs, outputs)]
+  with tempfile.TemporaryDirectory() as logs:
+    files = [
+      open(os.path.join(logs, str(i)), 'w+') for i in range(num_processes)
+    ]
+    procs = [
+      subprocess.Popen(
+        [sys.executable, '-m', 'experiments.main', *args, *multi]
+        + ([f'--process_id={i}'] if multi else []),
+        env=env,
+        cwd=ROOT,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+      )
+      for i, f in enumerate(files)
+    ]
+    results = []
+    for p, f in zip(procs, files):
+      try:
+        p.wait(timeout=timeout)
+      finally:
+        try:
+          os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+          pass
+      f.seek(0)
+      results.append((p.returncode, f.read()))
+      f.close()
+  return results
 
 
 def train_losses(workdir):

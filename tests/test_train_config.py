@@ -36,6 +36,8 @@ BAD = [
   ({'optimizer.schedule': 'step'}, 1, 'optimizer.schedule'),
   ({'optimizer.base_lr': -1.0}, 1, 'optimizer.base_lr'),
   ({'optimizer.b2': 1.0}, 1, 'optimizer.b2'),
+  ({'data.worker_count': -1}, 1, 'data.worker_count'),
+  ({'data.prefetch': -2}, 1, 'data.prefetch'),
 ]
 
 
@@ -125,6 +127,7 @@ def test_digits_debug_from_the_command_line_fills_the_workdir(tmp_path):
     ('model.prep_type', 'fourier'),
     ('model.num_latents', 0),
     ('num_train', 9000),
+    ('data.max_shift', -1),
     ('model.num_self_attend_heads', 3),
   ],
 )
@@ -139,6 +142,20 @@ def test_digits_fields_are_checked_naming_the_field(field, value):
     target = target[p]
   target[last] = value
   with pytest.raises(ValueError, match=f'^{field}: expected'):
+    digits.validate(config)
+
+
+def test_digits_batch_larger_than_the_split_names_both_and_total_steps():
+  from experiments import digits  # pylint: disable=g-import-not-at-top
+
+  config = digits.get_config('debug')  # num_train 512, 1 epoch
+  config.batch_size = 1024
+  assert config.total_steps == 0
+  with pytest.raises(
+    ValueError,
+    match=r'^batch_size: expected at most num_train=512 .*got 1024.*'
+    r'total_steps = .* = 0',
+  ):
     digits.validate(config)
 
 

@@ -4,10 +4,12 @@ The reference is an uninterrupted run with the same config in another
 workdir. Dropout, a warmup+cosine schedule and a shuffled dataset whose epoch
 (12 batches) ends between the two halves make every piece of state matter:
 the rng (folded in by step), the optimizer state, the schedule position and
-the data iterator position.
+the data iterator position (grain's state, also with 1 and 2 loader
+workers, after a SIGKILL).
 """
 
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -17,18 +19,18 @@ from perceiver.train import loop
 from perceiver.train import metrics as metrics_lib
 
 
+_OVERRIDES = {
+  'total_steps': 20,
+  'checkpoint_every': 5,
+  'keep_checkpoints': 2,
+  'model.dropout': 0.2,
+  'optimizer.schedule': 'warmup_cosine',
+  'optimizer.warmup_steps': 4,
+}
+
+
 def _config(**overrides):
-  return common.toy_config(
-    **{
-      'total_steps': 20,
-      'checkpoint_every': 5,
-      'keep_checkpoints': 2,
-      'model.dropout': 0.2,
-      'optimizer.schedule': 'warmup_cosine',
-      'optimizer.warmup_steps': 4,
-      **overrides,
-    }
-  )
+  return common.toy_config(**{**_OVERRIDES, **overrides})
 
 
 def test_restart_continues_exactly(tmp_path):
@@ -68,6 +70,36 @@ def test_restart_continues_exactly(tmp_path):
   for name in ('config.json', 'training_curves.png', 'result.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert not os.path.exists(os.path.join(workdir, 'tensorboard'))  # Off.
+
+
+@pytest.mark.parametrize('workers', [0, 1, 2])
+def test_sigkill_and_resume_continues_exactly_with_workers(tmp_path, workers):
+  """20 steps == 10 + SIGKILL (while fetching step 13's batch) + 10, with
+  the grain iterator state of the checkpoint at 10 and loader workers."""
+  straight = loop.train(
+    _config(**{'data.worker_count': workers}),
+    common.build_toy_task,
+    str(tmp_path / 'straight'),
+  )
+  workdir = str(tmp_path / 'killed')
+  args = [
+    '--config=tests/test_train_common.py',
+    f'--workdir={workdir}',
+    f'--config.data.worker_count={workers}',
+    *(f'--config.{k}={v}' for k, v in _OVERRIDES.items()),
+  ]
+  ((code, out),) = common.launch_main(args + ['--config.model.kill_at_step=12'])
+  assert code == -signal.SIGKILL, out[-3000:]
+  resumed = loop.train(
+    _config(**{'data.worker_count': workers}), common.build_toy_task, workdir
+  )
+  assert resumed['start_step'] == 10
+  np.testing.assert_array_equal(
+    [resumed['losses'][s] for s in range(11, 21)],
+    [straight['losses'][s] for s in range(11, 21)],
+  )
+  for a, b in zip(*(jax_leaves(r['train_state']) for r in (straight, resumed))):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize('async_checkpoint', [False, True])

@@ -27,8 +27,10 @@ def _task_optimizer_state(config):
       config.optimizer, config.batch_size, config.total_steps
     ),
   )
-  return task, opt, step_lib.init_train_state(
-    task.forward, opt, 0, task.example_batch
+  return (
+    task,
+    opt,
+    step_lib.init_train_state(task.forward, opt, 0, task.example_batch),
   )
 
 
@@ -97,6 +99,33 @@ def test_progress_line_shows_step_loss_rate_and_eta():
   line = bar.line(30, 0.5, now=1010.0)  # 20 steps in 10 s.
   assert 'step 30/100' in line and 'loss 0.5000' in line
   assert '2.00 steps/s' in line and 'ETA 00:35' in line  # 70 steps / 2.
+
+
+def test_progress_line_says_when_input_is_the_bottleneck():
+  bar = progress_lib.ProgressBar(100, stream=io.StringIO())
+  bar.line(10, 2.0, now=1000.0)
+  assert 'data wait' not in bar.line(30, 0.5, now=1010.0, data_wait=0.2)
+  line = bar.line(30, 0.5, now=1010.0, data_wait=0.63)
+  assert line.endswith('data wait 63% (input-bound)')
+
+
+def test_input_timer_reports_waits_and_throughput():
+  now = [100.0]
+  timer = metrics_lib.InputTimer(32, step=4, clock=lambda: now[0])
+  for wait in (0.5, 1.0, 1.5):  # Steps 5, 6, 7.
+    timer.waited(wait)
+  now[0] = 112.0  # 3 steps of 32 examples in 12 s, 3 s of it waiting.
+  assert timer.read(7) == {
+    'data_wait_s': 1.0,
+    'data_wait_fraction': 0.25,
+    'examples_per_s': 8.0,
+  }
+  now[0] = 116.0  # The next interval starts afresh: 1 step, no waiting.
+  assert timer.read(8) == {
+    'data_wait_s': 0.0,
+    'data_wait_fraction': 0.0,
+    'examples_per_s': 8.0,
+  }
 
 
 @pytest.mark.parametrize('accumulation_steps', [2, 4])

@@ -10,9 +10,13 @@ a named device mesh, optax and orbax:
                   mixed precision, non-finite guard, rng folded in by step)
   optim.py        LAMB/AdamW, schedules, the weight-decay mask
   config.py       the fields every experiment config has, and their checks
-  data.py         a resumable per-process iterator over in-memory arrays
-  checkpoint.py   orbax checkpoints with the data position, damage fallback
-  metrics.py      metrics.jsonl, TensorBoard, the PNG of training curves
+  data.py         grain loaders: this process's rows of each global batch,
+                  topology-independent augmentation, resumable state
+  checkpoint.py   orbax checkpoints with grain's iterator state, damage
+                  fallback
+  preemption.py   SIGTERM: one agreed step to checkpoint and stop at
+  metrics.py      metrics.jsonl (with data-wait and throughput),
+                  TensorBoard, the PNG of training curves
   progress.py     the terminal progress bar
   distributed.py  multi-host start-up
   task.py         what an experiment hands the engine

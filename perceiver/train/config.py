@@ -120,16 +120,13 @@ def validate(
 
 
 def validate_loader(data: Any) -> None:
-  """Checks the loader fields of the `data` section that are present."""
+  """Checks the loader counts of the `data` section that are present
+  (ConfigDict itself keeps `skip_corrupt` a bool)."""
   if data is None:
     return
-  for name, allow_zero in (('worker_count', True), ('prefetch', True)):
+  for name in ('worker_count', 'prefetch'):
     if name in data:
-      _field_positive_int(data, name, allow_zero=allow_zero, prefix='data.')
-  if 'skip_corrupt' in data and not isinstance(data.skip_corrupt, bool):
-    raise ValueError(
-      f'data.skip_corrupt: expected True or False, got {data.skip_corrupt!r}.'
-    )
+      _field_positive_int(data, name, allow_zero=True, prefix='data.')
 
 
 def validate_optimizer(opt: Any) -> None:
