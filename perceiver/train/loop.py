@@ -73,18 +73,76 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def evaluate(
-  eval_fn, ts: step_lib.TrainState, task: Task, mesh
+  eval_fn, ts: step_lib.TrainState, task: Task, mesh, workdir: str
 ) -> Dict[str, float]:
-  """Means of the task's per-example metrics over its evaluation data."""
-  totals: Dict[str, float] = {}
-  for local in task.eval_data():
-    sums = eval_fn(ts.params, ts.state, mesh_lib.global_batch(local, mesh))
-    for k, v in jax.device_get(sums).items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-  count = totals.pop('count', 0.0)
-  if not count:
-    return {}
-  return {f'eval/{k}': v / count for k, v in totals.items()}
+  """The task's evaluation: batch-metric means, then `task.evaluate`.
+
+  Returns:
+    {'eval/<name>': float}: the means of the per-example metrics over the
+    evaluation data (when the task has `eval_data`) and the values of
+    `task.evaluate(params, state, workdir)` (when it has one).
+
+  Raises:
+    ValueError: `task.evaluate` returned a name the batch metrics have, or a
+      value that is not a real scalar.
+  """
+  results: Dict[str, float] = {}
+  if eval_fn is not None:
+    totals: Dict[str, float] = {}
+    for local in task.eval_data():
+      sums = eval_fn(ts.params, ts.state, mesh_lib.global_batch(local, mesh))
+      for k, v in jax.device_get(sums).items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    count = totals.pop('count', 0.0)
+    if count:
+      results = {f'eval/{k}': v / count for k, v in totals.items()}
+  if task.evaluate is not None:
+    for k, v in task.evaluate(ts.params, ts.state, workdir).items():
+      if f'eval/{k}' in results:
+        raise ValueError(
+          f'task.evaluate: returned {k!r}, a name the per-example eval '
+          'metrics already have.'
+        )
+      if np.ndim(v) or not np.isrealobj(v):
+        raise ValueError(
+          f'task.evaluate: expected real scalars, got {k}={v!r}.'
+        )
+      results[f'eval/{k}'] = float(v)
+  return results
+
+
+def _warm_start(
+  ts: step_lib.TrainState, task: Task, optimizer, shardings
+) -> step_lib.TrainState:
+  """`ts` with `task.init_params` applied and a fresh optimizer state."""
+  params, state = task.init_params(
+    jax.device_get(ts.params), jax.device_get(ts.state)
+  )
+  for name, want, got in (
+    ('params', ts.params, params),
+    ('state', ts.state, state),
+  ):
+    want_paths = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+    got_paths = dict(jax.tree_util.tree_flatten_with_path(got)[0])
+    if want_paths.keys() != got_paths.keys():
+      missing = sorted(map(jax.tree_util.keystr, want_paths - got_paths))
+      extra = sorted(map(jax.tree_util.keystr, got_paths - want_paths))
+      raise ValueError(
+        f'task.init_params: expected the initialised {name} tree; missing '
+        f'{missing[:5]}, unexpected {extra[:5]}.'
+      )
+    for path, w in want_paths.items():
+      g = got_paths[path]
+      if np.shape(g) != w.shape or np.asarray(g).dtype != w.dtype:
+        raise ValueError(
+          f'task.init_params: {name}{jax.tree_util.keystr(path)} expected '
+          f'{w.dtype}{list(w.shape)}, got '
+          f'{np.asarray(g).dtype}{list(np.shape(g))}.'
+        )
+  rebuild = lambda t, p, s: t._replace(
+    params=p, state=s, opt_state=optimizer.init(p)
+  )
+  return jax.jit(rebuild, out_shardings=shardings)(ts, params, state)
 
 
 def _skipped_records(data) -> float:
@@ -152,7 +210,11 @@ def train(
   if restored is None:
     start_step = 0
     ts = jax.jit(init_fn, out_shardings=shardings)()
-    _say(f'Initialised from seed {config.seed}.')
+    if task.init_params is None:
+      _say(f'Initialised from seed {config.seed}.')
+    else:
+      ts = _warm_start(ts, task, optimizer, shardings)
+      _say("Initialised from the task's init_params (warm start).")
   else:
     start_step, ts = restored
     _say(f'Resumed from the checkpoint at step {start_step}.')
@@ -182,6 +244,8 @@ def train(
       in_shardings=(shardings.params, shardings.state, batch_sharding),
       out_shardings=replicated,
     )
+
+  has_eval = eval_fn is not None or task.evaluate is not None
 
   writer = metrics_lib.MetricWriter(
     workdir,
@@ -255,7 +319,7 @@ def train(
           preempted_at = step_done
           break
         if (
-          eval_fn is not None
+          has_eval
           and config.eval_every
           and step_done % config.eval_every == 0
           and not last
@@ -263,7 +327,7 @@ def train(
           if pending is not None:
             consume(*pending)
             pending = None
-          results = evaluate(eval_fn, ts, task, mesh)
+          results = evaluate(eval_fn, ts, task, mesh, workdir)
           writer.write(step_done, results)
           timer.restart(step_done)  # The evaluation is not input time.
     if pending is not None:
@@ -283,8 +347,8 @@ def train(
     _say(str(error))
     raise error
 
-  if eval_fn is not None:
-    eval_metrics = evaluate(eval_fn, ts, task, mesh)
+  if has_eval:
+    eval_metrics = evaluate(eval_fn, ts, task, mesh, workdir)
     writer.write(int(jax.device_get(ts.step)), eval_metrics)
     if eval_metrics:
       _say(

@@ -1,6 +1,15 @@
 """What an experiment hands the engine: model, per-example metrics and data."""
 
-from typing import Any, Callable, Dict, Iterable, NamedTuple, Optional, Protocol
+from typing import (
+  Any,
+  Callable,
+  Dict,
+  Iterable,
+  NamedTuple,
+  Optional,
+  Protocol,
+  Tuple,
+)
 
 import haiku as hk
 import jax
@@ -34,6 +43,20 @@ class Task(NamedTuple):
       initialise the parameters.
     eval_data: returns a fresh pass over this process's rows of the
       evaluation batches (each with a 'mask' entry), or None.
+    evaluate: `(params, state, workdir) -> {name: float}`, the experiment's
+      own evaluation (whole-set metrics such as EPE over full-size frames,
+      mAP or GLUE scores; reconstructions written to `workdir`). Called on
+      every process (it may gather across processes) every `eval_every`
+      steps and at the end, after the batch metrics; its values are logged
+      as `eval/<name>` and written to result.json. Only process 0 should
+      print or write files. None: no such evaluation.
+    init_params: `(params, state) -> (params, state)`, applied once to a
+      freshly initialised model (never on resume) with host numpy trees of
+      the same structure; used to start from a released or earlier
+      checkpoint (`config.init_checkpoint`). The engine checks that every
+      returned leaf has the initialised leaf's shape and dtype, then
+      initialises the optimizer from the returned parameters. None: start
+      from `config.seed`.
   """
 
   forward: hk.TransformedWithState
@@ -41,3 +64,5 @@ class Task(NamedTuple):
   train_data: DataIterator
   example_batch: Dict[str, Any]
   eval_data: Optional[Callable[[], Iterable[Dict[str, Any]]]] = None
+  evaluate: Optional[Callable[[Any, Any, str], Dict[str, float]]] = None
+  init_params: Optional[Callable[[Any, Any], Tuple[Any, Any]]] = None

@@ -1,0 +1,97 @@
+"""Task.evaluate (experiment-level evaluation) and Task.init_params (warm start)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from perceiver import train as train_lib
+from tests import test_train_common as common
+
+
+def _with(task_fields, **config_overrides):
+  config = common.toy_config(**config_overrides)
+
+  def build(cfg, process_index, process_count):
+    return common.build_toy_task(cfg, process_index, process_count)._replace(
+      **task_fields
+    )
+
+  return config, build
+
+
+def test_evaluate_hook_runs_at_every_eval_and_is_logged(tmp_path):
+  calls = []
+
+  def evaluate(params, state, workdir):
+    calls.append(workdir)
+    # A whole-set quantity the engine cannot know: the L2 norm of the weights.
+    norm = np.sqrt(sum(float((x**2).sum()) for x in jax.tree.leaves(params)))
+    return {'weight_norm': norm}
+
+  config, build = _with({'evaluate': evaluate}, eval_every=2)
+  result = train_lib.train(config, build, str(tmp_path))
+  # Steps 2 and 4 (eval_every), then the final evaluation at step 6.
+  assert calls == [str(tmp_path)] * 3
+  final = result['train_state'].params
+  expected = np.sqrt(sum(float((x**2).sum()) for x in jax.tree.leaves(final)))
+  assert result['eval']['eval/weight_norm'] == pytest.approx(expected)
+  assert 'eval/loss' in result['eval']  # the batch metrics are kept
+  with open(os.path.join(tmp_path, 'result.json')) as f:
+    assert json.load(f)['eval/weight_norm'] == pytest.approx(expected)
+  with open(os.path.join(tmp_path, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  logged = [r['step'] for r in rows if 'eval/weight_norm' in r]
+  assert logged == [2, 4, 6]
+
+
+@pytest.mark.parametrize(
+  'value, match',
+  [({'loss': 1.0}, 'already have'), ({'x': np.ones(2)}, 'real scalars')],
+)
+def test_evaluate_hook_bad_values(tmp_path, value, match):
+  config, build = _with({'evaluate': lambda p, s, w: value})
+  with pytest.raises(ValueError, match=match):
+    train_lib.train(config, build, str(tmp_path))
+
+
+def test_init_params_warm_start_equals_the_given_params(tmp_path):
+  # Train a first job; a second job warm-started from its final parameters
+  # with a zero learning rate must keep them exactly.
+  first = train_lib.train(
+    common.toy_config(), common.build_toy_task, str(tmp_path / 'a')
+  )
+  trained = jax.device_get(first['train_state'].params)
+  seen = []
+
+  def init_params(params, state):
+    seen.append(jax.tree.map(np.shape, params))
+    return trained, state
+
+  config, build = _with({'init_params': init_params})
+  with config.unlocked():
+    config.optimizer.base_lr = 0.0
+    config.optimizer.weight_decay = 0.0
+  second = train_lib.train(config, build, str(tmp_path / 'b'))
+  assert seen == [jax.tree.map(np.shape, trained)]
+  assert common.params_close(second['train_state'].params, trained, 0, 0)
+  # On resume the hook is not applied again.
+  with config.unlocked():
+    config.total_steps = config.total_steps + 2
+  train_lib.train(config, build, str(tmp_path / 'b'))
+  assert len(seen) == 1
+
+
+def test_init_params_shape_mismatch_names_the_parameter(tmp_path):
+  def init_params(params, state):
+    params = jax.tree.map(lambda x: x, params)
+    module = sorted(params)[0]
+    name = sorted(params[module])[0]
+    params[module][name] = np.zeros((3, 3), np.float32)
+    return params, state
+
+  config, build = _with({'init_params': init_params})
+  with pytest.raises(ValueError, match=r'task.init_params: params.*expected'):
+    train_lib.train(config, build, str(tmp_path))
