@@ -95,3 +95,22 @@ def test_init_params_shape_mismatch_names_the_parameter(tmp_path):
   config, build = _with({'init_params': init_params})
   with pytest.raises(ValueError, match=r'task.init_params: params.*expected'):
     train_lib.train(config, build, str(tmp_path))
+
+
+def test_eval_only_evaluates_the_checkpoint_and_writes_nothing_else(tmp_path):
+  config = common.toy_config()
+  trained = train_lib.train(config, common.build_toy_task, str(tmp_path))
+  steps = sorted(os.listdir(tmp_path / 'checkpoints'))
+  with config.unlocked():
+    config.eval_only = True
+  again = train_lib.train(config, common.build_toy_task, str(tmp_path))
+  assert again['eval'] == pytest.approx(trained['eval'])
+  assert again['losses'] == {}
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == steps
+
+
+def test_eval_only_without_checkpoint_or_warm_start_is_refused(tmp_path):
+  config = common.toy_config(eval_only=True)
+  with pytest.raises(ValueError, match='eval_only: expected a checkpoint'):
+    train_lib.train(config, common.build_toy_task, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'result.json')

@@ -39,6 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_bar = True
   c.tensorboard = True
   c.plot_curves = True  # training_curves.png at the end of a run
+  # Evaluate the workdir's latest checkpoint (or the task's warm start, e.g.
+  # a released checkpoint given as init_checkpoint) and stop: no training
+  # step, no checkpoint written.
+  c.eval_only = False
   c.optimizer = optim.default_config()
   c.data = ml_collections.ConfigDict(
     dict(

@@ -207,6 +207,16 @@ def train(
     async_save=config.async_checkpoint,
   )
   restored = checkpointer.restore_latest(abstract, task.train_data)
+  if config.eval_only and restored is None and task.init_params is None:
+    raise ValueError(
+      f'eval_only: expected a checkpoint in {checkpointer.directory} or a '
+      'task that warm-starts (init_checkpoint), got neither; evaluating a '
+      'random initialisation is not what eval_only is for.'
+    )
+  if config.eval_only and task.eval_data is None and task.evaluate is None:
+    raise ValueError(
+      'eval_only: expected a task with eval_data or evaluate, got neither.'
+    )
   if restored is None:
     start_step = 0
     ts = jax.jit(init_fn, out_shardings=shardings)()
@@ -299,7 +309,8 @@ def train(
   t0 = time.time()
   try:
     with preemption.Watcher() as watcher:
-      for step in range(start_step, config.total_steps):
+      last_step = start_step if config.eval_only else config.total_steps
+      for step in range(start_step, last_step):
         asked = time.perf_counter()
         batch = mesh_lib.global_batch(next(task.train_data), mesh)
         timer.waited(time.perf_counter() - asked)
@@ -361,7 +372,7 @@ def train(
       f'{nonfinite} update(s) had a non-finite loss or gradient and were '
       'skipped.'
     )
-  steps_run = config.total_steps - start_step
+  steps_run = 0 if config.eval_only else config.total_steps - start_step
   if steps_run:
     _say(
       f'Trained {steps_run} steps in {train_time:.1f}s '
