@@ -39,9 +39,11 @@ evaluation) and the values land in metrics.jsonl and result.json as
 `eval/<set>/{epe,zero_flow_epe,fl_all}`. With `eval_every`, bound each
 evaluation's cost with `data.num_eval` and `data.max_eval_pairs`. The
 paper reports EPE 1.81 (Sintel clean), 2.42 (final), 4.98 (KITTI).
-`--config.init_checkpoint` also evaluates a released checkpoint: add
-`--config.optimizer.base_lr=0 --config.total_steps=1`. The same two flags
-without a checkpoint give the untrained model's numbers.
+The engine has no evaluation-only run: score a checkpoint (ours or the
+released one) with `evaluate(config, *load_init_checkpoint(config),
+workdir)`, or through the entry point with `--config.init_checkpoint=...
+--config.optimizer.base_lr=0 --config.total_steps=1` (one step that changes
+nothing; without a checkpoint: the untrained model's numbers).
 
 Variants:
   `:local`  procedural AutoFlow-style pairs textured with real photographs
@@ -105,7 +107,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # the end only. Each evaluation scores `data.num_eval` synthetic pairs, the
   # motorcycle pair and, when their directories are set, the first
   # `data.max_eval_pairs` pairs of each Sintel pass and of KITTI (all 1,041 +
-  # 1,041 + 200 with 0: ~12,700 tiles), so set `data.max_eval_pairs` with
+  # 1,041 + 200 with 0: 13,692 tiles), so set `data.max_eval_pairs` with
   # `eval_every`.
   c.eval_every = 0
   # No `eval_data`: the engine's batch evaluation would repeat the synthetic
