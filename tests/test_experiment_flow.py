@@ -1,9 +1,15 @@
 """The optical-flow experiment: config, loss and metrics against hand
 references, tiled evaluation, and `:debug` trained end to end through
-`perceiver.train.train` (needs the grain data engine: data_lib.Map,
-RandomMap, train_iterator, eval_batches)."""
+`perceiver.train.train` with its hooks (`Task.evaluate`: printed EPE lines,
+PNGs, result.json; `Task.init_params`: a warm start from our .npz and from a
+released-format pickle)."""
 
+import contextlib
+import functools
+import io
+import json
 import os
+import pickle
 import re
 
 import haiku as hk
@@ -14,7 +20,9 @@ import pytest
 
 from experiments import flow
 from experiments.data import flow as flow_data
+from perceiver import checkpoints
 from perceiver import presets
+from perceiver import train as train_lib
 
 LINE = re.compile(r'EPE: \d+\.\d\d \(zero flow: \d+\.\d\d\)')
 
@@ -28,7 +36,11 @@ def test_paper_config():
   assert c.optimizer.constant_fraction == 0.0 and not c.optimizer.scale_by_batch
   assert tuple(c.model.image_size) == (368, 496)
   assert c.model.z_index_dim == 2048 and c.model.flow_scale == 20.0
+  assert c.optimizer.end_lr == 0.0 and c.optimizer.warmup_steps == 0
   assert c.data.augment and not c.data.reverse_pairs
+  # The engine's loader fields are kept; eval_batch_size follows the batch.
+  assert {'worker_count', 'prefetch', 'skip_corrupt'} <= set(c.data)
+  assert c.eval_batch_size == c.batch_size
   final = flow.get_config('final')
   assert not final.data.augment and final.data.reverse_pairs
 
@@ -43,6 +55,18 @@ def test_unknown_variant_and_missing_dir_are_errors():
   c.data.dir = '/nonexistent/chairs'
   with pytest.raises(ValueError, match="data.dir.*'/nonexistent/chairs'"):
     flow.train_source(c)
+
+
+@pytest.mark.parametrize(
+  'field, value',
+  [('num_eval', 0), ('eval_tile_batch', 0), ('max_eval_pairs', -1)]
+  + [('num_pngs', -1)],
+)
+def test_bad_eval_fields_name_the_field(field, value):
+  c = flow.get_config('debug').unlock()
+  c.data[field] = value
+  with pytest.raises(ValueError, match=f'data.{field}'):
+    flow.validate(c)
 
 
 def _naive_metrics(pred, gt, valid):
@@ -147,23 +171,116 @@ def test_evaluate_pairs_oracle_and_zero(tmp_path):
     assert os.path.isfile(tmp_path / f'flow_real_0_{kind}.png')
 
 
-def test_debug_trains_end_to_end_and_evaluates(tmp_path, capsys):
-  from perceiver.train import train  # pylint: disable=g-import-not-at-top
+def _train(config, workdir):
+  """`perceiver.train.train` of `flow.build_task`: (result, printed text)."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    result = train_lib.train(config, flow.build_task, str(workdir))
+  return result, out.getvalue()
 
-  config = flow.get_config('debug')
-  result = train(config, flow.build_task, str(tmp_path))
+
+@pytest.fixture(scope='module')
+def debug_run(tmp_path_factory):
+  """`:debug` trained once: (config, workdir, train result, printed text)."""
+  config = flow.get_config('debug').unlock()
+  config.tensorboard = config.plot_curves = False  # seconds of imports
+  workdir = tmp_path_factory.mktemp('debug')
+  return (config, workdir, *_train(config, workdir))
+
+
+def test_debug_trains_and_the_evaluate_hook_reports(debug_run):
+  config, workdir, result, printed = debug_run
   losses = result['losses']
   assert len(losses) == config.total_steps
   assert all(np.isfinite(v) for v in losses.values())
-  assert set(result['eval']) >= {'eval/loss', 'eval/zero_flow_epe'}
+  lines = [line for line in printed.splitlines() if LINE.search(line)]
+  assert [line.split(' EPE')[0] for line in lines] == [
+    'synthetic (2 pairs)',
+    'motorcycle (1 pairs)',
+  ]
+  with open(workdir / 'result.json') as f:
+    summary = json.load(f)
+  names = [
+    f'eval/{s}/{m}'
+    for s in ('synthetic', 'motorcycle')
+    for m in ('epe', 'zero_flow_epe', 'fl_all')
+  ]
+  assert sorted(k for k in summary if k.startswith('eval/')) == sorted(names)
+  assert {k: result['eval'][k] for k in names} == {k: summary[k] for k in names}
+  for set_name in ('synthetic', 'motorcycle'):
+    for kind in ('pred', 'gt'):
+      assert os.path.isfile(workdir / f'flow_{set_name}_0_{kind}.png')
+  # Independent references: the held-out pairs are one tile each, so the
+  # tiled EPE is the training forward's per-example EPE (every pixel is
+  # valid and the pairs are of one size); zero-flow EPEs from numpy.
   ts = result['train_state']
-  lines = []
-  metrics = flow.evaluate(
-    config, ts.params, ts.state, str(tmp_path), say=lines.append
+  pairs = flow.held_out_source(config)
+  batch = {
+    k: np.stack([pairs[i][k] for i in range(len(pairs))]) for k in pairs[0]
+  }
+  assert batch['valid'].all()
+  apply = jax.jit(
+    functools.partial(flow.make_forward(config.model).apply, is_training=False)
   )
-  assert len(lines) == 2 and all(LINE.search(line) for line in lines)
-  assert lines[0].startswith('synthetic (2 pairs)')
-  assert lines[1].startswith('motorcycle (1 pairs)')
-  assert np.isfinite(metrics['motorcycle/epe'])
-  assert os.path.isfile(tmp_path / 'flow_motorcycle_0_pred.png')
-  assert os.path.isfile(tmp_path / 'flow_synthetic_0_gt.png')
+  pred, _ = apply(ts.params, ts.state, None, batch)
+  direct = flow.per_example(pred, batch)
+  np.testing.assert_allclose(
+    summary['eval/synthetic/epe'], np.mean(direct['loss']), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    summary['eval/synthetic/zero_flow_epe'],
+    np.linalg.norm(batch['flow'], axis=-1).mean(),
+    rtol=1e-6,
+  )
+  moto = flow_data.load_motorcycle()
+  np.testing.assert_allclose(
+    summary['eval/motorcycle/zero_flow_epe'],
+    np.abs(moto['flow'][..., 0][moto['valid']]).mean(),
+    rtol=1e-6,
+  )
+
+
+def test_warm_start_from_our_npz_keeps_the_parameters(debug_run, tmp_path):
+  config, _, first, _ = debug_run
+  trained = jax.device_get(first['train_state'].params)
+  path = str(tmp_path / 'flow.npz')
+  checkpoints.save(path, trained, first['train_state'].state)
+  config = config.unlock()
+  config.init_checkpoint = path
+  # No update at all: the run's final parameters are the loaded ones.
+  config.optimizer.base_lr = 0.0
+  config.optimizer.weight_decay = 0.0
+  config.total_steps = 1
+  second, printed = _train(config, tmp_path / 'warm')
+  assert "Initialised from the task's init_params" in printed
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    jax.device_get(second['train_state'].params),
+    trained,
+  )
+  # The hook scores the loaded parameters: the first run's numbers.
+  for name in ('synthetic/epe', 'motorcycle/epe'):
+    assert second['eval'][f'eval/{name}'] == pytest.approx(
+      first['eval'][f'eval/{name}'], rel=1e-6
+    )
+
+
+def test_init_checkpoint_released_pickle_and_misfit(debug_run, tmp_path):
+  config, _, first, _ = debug_run
+  trained = jax.device_get(first['train_state'].params)
+  plain = jax.tree.map(np.asarray, hk.data_structures.to_mutable_dict(trained))
+  path = str(tmp_path / 'optical_flow.pystate')
+  with open(path, 'wb') as f:  # the released layout: a dict of dicts
+    pickle.dump({'params': plain, 'state': {}}, f)
+  config = config.unlock()
+  config.init_checkpoint = path
+  params, state = flow.load_init_checkpoint(config)
+  jax.tree.map(np.testing.assert_array_equal, params, plain)
+  assert state == {}
+  # A checkpoint of another model size is refused, naming the parameter.
+  config.model.num_z_channels = 32
+  with pytest.raises(checkpoints.CheckpointError, match='mis-shaped params'):
+    flow.load_init_checkpoint(config)
+  config.init_checkpoint = str(tmp_path / 'missing.npz')
+  with pytest.raises(ValueError, match='init_checkpoint.*missing.npz'):
+    flow.load_init_checkpoint(config)
