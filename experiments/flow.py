@@ -39,11 +39,8 @@ evaluation) and the values land in metrics.jsonl and result.json as
 `eval/<set>/{epe,zero_flow_epe,fl_all}`. With `eval_every`, bound each
 evaluation's cost with `data.num_eval` and `data.max_eval_pairs`. The
 paper reports EPE 1.81 (Sintel clean), 2.42 (final), 4.98 (KITTI).
-The engine has no evaluation-only run: score a checkpoint (ours or the
-released one) with `evaluate(config, *load_init_checkpoint(config),
-workdir)`, or through the entry point with `--config.init_checkpoint=...
---config.optimizer.base_lr=0 --config.total_steps=1` (one step that changes
-nothing; without a checkpoint: the untrained model's numbers).
+Score a checkpoint (ours or the released one) without training:
+`--config.init_checkpoint=PATH --config.eval_only=True`.
 
 Variants:
   `:local`  procedural AutoFlow-style pairs textured with real photographs
