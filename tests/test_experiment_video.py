@@ -100,13 +100,14 @@ def test_training_decodes_random_points_per_example():
   assert not np.allclose(out['image_target'][0], out['image_target'][1])
 
 
-@pytest.mark.parametrize('prob, masked', [(0.0, 0), (1.0, 2)])
-def test_label_masking(prob, masked):
+def test_label_masking_per_example():
+  # The preset masks at 0 and 1 as asked (tests/test_presets.py); here the
+  # config's 0.5 reaches it and each example draws its own mask.
   m = small_model()
-  loss = vae.get_config('debug').loss.to_dict()
-  loss['label_mask_prob'] = prob
-  forward = vae.make_forward(as_cfg(m), as_cfg(loss))
-  batch = random_batch(m)
+  loss = vae.get_config('debug').loss
+  assert loss.label_mask_prob == 0.5
+  forward = vae.make_forward(as_cfg(m), loss)
+  batch = random_batch(m, batch=8)
   params, state = jax.jit(
     lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
   )(batch)
@@ -117,8 +118,8 @@ def test_label_masking(prob, masked):
   )
   other = dict(batch, label=(batch['label'] + 1) % 2)
   # A masked label does not reach the logits; a visible one does.
-  changed = ~np.isclose(apply(batch), apply(other), atol=1e-6).all(axis=1)
-  assert int(changed.sum()) == 2 - masked
+  seen = ~np.isclose(apply(batch), apply(other), atol=1e-6).all(axis=1)
+  assert 0 < int(seen.sum()) < 8, seen
 
 
 def test_per_example_values():
