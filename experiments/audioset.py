@@ -1,4 +1,4 @@
-"""python -m experiments.audioset --workdir=runs/audioset --config.data.dir=DIR
+"""python -m experiments.main --config=experiments/audioset.py --workdir=runs/audioset --config.data.dir=DIR
 
 (with `--config.data.segments=`, `--config.data.eval_segments=` and
 `--config.data.labels=` the CSV files.)
@@ -15,10 +15,12 @@ audio + video, D=512); 44.9 with mel-spectrograms and D=1024.
 Training reads one random 32-frame window per clip (App. C) and minimises the
 sigmoid cross-entropy summed over the classes; evaluation averages the sigmoid
 probabilities of 16 overlapping 32-frame windows spread over each 10-second
-clip (App. C). Per-example metrics are the loss and hit@1 (the top class is a
-positive one); `mean_average_precision` over the whole evaluation set is
-computed by the `python -m` entry point after training (it needs every
-prediction, not a per-example mean).
+clip (App. C). Each evaluation (`Task.evaluate`, every `eval_every` steps
+and at the end) gathers every process's averaged predictions and computes
+`mean_average_precision` over the classes of the whole evaluation set,
+printed as `mAP: NN.N% (N clips, K windows each)` and logged as `eval/mAP`
+(a fraction) with the means of the per-example loss and hit@1 (the top class
+is a positive one).
 
 Not in the paper (App. C points to the Perceiver's protocol, Jaegle et al.
 2021): optimizer, schedule, batch. Chosen: LAMB, 2e-3 constant then cosine
@@ -36,8 +38,7 @@ Shapes: B batch, K windows per clip, T frames, S image size, A audio
 samples, C classes.
 """
 
-import functools
-from typing import Dict
+from typing import Callable, Dict, Iterable
 
 import haiku as hk
 import jax
@@ -46,6 +47,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments import mlm
 import perceiver as P
 from perceiver import io_processors as io
 from perceiver import validation
@@ -70,7 +72,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optimizer.base_lr = 2e-3  # not in the paper
   c.optimizer.scale_by_batch = False
   c.optimizer.schedule = 'constant_cosine'
-  c.data = ml_collections.ConfigDict(
+  c.data.update(
     dict(
       dir='',  # clips anywhere under it
       segments='',  # e.g. unbalanced_train_segments.csv
@@ -82,7 +84,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       fps=25,
       audio_rate=48_000,
       image_size=224,
-      worker_count=0,
     )
   )
   c.model = ml_collections.ConfigDict(
@@ -147,6 +148,12 @@ def validate(config) -> None:
   validation.check_divisible(
     'data.num_frames', d.num_frames, 'model.frame_patch', m.frame_patch
   )
+  if d.skip_corrupt:
+    raise ValueError(
+      'data.skip_corrupt: expected False (clips are decoded by the ops, '
+      'which the loader never skips; set data.skip_bad to skip unreadable '
+      'or short clips), got True.'
+    )
   validation.check_divisible(
     'data.audio_rate / data.fps * num_frames',
     d.audio_rate // d.fps * d.num_frames,
@@ -320,15 +327,69 @@ def make_sources(config):
   )
 
 
+def make_evaluate(
+  forward: hk.TransformedWithState,
+  eval_data: Callable[[], Iterable[Dict[str, np.ndarray]]],
+  eval_windows: int,
+) -> Callable[..., Dict[str, float]]:
+  """`Task.evaluate`: mAP over the classes of the whole evaluation set.
+
+  Args:
+    forward: `make_forward`'s model.
+    eval_data: a fresh pass over this process's evaluation batches (each
+      record with its `eval_windows` windows).
+    eval_windows: windows averaged per clip (for the printed line).
+
+  Returns:
+    `evaluate(params, state, workdir) -> {'mAP', 'loss', 'hit_at_1'}`:
+    `mean_average_precision` of every process's averaged window
+    probabilities (gathered with `process_allgather`), and the means of
+    `per_example`'s loss and hit@1. Process 0 prints the mAP.
+  """
+
+  def predictions(params, state, batch):
+    out, _ = forward.apply(params, state, None, batch, is_training=False)
+    return dict(
+      per_example(out, batch), probs=out['probs'], labels=batch['label']
+    )
+
+  def evaluate(params, state, workdir: str) -> Dict[str, float]:
+    del workdir  # Nothing to write.
+    rows = mlm.run_eval(predictions, params, state, eval_data())
+    value = mean_average_precision(rows['probs'], rows['labels'])
+    if jax.process_index() == 0:
+      print(
+        f'mAP: {100 * value:.1f}% ({len(rows["probs"])} clips, '
+        f'{eval_windows} windows each)',
+        flush=True,
+      )
+    return {
+      'mAP': value,
+      'loss': float(np.mean(rows['loss'])),
+      'hit_at_1': float(np.mean(rows['hit_at_1'])),
+    }
+
+  return evaluate
+
+
 def build_task(config, process_index: int, process_count: int) -> Task:
-  """Model, loss and this process's share of the AudioSet clips."""
+  """Model, loss, this process's share of the AudioSet clips and mAP."""
   validate(config)
   train, train_ops, held_out, eval_ops, _ = make_sources(config)
   d, m = config.data, config.model
-  workers = d.worker_count
   samples = d.num_frames * d.audio_rate // d.fps
+  forward = make_forward(m, d)
+  eval_data = lambda: data_lib.eval_batches(
+    held_out,
+    global_batch=config.eval_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+    ops=eval_ops,
+    worker_count=d.worker_count,
+    prefetch=d.prefetch,
+  )
   return Task(
-    forward=make_forward(m, d),
+    forward=forward,
     per_example=per_example,
     train_data=data_lib.train_iterator(
       train,
@@ -337,7 +398,8 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       process_index=process_index,
       process_count=process_count,
       ops=train_ops,
-      worker_count=workers,
+      worker_count=d.worker_count,
+      prefetch=d.prefetch,
     ),
     example_batch={
       'image': np.zeros(
@@ -347,54 +409,5 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       'label': np.zeros((2, m.num_classes), np.float32),
       'index': np.zeros((2,), np.int32),
     },
-    eval_data=lambda: data_lib.eval_batches(
-      held_out,
-      global_batch=config.eval_batch_size,
-      process_index=process_index,
-      process_count=process_count,
-      ops=eval_ops,
-      worker_count=workers,
-    ),
+    evaluate=make_evaluate(forward, eval_data, d.eval_windows),
   )
-
-
-def evaluate_map(task: Task, params, state) -> float:
-  """mAP of the averaged window probabilities over the evaluation set
-  (single process: it gathers every prediction here)."""
-  apply = jax.jit(functools.partial(task.forward.apply, is_training=False))
-  scores, labels = [], []
-  for batch in task.eval_data():
-    keep = batch['mask'] > 0
-    out, _ = apply(
-      params, state, None, {k: v for k, v in batch.items() if k != 'mask'}
-    )
-    scores.append(np.asarray(out['probs'])[keep])
-    labels.append(batch['label'][keep])
-  return mean_average_precision(np.concatenate(scores), np.concatenate(labels))
-
-
-def main(argv):
-  del argv
-  # pylint: disable=g-import-not-at-top
-  from perceiver import train as train_lib
-
-  config, workdir = _CONFIG.value, _WORKDIR.value
-  result = train_lib.train(config, build_task, workdir)
-  ts = result['train_state']
-  task = build_task(config, jax.process_index(), jax.process_count())
-  print(f'mAP: {100 * evaluate_map(task, ts.params, ts.state):.1f}')
-
-
-if __name__ == '__main__':
-  # pylint: disable=g-import-not-at-top
-  from absl import app
-  from absl import flags
-  from ml_collections import config_flags
-
-  _CONFIG = config_flags.DEFINE_config_file(
-    'config', __file__, 'This file and its variant.'
-  )
-  _WORKDIR = flags.DEFINE_string(
-    'workdir', 'runs/audioset', 'Where checkpoints and metrics go.'
-  )
-  app.run(main)

@@ -1,14 +1,12 @@
-"""python -m experiments.video_autoencoding --workdir=runs/video_local
-
-(`--config` defaults to `experiments/video_autoencoding.py:local`.)
+"""python -m experiments.main --config=experiments/video_autoencoding.py:local --workdir=runs/video_local
 
 Multimodal autoencoding (Perceiver IO Sec. 4.3, App. I; PAPER.md 1.6): one
 model reads 16 frames of 224 x 224 video (25 fps, 1x4x4 patches), the
 matching 30,720 samples of 48 kHz audio (16-sample patches) and a one-hot
 Kinetics-700 label, compresses them into 784 (or 392, 196) latents of 512
 channels and decodes all three back. The architecture is the released
-`video_autoencoding` model (`perceiver.presets`); only the label masking
-differs (see `make_forward`).
+`video_autoencoding` model (`perceiver.presets`), called with
+`label_mask_prob=0.5` in training (App. I) and 1 in evaluation.
 
 Paper recipe (the config's defaults): loss 0.03 L1(video) + 1 L1(audio) +
 1e-4 CE(label) (`:label1`: label weight 1); the label is masked in 50% of the
@@ -33,11 +31,18 @@ Variants (comma-separated, e.g. `:latents392,label1`): `latents784`
 frames of 16 x 16 of the vendored clip; seconds on a CPU), `local` (a reduced
 model autoencoding windows of the vendored Big Buck Bunny clip on a CPU:
 trained on windows within its first 100 frames, evaluated on the two windows
-of its last 32 frames). The `python -m` entry point above trains, then writes
-reconstructions of the first evaluation window to the workdir
+of its last 32 frames). Each evaluation (`Task.evaluate`, every `eval_every`
+steps and at the end) decodes every held-out window in full, prints
+
+  video PSNR: NN.N dB (baseline NN.N)
+  audio PSNR: NN.N dB (baseline NN.N)
+  top-1 (label masked): NN.N%
+
+and writes the first held-out window's reconstruction to the workdir
 (`reconstruction_frames.png`, `reconstruction_waveform.png`,
-`reconstruction.wav`, `original.wav`) and prints
-`video PSNR: NN.N dB (baseline NN.N)` and `audio PSNR: ...`.
+`reconstruction.wav`, and `original.wav` to compare with); result.json has
+`eval/video_psnr`, `eval/video_psnr_baseline`, `eval/audio_psnr`,
+`eval/audio_psnr_baseline`, `eval/top1` and the loss terms.
 
 Shapes: B batch, T frames, S image size, P = T S S pixels, A audio samples,
 Q = A / 16 audio patches, C classes, Sp / Sa subsampled pixels / patches.
@@ -46,21 +51,22 @@ Q = A / 16 audio patches, C classes, Sp / Sa subsampled pixels / patches.
 import functools
 import os
 import wave
-from typing import Dict, Mapping, Sequence
+from typing import Callable, Dict, Iterable, Mapping, Sequence
 
 import haiku as hk
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-import perceiver as P
-from perceiver import io_processors as io
+from experiments import mlm
 from perceiver import presets
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
+from perceiver.train import mesh as mesh_lib
 from perceiver.train.task import Task
 
 VARIANTS = (
@@ -108,7 +114,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       train_audio_samples=512,  # a multiple of model.samples_per_patch
     )
   )
-  c.data = ml_collections.ConfigDict(
+  c.data.update(
     dict(
       source='kinetics',  # or 'clip': windows of one local clip
       dir='',  # Kinetics clips, anywhere under it
@@ -123,18 +129,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       clip_eval_starts=(0,),
       fps=25,
       audio_rate=48_000,
-      worker_count=0,
     )
   )
   sizes = presets.defaults('video_autoencoding')
   del sizes['compute_dtype']  # the engine's `precision` sets it
   c.model = ml_collections.ConfigDict(
-    dict(
-      sizes,
-      decoder_channels=512,  # released: 512 (output_num_channels)
-      label_query_channels=1024,  # released: 1024
-      eval_chunk_size=6272,  # the colab's 128 chunks of 6,272 pixels
-    )
+    dict(sizes, eval_chunk_size=6272)  # the colab's 128 chunks of 6,272
   )
   for v in variants:
     if v.startswith('latents'):
@@ -169,7 +169,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_self_attend_heads=2,
       image_bands=2,
       audio_bands=4,
-      decoder_channels=16,
       label_query_channels=16,
       eval_chunk_size=256,
     )
@@ -195,7 +194,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_self_attend_heads=4,
       image_bands=16,
       audio_bands=64,
-      decoder_channels=128,
       label_query_channels=64,
       eval_chunk_size=4096,
       cross_attention_impl='reference',
@@ -219,7 +217,6 @@ def validate(config) -> None:
     'num_self_attend_heads',
     'image_bands',
     'audio_bands',
-    'decoder_channels',
     'label_query_channels',
     'eval_chunk_size',
   ):
@@ -263,116 +260,17 @@ def validate(config) -> None:
         f'loss.{name}: expected a non-negative weight, got {loss[name]!r}.'
       )
   validation.check_choice('data.source', d.source, SOURCES)
+  if d.skip_corrupt:
+    raise ValueError(
+      'data.skip_corrupt: expected False (clips are decoded by the ops, '
+      'which the loader never skips; set data.skip_bad to skip unreadable '
+      'or short clips), got True.'
+    )
 
 
 # ---------------------------------------------------------------------------
 # Model.
 # ---------------------------------------------------------------------------
-
-
-def _perceiver(m, label_mask_prob: float, batch_size: int) -> P.Perceiver:
-  """The released video autoencoder (`presets._video_autoencoding`).
-
-  Same modules, names and parameter tree as `presets.build(
-  'video_autoencoding', ...)` at the same sizes; the only difference is the
-  label's mask probability, which the preset fixes at 1 (the colab's
-  inference setting) and training needs at 0.5 (App. I).
-  """
-  t, size, spp = m.num_frames, m.image_size, m.samples_per_patch
-  image_fourier = dict(
-    num_bands=m.image_bands,
-    max_resolution=(t, size // 4, size // 4),
-    sine_only=False,
-    concat_pos=True,
-  )
-  audio_fourier = dict(
-    num_bands=m.audio_bands,
-    max_resolution=(m.audio_samples,),
-    sine_only=False,
-    concat_pos=True,
-  )
-  preprocessor = io.MultimodalPreprocessor(
-    min_padding_size=4,
-    modalities=dict(
-      audio=io.AudioPreprocessor(
-        position_encoding_type='fourier',
-        fourier_position_encoding_kwargs=audio_fourier,
-        prep_type='patches',
-        samples_per_patch=spp,
-      ),
-      image=io.ImagePreprocessor(
-        position_encoding_type='fourier',
-        fourier_position_encoding_kwargs=image_fourier,
-        prep_type='patches',
-        spatial_downsample=4,
-        temporal_downsample=1,
-      ),
-      label=io.OneHotPreprocessor(),
-    ),
-    mask_probs=dict(image=0.0, audio=0.0, label=label_mask_prob),
-  )
-  encoder = P.PerceiverEncoder(
-    num_self_attends_per_block=m.num_self_attends_per_block,
-    num_blocks=1,
-    z_index_dim=m.z_index_dim,
-    num_z_channels=m.num_z_channels,
-    num_cross_attend_heads=1,
-    num_self_attend_heads=m.num_self_attend_heads,
-    cross_attend_widening_factor=1,
-    self_attend_widening_factor=1,
-    dropout_prob=0.0,
-    z_pos_enc_init_scale=0.02,
-    cross_attention_shape_for_attn='kv',
-    name='encoder',
-    attention_impl=m.attention_impl,
-    cross_attention_impl=m.cross_attention_impl,
-    remat=m.remat,
-    scan_blocks=m.scan_blocks,
-    scan_layers=m.scan_layers,
-  )
-  decoder = P.MultimodalDecoder(
-    num_outputs=None,
-    output_num_channels=m.num_z_channels,
-    use_query_residual=False,
-    attention_impl=m.attention_impl,
-    modalities=dict(
-      audio=P.BasicDecoder(
-        output_index_dims=(m.audio_samples // spp,),
-        output_num_channels=m.decoder_channels,
-        use_query_residual=False,
-        position_encoding_type='fourier',
-        fourier_position_encoding_kwargs=audio_fourier,
-      ),
-      image=P.BasicVideoAutoencodingDecoder(
-        output_shape=(batch_size, t, size, size),
-        output_num_channels=m.decoder_channels,
-        use_query_residual=False,
-        position_encoding_type='fourier',
-        fourier_position_encoding_kwargs=image_fourier,
-      ),
-      label=P.ClassificationDecoder(
-        num_classes=m.num_classes,
-        use_query_residual=False,
-        position_encoding_type='trainable',
-        trainable_position_encoding_kwargs=dict(
-          num_channels=m.label_query_channels, init_scale=0.02
-        ),
-      ),
-    ),
-  )
-  postprocessor = io.MultimodalPostprocessor(
-    modalities=dict(
-      audio=io.AudioPostprocessor(samples_per_patch=spp),
-      image=io.ProjectionPostprocessor(num_outputs=3),
-      label=io.ClassificationPostprocessor(num_classes=m.num_classes),
-    )
-  )
-  return P.Perceiver(
-    encoder=encoder,
-    decoder=decoder,
-    input_preprocessor=preprocessor,
-    output_postprocessor=postprocessor,
-  )
 
 
 def model_inputs(batch, num_classes: int):
@@ -385,28 +283,41 @@ def model_inputs(batch, num_classes: int):
   }
 
 
+def preset_overrides(m) -> Dict[str, object]:
+  """The `presets.build('video_autoencoding', **overrides)` of `model`."""
+  return {k: v for k, v in m.items() if k != 'eval_chunk_size'}
+
+
 def make_forward(m, loss) -> hk.TransformedWithState:
   """`apply(params, state, rng, batch, is_training)` -> outputs and targets.
 
-  Training (`is_training=True`, needs an rng): each example independently
-  (`hk.vmap` with split rngs) has its label masked with probability
+  The model is the `video_autoencoding` preset (its parameter tree; it has
+  no state). Training (`is_training=True`, needs an rng): each example
+  independently has its label masked with probability
   `loss.label_mask_prob` and decodes `loss.train_pixels` random pixels and
   `loss.train_audio_samples / 16` random audio patches (drawn with
-  replacement) plus the label. Evaluation: the label is always masked and
-  every pixel and audio sample is decoded in chunks of
-  `model.eval_chunk_size` (no rng).
+  replacement) plus the label. The decoders take one [S] set of points for
+  the whole batch, so the examples are mapped with `jax.vmap` over the
+  preset's `apply` (parameters shared, one rng per example). Evaluation:
+  the label is always masked and every pixel and audio sample is decoded
+  in chunks of `model.eval_chunk_size` (no rng).
 
   Returns a dict: 'image' [B, Sp, 3] (eval: [B, T, S, S, 3]), 'audio'
   [B, 16 Sa] (eval: [B, A, 1]), 'label' logits [B, C], and 'image_target' /
   'audio_target', the inputs at the same points in the same layout.
   """
+  net = presets.build('video_autoencoding', **preset_overrides(m))
   spp = m.samples_per_patch
   num_patches = m.audio_samples // spp
   num_pixels = m.num_frames * m.image_size**2
 
-  def decode_some(inputs):
+  def init(rng, batch, *, is_training):
+    del is_training  # Same parameters either way.
+    return net.init(rng, model_inputs(batch, m.num_classes), is_training=False)
+
+  def decode_some(params, state, key, inputs):
     """One example ([1, ...] inputs) at random points."""
-    key_image, key_audio = jax.random.split(hk.next_rng_key())
+    key_image, key_audio, key_model = jax.random.split(key, 3)
     points = {
       'image': jax.random.randint(
         key_image, (loss.train_pixels,), 0, num_pixels
@@ -414,9 +325,16 @@ def make_forward(m, loss) -> hk.TransformedWithState:
       'audio': jax.random.randint(
         key_audio, (loss.train_audio_samples // spp,), 0, num_patches
       ),
+      'label': None,
     }
-    out = _perceiver(m, loss.label_mask_prob, 1)(
-      inputs, is_training=True, subsampled_output_points=points
+    out, _ = net.apply(
+      params,
+      state,
+      key_model,
+      inputs,
+      is_training=True,
+      subsampled_output_points=points,
+      label_mask_prob=loss.label_mask_prob,
     )
     image_1P3 = inputs['image'].reshape(1, num_pixels, 3)
     audio_1QK = inputs['audio'].reshape(1, num_patches, spp)
@@ -426,27 +344,29 @@ def make_forward(m, loss) -> hk.TransformedWithState:
       audio_target=audio_1QK[:, points['audio']].reshape(1, -1),
     )
 
-  def forward(batch, *, is_training: bool):
+  def apply(params, state, rng, batch, *, is_training):
     inputs = model_inputs(batch, m.num_classes)
+    batch_size = inputs['image'].shape[0]
     if is_training:
       one = jax.tree.map(lambda x: x[:, None], inputs)  # [B, 1, ...]
-      # Parameters are shared; at init the rng is not split (Haiku requires
-      # it) so every example draws the same parameters, as without vmap.
-      out = hk.vmap(decode_some, split_rng=not hk.running_init())(one)
-      return jax.tree.map(lambda x: x[:, 0], out)
-    batch_size = inputs['image'].shape[0]
-    out = _perceiver(m, 1.0, batch_size)(
-      inputs, is_training=False, decode_chunk_size=m.eval_chunk_size
+      keys = jax.random.split(rng, batch_size)
+      out = jax.vmap(decode_some, in_axes=(None, None, 0, 0))(
+        params, state, keys, one
+      )
+      return jax.tree.map(lambda x: x[:, 0], out), state
+    out, state = net.apply(
+      params,
+      state,
+      None,
+      inputs,
+      is_training=False,
+      decode_chunk_size=m.eval_chunk_size,
     )
     return dict(
-      out,
-      image=out['image'].reshape(inputs['image'].shape),
-      audio=out['audio'].reshape(batch_size, m.audio_samples, 1),
-      image_target=inputs['image'],
-      audio_target=inputs['audio'],
-    )
+      out, image_target=inputs['image'], audio_target=inputs['audio']
+    ), state
 
-  return hk.transform_with_state(forward)
+  return hk.TransformedWithState(init=init, apply=apply)
 
 
 # ---------------------------------------------------------------------------
@@ -506,13 +426,24 @@ def per_example(
   }
 
 
-def report(metrics: Mapping[str, float], prefix: str = 'eval/') -> str:
-  """The two result lines, from evaluation metrics (`train()['eval']`)."""
-  return '\n'.join(
-    f'{name} PSNR: {metrics[f"{prefix}{key}_psnr"]:.1f} dB (baseline '
-    f'{metrics[f"{prefix}{key}_psnr_baseline"]:.1f})'
-    for name, key in (('video', 'video'), ('audio', 'audio'))
-  )
+def report(metrics: Mapping[str, float]) -> str:
+  """The printed result lines, from `Task.evaluate`'s metrics.
+
+  Args:
+    metrics: 'video_psnr', 'video_psnr_baseline', 'audio_psnr',
+      'audio_psnr_baseline' (dB) and 'top1' (a fraction).
+
+  Returns:
+    `video PSNR: NN.N dB (baseline NN.N)`, `audio PSNR: ...` and
+    `top-1 (label masked): NN.N%`, one per line.
+  """
+  lines = [
+    f'{name} PSNR: {metrics[f"{name}_psnr"]:.1f} dB (baseline '
+    f'{metrics[f"{name}_psnr_baseline"]:.1f})'
+    for name in ('video', 'audio')
+  ]
+  lines.append(f'top-1 (label masked): {100 * metrics["top1"]:.1f}%')
+  return '\n'.join(lines)
 
 
 # ---------------------------------------------------------------------------
@@ -587,10 +518,10 @@ def example_batch(m) -> Dict[str, np.ndarray]:
 
 
 def build_task(config, process_index: int, process_count: int) -> Task:
-  """Model, loss and this process's share of the clips."""
+  """Model, loss, this process's share of the clips and the evaluation."""
   validate(config)
   train, train_ops, held_out, eval_ops = make_sources(config)
-  workers = config.data.worker_count
+  d = config.data
   train_data = data_lib.train_iterator(
     train,
     global_batch=config.batch_size,
@@ -598,7 +529,8 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     process_index=process_index,
     process_count=process_count,
     ops=train_ops,
-    worker_count=workers,
+    worker_count=d.worker_count,
+    prefetch=d.prefetch,
   )
   eval_data = lambda: data_lib.eval_batches(
     held_out,
@@ -606,20 +538,23 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     process_index=process_index,
     process_count=process_count,
     ops=eval_ops,
-    worker_count=workers,
+    worker_count=d.worker_count,
+    prefetch=d.prefetch,
   )
   loss = config.loss
+  forward = make_forward(config.model, loss)
+  losses = functools.partial(
+    per_example,
+    video_weight=loss.video_weight,
+    audio_weight=loss.audio_weight,
+    label_weight=loss.label_weight,
+  )
   return Task(
-    forward=make_forward(config.model, loss),
-    per_example=functools.partial(
-      per_example,
-      video_weight=loss.video_weight,
-      audio_weight=loss.audio_weight,
-      label_weight=loss.label_weight,
-    ),
+    forward=forward,
+    per_example=losses,
     train_data=train_data,
     example_batch=example_batch(config.model),
-    eval_data=eval_data,
+    evaluate=make_evaluate(forward, losses, eval_data, d.audio_rate),
   )
 
 
@@ -695,49 +630,70 @@ def write_reconstruction(
   ]
 
 
-def reconstruct(config, task: Task, params, state, workdir: str):
-  """Decodes the first evaluation window and writes it (see above)."""
-  batch = next(iter(task.eval_data()))
-  apply = jax.jit(functools.partial(task.forward.apply, is_training=False))
-  out, _ = apply(
-    params, state, None, {k: v for k, v in batch.items() if k != 'mask'}
-  )
-  return write_reconstruction(
-    workdir,
-    out['image_target'][0],
-    out['image'][0],
-    out['audio_target'][0],
-    out['audio'][0],
-    config.data.audio_rate,
-  )
+def _first_window(fn, params, state, batch):
+  """`fn(params, state, batch)` on this process's rows of a global batch
+  (every process calls it), gathered to host numpy on every process."""
+  leaves = jax.tree.leaves(params)
+  mesh = getattr(leaves[0].sharding, 'mesh', None) if leaves else None
+  if jax.process_count() > 1 and mesh is not None:
+    out = jax.jit(fn)(params, state, mesh_lib.global_batch(batch, mesh))
+    return multihost_utils.process_allgather(out)
+  return jax.device_get(jax.jit(fn)(params, state, batch))
 
 
-def main(argv):
-  del argv
-  # pylint: disable=g-import-not-at-top
-  from perceiver import train as train_lib
+def make_evaluate(
+  forward: hk.TransformedWithState,
+  losses: Callable[..., Dict[str, jax.Array]],
+  eval_data: Callable[[], Iterable[Dict[str, np.ndarray]]],
+  audio_rate: int,
+) -> Callable[..., Dict[str, float]]:
+  """`Task.evaluate`: the held-out windows decoded in full (label masked).
 
-  config, workdir = _CONFIG.value, _WORKDIR.value
-  result = train_lib.train(config, build_task, workdir)
-  print(report(result['eval']))
-  ts = result['train_state']
-  task = build_task(config, jax.process_index(), jax.process_count())
-  for path in reconstruct(config, task, ts.params, ts.state, workdir):
-    print(f'wrote {path}')
+  Args:
+    forward: `make_forward`'s model.
+    losses: `per_example` with the config's loss weights.
+    eval_data: a fresh pass over this process's evaluation batches.
+    audio_rate: sample rate of the written WAVs (Hz).
 
+  Returns:
+    `evaluate(params, state, workdir) -> {name: float}`: the means over
+    every process's held-out windows of `per_example`'s metrics ('loss',
+    'video_l1', 'audio_l1', 'label_ce', 'top1' and the PSNRs and baselines
+    in dB). Process 0 prints `report` and writes the first window's
+    reconstruction with `write_reconstruction`.
+  """
 
-if __name__ == '__main__':
-  # pylint: disable=g-import-not-at-top
-  from absl import app
-  from absl import flags
-  from ml_collections import config_flags
+  def metrics(params, state, batch):
+    out, _ = forward.apply(params, state, None, batch, is_training=False)
+    return losses(out, batch)
 
-  _CONFIG = config_flags.DEFINE_config_file(
-    'config', f'{__file__}:local', 'This file and its variant.'
-  )
-  _WORKDIR = flags.DEFINE_string(
-    'workdir',
-    'runs/video_local',
-    'Where checkpoints, metrics and reconstructions go.',
-  )
-  app.run(main)
+  def first(params, state, batch):
+    out, _ = forward.apply(params, state, None, batch, is_training=False)
+    keys = ('image', 'image_target', 'audio', 'audio_target')
+    return {k: out[k][0] for k in keys}  # [T, S, S, 3], [A, 1]
+
+  def evaluate(params, state, workdir: str) -> Dict[str, float]:
+    kept = []
+
+    def batches():
+      for batch in eval_data():
+        if not kept:
+          kept.append(batch)
+        yield batch
+
+    rows = mlm.run_eval(metrics, params, state, batches())
+    values = {k: float(np.mean(v)) for k, v in rows.items()}
+    window = _first_window(first, params, state, kept[0])
+    if jax.process_index() == 0:
+      print(report(values), flush=True)
+      write_reconstruction(
+        workdir,
+        window['image_target'],
+        window['image'],
+        window['audio_target'],
+        window['audio'],
+        audio_rate,
+      )
+    return values
+
+  return evaluate

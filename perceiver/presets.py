@@ -17,12 +17,16 @@ Calls (`init` takes the same arguments without params and state):
   frames [B, 2, 368, 496, 3] in [-1, 1] -> (flow in pixels [B, 368, 496, 2],
   state); the colab's x20 scale is included.
 * video_autoencoding: `apply(params, state, rng, inputs, *, is_training,
-  subsampled_output_points=None, decode_chunk_size=None)`, inputs
+  subsampled_output_points=None, decode_chunk_size=None,
+  label_mask_prob=1.0)`, inputs
   {'image': [B, 16, 224, 224, 3], 'audio': [B, 30720, 1], 'label': [B, 700]}
   -> ({'image': [B, 16, 224, 224, 3], 'audio': [B, 30720, 1],
   'label': [B, 700]}, state) for a full or chunked decode; with
   `subsampled_output_points` the image and audio outputs are the flat
-  [B, S, 3] and [B, 16 S] rows of those points.
+  [B, S, 3] and [B, 16 S] rows of those points. `label_mask_prob` is the
+  probability that an example's label is replaced by the learned mask token:
+  1 (the colab's inference setting, no rng needed), 0.5 for training
+  (App. I; needs an rng); it does not change the parameter tree.
 
 Overrides: any size field of a preset (see `defaults(name)`, e.g.
 `num_blocks=1, image_size=32` for tests), plus for every preset
@@ -78,7 +82,7 @@ _DEFAULTS: Dict[str, Dict[str, Any]] = {
                                num_z_channels=512,
                                num_self_attends_per_block=8,
                                num_self_attend_heads=8, image_bands=32,
-                               audio_bands=192),
+                               audio_bands=192, label_query_channels=1024),
 }
 
 
@@ -248,11 +252,16 @@ def _video_autoencoding(cfg) -> Callable[..., Any]:
                        concat_pos=True)
 
   def forward(inputs, *, is_training: bool, subsampled_output_points=None,
-              decode_chunk_size=None):
+              decode_chunk_size=None, label_mask_prob=1.0):
     if not isinstance(inputs, dict) or set(inputs) != {'image', 'audio',
                                                        'label'}:
       raise ValueError("inputs: expected a dict with keys ['audio', 'image', "
                        f"'label'], got {inputs!r:.200}.")
+    if (isinstance(label_mask_prob, bool)
+        or not isinstance(label_mask_prob, (int, float))
+        or not 0.0 <= label_mask_prob <= 1.0):
+      raise ValueError('label_mask_prob: expected a probability in [0, 1], '
+                       f'got {label_mask_prob!r}.')
     batch = inputs['image'].shape[0]
     validation.check_shape("inputs['image']", inputs['image'],
                            (batch, t, size, size, 3))
@@ -273,7 +282,7 @@ def _video_autoencoding(cfg) -> Callable[..., Any]:
                 prep_type='patches', spatial_downsample=4,
                 temporal_downsample=1),
             label=io.OneHotPreprocessor()),
-        mask_probs=dict(image=0.0, audio=0.0, label=1.0))
+        mask_probs=dict(image=0.0, audio=0.0, label=label_mask_prob))
     encoder = P.PerceiverEncoder(
         num_self_attends_per_block=cfg['num_self_attends_per_block'],
         num_blocks=1, z_index_dim=cfg['z_index_dim'],
@@ -298,8 +307,9 @@ def _video_autoencoding(cfg) -> Callable[..., Any]:
             label=P.ClassificationDecoder(
                 num_classes=n_classes, use_query_residual=False,
                 position_encoding_type='trainable',
-                trainable_position_encoding_kwargs=dict(num_channels=1024,
-                                                        init_scale=0.02))))
+                trainable_position_encoding_kwargs=dict(
+                    num_channels=cfg['label_query_channels'],
+                    init_scale=0.02))))
     postprocessor = io.MultimodalPostprocessor(modalities=dict(
         audio=io.AudioPostprocessor(samples_per_patch=spp),
         image=io.ProjectionPostprocessor(num_outputs=3),

@@ -143,3 +143,59 @@ def test_unknown_override_is_rejected():
     presets.build('imagenet_fourier', num_latents=3)
   with pytest.raises(ValueError, match='name'):
     presets.build('imagenet_resnet')
+
+
+@pytest.mark.parametrize('prob', [0.0, 0.5, 1.0])
+def test_video_label_mask_prob_keeps_the_tree_and_masks(prob):
+  name = 'video_autoencoding'
+  (inputs,), _ = example_inputs(name, batch=4, **SMALL[name])
+  inputs = concrete(inputs)
+  model = presets.build(name, **SMALL[name])
+  init = functools.partial(model.init, is_training=True)
+  default, _ = jax.jit(init)(jax.random.PRNGKey(0), inputs)
+  params, state = jax.jit(functools.partial(init, label_mask_prob=prob))(
+      jax.random.PRNGKey(0), inputs)
+  # Values may differ at 0.5 (the mask's draw takes a key from the init rng).
+  assert shape_tree(params) == shape_tree(default)
+  apply = jax.jit(functools.partial(
+      model.apply, params, state, jax.random.PRNGKey(1), is_training=True,
+      subsampled_output_points={'image': jnp.arange(3),
+                                'audio': jnp.arange(2), 'label': None},
+      label_mask_prob=prob))
+  other = dict(inputs, label=inputs['label'][::-1])
+  seen = ~np.isclose(apply(inputs)[0]['label'], apply(other)[0]['label'],
+                     atol=1e-6).all(axis=1)
+  # The same key masks the same examples of both batches; 0: none, 1: all.
+  if prob == 0.0:
+    assert seen.all()
+  elif prob == 1.0:
+    assert not seen.any()
+
+
+@pytest.mark.parametrize('prob', [-0.1, 1.5, True])
+def test_video_label_mask_prob_is_checked(prob):
+  name = 'video_autoencoding'
+  (inputs,), _ = example_inputs(name, **SMALL[name])
+  model = presets.build(name, **SMALL[name])
+  with pytest.raises(ValueError, match=r'label_mask_prob: expected a prob'):
+    jax.eval_shape(functools.partial(model.init, is_training=True,
+                                     label_mask_prob=prob),
+                   jax.random.PRNGKey(0), inputs)
+
+
+def test_video_label_query_channels_is_a_size_field():
+  # The widest query (the label's, + 2 padding) sets the decoder's width.
+  name = 'video_autoencoding'
+  (inputs,), _ = example_inputs(name, **SMALL[name])
+  init = lambda **o: jax.eval_shape(
+      functools.partial(presets.build(name, **SMALL[name], **o).init,
+                        is_training=False), jax.random.PRNGKey(0), inputs)[0]
+  shapes = lambda p: {m: {n: v.shape for n, v in d.items()}
+                      for m, d in p.items()}
+  default, small = shapes(init()), shapes(init(label_query_channels=40))
+  query = 'classification_decoder/~/basic_decoder/~/trainable_position_encoding'
+  assert (default[query]['pos_embs'], small[query]['pos_embs']) == (
+      (1, 1024), (1, 40))
+  mlp = 'multimodal_decoder/~/basic_decoder/cross_attention/mlp/linear'
+  assert (default[mlp]['w'], small[mlp]['w']) == ((1026, 1026), (42, 42))
+  assert default.keys() == small.keys()
