@@ -1,4 +1,9 @@
-"""experiments/mlm.py: `:debug` end to end, metrics, warm start, config."""
+"""experiments/mlm.py: `:debug` end to end, metrics, warm start, config.
+
+Also the round trip of the MLM run's checkpoint into GLUE `:debug`
+(experiments/glue.py's init_params and evaluate hooks), which shares this
+file's MLM run.
+"""
 
 import contextlib
 import io
@@ -11,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import glue
 from experiments import mlm
 from experiments.data import text as text_data
 from perceiver import checkpoints
@@ -180,6 +186,70 @@ def test_init_params_hook_continues_from_the_run(mlm_run, capsys):
   with pytest.raises(checkpoints.CheckpointError, match='does not fit'):
     mlm.init_params_hook(big)(fresh, {})
   assert mlm.init_params_hook(_debug_config(config.data.cache_dir)) is None
+
+
+def test_checkpoint_warm_starts_a_glue_debug_run(mlm_run, tmp_path, capsys):
+  # GLUE :debug from the MLM run's workdir with a zero learning rate: the
+  # final parameters are the warm start's, so every leaf the MLM has (same
+  # name and shape) must equal it, and the rest are the fresh ones.
+  _, mlm_result, _, mlm_workdir = mlm_run
+  mlm_params = jax.device_get(mlm_result['train_state'].params)
+  config = glue.get_config('debug')
+  config.unlock()
+  config.init_checkpoint = mlm_workdir
+  config.optimizer.base_lr = 0.0
+  config.optimizer.weight_decay = 0.0
+  config.lock()
+  workdir = str(tmp_path / 'glue')
+  result = train_lib.train(config, glue.build_task, workdir)
+  out = capsys.readouterr().out
+  assert len(result['losses']) == config.total_steps
+  params = jax.device_get(result['train_state'].params)
+  fresh = []
+  for module, values in params.items():
+    for name, value in values.items():
+      mlm_value = mlm_params.get(module, {}).get(name)
+      if mlm_value is not None and mlm_value.shape == value.shape:
+        np.testing.assert_array_equal(value, mlm_value)
+      else:
+        fresh.append(f'{module}/{name}')
+  # The encoder (embed, positions, latents, cross- and self-attention) and
+  # the decoder's attention load; the task query and the head stay fresh.
+  assert sum(map(glue.is_encoder_module, params)) == 2 + 1 + 9 + 8
+  assert fresh == [
+    'basic_decoder/~/trainable_position_encoding/pos_embs',
+    'head_sst2/linear/b',
+    'head_sst2/linear/w',
+    'head_sst2/linear_1/b',
+    'head_sst2/linear_1/w',
+  ]
+  assert (
+    f'Warm start from {mlm_workdir}: 55/60 parameters loaded; kept fresh: '
+    f"{fresh}; checkpoint entries not used: ['embedding_decoder/bias']."
+  ) in out
+  # GLUE's evaluate hook: the dev split's line and the dev accuracy.
+  accuracy = result['eval']['eval/SST-2/accuracy']
+  assert set(result['eval']) == {'eval/SST-2/accuracy', 'eval/SST-2/loss'}
+  assert f'SST-2 (1056 dev examples): accuracy {accuracy:.2f}' in out
+  assert f'dev accuracy: {accuracy:.1f}%' in out
+  with open(os.path.join(workdir, 'result.json')) as f:
+    assert json.load(f)['eval/SST-2/accuracy'] == accuracy
+  # Against a direct computation: one forward over every dev record (the
+  # hook's batches of 64 leave a padded last batch).
+  dev = glue.source(config, 'SST-2', 'dev')
+  batch = {k: np.stack([dev[i][k] for i in range(len(dev))]) for k in dev[0]}
+  apply = jax.jit(
+    glue.make_forward(config).apply, static_argnames='is_training'
+  )
+  outputs, _ = apply(params, {}, None, batch, is_training=False)
+  logits = np.asarray(outputs['logits'], np.float64)[:, 0, :2]
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  assert accuracy == pytest.approx(
+    100 * np.mean(logits.argmax(-1) == batch['label'])
+  )
+  assert result['eval']['eval/SST-2/loss'] == pytest.approx(
+    -np.mean(logp[np.arange(len(dev)), batch['label']]), rel=1e-5
+  )
 
 
 def test_load_params_rejects_a_directory_without_checkpoint(tmp_path):
