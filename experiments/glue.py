@@ -4,10 +4,10 @@ GLUE fine-tuning of the byte-level Perceiver IO (Sec. 4.1, App. F.4, Tables
 1, 2, 13, 14; PAPER.md 1.1-1.3 and 3). The model is the MLM encoder (byte
 embedding + learned positions + `PerceiverEncoder`: the `language_mlm`
 preset's modules, `presets.language_mlm_modules`), a cross-attention decoder
-whose
-query reads the task output (the MLM decoder's settings: 8 heads, queries of
-E = 768 channels, no final projection) and, per task, a 2-layer MLP with a
-tanh hidden layer of E units mapping that output to logits or the STS-B score.
+whose query reads the task output (the MLM decoder's settings: 8 heads,
+queries of E = 768 channels, no final projection) and, per task, a 2-layer
+MLP with a tanh hidden layer of E units mapping that output to logits or the
+STS-B score.
 Loss: cross-entropy, or squared error for STS-B.
 
 Recipe (Table 13): LAMB, learning rate in {1e-4, 5e-5, 2e-5, 1e-5}, batch

@@ -435,6 +435,13 @@ def init_params_hook(
     config: an MLM or GLUE config (`init_checkpoint`, the model sizes).
     must_load: see `merge_params` (default: every module: continuing
       pre-training needs the whole model).
+
+  Returns:
+    `(params, state) -> (params, state)` on host numpy trees (the state is
+    passed through: the language models have none), or None.
+
+  Raises:
+    (when called) as `load_params` and `merge_params`.
   """
   path = config.init_checkpoint
   if not path:
