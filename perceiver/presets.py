@@ -35,10 +35,14 @@ Overrides: any size field of a preset (see `defaults(name)`, e.g.
 `compute_dtype`
 (e.g. `jnp.bfloat16`: parameters stay float32, matmuls run in bfloat16,
 LayerNorm and softmax in float32). None of them changes the parameter tree.
+
+`language_mlm_modules(num_queries=..., **overrides)` gives the language_mlm
+preset's modules (embedding, input positions, encoder, decoder) with its
+parameter names, for models with another head on its encoder (GLUE).
 """
 
 import contextlib
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import haiku as hk
 import jax
@@ -94,6 +98,21 @@ def defaults(name: str) -> Dict[str, Any]:
   """The configuration fields of preset `name` and their released values."""
   validation.check_choice('name', name, PRESETS)
   return {**_DEFAULTS[_family(name)], **_COMMON}
+
+
+def _config(name: str, overrides) -> Dict[str, Any]:
+  """`defaults(name)` updated with `overrides`, checked."""
+  cfg = defaults(name)
+  unknown = sorted(set(overrides) - set(cfg))
+  if unknown:
+    raise ValueError(f'overrides: expected fields among {sorted(cfg)} for '
+                     f'preset {name!r}, got unknown {unknown}.')
+  cfg.update(overrides)
+  validation.check_choice('attention_impl', cfg['attention_impl'],
+                          P.ATTENTION_IMPLEMENTATIONS)
+  validation.check_choice('cross_attention_impl', cfg['cross_attention_impl'],
+                          (None,) + P.ATTENTION_IMPLEMENTATIONS)
+  return cfg
 
 
 def example_inputs(name: str, batch: int = 1, **overrides):
@@ -172,32 +191,74 @@ def _imagenet(name: str, cfg) -> Callable[..., Any]:
   return forward
 
 
+def _language_mlm_modules(cfg, num_queries: int):
+  d_model = cfg['d_model']
+  embed = hk.Embed(cfg['vocab_size'], d_model)
+  position_encoding = P.TrainablePositionEncoding(
+      cfg['max_seq_len'], d_model, init_scale=0.02)
+  encoder = P.PerceiverEncoder(
+      num_self_attends_per_block=cfg['num_self_attends_per_block'],
+      num_blocks=1, z_index_dim=cfg['z_index_dim'],
+      num_z_channels=cfg['num_z_channels'],
+      num_self_attend_heads=cfg['num_heads'],
+      num_cross_attend_heads=cfg['num_heads'],
+      qk_channels=cfg['qk_channels'], v_channels=cfg['num_z_channels'],
+      use_query_residual=True, cross_attend_widening_factor=1,
+      self_attend_widening_factor=1, **_encoder_options(cfg))
+  decoder = P.BasicDecoder(
+      output_num_channels=cfg['num_z_channels'],
+      position_encoding_type='trainable', output_index_dims=num_queries,
+      num_z_channels=cfg['num_z_channels'], qk_channels=cfg['qk_channels'],
+      v_channels=d_model, num_heads=cfg['num_heads'], final_project=False,
+      use_query_residual=False,
+      trainable_position_encoding_kwargs=dict(num_channels=d_model),
+      attention_impl=cfg['attention_impl'])
+  return embed, position_encoding, encoder, decoder
+
+
+def language_mlm_modules(*, num_queries: Optional[int] = None, **overrides):
+  """The language_mlm preset's modules, for models built on its encoder.
+
+  Call inside `hk.transform`, before creating other modules of the same
+  kinds, so that the modules get the preset's parameter names ('embed',
+  'trainable_position_encoding', 'perceiver_encoder', 'basic_decoder') and
+  load from its checkpoints. Used by GLUE fine-tuning (App. F.4), whose
+  decoder reads task outputs instead of every position.
+
+  Args:
+    num_queries: O, the decoder's learned output queries (default:
+      `max_seq_len`, one per input position as in the preset).
+    **overrides: as for `build('language_mlm', ...)`, except
+      `compute_dtype` (a policy `build` applies around its whole forward).
+
+  Returns:
+    (embed, position_encoding, encoder, decoder): `hk.Embed` (vocab_size
+    -> d_model), the learned [max_seq_len, d_model] input positions, the
+    `PerceiverEncoder` and a `BasicDecoder` giving [B, O, d_model] (or
+    [B, S, d_model] for S subsampled queries).
+
+  Raises:
+    ValueError: an unknown field, or a `compute_dtype`.
+  """
+  if overrides.get('compute_dtype') is not None:
+    raise ValueError('compute_dtype: expected None (only `build` applies '
+                     f"mixed precision), got {overrides['compute_dtype']!r}.")
+  cfg = _config('language_mlm', overrides)
+  if num_queries is None:
+    num_queries = cfg['max_seq_len']
+  validation.check_positive('num_queries', num_queries)
+  return _language_mlm_modules(cfg, num_queries)
+
+
 def _language_mlm(cfg) -> Callable[..., Any]:
-  seq_len, d_model = cfg['max_seq_len'], cfg['d_model']
+  seq_len = cfg['max_seq_len']
 
   def forward(inputs, input_mask, *, is_training: bool):
     validation.check_shape('inputs', inputs, (None, seq_len))
     validation.check_shape('input_mask', input_mask, (inputs.shape[0], seq_len))
-    embed = hk.Embed(cfg['vocab_size'], d_model)
-    embeddings = embed(inputs) + P.TrainablePositionEncoding(
-        seq_len, d_model, init_scale=0.02)(batch_size=inputs.shape[0])
-    encoder = P.PerceiverEncoder(
-        num_self_attends_per_block=cfg['num_self_attends_per_block'],
-        num_blocks=1, z_index_dim=cfg['z_index_dim'],
-        num_z_channels=cfg['num_z_channels'],
-        num_self_attend_heads=cfg['num_heads'],
-        num_cross_attend_heads=cfg['num_heads'],
-        qk_channels=cfg['qk_channels'], v_channels=cfg['num_z_channels'],
-        use_query_residual=True, cross_attend_widening_factor=1,
-        self_attend_widening_factor=1, **_encoder_options(cfg))
-    decoder = P.BasicDecoder(
-        output_num_channels=cfg['num_z_channels'],
-        position_encoding_type='trainable', output_index_dims=seq_len,
-        num_z_channels=cfg['num_z_channels'], qk_channels=cfg['qk_channels'],
-        v_channels=d_model, num_heads=cfg['num_heads'], final_project=False,
-        use_query_residual=False,
-        trainable_position_encoding_kwargs=dict(num_channels=d_model),
-        attention_impl=cfg['attention_impl'])
+    embed, position_encoding, encoder, decoder = _language_mlm_modules(
+        cfg, seq_len)
+    embeddings = embed(inputs) + position_encoding(batch_size=inputs.shape[0])
     outputs = P.Perceiver(encoder=encoder, decoder=decoder)(
         embeddings, is_training=is_training, input_mask=input_mask,
         query_mask=input_mask)
@@ -349,16 +410,7 @@ def _mixed_precision(compute_dtype):
 
 def build(name: str, **overrides) -> hk.TransformedWithState:
   """Builds preset `name` (one of PRESETS), with optional field overrides."""
-  cfg = defaults(name)
-  unknown = sorted(set(overrides) - set(cfg))
-  if unknown:
-    raise ValueError(f'overrides: expected fields among {sorted(cfg)} for '
-                     f'preset {name!r}, got unknown {unknown}.')
-  cfg.update(overrides)
-  validation.check_choice('attention_impl', cfg['attention_impl'],
-                          P.ATTENTION_IMPLEMENTATIONS)
-  validation.check_choice('cross_attention_impl', cfg['cross_attention_impl'],
-                          (None,) + P.ATTENTION_IMPLEMENTATIONS)
+  cfg = _config(name, overrides)
   family = _family(name)
   if family == 'imagenet':
     forward = _imagenet(name, cfg)

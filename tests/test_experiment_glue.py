@@ -1,4 +1,12 @@
-"""experiments/glue.py: `:debug` end to end, multitask variants, warm start."""
+"""experiments/glue.py: multitask end to end, variants, warm start, config.
+
+The `:debug` run warm-started from an MLM `:debug` run's checkpoint is in
+tests/test_experiment_mlm.py (it shares that file's MLM run).
+"""
+
+import json
+import os
+import pickle
 
 import jax
 import numpy as np
@@ -92,17 +100,6 @@ def _config(arg, **fields):
   return c
 
 
-def test_debug_trains_and_prints_dev_accuracy(tmp_path, capsys):
-  config = _config('debug')
-  result = train_lib.train(config, glue.build_task, str(tmp_path / 'run'))
-  assert len(result['losses']) == 3
-  metrics = glue.evaluate(config, result['train_state'], 0, 1)
-  out = capsys.readouterr().out
-  assert f'dev accuracy: {metrics["SST-2/accuracy"]:.1f}%' in out
-  assert 'SST-2 (1056 dev examples)' in out
-  assert 0.0 <= metrics['SST-2/accuracy'] <= 100.0
-
-
 def _multitask(tmp_path, mode):
   _write_glue(tmp_path / 'glue')
   debug = glue.get_config('debug')
@@ -154,50 +151,81 @@ def test_multitask_trains_and_reports_glue_average(tmp_path, capsys):
   config.unlock()
   config.total_steps = 2
   config.lock()
-  result = train_lib.train(config, glue.build_task, str(tmp_path / 'run'))
-  metrics = glue.evaluate(config, result['train_state'], 0, 1)
-  assert {
-    'CoLA/matthews',
-    'STS-B/pearson',
-    'STS-B/spearman',
-    'MRPC/f1',
-    'MNLI-m/accuracy',
-    'MNLI-mm/accuracy',
-  } <= set(metrics)
-  main = glue.main_scores(metrics)
-  assert metrics['glue_average'] == pytest.approx(glue_data.glue_score(main))
-  assert 'GLUE average' in capsys.readouterr().out
-
-
-def test_init_checkpoint_loads_the_mlm_encoder(tmp_path):
-  config = glue.get_config('debug')
-  mlm_config = mlm.get_config('debug')
-  mlm_forward = mlm.make_forward(mlm_config)
-  ids = np.zeros((1, mlm_config.data.seq_len), np.int32)
-  mlm_params, _ = mlm_forward.init(
-    jax.random.PRNGKey(3),
-    {'inputs': ids, 'input_mask': ids + 1},
-    is_training=True,
+  workdir = str(tmp_path / 'run')
+  result = train_lib.train(config, glue.build_task, workdir)
+  out = capsys.readouterr().out
+  m = {k[len('eval/') :]: v for k, v in result['eval'].items()}
+  names = [t for t in glue_data.TASK_NAMES if t != 'MNLI']
+  names += ['MNLI-m', 'MNLI-mm']
+  metrics = {'CoLA': ('accuracy', 'matthews'), 'STS-B': ('pearson', 'spearman')}
+  metrics.update(MRPC=('accuracy', 'f1'), QQP=('accuracy', 'f1'))
+  expected = {'glue_average'} | {
+    f'{n}/{k}' for n in names for k in metrics.get(n, ('accuracy',)) + ('loss',)
+  }
+  assert set(m) == expected
+  with open(os.path.join(workdir, 'result.json')) as f:
+    assert set(json.load(f)) == {'step', 'train_time_s'} | {
+      f'eval/{k}' for k in expected
+    }
+  # The paper's average: MNLI-m and MNLI-mm averaged first (Table 14).
+  average = np.mean(
+    [
+      m['CoLA/matthews'],
+      m['SST-2/accuracy'],
+      m['MRPC/accuracy'],
+      m['STS-B/pearson'],
+      m['QQP/accuracy'],
+      (m['MNLI-m/accuracy'] + m['MNLI-mm/accuracy']) / 2,
+      m['QNLI/accuracy'],
+      m['RTE/accuracy'],
+    ]
   )
-  path = str(tmp_path / 'mlm.npz')
-  checkpoints.save(path, mlm_params)
+  assert m['glue_average'] == pytest.approx(average)
+  assert f'GLUE average: {average:.2f}' in out
+  assert f'RTE (8 dev examples): accuracy {m["RTE/accuracy"]:.2f}' in out
+  assert 'MNLI-mm (8 dev examples)' in out
+  assert 'dev accuracy' not in out  # one task only
+
+
+def test_init_checkpoint_pickle_loads_the_mlm_encoder(tmp_path, capsys):
+  # A pickle in the released layout (a dict of numpy arrays) at :debug
+  # size, random values.
+  mlm_config = mlm.get_config('debug')
+  ids = jax.ShapeDtypeStruct((1, mlm_config.data.seq_len), np.int32)
+  shapes, _ = jax.eval_shape(
+    lambda b: mlm.make_forward(mlm_config).init(
+      jax.random.PRNGKey(3), b, is_training=True
+    ),
+    {'inputs': ids, 'input_mask': ids},
+  )
+  rng = np.random.default_rng(0)
+  mlm_params = jax.tree.map(
+    lambda x: rng.standard_normal(x.shape).astype(x.dtype), shapes
+  )
+  path = str(tmp_path / 'mlm.pickle')
+  with open(path, 'wb') as f:
+    pickle.dump(mlm_params, f)
   config = _config('debug', init_checkpoint=path)
   task = glue.build_task(config, 0, 1)
-  params, _ = jax.jit(
+  fresh, _ = jax.eval_shape(
     lambda: task.forward.init(
       jax.random.PRNGKey(0), task.example_batch, is_training=True
     )
-  )()
-  for module in mlm_params:
-    if glue.is_encoder_module(module):
-      for name, value in mlm_params[module].items():
-        np.testing.assert_array_equal(params[module][name], value)
-  # embed, positions, and the encoder's latents, cross- and self-attention.
-  assert sum(map(glue.is_encoder_module, params)) == 2 + 1 + 9 + 8
-  # The MLM decoder's 64 queries do not fit the single task query: fresh.
-  q = params['basic_decoder/~/trainable_position_encoding']['pos_embs']
-  assert q.shape == (1, 16)
-  assert 'head_sst2/linear' in params
+  )
+  fresh = jax.tree.map(lambda x: np.full(x.shape, -7.0, x.dtype), fresh)
+  params, _ = task.init_params(fresh, {})
+  for module, values in params.items():
+    for name, value in values.items():
+      if glue.is_encoder_module(module):
+        np.testing.assert_array_equal(value, mlm_params[module][name])
+  assert np.all(params['head_sst2/linear']['w'] == -7.0)
+  assert 'head_sst2/linear/w' in capsys.readouterr().out
+  # An encoder leaf missing from the checkpoint is an error.
+  del mlm_params['embed']
+  checkpoints.save(str(tmp_path / 'partial.npz'), mlm_params)
+  config = _config('debug', init_checkpoint=str(tmp_path / 'partial.npz'))
+  with pytest.raises(ValueError, match=r'init_checkpoint: 1 .*embed/embed'):
+    glue.build_task(config, 0, 1).init_params(fresh, {})
 
 
 @pytest.mark.parametrize(

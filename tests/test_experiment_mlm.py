@@ -1,33 +1,285 @@
-"""experiments/mlm.py: `:debug` end to end, metrics, warm start, config."""
+"""experiments/mlm.py: `:debug` end to end, metrics, warm start, config.
 
+Also the round trip of the MLM run's checkpoint into GLUE `:debug`
+(experiments/glue.py's init_params and evaluate hooks), which shares this
+file's MLM run.
+"""
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import re
+
+import jax
 import numpy as np
 import pytest
 
+from experiments import glue
 from experiments import mlm
+from experiments.data import text as text_data
 from perceiver import checkpoints
 from perceiver import train as train_lib
 
+EVAL_KEYS = {
+  'eval/masked_accuracy',
+  'eval/bits_per_byte',
+  'eval/unigram_masked_accuracy',
+  'eval/unigram_bits_per_byte',
+  'eval/bits_per_byte_vs_unigram',
+}
 
-def _debug_config(tmp_path, **data):
+
+def _debug_config(cache_dir, **fields):
   c = mlm.get_config('debug')
   c.unlock()
-  c.data.cache_dir = str(tmp_path / 'cache')
-  c.data.update(data)
+  c.data.cache_dir = str(cache_dir)
+  for key, value in fields.items():
+    *path, last = key.split('.')
+    target = c
+    for p in path:
+      target = target[p]
+    target[last] = value
   c.lock()
   return c
 
 
-def test_debug_trains_and_evaluates_against_unigram(tmp_path):
-  config = _debug_config(tmp_path)
-  result = train_lib.train(config, mlm.build_task, str(tmp_path / 'run'))
+@pytest.fixture(scope='module')
+def mlm_run(tmp_path_factory):
+  """One `:debug` run through the engine: (config, result, stdout, workdir).
+
+  13 held-out records in batches of 8: the last batch is padded.
+  """
+  root = tmp_path_factory.mktemp('mlm')
+  config = _debug_config(root / 'cache', **{'data.max_eval_records': 13})
+  workdir = str(root / 'run')
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    result = train_lib.train(config, mlm.build_task, workdir)
+  return config, result, out.getvalue(), workdir
+
+
+def _reference_metrics(config, params):
+  """The held-out metrics computed directly: one forward over the records,
+  float64 log-softmax, counts over the masked bytes."""
+  held_out = mlm.sources(config, 'eval')
+  train = mlm.sources(config, 'train')
+  records = [
+    text_data.mask_whole_words_fixed(
+      held_out[i],
+      seed=config.seed,
+      mask_fraction=config.data.mask_fraction,
+      mask_token_fraction=1.0,
+      random_token_fraction=0.0,
+    )
+    for i in range(len(held_out))
+  ]
+  batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
+  # Every chosen byte is MASK in the held-out inputs.
+  chosen = batch['target_mask'] > 0
+  assert np.all(batch['inputs'][chosen] == text_data.TOKENIZER.mask_token)
+  apply = jax.jit(mlm.make_forward(config).apply, static_argnames='is_training')
+  logits, _ = apply(params, {}, None, batch, is_training=False)
+  logits = np.asarray(logits, np.float64)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  targets = batch['targets'][chosen]
+  model_logp = np.take_along_axis(logp, batch['targets'][..., None], -1)[
+    ..., 0
+  ][chosen]
+  unigram = text_data.unigram_log_probs(train, config.data.unigram_records)
+  bits = -model_logp.mean() / np.log(2)
+  unigram_bits = -unigram[targets].mean() / np.log(2)
+  return {
+    'masked_bytes': int(chosen.sum()),
+    'eval/masked_accuracy': np.mean(logits.argmax(-1)[chosen] == targets),
+    'eval/bits_per_byte': bits,
+    'eval/unigram_masked_accuracy': np.mean(targets == unigram.argmax()),
+    'eval/unigram_bits_per_byte': unigram_bits,
+    'eval/bits_per_byte_vs_unigram': bits / unigram_bits,
+  }
+
+
+def test_debug_run_evaluates_through_the_hook(mlm_run):
+  config, result, out, workdir = mlm_run
   assert len(result['losses']) == config.total_steps
   assert all(np.isfinite(v) for v in result['losses'].values())
-  metrics = mlm.evaluate(config, result['train_state'], 0, 1)
-  assert 0.0 <= metrics['masked_accuracy'] <= 1.0
+  assert set(result['eval']) == EVAL_KEYS
+  with open(os.path.join(workdir, 'result.json')) as f:
+    written = json.load(f)
+  assert set(written) == {'step', 'train_time_s'} | EVAL_KEYS
+  assert {k: written[k] for k in EVAL_KEYS} == result['eval']
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    logged = [json.loads(line) for line in f]
+  assert EVAL_KEYS <= set(logged[-1]) and logged[-1]['step'] == 3
+  params = jax.device_get(result['train_state'].params)
+  ref = _reference_metrics(config, params)
+  for key in EVAL_KEYS:
+    assert result['eval'][key] == pytest.approx(ref[key], rel=1e-4), key
   # The unigram model, counted on training text, is far better than
   # uniform guessing over 256 byte values (8 bits) on held-out English.
-  assert 3.0 < metrics['unigram_bits_per_byte'] < 6.0
-  assert metrics['bits_per_byte'] > 0
+  assert 3.0 < ref['eval/unigram_bits_per_byte'] < 6.0
+  line = re.search(
+    r'held-out masked bytes: (\d+); model accuracy ([\d.]+)%, ([\d.]+) '
+    r'bits/byte; unigram accuracy ([\d.]+)%, ([\d.]+) bits/byte; ratio '
+    r'([\d.]+)',
+    out,
+  )
+  assert line, out
+  e = result['eval']
+  assert line.groups() == (
+    str(ref['masked_bytes']),
+    f'{100 * e["eval/masked_accuracy"]:.1f}',
+    f'{e["eval/bits_per_byte"]:.3f}',
+    f'{100 * e["eval/unigram_masked_accuracy"]:.1f}',
+    f'{e["eval/unigram_bits_per_byte"]:.3f}',
+    f'{e["eval/bits_per_byte_vs_unigram"]:.3f}',
+  )
+
+
+@pytest.mark.parametrize(
+  'form', ['workdir', 'checkpoints', 'step', 'npz', 'pickle']
+)
+def test_load_params_reads_every_checkpoint_form(mlm_run, tmp_path, form):
+  config, result, _, workdir = mlm_run
+  params = jax.device_get(result['train_state'].params)
+  path = {
+    'workdir': workdir,
+    'checkpoints': os.path.join(workdir, 'checkpoints'),
+    'step': os.path.join(workdir, 'checkpoints', str(config.total_steps)),
+    'npz': str(tmp_path / 'mlm.npz'),
+    'pickle': str(tmp_path / 'mlm.pickle'),
+  }[form]
+  if form == 'npz':
+    checkpoints.save(path, params)
+  elif form == 'pickle':  # the released layout: a dict of numpy arrays
+    with open(path, 'wb') as f:
+      pickle.dump(params, f)
+  loaded = mlm.load_params(path, **mlm.preset_overrides(config))
+  assert jax.tree.structure(loaded) == jax.tree.structure(params)
+  for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_init_params_hook_continues_from_the_run(mlm_run, capsys):
+  config, result, _, workdir = mlm_run
+  params = jax.device_get(result['train_state'].params)
+  config = _debug_config(config.data.cache_dir, init_checkpoint=workdir)
+  fresh = jax.tree.map(np.zeros_like, params)
+  got, state = mlm.init_params_hook(config)(fresh, {})
+  jax.tree.map(np.testing.assert_array_equal, got, params)
+  assert state == {}
+  count = sum(len(v) for v in params.values())
+  assert f'{count}/{count} parameters loaded; kept fresh: none' in (
+    capsys.readouterr().out
+  )
+  # A pickle made for another model size does not fit the preset.
+  with open(workdir + '.pickle', 'wb') as f:
+    pickle.dump(params, f)
+  big = _debug_config(
+    config.data.cache_dir, init_checkpoint=workdir + '.pickle'
+  )
+  big.unlock()
+  big.model.d_model = 32
+  with pytest.raises(checkpoints.CheckpointError, match='does not fit'):
+    mlm.init_params_hook(big)(fresh, {})
+  assert mlm.init_params_hook(_debug_config(config.data.cache_dir)) is None
+
+
+def test_checkpoint_warm_starts_a_glue_debug_run(mlm_run, tmp_path, capsys):
+  # GLUE :debug from the MLM run's workdir with a zero learning rate: the
+  # final parameters are the warm start's, so every leaf the MLM has (same
+  # name and shape) must equal it, and the rest are the fresh ones.
+  _, mlm_result, _, mlm_workdir = mlm_run
+  mlm_params = jax.device_get(mlm_result['train_state'].params)
+  config = glue.get_config('debug')
+  config.unlock()
+  config.init_checkpoint = mlm_workdir
+  config.optimizer.base_lr = 0.0
+  config.optimizer.weight_decay = 0.0
+  config.lock()
+  workdir = str(tmp_path / 'glue')
+  result = train_lib.train(config, glue.build_task, workdir)
+  out = capsys.readouterr().out
+  assert len(result['losses']) == config.total_steps
+  params = jax.device_get(result['train_state'].params)
+  fresh = []
+  for module, values in params.items():
+    for name, value in values.items():
+      mlm_value = mlm_params.get(module, {}).get(name)
+      if mlm_value is not None and mlm_value.shape == value.shape:
+        np.testing.assert_array_equal(value, mlm_value)
+      else:
+        fresh.append(f'{module}/{name}')
+  # The encoder (embed, positions, latents, cross- and self-attention) and
+  # the decoder's attention load; the task query and the head stay fresh.
+  assert sum(map(glue.is_encoder_module, params)) == 2 + 1 + 9 + 8
+  assert fresh == [
+    'basic_decoder/~/trainable_position_encoding/pos_embs',
+    'head_sst2/linear/b',
+    'head_sst2/linear/w',
+    'head_sst2/linear_1/b',
+    'head_sst2/linear_1/w',
+  ]
+  assert (
+    f'Warm start from {mlm_workdir}: 55/60 parameters loaded; kept fresh: '
+    f"{fresh}; checkpoint entries not used: ['embedding_decoder/bias']."
+  ) in out
+  # GLUE's evaluate hook: the dev split's line and the dev accuracy.
+  accuracy = result['eval']['eval/SST-2/accuracy']
+  assert set(result['eval']) == {'eval/SST-2/accuracy', 'eval/SST-2/loss'}
+  assert f'SST-2 (1056 dev examples): accuracy {accuracy:.2f}' in out
+  assert f'dev accuracy: {accuracy:.1f}%' in out
+  with open(os.path.join(workdir, 'result.json')) as f:
+    assert json.load(f)['eval/SST-2/accuracy'] == accuracy
+  # Against a direct computation: one forward over every dev record (the
+  # hook's batches of 64 leave a padded last batch).
+  dev = glue.source(config, 'SST-2', 'dev')
+  batch = {k: np.stack([dev[i][k] for i in range(len(dev))]) for k in dev[0]}
+  apply = jax.jit(
+    glue.make_forward(config).apply, static_argnames='is_training'
+  )
+  outputs, _ = apply(params, {}, None, batch, is_training=False)
+  logits = np.asarray(outputs['logits'], np.float64)[:, 0, :2]
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  assert accuracy == pytest.approx(
+    100 * np.mean(logits.argmax(-1) == batch['label'])
+  )
+  assert result['eval']['eval/SST-2/loss'] == pytest.approx(
+    -np.mean(logp[np.arange(len(dev)), batch['label']]), rel=1e-5
+  )
+
+
+def test_load_params_rejects_a_directory_without_checkpoint(tmp_path):
+  with pytest.raises(ValueError, match='init_checkpoint: .*no complete'):
+    mlm.load_params(str(tmp_path))
+
+
+def test_merge_params_against_hand_built_trees():
+  f32 = np.float32
+  params = {
+    'enc': {'w': np.zeros((2, 3), f32), 'b': np.zeros(3, f32)},
+    'head': {'w': np.ones((3, 1), f32)},
+  }
+  loaded = {
+    'enc': {'w': np.full((2, 3), 2.0), 'b': np.full(3, 3.0), 'x': np.ones(1)},
+    'head': {'w': np.full((3, 2), 4.0)},  # another shape: kept fresh
+    'old': {'q': np.ones(2)},
+  }
+  merged, fresh, unused = mlm.merge_params(
+    params, loaded, must_load=lambda m: m == 'enc'
+  )
+  np.testing.assert_array_equal(merged['enc']['w'], np.full((2, 3), 2.0))
+  assert merged['enc']['w'].dtype == f32  # cast to the model's dtype
+  np.testing.assert_array_equal(merged['enc']['b'], np.full(3, 3.0))
+  np.testing.assert_array_equal(merged['head']['w'], np.ones((3, 1)))
+  assert fresh == ['head/w']
+  assert unused == ['enc/x', 'old/q']
+  del loaded['enc']['b']
+  with pytest.raises(ValueError, match=r'2 parameter.*enc/b.*head/w.*\[3, 2\]'):
+    mlm.merge_params(params, loaded, must_load=lambda m: True)
 
 
 def test_per_example_and_summarize_against_hand_counts():
@@ -60,38 +312,12 @@ def test_per_example_and_summarize_against_hand_counts():
   assert m['bits_per_byte_vs_unigram'] == pytest.approx(0.2, rel=1e-5)
 
 
-def test_warm_start_from_npz_loads_every_parameter(tmp_path):
-  config = _debug_config(tmp_path)
-  forward = mlm.make_forward(config)
-  batch = {
-    'inputs': np.zeros((1, config.data.seq_len), np.int32),
-    'input_mask': np.ones((1, config.data.seq_len), np.int32),
-  }
-  import jax  # pylint: disable=g-import-not-at-top
-
-  params, state = forward.init(jax.random.PRNGKey(1), batch, is_training=True)
-  path = str(tmp_path / 'mlm.npz')
-  checkpoints.save(path, params, state)
-  lines = []
-  warm = mlm.warm_start(forward, mlm.load_params(path), report=lines.append)
-  got, _ = jax.jit(
-    lambda: warm.init(jax.random.PRNGKey(2), batch, is_training=True)
-  )()
-  jax.tree.map(np.testing.assert_array_equal, got, params)
-  assert 'none' in lines[0]
-  # A checkpoint missing a parameter that must load is refused.
-  partial = {k: v for k, v in mlm.load_params(path).items() if k != 'embed'}
-  with pytest.raises(ValueError, match='init_checkpoint: 1 parameter'):
-    mlm.warm_start(forward, partial, report=None).init(
-      jax.random.PRNGKey(2), batch, is_training=True
-    )
-
-
 @pytest.mark.parametrize(
   'field, value, match',
   [
-    ('dir', '/no/such/corpus', 'data.dir'),
-    ('mask_fraction', 1.5, 'data.mask_fraction'),
+    ('data.dir', '/no/such/corpus', 'data.dir'),
+    ('data.mask_fraction', 1.5, 'data.mask_fraction'),
+    ('init_checkpoint', '/no/such/ckpt', 'init_checkpoint'),
   ],
 )
 def test_validate_rejects_bad_fields(tmp_path, field, value, match):
@@ -112,5 +338,7 @@ def test_paper_config():
     0.01,
   )
   assert o.schedule == 'warmup_cosine' and not o.scale_by_batch
+  # The engine's loader fields are kept beside the corpus fields.
+  assert {'worker_count', 'prefetch', 'skip_corrupt', 'dir'} <= set(c.data)
   with pytest.raises(ValueError, match='variant'):
     mlm.get_config('huge')
