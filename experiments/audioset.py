@@ -47,12 +47,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments import mlm
 import perceiver as P
 from perceiver import io_processors as io
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
+from perceiver.train import evaluation
 from perceiver.train.task import Task
 
 NUM_CLASSES = 527
@@ -355,7 +355,7 @@ def make_evaluate(
 
   def evaluate(params, state, workdir: str) -> Dict[str, float]:
     del workdir  # Nothing to write.
-    rows = mlm.run_eval(predictions, params, state, eval_data())
+    rows = evaluation.gather_rows(predictions, params, state, eval_data())
     value = mean_average_precision(rows['probs'], rows['labels'])
     if jax.process_index() == 0:
       print(

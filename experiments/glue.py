@@ -70,6 +70,7 @@ from perceiver import train as train_lib
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
+from perceiver.train import evaluation
 from perceiver.train.task import Task
 
 MODES = ('single', 'shared_token', 'task_tokens', 'task_queries')
@@ -430,7 +431,7 @@ def make_evaluate(
         worker_count=config.data.worker_count,
         prefetch=config.data.prefetch,
       )
-      out = mlm.run_eval(fn, params, state, batches)
+      out = evaluation.gather_rows(fn, params, state, batches)
       metrics = glue_data.task_metrics(task, out['truth'], out['pred'])
       results.update({f'{name}/{k}': v for k, v in metrics.items()})
       results[f'{name}/loss'] = float(out['loss'].mean())

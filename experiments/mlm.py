@@ -40,13 +40,12 @@ addresses and Moby-Dick, `experiments/data/english_prose`; minutes on a CPU),
 
 import functools
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from etils import epath
 import grain
 import haiku as hk
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -58,7 +57,7 @@ from perceiver import presets
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
-from perceiver.train import mesh as mesh_lib
+from perceiver.train import evaluation
 from perceiver.train.task import Task
 
 VENDORED_PROSE = os.path.join(
@@ -501,40 +500,6 @@ def eval_ops(config):
   )
 
 
-def run_eval(
-  fn: Callable[..., Dict[str, jax.Array]],
-  params,
-  state,
-  batches: Iterable[Dict[str, np.ndarray]],
-) -> Dict[str, np.ndarray]:
-  """`fn(params, state, batch)` over every batch, all processes' rows.
-
-  Args:
-    fn: a jitted `(params, state, batch) -> {name: [B] array}`.
-    params, state: the model's (possibly sharded) parameters and state.
-    batches: this process's rows of each global batch (with 'mask').
-
-  Returns:
-    {name: [N] numpy}, the rows of every process concatenated, padding rows
-    (mask 0) removed; the order of rows is not the dataset's order.
-  """
-  leaves = jax.tree.leaves(params)
-  mesh = getattr(leaves[0].sharding, 'mesh', None) if leaves else None
-  pieces: Dict[str, list] = {}
-  for local in batches:
-    mask = np.asarray(local['mask'])
-    if jax.process_count() > 1 and mesh is not None:
-      out = fn(params, state, mesh_lib.global_batch(local, mesh))
-      out = multihost_utils.process_allgather(out, tiled=True)
-      mask = multihost_utils.process_allgather(mask, tiled=True)
-    else:
-      out = jax.device_get(fn(params, state, local))
-    keep = np.asarray(mask) > 0
-    for k, v in out.items():
-      pieces.setdefault(k, []).append(np.asarray(v)[keep])
-  return {k: np.concatenate(v) for k, v in pieces.items()}
-
-
 def make_evaluate(
   config, held_out, unigram_logp_V, process_index: int, process_count: int
 ) -> Callable[[Any, Any, str], Dict[str, float]]:
@@ -567,7 +532,7 @@ def make_evaluate(
       worker_count=config.data.worker_count,
       prefetch=config.data.prefetch,
     )
-    values = run_eval(fn, params, state, batches)
+    values = evaluation.gather_rows(fn, params, state, batches)
     metrics = summarize({k: float(v.sum()) for k, v in values.items()})
     if process_index == 0:
       print(

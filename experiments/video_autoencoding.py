@@ -61,11 +61,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments import mlm
 from perceiver import presets
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
+from perceiver.train import evaluation
 from perceiver.train import mesh as mesh_lib
 from perceiver.train.task import Task
 
@@ -681,7 +681,7 @@ def make_evaluate(
           kept.append(batch)
         yield batch
 
-    rows = mlm.run_eval(metrics, params, state, batches())
+    rows = evaluation.gather_rows(metrics, params, state, batches())
     values = {k: float(np.mean(v)) for k, v in rows.items()}
     window = _first_window(first, params, state, kept[0])
     if jax.process_index() == 0:

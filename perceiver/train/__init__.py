@@ -1,6 +1,6 @@
 """Task-agnostic training: the modern replacement of the released trainer.
 
-The released code trained with jaxline and `jax.pmap` (MODELS.md 3), which no
+The released code trained with jaxline and `jax.pmap` (the released `train/experiment.py`), which no
 longer run on current JAX. This package does the same job with `jax.jit` over
 a named device mesh, optax and orbax:
 
@@ -19,8 +19,11 @@ a named device mesh, optax and orbax:
                   TensorBoard, the PNG of training curves
   progress.py     the terminal progress bar
   distributed.py  multi-host start-up
-  task.py         what an experiment hands the engine
-  loop.py         train(): restore or init, step, log, checkpoint, evaluate
+  task.py         what an experiment hands the engine (model, data, and the
+                  evaluate / init_params hooks)
+  evaluation.py   whole-set per-example outputs gathered from every process
+  loop.py         train(): restore or warm-start, step, log, checkpoint,
+                  evaluate (or only evaluate: eval_only)
 """
 
 from perceiver.train.config import base_config
