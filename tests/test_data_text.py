@@ -229,6 +229,16 @@ def test_whole_word_masking_masks_whole_words_within_budget():
     np.testing.assert_array_equal(out['inputs'][~t], ids[~t])
 
 
+@pytest.mark.parametrize('s, seq_len', [(' \n\t  ', 8), ('\n', 6), ('', 4)])
+def test_whole_word_masking_without_words_masks_nothing(s, seq_len):
+  # White space or padding only (the :local corpus has a 512-byte window
+  # holding just a group's last newline): nothing to predict, input as is.
+  record = _record(s, seq_len=seq_len)
+  out = text.mask_whole_words(record, np.random.default_rng(0))
+  assert not out['target_mask'].any()
+  np.testing.assert_array_equal(out['inputs'], record['ids'])
+
+
 def _words_with_starts(s):
   i = 0
   for w in s.split():

@@ -537,7 +537,9 @@ def mask_whole_words(
     )
   ids_L = record['ids']
   real_L = record['input_mask'].astype(bool)
-  space_L = np.isin(ids_L, np.asarray(WHITESPACE_BYTES) + 6)
+  space_L = np.isin(
+    ids_L, np.asarray(WHITESPACE_BYTES) + TOKENIZER.num_reserved_tokens
+  )
   in_word_L = real_L & ~space_L & (ids_L >= TOKENIZER.num_reserved_tokens)
   starts_L = in_word_L & ~np.concatenate([[False], in_word_L[:-1]])
   word_L = np.where(in_word_L, np.cumsum(starts_L) - 1, -1)  # word of a byte
@@ -547,10 +549,12 @@ def mask_whole_words(
   order = rng.permutation(num_words)
   taken = np.cumsum(word_len[order]) <= budget
   fate = rng.random(num_words)  # < m: MASK, < m + r: random, else keep
-  chosen = np.zeros(num_words, bool)
+  # One slot past the words for bytes outside any word (word_L = -1), so a
+  # record without a word (white space or padding only) masks nothing.
+  chosen = np.zeros(num_words + 1, bool)
   chosen[order[taken]] = True
-  target_L = in_word_L & chosen[np.maximum(word_L, 0)]
-  fate_L = fate[np.maximum(word_L, 0)]
+  target_L = in_word_L & chosen[word_L]
+  fate_L = np.append(fate, 1.0)[word_L]
   inputs_L = ids_L.copy()
   to_mask_L = target_L & (fate_L < mask_token_fraction)
   to_random_L = (
