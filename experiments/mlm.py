@@ -42,19 +42,18 @@ import functools
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from etils import epath
 import grain
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from experiments.data import text as text_data
 from perceiver import checkpoints
 from perceiver import presets
 from perceiver import validation
+from perceiver.train import checkpoint as checkpoint_lib
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train import evaluation
@@ -328,49 +327,8 @@ def load_params(path: str, **overrides) -> Params:
   elif path.endswith('.npz'):
     params, _ = checkpoints.load(path)
   else:
-    params = _load_engine_params(path)
+    params = checkpoint_lib.load_params(path, arg_name='init_checkpoint')
   return jax.tree.map(np.asarray, params)
-
-
-def _load_engine_params(path: str) -> Params:
-  """The 'params' of the newest engine checkpoint under `path`, on the host."""
-  if os.path.isdir(os.path.join(path, 'state')):
-    step_dir = path
-  else:
-    root = path
-    if os.path.isdir(os.path.join(path, 'checkpoints')):
-      root = os.path.join(path, 'checkpoints')
-    steps = ocp.utils.checkpoint_steps(root) if os.path.isdir(root) else []
-    if not steps:
-      raise ValueError(
-        f'init_checkpoint: expected a .pickle, an .npz, a workdir or a '
-        f'checkpoint directory of the engine, got {path!r} (no complete '
-        'checkpoint inside).'
-      )
-    step_dir = os.path.join(root, str(max(steps)))
-  state_dir = epath.Path(step_dir) / 'state'
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    # Only the parameters (not the optimizer state), as numpy on the host.
-    target = {
-      'params': jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-        handler.metadata(state_dir).tree['params'],
-      )
-    }
-    restored = handler.restore(
-      state_dir,
-      args=ocp.args.PyTreeRestore(
-        target,
-        restore_args=jax.tree.map(
-          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target
-        ),
-        partial_restore=True,
-      ),
-    )
-  finally:
-    handler.close()
-  return restored['params']
 
 
 def merge_params(

@@ -139,13 +139,19 @@ def test_debug_run_evaluates_through_the_hook(mlm_run):
 
 
 @pytest.mark.parametrize(
-  'form', ['workdir', 'checkpoints', 'step', 'npz', 'pickle']
+  'form',
+  ['workdir', 'relative_workdir', 'checkpoints', 'step', 'npz', 'pickle'],
 )
-def test_load_params_reads_every_checkpoint_form(mlm_run, tmp_path, form):
+def test_load_params_reads_every_checkpoint_form(
+  mlm_run, tmp_path, form, monkeypatch
+):
   config, result, _, workdir = mlm_run
+  monkeypatch.chdir(os.path.dirname(workdir))
   params = jax.device_get(result['train_state'].params)
   path = {
     'workdir': workdir,
+    # A relative path (orbax itself needs absolute ones).
+    'relative_workdir': os.path.basename(workdir),
     'checkpoints': os.path.join(workdir, 'checkpoints'),
     'step': os.path.join(workdir, 'checkpoints', str(config.total_steps)),
     'npz': str(tmp_path / 'mlm.npz'),

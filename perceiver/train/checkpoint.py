@@ -18,8 +18,10 @@ import time
 from typing import Any, Optional, Tuple
 
 from absl import logging
+from etils import epath
 import jax
 import grain
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -157,3 +159,58 @@ class Checkpointer:
 def _as_tree(train_state: Any) -> dict:
   """A NamedTuple train state as a plain dict (what orbax stores)."""
   return dict(train_state._asdict())
+
+
+def load_params(path: str, *, arg_name: str = 'path') -> Any:
+  """The parameters of an engine checkpoint, as numpy on the host.
+
+  For warm starts (`Task.init_params`): reads only the 'params' item of the
+  'state' (not the optimizer state or the data position).
+
+  Args:
+    path: a workdir (its newest complete checkpoint), its `checkpoints/`
+      folder, or one step folder `checkpoints/<step>`; relative or absolute.
+    arg_name: the config field named in errors.
+
+  Returns:
+    The parameter tree ({module: {name: np.ndarray}} for Haiku models).
+
+  Raises:
+    ValueError: `path` holds no complete checkpoint.
+  """
+  path = os.path.abspath(path)  # orbax (tensorstore) needs absolute paths
+  if os.path.isdir(os.path.join(path, 'state')):
+    step_dir = path
+  else:
+    root = path
+    if os.path.isdir(os.path.join(path, 'checkpoints')):
+      root = os.path.join(path, 'checkpoints')
+    steps = ocp.utils.checkpoint_steps(root) if os.path.isdir(root) else []
+    if not steps:
+      raise ValueError(
+        f'{arg_name}: expected a workdir or a checkpoint directory of the '
+        f'engine, got {path!r} (no complete checkpoint inside).'
+      )
+    step_dir = os.path.join(root, str(max(steps)))
+  state_dir = epath.Path(step_dir) / 'state'
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    metadata = handler.metadata(state_dir).tree['params']
+    target = {
+      'params': jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata
+      )
+    }
+    restored = handler.restore(
+      state_dir,
+      args=ocp.args.PyTreeRestore(
+        target,
+        restore_args=jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target
+        ),
+        partial_restore=True,
+      ),
+    )
+  finally:
+    handler.close()
+  return restored['params']
