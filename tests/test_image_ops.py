@@ -396,7 +396,10 @@ def test_center_crop_box_and_eval_crop():
   expected = tasks.resize_bicubic(crop, (16, 16))
   out = image_ops.center_crop({'image': image}, image_size=16, crop_padding=4)
   assert out['image'].dtype == np.float32
-  np.testing.assert_array_equal(out['image'], expected)
+  np.testing.assert_allclose(out['image'], expected, atol=2e-3)
+  # The colab's crop-and-resize on float pixels: the same box and weights.
+  colab = tasks.center_crop_and_resize(image.astype(np.float32), 16, 4)
+  np.testing.assert_allclose(out['image'], colab, atol=2e-3)
 
 
 def test_inception_crop_fallback_is_center_crop():
@@ -447,9 +450,18 @@ def test_resize_keeps_overshoots():
   out = image_ops.resize({'image': image}, image_size=20)['image']
   assert out.shape == (20, 20, 3) and out.dtype == np.float32
   assert out.min() < 0 and out.max() > 255  # bicubic ringing, not clamped
-  np.testing.assert_array_equal(
-    out, tasks.resize_bicubic(image.astype(np.float32), (20, 20))
+  np.testing.assert_allclose(
+    out, tasks.resize_bicubic(image.astype(np.float32), (20, 20)), atol=2e-3
   )
+
+
+@pytest.mark.parametrize('shape,size', [((37, 45, 3), 16), ((9, 30, 1), 24)])
+def test_resize_bicubic_matches_reference(shape, size):
+  image = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+  out = image_ops.resize_bicubic(image, size)
+  assert out.shape == (size, size, shape[2]) and out.dtype == np.float32
+  reference = tasks.resize_bicubic(image.astype(np.float64), (size, size))
+  np.testing.assert_allclose(out, reference, atol=2e-3)
 
 
 def test_normalize():
