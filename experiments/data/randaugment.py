@@ -144,6 +144,8 @@ def solarize_add(
 
 def color(image: np.ndarray, factor: float) -> np.ndarray:
   """Blends from the image's grey version (0) to the image (1)."""
+  if factor == 1.0:
+    return image
   return blend(np.repeat(grayscale(image), 3, axis=-1), image, factor)
 
 
@@ -170,9 +172,9 @@ def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
   within float32 rounding of an integer.
   """
   h, w = image.shape[:2]
-  if h < 3 or w < 3:
+  if h < 3 or w < 3 or factor == 1.0:  # factor 1 (magnitude 5) is the image
     return image
-  x = image.astype(np.int64)
+  x = image.astype(np.uint16)  # sums up to 13 * 255
   total = 4 * x[1:-1, 1:-1]  # centre weight 5 = 4 + the 1 of the 3x3 sum
   for dy in range(3):
     for dx in range(3):
