@@ -44,24 +44,34 @@ Variants (`--config=experiments/imagenet.py:VARIANT`, comma-separated):
   debug: a tiny model on 256 Fashion-MNIST images (under a minute on a
     CPU, mostly compilation);
   fashion_mnist: the same recipe at small scale on Fashion-MNIST (60,000
-    training images, evaluated on the 10,000 test images; `summary()` gives
-    `top-1 accuracy: NN.N%` at the end; the command above).
+    training images, evaluated on the 10,000 test images; the command
+    above).
 
-`--config.init_checkpoint=PATH` names a released checkpoint
-(`perceiver.checkpoints.load_official`, e.g.
-imagenet_fourier_position_encoding.pystate) or one saved with
-`perceiver.checkpoints.save` (.npz) to start from, `--config.eval_only=True`
-asks for evaluation only; `load_init_checkpoint` loads and checks it, but
-the training loop (perceiver/train/loop.py) does not apply either field
-yet. `build_task(..., workdir=DIR)` writes a grid of augmented (and mixed)
-training examples once to `DIR/augmented_examples.png`; `summary()` is the
-final `top-1 accuracy: NN.N%` line, for the loop to print.
+Evaluation (`Task.evaluate`, every `eval_every` steps and at the end):
+top-1 and top-5 over the whole validation split, logged as eval/top1,
+eval/top5 and eval/loss (metrics.jsonl, result.json) and printed as
+`top-1 accuracy: NN.N% (top-5 NN.N%) on N images`; the first evaluation
+also writes a grid of augmented (and mixed) training examples to
+`WORKDIR/augmented_examples.png`.
+
+`--config.init_checkpoint=PATH` starts from a released checkpoint
+(`imagenet_{conv_preprocessing, fourier_position_encoding,
+learned_position_encoding}.pystate`, read by
+`perceiver.checkpoints.load_official`), an .npz of
+`perceiver.checkpoints.save`, or a workdir's latest checkpoint
+(`Task.init_params`); with `--config.eval_only=True` the run only
+evaluates it, e.g. a released model on a user's validation set:
+
+  python -m experiments.main --config=experiments/imagenet.py:conv
+    --config.data.dir=/data/imagenet --config.eval_only=True
+    --config.init_checkpoint=imagenet_conv_preprocessing.pystate
+    --workdir=runs/imagenet_conv_eval
 
 Shapes: B batch, S image size, K classes.
 """
 
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple
 
 import haiku as hk
 import jax
@@ -82,6 +92,8 @@ from perceiver import tasks
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
+from perceiver.train import mesh as mesh_lib
+from perceiver.train import step as step_lib
 from perceiver.train.task import Task
 
 IMAGENET_TRAIN_SIZE = 1_281_167
@@ -122,8 +134,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.checkpoint_every = 5000
   c.eval_every = 0  # 0: at the end only
   c.eval_batch_size = 1000
-  c.init_checkpoint = ''  # released .pystate/.pickle or our .npz
-  c.eval_only = False
+  # A released .pystate/.pickle, our .npz, or a workdir (its latest
+  # checkpoint); applied by Task.init_params (see load_init_checkpoint).
+  c.init_checkpoint = ''
 
   c.optimizer.name = 'lamb'
   c.optimizer.base_lr = 5e-4  # x batch / 256: 2e-3 at 1024
@@ -139,7 +152,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optimizer.decay_pos_embs = True
   c.optimizer.clip_norm = 10.0
 
-  c.data = ml_collections.ConfigDict(
+  c.data.update(
     dict(
       format='imagefolder',
       dir='',
@@ -160,7 +173,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       label_smoothing=0.1,
       mean=tasks.IMAGENET_MEAN_RGB,
       std=tasks.IMAGENET_STD_RGB,
-      worker_count=0,  # grain worker processes decoding in parallel
       preview_examples=16,  # images in augmented_examples.png (0: none)
     )
   )
@@ -329,9 +341,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       )
   if min(d.std) <= 0:
     raise ValueError(f'data.std: expected positive values, got {d.std!r}.')
-  if config.init_checkpoint and not os.path.isfile(config.init_checkpoint):
+  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
     raise ValueError(
-      f'init_checkpoint: expected a checkpoint file, got '
+      f'init_checkpoint: expected a checkpoint file or a workdir, got '
       f'{config.init_checkpoint!r}.'
     )
 
@@ -501,14 +513,6 @@ def per_example(outputs, batch) -> Dict[str, jax.Array]:
   }
 
 
-def summary(eval_metrics: Dict[str, float]) -> str:
-  """The line printed after the final evaluation."""
-  return (
-    f'top-1 accuracy: {100 * eval_metrics["eval/top1"]:.1f}% '
-    f'(top-5 {100 * eval_metrics["eval/top5"]:.1f}%)'
-  )
-
-
 # ---------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------
@@ -675,44 +679,171 @@ def write_image_grid(
   return path
 
 
-def load_init_checkpoint(config: ml_collections.ConfigDict):
-  """(params, state) from `config.init_checkpoint`, checked against the
-  model: a released pickle (`checkpoints.load_official`) or an .npz of
-  `checkpoints.save`."""
+def _latest_state_dir(path: str) -> str:
+  """`<step>/state` of the newest engine checkpoint under `path`.
+
+  `path` is a workdir (holding `checkpoints/<step>/`), its `checkpoints`
+  directory, or one `<step>` directory.
+
+  Raises:
+    ValueError: no engine checkpoint there.
+  """
+  if os.path.isdir(os.path.join(path, 'state')):
+    return os.path.join(path, 'state')
+  for base in (os.path.join(path, 'checkpoints'), path):
+    steps = [
+      int(name)
+      for name in (os.listdir(base) if os.path.isdir(base) else ())
+      if name.isdigit() and os.path.isdir(os.path.join(base, name, 'state'))
+    ]
+    if steps:
+      return os.path.join(base, str(max(steps)), 'state')
+  raise ValueError(
+    f'init_checkpoint: expected a checkpoint file, a workdir, its '
+    f'checkpoints directory or a <step> directory of one, got {path!r} '
+    '(no <step>/state inside).'
+  )
+
+
+def load_init_checkpoint(
+  config: ml_collections.ConfigDict,
+) -> Tuple[Dict[str, Dict[str, np.ndarray]], Dict[str, Dict[str, np.ndarray]]]:
+  """(params, state) of `config.init_checkpoint` for `build_model(config)`.
+
+  The file or directory can be
+  - a released pickle (`imagenet_*.pystate`; `checkpoints.load_official`),
+  - an .npz written by `perceiver.checkpoints.save`,
+  - an engine checkpoint (a workdir, its `checkpoints` directory or one
+    `<step>` directory: the newest one there; its parameters and model
+    state, not its optimizer state).
+  Files are checked against the preset at this config's sizes; the engine
+  checks every leaf of all three against the initialised model.
+
+  Returns:
+    Host trees {module: {name: np.ndarray}} (params, state).
+
+  Raises:
+    perceiver.checkpoints.CheckpointError: unreadable file, or one that does
+      not fit the model (each missing, extra or mis-shaped entry listed).
+    ValueError: a directory without an engine checkpoint.
+  """
   m = config.model
+  path = config.init_checkpoint
   overrides = dict(
     image_size=config.data.image_size, **{k: m[k] for k in _MODEL_FIELDS}
   )
-  path = config.init_checkpoint
-  if path.endswith('.npz'):
-    return checkpoints.load(path, m.preset, **overrides)
-  return checkpoints.load_official(path, m.preset, **overrides)
+  if os.path.isdir(path):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    train_state = ocp.StandardCheckpointer().restore(_latest_state_dir(path))
+    params, state = train_state['params'], train_state['state']
+  elif path.endswith('.npz'):
+    params, state = checkpoints.load(path, m.preset, **overrides)
+  else:
+    params, state = checkpoints.load_official(path, m.preset, **overrides)
+  return jax.tree.map(np.asarray, (dict(params), dict(state)))
+
+
+def make_evaluate(
+  config: ml_collections.ConfigDict,
+  train,
+  evaluation,
+  process_index: int,
+  process_count: int,
+) -> Callable[[Any, Any, str], Dict[str, float]]:
+  """`Task.evaluate`: top-1 / top-5 over the whole validation split.
+
+  The returned `evaluate(params, state, workdir)` runs the engine's eval
+  step (`perceiver.train.step.make_eval_step`: `per_example` summed over
+  the real images of each padded batch) over `evaluation`, each process on
+  its rows, and returns the exact means over all of it: {'top1', 'top5',
+  'loss'} (loss: cross-entropy against the plain one-hot labels). Process 0
+  prints `top-1 accuracy: NN.N% (top-5 NN.N%) on N images` and, the first
+  time (if it is not there yet), writes `workdir/augmented_examples.png`.
+  The task has no `eval_data`, so the images are evaluated once.
+  """
+  d = config.data
+  step = step_lib.make_eval_step(
+    make_forward(config), per_example, precision=config.precision
+  )
+  compiled = {}  # mesh -> jitted eval step
+
+  def evaluate(params, state, workdir: str) -> Dict[str, float]:
+    if process_index == 0 and d.preview_examples:
+      path = os.path.join(workdir, PREVIEW_FILE)
+      if not os.path.exists(path):
+        grid, _ = augmented_examples(config, train, d.preview_examples)
+        write_image_grid(path, grid, tuple(d.mean), tuple(d.std))
+    # The engine's mesh, from the parameters it passes (global arrays).
+    mesh = jax.tree.leaves(params)[0].sharding.mesh
+    if mesh not in compiled:
+      compiled[mesh] = jax.jit(step, out_shardings=mesh_lib.replicated(mesh))
+    totals: Dict[str, float] = {}
+    for local in eval_batches(config, evaluation, process_index, process_count):
+      sums = compiled[mesh](params, state, mesh_lib.global_batch(local, mesh))
+      for k, v in jax.device_get(sums).items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    count = totals.pop('count')
+    metrics = {k: v / count for k, v in totals.items()}
+    if process_index == 0:
+      print(
+        f'top-1 accuracy: {100 * metrics["top1"]:.1f}% '
+        f'(top-5 {100 * metrics["top5"]:.1f}%) on {int(count)} images',
+        flush=True,
+      )
+    return metrics
+
+  return evaluate
+
+
+def eval_batches(
+  config: ml_collections.ConfigDict,
+  evaluation,
+  process_index: int,
+  process_count: int,
+):
+  """One pass of this process's rows of the evaluation batches.
+
+  Returns:
+    An iterator of {'image': float32 [b, S, S, 3], 'label': int32 [b],
+    'mask': float32 [b]} (b = eval_batch_size / process_count; mask 0 on
+    the padding of the last batch), preprocessed by `eval_ops`.
+  """
+  return data_lib.eval_batches(
+    evaluation,
+    global_batch=config.eval_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+    ops=_engine_ops(eval_ops(config.data)),
+    **_loader_options(config.data),
+  )
+
+
+def _loader_options(data: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """Loader settings for `data_lib.train_iterator` / `eval_batches`."""
+  return dict(worker_count=data.worker_count, prefetch=data.prefetch)
 
 
 def build_task(
-  config: ml_collections.ConfigDict,
-  process_index: int,
-  process_count: int,
-  *,
-  workdir: Optional[str] = None,
+  config: ml_collections.ConfigDict, process_index: int, process_count: int
 ) -> Task:
-  """Model, loss and this process's share of the training and eval data.
+  """Model, loss, this process's share of the training data, evaluation.
+
+  `Task.evaluate` is `make_evaluate` (whole-split top-1 / top-5, the
+  printed line, the grid of augmented examples); `Task.init_params` loads
+  `config.init_checkpoint` when one is given (the whole model: a released
+  or earlier ImageNet model has every parameter of this one).
 
   Args:
     config: from `get_config`.
     process_index, process_count: this JAX process and how many there are.
-    workdir: if given, process 0 writes `augmented_examples.png` there
-      (once: an existing file is kept).
+
+  Raises:
+    ValueError: a bad config field (`validate`) or data directory.
   """
   validate(config)
   train, evaluation = make_sources(config)
   d = config.data
-  if workdir and process_index == 0 and d.preview_examples:
-    path = os.path.join(workdir, PREVIEW_FILE)
-    if not os.path.exists(path):
-      os.makedirs(workdir, exist_ok=True)
-      grid, _ = augmented_examples(config, train, d.preview_examples)
-      write_image_grid(path, grid, tuple(d.mean), tuple(d.std))
   train_data = data_lib.train_iterator(
     train,
     global_batch=config.batch_size,
@@ -720,25 +851,24 @@ def build_task(
     process_index=process_index,
     process_count=process_count,
     ops=_engine_ops(train_ops(d)),
-    worker_count=d.worker_count,
-  )
-  eval_data = lambda: data_lib.eval_batches(
-    evaluation,
-    global_batch=config.eval_batch_size,
-    process_index=process_index,
-    process_count=process_count,
-    ops=_engine_ops(eval_ops(d)),
-    worker_count=d.worker_count,
+    skip_corrupt=d.skip_corrupt,
+    **_loader_options(d),
   )
   size = d.image_size
   example_batch = {
     'image': np.zeros((2, size, size, 3), np.float32),
     'label': np.zeros((2,), np.int32),
   }
+  init_params = None
+  if config.init_checkpoint:
+    init_params = lambda params, state: load_init_checkpoint(config)
   return Task(
     forward=make_forward(config),
     per_example=per_example,
     train_data=train_data,
     example_batch=example_batch,
-    eval_data=eval_data,
+    evaluate=make_evaluate(
+      config, train, evaluation, process_index, process_count
+    ),
+    init_params=init_params,
   )

@@ -1,7 +1,10 @@
 """experiments/imagenet.py: config A, MixUp/CutMix, metrics, data, and the
 `:debug` variant end-to-end through `perceiver.train.train`."""
 
+import contextlib
 import functools
+import io
+import json
 import os
 import pickle
 
@@ -12,7 +15,6 @@ import pytest
 from PIL import Image
 
 from experiments import imagenet
-from experiments.data import fashion_mnist
 from perceiver import checkpoints
 from perceiver import presets
 from perceiver.train import optim
@@ -302,7 +304,11 @@ def test_imagefolder_task_batches(tmp_path):
   assert batch['image'].shape == (4, 16, 16, 3)
   assert batch['image'].dtype == np.float32
   assert set(batch['label'].tolist()) <= {0, 1}
-  evals = list(task.eval_data())
+  assert task.eval_data is None  # Task.evaluate evaluates
+  _, evaluation = imagenet.make_sources(config)
+  evals = list(imagenet.eval_batches(config, evaluation, 0, 1))
+  assert [b['image'].shape for b in evals] == [(4, 16, 16, 3)] * 2
+  assert [b['label'].tolist() for b in evals] == [[0, 0, 0, 1], [1, 1, 0, 0]]
   assert [b['mask'].tolist() for b in evals] == [[1] * 4, [1, 1, 0, 0]]
   bad = _override(config, num_train=1000)
   with pytest.raises(ValueError, match=r'num_train: expected .* \(8;'):
@@ -361,23 +367,39 @@ def test_load_init_checkpoint(tmp_path, kind):
 # ---------------------------------------------------------------------------
 
 
-def test_debug_trains_end_to_end(tmp_path):
-  config = _override(
+def _debug_config(**fields):
+  return _override(
     imagenet.get_config('debug'),
     progress_bar=False,
     tensorboard=False,
     plot_curves=False,
+    **fields,
   )
-  workdir = str(tmp_path)
-  out = train(
-    config, functools.partial(imagenet.build_task, workdir=workdir), workdir
-  )
+
+
+def _train_printing(config, workdir):
+  """`train(...)` and what it printed."""
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    out = train(config, imagenet.build_task, workdir)
+  return out, printed.getvalue()
+
+
+@pytest.fixture(scope='module')
+def debug_run(tmp_path_factory):
+  """A :debug run (8 steps) through the engine: (config, workdir, result,
+  printed text)."""
+  config = _debug_config()
+  workdir = str(tmp_path_factory.mktemp('debug'))
+  return (config, workdir, *_train_printing(config, workdir))
+
+
+def test_debug_trains_end_to_end(debug_run):
+  config, workdir, out, printed = debug_run
   losses = list(out['losses'].values())
   assert len(losses) == config.total_steps == 8
   assert np.all(np.isfinite(losses))
-  preview = Image.open(os.path.join(workdir, imagenet.PREVIEW_FILE))
-  assert preview.size[0] > 8 * 16
-  # The engine's top-1 over the 100 eval images (64 + 36, padded) equals
+  # The top-1 over the 100 eval images (batches of 64 + 36, padded) equals
   # the final model's on all 100 at once, computed here.
   ts = out['train_state']
   forward = imagenet.make_forward(config)
@@ -390,10 +412,62 @@ def test_debug_trains_end_to_end(tmp_path):
     records.append(record)
   batch = {k: np.stack([r[k] for r in records]) for k in ('image', 'label')}
   apply = jax.jit(functools.partial(forward.apply, is_training=False))
-  logits = apply(ts.params, ts.state, None, batch)[0]['logits']
-  hits = int(np.sum(np.argmax(np.asarray(logits), -1) == batch['label']))
+  logits = np.asarray(apply(ts.params, ts.state, None, batch)[0]['logits'])
+  rank = (logits > logits[np.arange(100), batch['label']][:, None]).sum(-1)
+  top1, top5 = np.mean(rank == 0), np.mean(rank < 5)
   assert len(evaluation) == 100
-  assert out['eval']['eval/top1'] == pytest.approx(hits / 100, abs=1e-6)
-  assert 0 <= out['eval']['eval/top1'] <= out['eval']['eval/top5'] <= 1
-  assert 'top-1 accuracy:' in imagenet.summary(out['eval'])
-  assert fashion_mnist.NUM_CLASSES == config.model.num_classes
+  assert out['eval']['eval/top1'] == pytest.approx(top1, abs=1e-6)
+  assert out['eval']['eval/top5'] == pytest.approx(top5, abs=1e-6)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  loss = -np.mean(log_p[np.arange(100), batch['label']])
+  assert out['eval']['eval/loss'] == pytest.approx(loss, rel=1e-4)
+  line = (
+    f'top-1 accuracy: {100 * top1:.1f}% (top-5 {100 * top5:.1f}%) on 100 '
+    'images\n'
+  )
+  assert printed.count(line) == 1  # eval_every=0: at the end only
+  with open(os.path.join(workdir, 'result.json')) as f:
+    result = json.load(f)
+  assert set(result) == {
+    'step',
+    'train_time_s',
+    'eval/top1',
+    'eval/top5',
+    'eval/loss',
+  }
+  assert result['eval/top1'] == pytest.approx(top1, abs=1e-6)
+  # 8 examples of 16 x 16 enlarged 6x (to >= 96 px), 2-pixel gaps.
+  preview = Image.open(os.path.join(workdir, imagenet.PREVIEW_FILE))
+  assert preview.size == (2 + 8 * (6 * 16 + 2), 2 + 6 * 16 + 2)
+
+
+@pytest.mark.parametrize('kind', ['npz', 'workdir'])
+def test_eval_only_from_init_checkpoint(debug_run, tmp_path, kind):
+  config, workdir, trained, _ = debug_run
+  if kind == 'npz':
+    path = str(tmp_path / 'debug.npz')
+    ts = jax.device_get(trained['train_state'])
+    checkpoints.save(path, ts.params, ts.state)
+  else:
+    path = workdir  # its latest checkpoint (the last step)
+  config = _override(config, eval_only=True, init_checkpoint=path)
+  evaldir = tmp_path / 'eval'
+  evaldir.mkdir()
+  # An existing grid is kept (it is written once).
+  (evaldir / imagenet.PREVIEW_FILE).write_bytes(b'kept')
+  out, printed = _train_printing(config, str(evaldir))
+  assert out['losses'] == {}
+  assert out['eval'] == pytest.approx(trained['eval'], abs=1e-6)
+  top1, top5 = out['eval']['eval/top1'], out['eval']['eval/top5']
+  assert (
+    f'top-1 accuracy: {100 * top1:.1f}% (top-5 {100 * top5:.1f}%)' in printed
+  )
+  assert (evaldir / imagenet.PREVIEW_FILE).read_bytes() == b'kept'
+  assert os.listdir(evaldir / 'checkpoints') == []
+
+
+def test_init_checkpoint_directory_without_checkpoint(tmp_path):
+  config = _debug_config(init_checkpoint=str(tmp_path))
+  imagenet.validate(config)
+  with pytest.raises(ValueError, match=r'init_checkpoint: .*no <step>/state'):
+    imagenet.load_init_checkpoint(config)
