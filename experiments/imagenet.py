@@ -73,6 +73,7 @@ Shapes: B batch, S image size, K classes.
 import os
 from typing import Any, Callable, Dict, List, NamedTuple, Tuple
 
+import grain
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -195,11 +196,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 def _fashion_mnist(c: ml_collections.ConfigDict) -> None:
   """Config A's recipe at Fashion-MNIST scale (28 x 28 grey, 10 classes).
 
-  Same steps, sized for ~10 minutes of training on 2 CPU cores: a small
-  latent array, 4 epochs, LAMB at 2e-3 (not batch-scaled), RandAugment 2
-  layers at the released magnitude 5 with its pixel constants scaled to the
-  crops (~22 px here, ~300 px on ImageNet), crops of at least half the
-  image, evaluation on the whole image.
+  The same steps, sized for ~15 minutes on the shared 2-core machine: a
+  small latent array (32 x 96), 4 epochs, LAMB at 2e-3 (not batch-scaled)
+  with the constant-then-cosine schedule, and augmentation weakened for so
+  short a run: Inception crops of at least 85% of the image (a clothing
+  photo fills its frame; at 50% a crop loses sleeves and hems), flip,
+  RandAugment 1 layer at the released magnitude 5 with its pixel constants
+  scaled to the image (28 px here, ~300 px on ImageNet), MixUp (alpha 0.2)
+  on the whole batch and no CutMix, label smoothing 0.1; evaluation on the
+  whole image. Config A's full strength (crops from 8%, RandAugment 4
+  layers, CutMix) regularises a 110-epoch ImageNet run; here, with
+  crops from 50%, 2 RandAugment layers and CutMix, 4 epochs reached 77.7%.
   """
   c.batch_size = 128
   c.epochs = 4
@@ -213,17 +220,18 @@ def _fashion_mnist(c: ml_collections.ConfigDict) -> None:
   d.format = 'fashion_mnist'
   d.image_size = 28
   d.crop_padding = 0  # evaluate on the whole image
-  d.crop_area = (0.5, 1.0)
-  d.randaugment_layers = 2
+  d.crop_area = (0.85, 1.0)
+  d.randaugment_layers = 1
   d.randaugment_cutout = 3
   d.randaugment_translate = 7
   d.mean = (fashion_mnist.MEAN,) * 3
   d.std = (fashion_mnist.STD,) * 3
+  d.cutmix = False
   d.preview_examples = 32
   m = c.model
   m.num_classes = fashion_mnist.NUM_CLASSES
   m.z_index_dim = 32
-  m.num_z_channels = 64
+  m.num_z_channels = 96
   m.num_blocks = 1
   m.num_self_attends_per_block = 3
   m.num_self_attend_heads = 4
@@ -821,7 +829,14 @@ def eval_batches(
 
 def _loader_options(data: ml_collections.ConfigDict) -> Dict[str, Any]:
   """Loader settings for `data_lib.train_iterator` / `eval_batches`."""
-  return dict(worker_count=data.worker_count, prefetch=data.prefetch)
+  options = dict(worker_count=data.worker_count, prefetch=data.prefetch)
+  if data.format == 'fashion_mnist':
+    # In-memory records: reader threads would only contend for the GIL
+    # (grain's default reader threads suit the JPEG / ArrayRecord reads).
+    options['read_options'] = grain.ReadOptions(
+      num_threads=0, prefetch_buffer_size=0
+    )
+  return options
 
 
 def build_task(
