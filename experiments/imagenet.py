@@ -1,11 +1,15 @@
 """python -m experiments.main --config=experiments/imagenet.py:fashion_mnist
 
+Expected (measured with `--workdir=/tmp/fmnist_run`, a fresh workdir):
+`top-1 accuracy: 86.1% (top-5 99.6%) on 10000 images` after 4 epochs
+(1,875 steps of 128), 10 min 54 s from launch to exit on the shared 2-core
+machine at load average 6.0-7.7 (other jobs running; 3.0 steps/s).
+The issue's goal, 88% within 15 minutes, is not reached. (The first run,
+with crops from 50%, 2 RandAugment layers, CutMix and 32 x 64 latents:
+77.7% in 13 min 5 s at load ~9.)
+
 ImageNet: python -m experiments.main --config=experiments/imagenet.py
   --config.data.dir=/data/imagenet --workdir=runs/imagenet
-
-Fashion-MNIST goal: at least 88% top-1 within 15 minutes on the shared
-2-core machine; not yet measured (a 200-step smoke run, 80 s, reached 63.9%
-on 1,000 test images).
 
 Perceiver IO on ImageNet from scratch: the paper's config A (Perceiver IO,
 App. A; PAPER.md Sec. 3) with the released training code's behaviour
