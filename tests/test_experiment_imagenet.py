@@ -1,0 +1,473 @@
+"""experiments/imagenet.py: config A, MixUp/CutMix, metrics, data, and the
+`:debug` variant end-to-end through `perceiver.train.train`."""
+
+import contextlib
+import functools
+import io
+import json
+import os
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import imagenet
+from perceiver import checkpoints
+from perceiver import presets
+from perceiver.train import optim
+from perceiver.train import train
+
+TENCH, GOLDFISH = 'n01440764', 'n01443537'  # labels 0 and 1
+
+
+def _override(config, **fields):
+  """A copy of a locked config with dotted fields replaced."""
+  config = config.copy_and_resolve_references()
+  config.unlock()
+  for name, value in fields.items():
+    *path, last = name.split('.')
+    node = config
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+# ---------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------
+
+
+def test_config_a():
+  c = imagenet.get_config()
+  assert c.batch_size == 1024 and c.epochs == 110
+  assert c.total_steps == 1_281_167 * 110 // 1024 == 137_625
+  o = c.optimizer
+  assert (o.name, o.b1, o.b2, o.eps) == ('lamb', 0.9, 0.999, 1e-6)
+  assert (o.base_lr, o.schedule, o.constant_fraction) == (
+    5e-4,
+    'constant_cosine',
+    0.5,
+  )
+  assert (o.weight_decay, o.clip_norm, o.warmup_steps) == (0.1, 10.0, 0)
+  assert o.decay_pos_embs
+  schedule = optim.make_schedule(o, c.batch_size, c.total_steps)
+  # 2e-3 for the first half, then cosine: 1e-3 at 75%, 0 at the end.
+  for step, lr in ((0, 2e-3), (68_812, 2e-3), (103_219, 1e-3), (137_625, 0)):
+    assert float(schedule(step)) == pytest.approx(lr, abs=2e-7)
+  d = c.data
+  assert (d.format, d.dir, d.image_size, d.crop_padding) == (
+    'imagefolder',
+    '',
+    224,
+    32,
+  )
+  assert (d.randaugment_layers, d.randaugment_magnitude) == (4, 5.0)
+  assert (d.randaugment_cutout, d.randaugment_translate) == (40, 100)
+  assert d.randaugment_fill == 128
+  assert (d.mixup_alpha, d.cutmix, d.label_smoothing) == (0.2, True, 0.1)
+  assert tuple(d.crop_area) == (0.08, 1.0) and d.crop_attempts == 10
+  assert (c.init_checkpoint, c.eval_only) == ('', False)
+
+
+@pytest.mark.parametrize(
+  'arg,preset',
+  [
+    ('', 'imagenet_fourier'),
+    ('fourier', 'imagenet_fourier'),
+    ('conv', 'imagenet_conv'),
+    ('learned', 'imagenet_learned'),
+    ('fashion_mnist', 'imagenet_conv'),
+    ('fashion_mnist,fourier', 'imagenet_fourier'),
+    ('learned,debug', 'imagenet_learned'),
+  ],
+)
+def test_variants_use_presets(arg, preset):
+  c = imagenet.get_config(arg)
+  assert c.model.preset == preset
+  if not arg or arg in imagenet.ARCHITECTURES:
+    expected = presets.defaults(preset)
+    for name in imagenet._MODEL_FIELDS:
+      assert c.model[name] == expected[name], name
+
+
+@pytest.mark.parametrize('arg', ['tiny', 'conv,learned', 'debug,fashion_mnist'])
+def test_bad_variant(arg):
+  with pytest.raises(ValueError, match='config: expected at most one'):
+    imagenet.get_config(arg)
+
+
+@pytest.mark.parametrize(
+  'fields,match',
+  [
+    ({'data.format': 'imagefolder'}, 'data.dir: expected the imagefolder'),
+    ({'data.format': 'zip'}, 'data.format: expected one of'),
+    ({'model.num_classes': 1000}, 'model.num_classes: expected 10'),
+    ({'data.randaugment_magnitude': 11.0}, 'randaugment_magnitude'),
+    ({'data.crop_area': (0.5, 0.2)}, r'data.crop_area: expected \(min, max\)'),
+    ({'data.label_smoothing': 1.0}, 'data.label_smoothing'),
+    ({'data.mixup_alpha': -0.1}, 'data.mixup_alpha'),
+    ({'data.image_size': 18}, 'multiple of 4 for the conv stem'),
+    ({'init_checkpoint': '/no/such.npz'}, 'init_checkpoint: expected a'),
+  ],
+)
+def test_validate(fields, match):
+  config = _override(imagenet.get_config('fashion_mnist'), **fields)
+  with pytest.raises(ValueError, match=match):
+    imagenet.validate(config)
+
+
+# ---------------------------------------------------------------------------
+# MixUp / CutMix, forward, metrics
+# ---------------------------------------------------------------------------
+
+
+def test_cutmix_masks_are_the_released_boxes():
+  n, height, width = 64, 12, 9
+  rng = jax.random.PRNGKey(3)
+  masks = np.asarray(imagenet.cutmix_masks(rng, n, height, width))
+  # The same draws, boxes built by hand.
+  k_y, k_x, k_p = jax.random.split(rng, 3)
+  cy = np.asarray(jax.random.randint(k_y, (n,), 0, height))
+  cx = np.asarray(jax.random.randint(k_x, (n,), 0, width))
+  p = np.asarray(jax.random.uniform(k_p, (n,)))
+  for i in range(n):
+    side = np.sqrt(1 - np.float32(p[i]))
+    rh, rw = int(side * height) // 2, int(side * width) // 2
+    expected = np.zeros((height, width), np.float32)
+    y0, y1 = max(cy[i] - rh, 0), min(cy[i] + rh, height)
+    x0, x1 = max(cx[i] - rw, 0), min(cx[i] + rw, width)
+    expected[y0:y1, x0:x1] = 1
+    np.testing.assert_array_equal(masks[i], expected)
+  assert 0 < masks.mean() < 1
+
+
+def _mix(batch, mixup_alpha=0.2, cutmix=True, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.normal(size=(batch, 6, 6, 3)).astype(np.float32)
+  labels = np.arange(batch) % 10
+  targets = np.eye(10, dtype=np.float32)[labels]
+  out_x, out_y = imagenet.mix_batch(
+    jnp.asarray(images),
+    jnp.asarray(targets),
+    jax.random.PRNGKey(seed),
+    mixup_alpha=mixup_alpha,
+    cutmix=cutmix,
+  )
+  return images, labels, np.asarray(out_x), np.asarray(out_y)
+
+
+def _check_mixup(images, labels, out_x, out_y, rows):
+  n = len(rows)
+  for k, i in enumerate(rows):
+    p = rows[n - 1 - k]  # mirror in the half
+    lam = out_y[i, labels[i]] if p != i else 1.0
+    if p != i:
+      assert out_y[i, labels[p]] == pytest.approx(1 - lam, abs=1e-6)
+    np.testing.assert_allclose(
+      out_x[i], lam * images[i] + (1 - lam) * images[p], atol=1e-5
+    )
+
+
+def _check_cutmix(images, labels, out_x, out_y, rows):
+  n = len(rows)
+  for k, i in enumerate(rows):
+    p = rows[n - 1 - k]
+    if p == i:  # the middle of an odd half is mixed with itself
+      np.testing.assert_array_equal(out_x[i], images[i])
+      assert out_y[i, labels[i]] == pytest.approx(1.0)
+      continue
+    from_i = np.all(out_x[i] == images[i], axis=-1)  # [H, W]
+    from_p = np.all(out_x[i] == images[p], axis=-1)
+    assert np.all(from_i | from_p)
+    ys, xs = np.nonzero(from_i)
+    if len(ys):  # one axis-aligned box
+      assert from_i[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()
+    assert out_y[i, labels[i]] == pytest.approx(from_i.mean(), abs=1e-6)
+    assert out_y[i, labels[p]] == pytest.approx(1 - from_i.mean(), abs=1e-6)
+
+
+@pytest.mark.parametrize('batch', [8, 9])
+def test_mix_batch_mixup_then_cutmix(batch):
+  images, labels, out_x, out_y = _mix(batch)
+  np.testing.assert_allclose(out_y.sum(-1), 1, atol=1e-6)
+  half = batch // 2
+  _check_mixup(images, labels, out_x, out_y, list(range(half)))
+  _check_cutmix(images, labels, out_x, out_y, list(range(half, batch)))
+
+
+def test_mix_batch_one_kind_or_none():
+  images, labels, out_x, out_y = _mix(8, cutmix=False)
+  _check_mixup(images, labels, out_x, out_y, list(range(8)))
+  images, labels, out_x, out_y = _mix(8, mixup_alpha=0.0)
+  _check_cutmix(images, labels, out_x, out_y, list(range(8)))
+  images, labels, out_x, out_y = _mix(8, mixup_alpha=0.0, cutmix=False)
+  np.testing.assert_array_equal(out_x, images)
+  np.testing.assert_array_equal(out_y, np.eye(10)[labels])
+
+
+def test_per_example_top_k():
+  # Label 2 ranks 1st, 4th and 7th in the three rows.
+  logits = np.asarray(
+    [
+      [0, 1, 9, 2, 3, 4, 5],
+      [6, 5, 4, 3, 2, 1, 0],
+      [6, 5, 0, 4, 3, 2, 1],
+    ],
+    np.float32,
+  )
+  rows = np.arange(3)
+  labels = np.asarray([2, 3, 2])  # ranks: 1st, 4th, 7th
+  targets = np.full((3, 7), 0.1 / 7, np.float32)
+  targets[rows, labels] += 0.9
+  out = imagenet.per_example(
+    {'logits': jnp.asarray(logits), 'targets': jnp.asarray(targets)},
+    {'label': jnp.asarray(labels)},
+  )
+  np.testing.assert_array_equal(out['top1'], [1, 0, 0])
+  np.testing.assert_array_equal(out['top5'], [1, 1, 0])
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  np.testing.assert_allclose(out['loss'], -(targets * log_p).sum(-1), rtol=1e-5)
+
+
+def test_forward_targets_train_and_eval():
+  config = imagenet.get_config('debug')
+  forward = imagenet.make_forward(config)
+  batch = {
+    'image': np.random.default_rng(0).normal(size=(4, 16, 16, 3)),
+    'label': np.asarray([0, 1, 2, 3], np.int32),
+  }
+  batch['image'] = batch['image'].astype(np.float32)
+  init = jax.jit(functools.partial(forward.init, is_training=True))
+  params, state = init(jax.random.PRNGKey(0), batch)
+  evaluate = jax.jit(functools.partial(forward.apply, is_training=False))
+  out, _ = evaluate(params, state, None, batch)
+  assert out['logits'].shape == (4, 10)
+  np.testing.assert_array_equal(out['targets'], np.eye(10)[batch['label']])
+  step = jax.jit(functools.partial(forward.apply, is_training=True))
+  out, _ = step(params, state, jax.random.PRNGKey(1), batch)
+  targets = np.asarray(out['targets'])
+  np.testing.assert_allclose(targets.sum(-1), 1, atol=1e-6)
+  assert targets.min() == pytest.approx(0.1 / 10)  # smoothed after mixing
+  # The model's parameter tree is the preset's (released checkpoints load).
+  model = presets.build(
+    'imagenet_fourier',
+    image_size=16,
+    **{k: config.model[k] for k in imagenet._MODEL_FIELDS},
+  )
+  expected, _ = jax.eval_shape(
+    functools.partial(model.init, is_training=True),
+    jax.random.PRNGKey(0),
+    batch['image'],
+  )
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, expected)
+
+
+# ---------------------------------------------------------------------------
+# Data, preview grid, initial checkpoint
+# ---------------------------------------------------------------------------
+
+
+def _jpeg_tree(root, counts):
+  rng = np.random.default_rng(0)
+  for split, per_class in counts.items():
+    for wnid in (TENCH, GOLDFISH):
+      folder = os.path.join(root, split, wnid)
+      os.makedirs(folder)
+      for i in range(per_class):
+        pixels = rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, f'{i}.JPEG'))
+
+
+def _imagefolder_debug(root, **fields):
+  return _override(
+    imagenet.get_config('debug'),
+    **{
+      'data.format': 'imagefolder',
+      'data.dir': str(root),
+      'model.num_classes': 1000,
+      **fields,
+    },
+  )
+
+
+def test_imagefolder_task_batches(tmp_path):
+  _jpeg_tree(str(tmp_path), {'train': 4, 'val': 3})
+  config = _imagefolder_debug(
+    tmp_path, num_train=8, batch_size=4, eval_batch_size=4
+  )
+  task = imagenet.build_task(config, 0, 1)
+  batch = next(task.train_data)
+  assert batch['image'].shape == (4, 16, 16, 3)
+  assert batch['image'].dtype == np.float32
+  assert set(batch['label'].tolist()) <= {0, 1}
+  assert task.eval_data is None  # Task.evaluate evaluates
+  _, evaluation = imagenet.make_sources(config)
+  evals = list(imagenet.eval_batches(config, evaluation, 0, 1))
+  assert [b['image'].shape for b in evals] == [(4, 16, 16, 3)] * 2
+  assert [b['label'].tolist() for b in evals] == [[0, 0, 0, 1], [1, 1, 0, 0]]
+  assert [b['mask'].tolist() for b in evals] == [[1] * 4, [1, 1, 0, 0]]
+  bad = _override(config, num_train=1000)
+  with pytest.raises(ValueError, match=r'num_train: expected .* \(8;'):
+    imagenet.build_task(bad, 0, 1)
+
+
+def test_write_image_grid(tmp_path):
+  colors = np.asarray([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.float32)
+  images = np.broadcast_to(colors[:, None, None], (3, 2, 2, 3))
+  path = imagenet.write_image_grid(
+    str(tmp_path / 'g.png'),
+    (images - 10.0) / 2.0,
+    mean=(10.0,) * 3,
+    std=(2.0,) * 3,
+    columns=2,
+    min_size=4,
+  )
+  grid = np.asarray(Image.open(path))
+  # 2 x 2 images enlarged to 4 x 4, 2-pixel gaps: cells of 6 pixels.
+  assert grid.shape == (2 + 2 * 6, 2 + 2 * 6, 3)
+  np.testing.assert_array_equal(
+    grid[2:6, 2:6], np.broadcast_to(colors[0], (4, 4, 3))
+  )
+  np.testing.assert_array_equal(
+    grid[2:6, 8:12], np.broadcast_to(colors[1], (4, 4, 3))
+  )
+  np.testing.assert_array_equal(
+    grid[8:12, 2:6], np.broadcast_to(colors[2], (4, 4, 3))
+  )
+  assert (grid[:2] == 255).all() and (grid[8:12, 8:12] == 255).all()
+
+
+@pytest.mark.parametrize('kind', ['npz', 'pickle'])
+def test_load_init_checkpoint(tmp_path, kind):
+  config = imagenet.get_config('debug')
+  model = imagenet.build_model(config)
+  init = jax.jit(functools.partial(model.init, is_training=True))
+  params, state = init(
+    jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32)
+  )
+  if kind == 'npz':
+    path = str(tmp_path / 'ours.npz')
+    checkpoints.save(path, params, state)
+  else:  # a released-style pickle: a dict of module dicts of numpy arrays
+    path = str(tmp_path / 'released.pystate')
+    with open(path, 'wb') as f:
+      pickle.dump(jax.tree.map(np.asarray, params), f)
+  config = _override(config, init_checkpoint=path)
+  imagenet.validate(config)
+  loaded, _ = imagenet.load_init_checkpoint(config)
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+
+
+# ---------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------
+
+
+def _debug_config(**fields):
+  return _override(
+    imagenet.get_config('debug'),
+    progress_bar=False,
+    tensorboard=False,
+    plot_curves=False,
+    **fields,
+  )
+
+
+def _train_printing(config, workdir):
+  """`train(...)` and what it printed."""
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    out = train(config, imagenet.build_task, workdir)
+  return out, printed.getvalue()
+
+
+@pytest.fixture(scope='module')
+def debug_run(tmp_path_factory):
+  """A :debug run (8 steps) through the engine: (config, workdir, result,
+  printed text)."""
+  config = _debug_config()
+  workdir = str(tmp_path_factory.mktemp('debug'))
+  return (config, workdir, *_train_printing(config, workdir))
+
+
+def test_debug_trains_end_to_end(debug_run):
+  config, workdir, out, printed = debug_run
+  losses = list(out['losses'].values())
+  assert len(losses) == config.total_steps == 8
+  assert np.all(np.isfinite(losses))
+  # The top-1 over the 100 eval images (batches of 64 + 36, padded) equals
+  # the final model's on all 100 at once, computed here.
+  ts = out['train_state']
+  forward = imagenet.make_forward(config)
+  _, evaluation = imagenet.make_sources(config)
+  records = []
+  for index in range(len(evaluation)):
+    record = evaluation[index]
+    for op in imagenet.eval_ops(config.data):
+      record = op.fn(record, **op.kwargs)
+    records.append(record)
+  batch = {k: np.stack([r[k] for r in records]) for k in ('image', 'label')}
+  apply = jax.jit(functools.partial(forward.apply, is_training=False))
+  logits = np.asarray(apply(ts.params, ts.state, None, batch)[0]['logits'])
+  rank = (logits > logits[np.arange(100), batch['label']][:, None]).sum(-1)
+  top1, top5 = np.mean(rank == 0), np.mean(rank < 5)
+  assert len(evaluation) == 100
+  assert out['eval']['eval/top1'] == pytest.approx(top1, abs=1e-6)
+  assert out['eval']['eval/top5'] == pytest.approx(top5, abs=1e-6)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  loss = -np.mean(log_p[np.arange(100), batch['label']])
+  assert out['eval']['eval/loss'] == pytest.approx(loss, rel=1e-4)
+  line = (
+    f'top-1 accuracy: {100 * top1:.1f}% (top-5 {100 * top5:.1f}%) on 100 '
+    'images\n'
+  )
+  assert printed.count(line) == 1  # eval_every=0: at the end only
+  with open(os.path.join(workdir, 'result.json')) as f:
+    result = json.load(f)
+  assert set(result) == {
+    'step',
+    'train_time_s',
+    'eval/top1',
+    'eval/top5',
+    'eval/loss',
+  }
+  assert result['eval/top1'] == pytest.approx(top1, abs=1e-6)
+  # 8 examples of 16 x 16 enlarged 6x (to >= 96 px), 2-pixel gaps.
+  preview = Image.open(os.path.join(workdir, imagenet.PREVIEW_FILE))
+  assert preview.size == (2 + 8 * (6 * 16 + 2), 2 + 6 * 16 + 2)
+
+
+@pytest.mark.parametrize('kind', ['npz', 'workdir'])
+def test_eval_only_from_init_checkpoint(debug_run, tmp_path, kind):
+  config, workdir, trained, _ = debug_run
+  if kind == 'npz':
+    path = str(tmp_path / 'debug.npz')
+    ts = jax.device_get(trained['train_state'])
+    checkpoints.save(path, ts.params, ts.state)
+  else:
+    path = workdir  # its latest checkpoint (the last step)
+  config = _override(config, eval_only=True, init_checkpoint=path)
+  evaldir = tmp_path / 'eval'
+  evaldir.mkdir()
+  # An existing grid is kept (it is written once).
+  (evaldir / imagenet.PREVIEW_FILE).write_bytes(b'kept')
+  out, printed = _train_printing(config, str(evaldir))
+  assert out['losses'] == {}
+  assert out['eval'] == pytest.approx(trained['eval'], abs=1e-6)
+  top1, top5 = out['eval']['eval/top1'], out['eval']['eval/top5']
+  assert (
+    f'top-1 accuracy: {100 * top1:.1f}% (top-5 {100 * top5:.1f}%)' in printed
+  )
+  assert (evaldir / imagenet.PREVIEW_FILE).read_bytes() == b'kept'
+  assert os.listdir(evaldir / 'checkpoints') == []
+
+
+def test_init_checkpoint_directory_without_checkpoint(tmp_path):
+  config = _debug_config(init_checkpoint=str(tmp_path))
+  imagenet.validate(config)
+  with pytest.raises(ValueError, match=r'init_checkpoint: .*no <step>/state'):
+    imagenet.load_init_checkpoint(config)
