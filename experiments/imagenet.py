@@ -95,6 +95,7 @@ from perceiver import checkpoints
 from perceiver import presets
 from perceiver import tasks
 from perceiver import validation
+from perceiver.train import checkpoint as checkpoint_lib
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train import mesh as mesh_lib
@@ -691,32 +692,6 @@ def write_image_grid(
   return path
 
 
-def _latest_state_dir(path: str) -> str:
-  """`<step>/state` of the newest engine checkpoint under `path`.
-
-  `path` is a workdir (holding `checkpoints/<step>/`), its `checkpoints`
-  directory, or one `<step>` directory.
-
-  Raises:
-    ValueError: no engine checkpoint there.
-  """
-  if os.path.isdir(os.path.join(path, 'state')):
-    return os.path.join(path, 'state')
-  for base in (os.path.join(path, 'checkpoints'), path):
-    steps = [
-      int(name)
-      for name in (os.listdir(base) if os.path.isdir(base) else ())
-      if name.isdigit() and os.path.isdir(os.path.join(base, name, 'state'))
-    ]
-    if steps:
-      return os.path.join(base, str(max(steps)), 'state')
-  raise ValueError(
-    f'init_checkpoint: expected a checkpoint file, a workdir, its '
-    f'checkpoints directory or a <step> directory of one, got {path!r} '
-    '(no <step>/state inside).'
-  )
-
-
 def load_init_checkpoint(
   config: ml_collections.ConfigDict,
 ) -> Tuple[Dict[str, Dict[str, np.ndarray]], Dict[str, Dict[str, np.ndarray]]]:
@@ -745,10 +720,9 @@ def load_init_checkpoint(
     image_size=config.data.image_size, **{k: m[k] for k in _MODEL_FIELDS}
   )
   if os.path.isdir(path):
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-    train_state = ocp.StandardCheckpointer().restore(_latest_state_dir(path))
-    params, state = train_state['params'], train_state['state']
+    params, state = checkpoint_lib.load_variables(
+      path, arg_name='init_checkpoint'
+    )
   elif path.endswith('.npz'):
     params, state = checkpoints.load(path, m.preset, **overrides)
   else:

@@ -327,7 +327,7 @@ def load_params(path: str, **overrides) -> Params:
   elif path.endswith('.npz'):
     params, _ = checkpoints.load(path)
   else:
-    params = checkpoint_lib.load_params(path, arg_name='init_checkpoint')
+    params, _ = checkpoint_lib.load_variables(path, arg_name='init_checkpoint')
   return jax.tree.map(np.asarray, params)
 
 

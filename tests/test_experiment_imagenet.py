@@ -469,5 +469,7 @@ def test_eval_only_from_init_checkpoint(debug_run, tmp_path, kind):
 def test_init_checkpoint_directory_without_checkpoint(tmp_path):
   config = _debug_config(init_checkpoint=str(tmp_path))
   imagenet.validate(config)
-  with pytest.raises(ValueError, match=r'init_checkpoint: .*no <step>/state'):
+  with pytest.raises(
+    ValueError, match=r'init_checkpoint: .*no complete checkpoint'
+  ):
     imagenet.load_init_checkpoint(config)

@@ -161,11 +161,11 @@ def _as_tree(train_state: Any) -> dict:
   return dict(train_state._asdict())
 
 
-def load_params(path: str, *, arg_name: str = 'path') -> Any:
-  """The parameters of an engine checkpoint, as numpy on the host.
+def load_variables(path: str, *, arg_name: str = 'path') -> Tuple[Any, Any]:
+  """The parameters and model state of an engine checkpoint, on the host.
 
-  For warm starts (`Task.init_params`): reads only the 'params' item of the
-  'state' (not the optimizer state or the data position).
+  For warm starts (`Task.init_params`): reads only the 'params' and 'state'
+  items of the train state (not the optimizer state or the data position).
 
   Args:
     path: a workdir (its newest complete checkpoint), its `checkpoints/`
@@ -173,7 +173,7 @@ def load_params(path: str, *, arg_name: str = 'path') -> Any:
     arg_name: the config field named in errors.
 
   Returns:
-    The parameter tree ({module: {name: np.ndarray}} for Haiku models).
+    (params, state): numpy trees ({module: {name: np.ndarray}} for Haiku).
 
   Raises:
     ValueError: `path` holds no complete checkpoint.
@@ -195,11 +195,12 @@ def load_params(path: str, *, arg_name: str = 'path') -> Any:
   state_dir = epath.Path(step_dir) / 'state'
   handler = ocp.PyTreeCheckpointHandler()
   try:
-    metadata = handler.metadata(state_dir).tree['params']
+    metadata = handler.metadata(state_dir).tree
     target = {
-      'params': jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata
+      k: jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata[k]
       )
+      for k in ('params', 'state')
     }
     restored = handler.restore(
       state_dir,
@@ -213,4 +214,4 @@ def load_params(path: str, *, arg_name: str = 'path') -> Any:
     )
   finally:
     handler.close()
-  return restored['params']
+  return restored['params'], restored['state']
