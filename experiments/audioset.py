@@ -4,7 +4,7 @@
 `--config.data.labels=` the CSV files.)
 
 AudioSet multi-label classification from video + raw audio (Perceiver IO
-App. C, Table 10; PAPER.md 1.9): 527 classes, mean average precision.
+App. C, Table 10): 527 classes, mean average precision.
 Raw-audio model: video in 2x8x8 patches (32 frames of 224 x 224 give 12,544
 tokens) and 48 kHz audio in 128-sample patches (480), each with Fourier
 features; one cross-attention into 512 latents of 512

@@ -1,6 +1,6 @@
 """python -m experiments.main --config=experiments/flow.py:local --workdir=runs/flow
 
-Optical flow with Perceiver IO (Sec. 4.2, App. H; MODELS.md 2.3): the
+Optical flow with Perceiver IO (Sec. 4.2, App. H; the released flow colab): the
 `optical_flow` preset (3 x 3 patches of both frames, concatenated, projected
 to 64 channels with 2-D Fourier features, 2048 x 512 latents, 24
 self-attention layers, the inputs themselves as output queries, output / 100

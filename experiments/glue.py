@@ -1,7 +1,7 @@
 """python -m experiments.main --config=experiments/glue.py:movie_reviews --workdir=runs/movie_reviews
 
 GLUE fine-tuning of the byte-level Perceiver IO (Sec. 4.1, App. F.4, Tables
-1, 2, 13, 14; PAPER.md 1.1-1.3 and 3). The model is the MLM encoder (byte
+1, 2, 13, 14). The model is the MLM encoder (byte
 embedding + learned positions + `PerceiverEncoder`: the `language_mlm`
 preset's modules, `presets.language_mlm_modules`), a cross-attention decoder
 whose query reads the task output (the MLM decoder's settings: 8 heads,

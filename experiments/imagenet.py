@@ -12,8 +12,8 @@ ImageNet: python -m experiments.main --config=experiments/imagenet.py
   --config.data.dir=/data/imagenet --workdir=runs/imagenet
 
 Perceiver IO on ImageNet from scratch: the paper's config A (Perceiver IO,
-App. A; PAPER.md Sec. 3) with the released training code's behaviour
-(MODELS.md Sec. 3). Published top-1 after 110 epochs on 64 TPUv3: 79.0%
+App. A) with the released training code's behaviour
+(`train/experiment.py`, `train/dataset.py`). Published top-1 after 110 epochs on 64 TPUv3: 79.0%
 (:fourier), 82.1% (:conv), 72.7% (:learned); not reproduced here (ImageNet
 does not fit this machine). What runs here is the same pipeline at small
 scale on Fashion-MNIST (`:fashion_mnist`, below).

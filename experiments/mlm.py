@@ -1,7 +1,7 @@
 """python -m experiments.main --config=experiments/mlm.py:local --workdir=runs/mlm
 
-Byte-level masked language modelling (Perceiver IO, Sec. 4.1, App. F.3;
-PAPER.md 2.1 and 3): UTF-8 bytes through `BytesTokenizer`, records of 2,048
+Byte-level masked language modelling (Perceiver IO, Sec. 4.1, App. F.3):
+UTF-8 bytes through `BytesTokenizer`, records of 2,048
 bytes cut from 10 documents concatenated, 15% whole-word masking (how masked
 bytes are replaced, and why: `experiments/data/text.py`), the `language_mlm`
 preset (201 M parameters: 256 latents of 1,280 channels, 26 self-attention

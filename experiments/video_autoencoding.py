@@ -1,6 +1,6 @@
 """python -m experiments.main --config=experiments/video_autoencoding.py:local --workdir=runs/video_local
 
-Multimodal autoencoding (Perceiver IO Sec. 4.3, App. I; PAPER.md 1.6): one
+Multimodal autoencoding (Perceiver IO Sec. 4.3, App. I, Table 4): one
 model reads 16 frames of 224 x 224 video (25 fps, 1x4x4 patches), the
 matching 30,720 samples of 48 kHz audio (16-sample patches) and a one-hot
 Kinetics-700 label, compresses them into 784 (or 392, 196) latents of 512

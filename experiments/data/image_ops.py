@@ -1,4 +1,5 @@
-"""Per-record image ops of the released ImageNet recipe (MODELS.md 3.3).
+"""Per-record image ops of the released ImageNet recipe (the released
+`train/dataset.py` preprocessing, Perceiver IO App. A).
 
 Training: `inception_crop` -> `random_flip` -> `randaugment.randaugment`
 (uint8, on the crop at its own size, as released) -> `resize` (bicubic, to

@@ -1,7 +1,7 @@
 """RandAugment (Cubuk et al. 2020) as the released Perceiver IO code applies it.
 
 The released `autoaugment.py` (TPU EfficientNet's, TensorFlow 1 with
-tf.contrib / tensorflow_addons) does not run on Python 3.11 (MODELS.md 3.3).
+tf.contrib / tensorflow_addons) does not install on Python 3.11.
 This is the same computation on numpy, with Pillow for the geometric ops:
 the same 16 operations, the same magnitude-to-argument maps and constants
 (`cutout_const=40`, `translate_const=100`, fill 128), the same uint8 rounding
