@@ -344,7 +344,7 @@ MODULE_CASES = {
     [(2, 3, 5)],
   ),
   'MultimodalPreprocessor+MultimodalPostprocessor': (
-    lambda a, l: io.MultimodalPostprocessor(
+    lambda a, label: io.MultimodalPostprocessor(
       modalities={
         'audio': io.AudioPostprocessor(samples_per_patch=4),
         'label': io.ClassificationPostprocessor(num_classes=3),
@@ -363,7 +363,7 @@ MODULE_CASES = {
           'label': io.OneHotPreprocessor(),
         },
         mask_probs={'audio': 0.0, 'label': 1.0},
-      )({'audio': a, 'label': l}, is_training=False)[0],
+      )({'audio': a, 'label': label}, is_training=False)[0],
       is_training=False,
       modality_sizes={'audio': 4, 'label': 1},
     ),
@@ -1417,7 +1417,7 @@ DTYPE_CASES.update(
       'elementwise',
     ),
     'MultimodalPreprocessor': (
-      lambda a, l: io.MultimodalPreprocessor(
+      lambda a, label: io.MultimodalPreprocessor(
         modalities={
           'audio': io.AudioPreprocessor(
             samples_per_patch=4,
@@ -1428,7 +1428,7 @@ DTYPE_CASES.update(
           'label': io.OneHotPreprocessor(),
         },
         mask_probs={'audio': 0.0, 'label': 1.0},
-      )({'audio': a, 'label': l}, is_training=False),
+      )({'audio': a, 'label': label}, is_training=False),
       [lambda s: _rand((1, 16, 1), s), lambda s: _rand((1, 3), s)],
       'elementwise',
     ),

@@ -5,7 +5,6 @@ import json
 import os
 
 import chex
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
