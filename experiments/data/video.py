@@ -434,6 +434,15 @@ def _decoded(record, path, n, spec, num_frames, info):
   return out, video, audio
 
 
+def _window(record, path, n, spec, num_frames, info, with_audio):
+  """The record (without 'path') with the window's 'image' and 'audio'."""
+  out, video, audio = _decoded(record, path, n, spec, num_frames, info)
+  out['image'] = video
+  if with_audio:
+    out['audio'] = audio[:, None]
+  return out
+
+
 def _spec(num_frames, fps, image_size, audio_rate, with_audio) -> WindowSpec:
   return WindowSpec(num_frames, fps, image_size, audio_rate, with_audio)
 
@@ -465,11 +474,7 @@ def random_window(
   spec = _spec(num_frames, fps, image_size, audio_rate, with_audio)
   path, info, n_min, n_max = _window_range(record, spec)
   n = int(rng.integers(n_min, n_max + 1))
-  out, video, audio = _decoded(record, path, n, spec, num_frames, info)
-  out['image'] = video
-  if with_audio:
-    out['audio'] = audio[:, None]
-  return out
+  return _window(record, path, n, spec, num_frames, info, with_audio)
 
 
 def fixed_window(
@@ -494,11 +499,7 @@ def fixed_window(
   spec = _spec(num_frames, fps, image_size, audio_rate, with_audio)
   path, info, n_min, n_max = _window_range(record, spec)
   n = n_min + round(position * (n_max - n_min))
-  out, video, audio = _decoded(record, path, n, spec, num_frames, info)
-  out['image'] = video
-  if with_audio:
-    out['audio'] = audio[:, None]
-  return out
+  return _window(record, path, n, spec, num_frames, info, with_audio)
 
 
 def window_at(
@@ -524,11 +525,8 @@ def window_at(
       f'record {int(record["index"])}: {path}: window start {n} is outside '
       f'the valid starts [{n_min}, {n_max}].'
     )
-  out, video, audio = _decoded(record, path, n, spec, num_frames, info)
+  out = _window(record, path, n, spec, num_frames, info, with_audio)
   del out['start']
-  out['image'] = video
-  if with_audio:
-    out['audio'] = audio[:, None]
   return out
 
 
