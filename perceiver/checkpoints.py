@@ -3,8 +3,11 @@
 Released checkpoints are Python pickles (a dict of parameters, or
 `{'params': ..., 'state': ...}`). Unpickling can execute arbitrary code, so
 `load_official` uses a restricted unpickler that rebuilds only plain
-containers and numpy arrays and refuses everything else: load files you
-trust, and note that even this cannot make a malicious pickle harmless to
+containers and numpy arrays and refuses everything else. Pickles of JAX
+arrays (e.g. `pickle.dump(params)` straight after `init`) load too: a JAX
+array pickles as its numpy value plus a call to JAX's
+`_reconstruct_array`, which is replaced here by a function that only
+rebuilds that numpy value. Load files you trust, and note that even this cannot make a malicious pickle harmless to
 numpy's own reconstruction. The loaded tree is checked name by name and shape
 by shape against `presets.build(name)` before it is returned.
 
@@ -41,6 +44,22 @@ def _as_dict(*args):
   raise pickle.UnpicklingError('unsupported Haiku mapping payload')
 
 
+def _numpy_of_jax_array(fun, args, arr_state, aval_state):
+  """Stands in for `jax._src.array._reconstruct_array`: the numpy value only.
+
+  `fun` and `args` were themselves resolved by the restricted unpickler
+  (numpy's own array reconstruction), so nothing else can be called here.
+  """
+  del aval_state  # Only the weak-type flag; the dtype is the array's.
+  value = fun(*args)
+  if not isinstance(value, np.ndarray):
+    raise pickle.UnpicklingError(
+        'a pickled JAX array must hold a numpy array, got '
+        f'{type(value).__name__}')
+  value.__setstate__(arr_state)
+  return value
+
+
 _ALLOWED = {
     ('numpy', 'ndarray'): np.ndarray,
     ('numpy', 'dtype'): np.dtype,
@@ -52,6 +71,7 @@ _ALLOWED = {
     ('haiku._src.data_structures', 'FlatMap'): _as_dict,
     ('haiku._src.data_structures', 'FlatMapping'): _as_dict,
     ('haiku._src.data_structures', 'frozendict'): _as_dict,
+    ('jax._src.array', '_reconstruct_array'): _numpy_of_jax_array,
 }
 
 
@@ -63,7 +83,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     except KeyError:
       raise pickle.UnpicklingError(
           f'refusing to load {module}.{name}: a checkpoint may only hold '
-          'dicts and numpy arrays') from None
+          'dicts and numpy or JAX arrays (convert other objects first, '
+          'e.g. `jax.device_get(params)`, or save with '
+          '`perceiver.checkpoints.save`)') from None
 
 
 def _read_pickle(path: str):

@@ -107,6 +107,37 @@ def test_pickle_with_code_is_refused(tmp_path):
     checkpoints.load_official(str(path), 'language_mlm')
 
 
+def test_pickle_of_jax_arrays_from_init_loads(tmp_path):
+  """Parameters pickled straight from `init` (JAX arrays, with state)."""
+  name = 'imagenet_conv'
+  model = presets.build(name, **SMALL[name])
+  args = [jnp.zeros(a.shape, a.dtype)
+          for a in presets.example_inputs(name, batch=1, **SMALL[name])]
+  params, state = model.init(jax.random.PRNGKey(0), *args, is_training=True)
+  path = tmp_path / 'mine.pickle'
+  path.write_bytes(pickle.dumps({'params': params, 'state': state}))
+  loaded, loaded_state = checkpoints.load_official(str(path), name,
+                                                   **SMALL[name])
+  for got, want in ((loaded, params), (loaded_state, state)):
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+class _EvilJaxArray:
+  """A pickle that names JAX's array reconstruction but carries a command."""
+
+  def __reduce__(self):
+    from jax._src import array  # pylint: disable=g-import-not-at-top
+    return (array._reconstruct_array,  # pylint: disable=protected-access
+            (os.system, ('echo pwned',), None, {}))
+
+
+def test_jax_array_slot_cannot_call_code(tmp_path):
+  path = tmp_path / 'evil_jax.pickle'
+  path.write_bytes(pickle.dumps({'m': {'w': _EvilJaxArray()}}))
+  with pytest.raises(checkpoints.CheckpointError, match='refusing to load'):
+    checkpoints.load_official(str(path), 'language_mlm')
+
+
 def test_own_format_round_trip_without_pickle(tmp_path):
   params = {'a/~/b': {'w': np.arange(6, dtype=np.float32).reshape(2, 3)},
             'c': {'b': np.ones(3, np.float32)}}
