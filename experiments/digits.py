@@ -162,6 +162,13 @@ def make_forward(model: ml_collections.ConfigDict) -> hk.TransformedWithState:
   return hk.transform_with_state(forward)
 
 
+def build_forward(config) -> hk.TransformedWithState:
+  """The model of a run's config, for `perceiver.train.restore`: batch
+  {'image': float32 [B, 28, 28, 1], normalised as by `normalise`}
+  -> logits [B, 10]."""
+  return make_forward(config.model)
+
+
 def per_example(logits, batch, *, label_smoothing: float = 0.0):
   """Cross-entropy with label smoothing (as released) and accuracy, [B]."""
   labels = jax.nn.one_hot(batch['label'], NUM_CLASSES)

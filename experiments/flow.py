@@ -266,6 +266,12 @@ def make_forward(model: ml_collections.ConfigDict) -> hk.TransformedWithState:
   return hk.TransformedWithState(init=init, apply=apply)
 
 
+def build_forward(config) -> hk.TransformedWithState:
+  """The model of a run's config, for `perceiver.train.restore` (see
+  `make_forward`)."""
+  return make_forward(config.model)
+
+
 def per_example(flow_pred, batch) -> Dict[str, jax.Array]:
   """Average end-point error over each example's valid pixels, [B].
 

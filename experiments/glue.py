@@ -294,6 +294,12 @@ def make_forward(config) -> hk.TransformedWithState:
   return hk.transform_with_state(forward)
 
 
+def build_forward(config) -> hk.TransformedWithState:
+  """The model of a run's config, for `perceiver.train.restore` (see
+  `make_forward`)."""
+  return make_forward(config)
+
+
 def _head_slot(tasks: Sequence[str]) -> np.ndarray:
   """[num GLUE tasks] int32: global task id -> head index (0 if absent)."""
   slot = np.zeros(len(glue_data.TASK_NAMES), np.int32)

@@ -376,6 +376,13 @@ def build_model(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
   )
 
 
+def build_forward(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
+  """The model of a run's config, for `perceiver.train.restore`: the preset
+  of `build_model`, called on normalised images [B, S, S, 3] -> logits
+  [B, K] (no labels, no mixing)."""
+  return build_model(config)
+
+
 def cutmix_masks(rng: jax.Array, n: int, height: int, width: int) -> jax.Array:
   """n CutMix boxes as the released `cutmix_padding`: float32 [n, H, W].
 

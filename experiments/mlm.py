@@ -240,6 +240,12 @@ def make_forward(config) -> hk.TransformedWithState:
   )
 
 
+def build_forward(config) -> hk.TransformedWithState:
+  """The model of a run's config, for `perceiver.train.restore` (see
+  `make_forward`)."""
+  return make_forward(config)
+
+
 def per_example(logits_BLV, batch, *, unigram_logp_V) -> Dict[str, jax.Array]:
   """Cross-entropy over the masked bytes and the counts behind the metrics.
 

@@ -24,6 +24,8 @@ a named device mesh, optax and orbax:
   evaluation.py   whole-set per-example outputs gathered from every process
   loop.py         train(): restore or warm-start, step, log, checkpoint,
                   evaluate (or only evaluate: eval_only)
+  restore.py      use a trained model: restore(workdir) -> (forward,
+                  params, state, config) with predict(); export to .npz
 """
 
 from perceiver.train.config import base_config

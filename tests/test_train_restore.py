@@ -1,0 +1,83 @@
+"""restore: a trained workdir back to (forward, params, state, config)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import digits
+from experiments.data import load_mnist_10k
+from perceiver import checkpoints
+from perceiver.train import checkpoint as checkpoint_lib
+from perceiver.train import loop
+from perceiver.train import restore
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """digits.py:debug trained for 3 steps."""
+  workdir = str(tmp_path_factory.mktemp('digits'))
+  config = digits.get_config('debug')
+  config.total_steps = 3
+  config.checkpoint_every = 3
+  config.progress_bar = False
+  config.tensorboard = False
+  config.plot_curves = False
+  result = loop.train(config, digits.build_task, workdir)
+  return workdir, config, result
+
+
+def held_out_images(n=8):
+  images, _ = load_mnist_10k()
+  return digits.normalise(images[-n:])
+
+
+def test_restore_predicts_as_the_checkpoint(run):
+  workdir, config, result = run
+  forward, params, state, restored_config = restore.restore(
+    workdir, digits.__file__
+  )
+  assert restored_config.model.to_dict() == config.model.to_dict()
+  assert restored_config.total_steps == 3
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    params,
+    jax.device_get(result['train_state'].params),
+  )
+  batch = {'image': held_out_images()}
+  raw_params, raw_state = checkpoint_lib.load_variables(workdir)
+  want, _ = digits.make_forward(config.model).apply(
+    raw_params, raw_state, None, batch, is_training=False
+  )
+  got, _ = forward.apply(params, state, None, batch, is_training=False)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  model = restore.restore(workdir, 'experiments.digits')
+  predicted = model.predict(batch)
+  assert predicted.shape == (8, digits.NUM_CLASSES)
+  np.testing.assert_allclose(predicted, want, rtol=1e-5, atol=1e-5)
+
+
+def test_export_to_npz_predicts_the_same(run, tmp_path):
+  workdir, config, _ = run
+  path = restore.export(workdir, str(tmp_path / 'digits.npz'))
+  params, state = checkpoints.load(path)
+  batch = {'image': held_out_images()}
+  forward = digits.make_forward(config.model)
+  got, _ = forward.apply(params, state, None, batch, is_training=False)
+  model = restore.restore(workdir, digits)
+  np.testing.assert_allclose(got, model.predict(batch), rtol=1e-5, atol=1e-5)
+
+
+def test_experiment_named_in_config_json(run, tmp_path):
+  workdir, _, _ = run
+  with open(os.path.join(workdir, 'config.json')) as f:
+    recorded = json.load(f)
+  if not recorded.get('experiment'):
+    with pytest.raises(ValueError, match='experiment: .*does not name'):
+      restore.restore(workdir)
+  with pytest.raises(ValueError, match='with config.json'):
+    restore.restore(str(tmp_path), digits)
+  with pytest.raises(ValueError, match='expected an experiment file'):
+    restore.restore(workdir, str(tmp_path / 'missing.py'))
