@@ -1,8 +1,11 @@
-"""The six released Perceiver IO models (MODELS.md Sec. 2), one function each.
+"""The six released Perceiver IO models (the four released colabs' configs),
+one function each.
 
 `build(name, **overrides)` returns an `hk.TransformedWithState` whose
-parameter tree equals the released checkpoint's (official_params.json), so a
-released checkpoint loads with no conversion (`perceiver.checkpoints`).
+parameter tree equals the released checkpoint's (module names, parameter
+names and shapes; tests/data/released_checkpoints.json, checked by
+tests/test_presets.py), so a released checkpoint loads with no conversion
+(`perceiver.checkpoints`).
 
 Calls (`init` takes the same arguments without params and state):
 

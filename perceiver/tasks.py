@@ -1,4 +1,4 @@
-"""The four Perceiver IO colabs as library functions (MODELS.md Sec. 2).
+"""The four released Perceiver IO colabs as library functions.
 
 * `fill_masked_bytes`: masked language modelling on UTF-8 bytes (Sec. 4.1;
   masked_language_modelling.ipynb).

@@ -14,7 +14,8 @@ from tests.test_presets import SMALL, official  # noqa: F401  (fixture)
 
 
 def synthetic_tree(entry, seed=0):
-  """Random arrays with the names/shapes/dtypes of an official_params entry."""
+  """Random arrays with the names/shapes/dtypes of a released checkpoint's tree
+  (tests/data/released_checkpoints.json)."""
   rng = np.random.default_rng(seed)
   return {m: {n: rng.standard_normal(s['shape']).astype(s['dtype'])
               for n, s in d.items()} for m, d in entry.items()}

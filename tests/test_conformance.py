@@ -1,4 +1,4 @@
-"""Drop-in conformance with DeepMind's released Perceiver IO code (issue 9).
+"""Drop-in conformance with DeepMind's released Perceiver IO code.
 
 Five kinds of check, each against an independent reference:
 
@@ -6,7 +6,8 @@ Five kinds of check, each against an independent reference:
   arguments, has the released Haiku module paths, parameter names and
   shapes; the expected trees are test data (tests/data/
   released_module_trees.json), written from the released code's naming
-  (MODELS.md Sec. 1), not from this library.
+  (the released perceiver.py, position_encoding.py and io_processors.py),
+  not from this library.
 * The colabs' calls: the four colabs' model functions and loops, in their
   released argument forms (`from perceiver import perceiver`, config dicts
   passed at apply time, `'label': None` in the chunk dicts, tuples from
@@ -719,7 +720,7 @@ def test_colab_optical_flow_with_tiling():
 
 
 def _colab_video_autoencoder(cfg):
-  """The colab's video_autoencoder, at the sizes of SMALL (MODELS.md 2.4)."""
+  """The colab's video_autoencoder, at the sizes of SMALL (video_autoencoding.ipynb)."""
   from perceiver import perceiver  # The colab's import.
 
   frames, img_sz, spp = cfg['num_frames'], cfg['image_size'] // 4, 16
@@ -1220,8 +1221,8 @@ def test_conv_postprocessor_default_spatial_upsample_upsamples_4x():
 # ---------------------------------------------------------------------------
 
 
-def test_fourier_features_issue_values():
-  # Issue 9, item 3: -0.8671875 is exact in bfloat16; the features are
+def test_fourier_features_bfloat16_positions():
+  # -0.8671875 is exact in bfloat16; the features are
   # those of float32 (hand-computed: frequencies 1 and 112, so sin(-0.867 pi),
   # sin(-97.125 pi), cos(-0.867 pi), cos(-97.125 pi)), rounded once.
   pos = jnp.asarray([[-0.8671875]], jnp.bfloat16)

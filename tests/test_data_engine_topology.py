@@ -1,4 +1,4 @@
-"""Digits with augmentation trains the same on any topology (issue 10).
+"""Digits with augmentation trains the same on any topology.
 
 Reference: `experiments.main --config=experiments/digits.py:debug` (random
 shifts of up to 2 pixels on) as 1 process x 4 CPU devices with no loader

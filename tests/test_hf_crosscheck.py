@@ -53,8 +53,10 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 RTOL = 1e-4
+# The released checkpoints' parameter trees (names, shapes, dtypes, counts).
 OFFICIAL_PARAMS = os.environ.get(
-  'PERCEIVER_OFFICIAL_PARAMS', '/work/shared/reference/official_params.json'
+  'PERCEIVER_OFFICIAL_PARAMS',
+  os.path.join(os.path.dirname(__file__), 'data', 'released_checkpoints.json'),
 )
 BATCH = 2
 

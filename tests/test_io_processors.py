@@ -6,7 +6,8 @@ channels.
 Values are checked against slow, obvious numpy references written here (loops
 over output positions), hand-computed values and round trips; the released
 configs are built at full size under `jax.eval_shape` only and compared with
-the parameter trees of the released checkpoints (official_params.json).
+the parameter trees of the released checkpoints
+(tests/data/released_checkpoints.json).
 """
 
 import json
@@ -20,8 +21,10 @@ import pytest
 
 from perceiver import io_processors as io
 
+# The released checkpoints' parameter trees (names, shapes, dtypes, counts).
 OFFICIAL_PARAMS = os.environ.get(
-  'PERCEIVER_OFFICIAL_PARAMS', '/work/shared/reference/official_params.json'
+  'PERCEIVER_OFFICIAL_PARAMS',
+  os.path.join(os.path.dirname(__file__), 'data', 'released_checkpoints.json'),
 )
 
 
@@ -847,7 +850,7 @@ def test_embedding_decoder_tied_logits():
 
 
 # ---------------------------------------------------------------------------
-# Released configs at full size (eval_shape only) vs official_params.json
+# Released configs at full size (eval_shape only) vs the released trees
 # ---------------------------------------------------------------------------
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from perceiver import presets
 
-REFERENCE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
-                         'reference', 'official_params.json')
+# The released checkpoints' parameter trees (names, shapes, dtypes, counts).
+REFERENCE = os.path.join(os.path.dirname(__file__), 'data',
+                         'released_checkpoints.json')
 
 
 @pytest.fixture(scope='module')

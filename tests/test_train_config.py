@@ -2,7 +2,7 @@
 
 Bad values must be rejected before anything is built or compiled, with the
 field's name in the message; the command line must accept overrides and
-write the workdir the issue describes.
+write the workdir (config, metrics, checkpoints, plots).
 """
 
 import json

@@ -1,7 +1,7 @@
 """Schedules, the weight-decay mask and one optimizer step, by hand.
 
-References: the learning rates MODELS.md 3.2 records for the released
-schedule at batch 1024, and update formulas written out with numpy.
+References: the learning rates of the released schedule
+(train/utils.py, train/experiment.py) at batch 1024, and update formulas written out with numpy.
 """
 
 import jax

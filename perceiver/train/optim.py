@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules (Perceiver IO, App. E; MODELS.md 3.2).
+"""Optimizers and learning-rate schedules (Perceiver IO, App. E;
+the released train/utils.py).
 
 Everything is built from optax's own transformations:
 
@@ -70,7 +71,7 @@ def make_schedule(
 def decay_mask(params: Any, decay_pos_embs: bool = True) -> Any:
   """True for the parameters that get weight decay.
 
-  Excluded (MODELS.md 3.2): biases (named 'b'), every parameter of a module
+  Excluded (as in the released train/utils.py): biases (named 'b'), every parameter of a module
   whose name contains 'layer_norm' or 'batchnorm', and, unless
   `decay_pos_embs`, the position tables/latents/queries named 'pos_embs'.
 
@@ -123,7 +124,8 @@ def make_optimizer(
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The released ImageNet optimizer settings (LAMB, MODELS.md 3.2)."""
+  """The released ImageNet optimizer settings (LAMB, released
+  train/experiment.py)."""
   return ml_collections.ConfigDict(
     dict(
       name='lamb',

@@ -102,7 +102,7 @@ def make_train_step(
   schedule: Optional[optax.Schedule] = None,
   batch_constraint: Optional[Any] = None,
 ) -> Callable:
-  """Builds the (un-jitted) train step; `loop.compile_train_step` jits it.
+  """Builds the (un-jitted) train step; `loop.train` jits it.
 
   Args:
     forward: the model, a `hk.TransformedWithState`.
