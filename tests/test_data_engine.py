@@ -130,10 +130,13 @@ def test_eval_batches_cover_every_record_once(procs, workers):
       ops=(data_lib.Map(double),),
       worker_count=workers,
     ):
-      assert b['mask'].dtype == np.float32 and len(b['x']) == batch // procs
+      assert (
+        b[data_lib.EVAL_MASK].dtype == np.float32
+        and len(b['x']) == batch // procs
+      )
       np.testing.assert_array_equal(b['y'], 2 * b['x'])
-      seen.extend(b['x'][b['mask'] == 1].tolist())
-      padding += int((b['mask'] == 0).sum())
+      seen.extend(b['x'][b[data_lib.EVAL_MASK] == 1].tolist())
+      padding += int((b[data_lib.EVAL_MASK] == 0).sum())
   assert sorted(seen) == list(range(n))
   block = batch * max(workers, 1)  # whole blocks of W batches
   assert padding == -(-n // block) * block - n

@@ -38,6 +38,7 @@ import numpy as np
 
 from perceiver.train import checkpoint as checkpoint_lib
 from perceiver.train import config as config_lib
+from perceiver.train import data as data_lib
 from perceiver.train import mesh as mesh_lib
 from perceiver.train import metrics as metrics_lib
 from perceiver.train import optim
@@ -183,6 +184,7 @@ def train(
 
   mesh = mesh_lib.make_mesh(config.fsdp, devices)
   task = build_task(config, jax.process_index(), jax.process_count())
+  data_lib.check_batch_keys(task.example_batch, 'task.example_batch')
   schedule = optim.make_schedule(
     config.optimizer, config.batch_size, config.total_steps
   )
@@ -312,7 +314,10 @@ def train(
       last_step = start_step if config.eval_only else config.total_steps
       for step in range(start_step, last_step):
         asked = time.perf_counter()
-        batch = mesh_lib.global_batch(next(task.train_data), mesh)
+        local = next(task.train_data)
+        if step == start_step:
+          data_lib.check_batch_keys(local, 'task.train_data')
+        batch = mesh_lib.global_batch(local, mesh)
         timer.waited(time.perf_counter() - asked)
         ts, metrics = train_step(ts, batch)
         if pending is not None:
