@@ -420,7 +420,8 @@ def train_iterator(
   if global_batch > n:
     raise ValueError(
       f'global_batch: expected at most the number of records in the source '
-      f'({n}), got {global_batch}.'
+      f'({n} training examples), got {global_batch} (batch_size: a batch '
+      f'larger than the training data).'
     )
   if not isinstance(seed, int) or not 0 <= seed < 2**32:
     raise ValueError(f'seed: expected an integer in [0, 2**32), got {seed!r}.')

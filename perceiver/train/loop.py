@@ -177,10 +177,7 @@ def _finished(
   config, task: Task, workdir: str, step: int, abstract
 ) -> Dict[str, Any]:
   """train()'s result for a finished run, restored; writes nothing."""
-  _say(
-    f'{workdir}: already finished at step {step} (total_steps '
-    f'{config.total_steps}); nothing to do.'
-  )
+  _say(f'{workdir}: already finished at step {step}; nothing to do.')
   checkpointer = checkpoint_lib.Checkpointer(
     os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
   )
