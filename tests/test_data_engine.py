@@ -214,7 +214,10 @@ def test_failing_op_names_the_record(workers):
 @pytest.mark.parametrize(
   'kwargs,match',
   [
-    (dict(global_batch=24), r'global_batch: .*at most .*\(22\), got 24'),
+    (
+      dict(global_batch=24),
+      r'global_batch: .*at most .*\(22 training examples\), got 24',
+    ),
     (dict(global_batch=6, process_count=4), 'multiple of the process count 4'),
     (dict(seed=-1), r'seed: expected an integer in \[0, 2\*\*32\)'),
     (dict(worker_count=-1), 'worker_count: expected a non-negative'),
