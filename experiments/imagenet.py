@@ -799,8 +799,8 @@ def eval_batches(
 
   Returns:
     An iterator of {'image': float32 [b, S, S, 3], 'label': int32 [b],
-    'mask': float32 [b]} (b = eval_batch_size / process_count; mask 0 on
-    the padding of the last batch), preprocessed by `eval_ops`.
+    data_lib.EVAL_MASK: float32 [b]} (b = eval_batch_size / process_count;
+    0 on the padding of the last batch), preprocessed by `eval_ops`.
   """
   return data_lib.eval_batches(
     evaluation,

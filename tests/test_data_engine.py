@@ -130,10 +130,13 @@ def test_eval_batches_cover_every_record_once(procs, workers):
       ops=(data_lib.Map(double),),
       worker_count=workers,
     ):
-      assert b['mask'].dtype == np.float32 and len(b['x']) == batch // procs
+      assert (
+        b[data_lib.EVAL_MASK].dtype == np.float32
+        and len(b['x']) == batch // procs
+      )
       np.testing.assert_array_equal(b['y'], 2 * b['x'])
-      seen.extend(b['x'][b['mask'] == 1].tolist())
-      padding += int((b['mask'] == 0).sum())
+      seen.extend(b['x'][b[data_lib.EVAL_MASK] == 1].tolist())
+      padding += int((b[data_lib.EVAL_MASK] == 0).sum())
   assert sorted(seen) == list(range(n))
   block = batch * max(workers, 1)  # whole blocks of W batches
   assert padding == -(-n // block) * block - n
@@ -211,7 +214,10 @@ def test_failing_op_names_the_record(workers):
 @pytest.mark.parametrize(
   'kwargs,match',
   [
-    (dict(global_batch=24), r'global_batch: .*at most .*\(22\), got 24'),
+    (
+      dict(global_batch=24),
+      r'global_batch: .*at most .*\(22 training examples\), got 24',
+    ),
     (dict(global_batch=6, process_count=4), 'multiple of the process count 4'),
     (dict(seed=-1), r'seed: expected an integer in \[0, 2\*\*32\)'),
     (dict(worker_count=-1), 'worker_count: expected a non-negative'),

@@ -17,6 +17,7 @@ from PIL import Image
 from experiments import imagenet
 from perceiver import checkpoints
 from perceiver import presets
+from perceiver.train import data as data_lib
 from perceiver.train import optim
 from perceiver.train import train
 
@@ -309,7 +310,10 @@ def test_imagefolder_task_batches(tmp_path):
   evals = list(imagenet.eval_batches(config, evaluation, 0, 1))
   assert [b['image'].shape for b in evals] == [(4, 16, 16, 3)] * 2
   assert [b['label'].tolist() for b in evals] == [[0, 0, 0, 1], [1, 1, 0, 0]]
-  assert [b['mask'].tolist() for b in evals] == [[1] * 4, [1, 1, 0, 0]]
+  assert [b[data_lib.EVAL_MASK].tolist() for b in evals] == [
+    [1] * 4,
+    [1, 1, 0, 0],
+  ]
   bad = _override(config, num_train=1000)
   with pytest.raises(ValueError, match=r'num_train: expected .* \(8;'):
     imagenet.build_task(bad, 0, 1)

@@ -124,3 +124,85 @@ def jax_leaves(train_state):
       (train_state.params, train_state.opt_state, train_state.step)
     )
   ]
+
+
+def _snapshot(workdir):
+  """{relative path: bytes} of every file in the workdir."""
+  files = {}
+  for root, _, names in os.walk(workdir):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, workdir)] = f.read()
+  return files
+
+
+def test_shape_changing_config_is_refused_and_the_workdir_untouched(
+  tmp_path,
+):
+  workdir = str(tmp_path)
+  loop.train(_config(total_steps=5), common.build_toy_task, workdir)
+  before = _snapshot(workdir)
+
+  with pytest.raises(ValueError) as e:
+    loop.train(
+      _config(total_steps=10, **{'model.width': 8}),
+      common.build_toy_task,
+      workdir,
+    )
+  message = str(e.value)
+  assert message.startswith('workdir: the checkpoints in')
+  assert "params['head']['w'] has shape (16, 4) in the checkpoints, (8, 4)" in (
+    message
+  )
+  assert 'model.width 16 -> 8' in message
+  assert len(message.splitlines()) <= 3
+  assert _snapshot(workdir) == before
+
+
+def test_finished_run_rerun_changes_nothing(tmp_path, capsys):
+  workdir = str(tmp_path)
+  loop.train(
+    _config(total_steps=5, tensorboard=True), common.build_toy_task, workdir
+  )
+  before = _snapshot(workdir)
+  capsys.readouterr()
+  again = loop.train(
+    _config(total_steps=5, tensorboard=True), common.build_toy_task, workdir
+  )
+  assert 'already finished at step 5; nothing to do' in capsys.readouterr().out
+  assert again['start_step'] == 5 and not again['losses']
+  assert _snapshot(workdir) == before
+
+
+def test_shape_preserving_changes_resume_and_are_listed(tmp_path, capsys):
+  workdir = str(tmp_path)
+  loop.train(_config(total_steps=5), common.build_toy_task, workdir)
+  capsys.readouterr()
+  out = loop.train(
+    _config(total_steps=10, **{'optimizer.base_lr': 5e-3}),
+    common.build_toy_task,
+    workdir,
+  )
+  said = capsys.readouterr().out
+  assert '  optimizer.base_lr: 0.01 -> 0.005\n' in said
+  assert '  total_steps: 5 -> 10\n' in said
+  assert out['start_step'] == 5 and sorted(out['losses']) == list(range(6, 11))
+  records = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  steps = [r['step'] for r in records if 'loss' in r]
+  assert steps == list(range(1, 11))  # every step once
+  assert [r['step'] for r in records if 'eval/loss' in r] == [5, 10]
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert '"total_steps": 10' in f.read()
+
+
+def test_final_evaluation_rerun_replaces_the_one_before(tmp_path):
+  """A run stopped after its last checkpoint but before result.json: the
+  final evaluation runs again and its metrics row appears once."""
+  workdir = str(tmp_path)
+  loop.train(_config(total_steps=5), common.build_toy_task, workdir)
+  os.remove(os.path.join(workdir, 'result.json'))
+  loop.train(_config(total_steps=5), common.build_toy_task, workdir)
+  records = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['step'] for r in records if 'eval/loss' in r] == [5]
+  assert os.path.exists(os.path.join(workdir, 'result.json'))

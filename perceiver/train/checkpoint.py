@@ -161,6 +161,42 @@ def _as_tree(train_state: Any) -> dict:
   return dict(train_state._asdict())
 
 
+def flat_shapes(tree: Any) -> dict:
+  """{"['module']['w']": shape tuple} of a tree of arrays or array specs."""
+  return {
+    jax.tree_util.keystr(path): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+
+
+def stored_shapes(directory: str) -> Optional[Tuple[int, dict]]:
+  """The shapes of the newest checkpoint in `directory` whose metadata reads.
+
+  Reads only orbax's metadata (no array), so a config can be compared with
+  the checkpoints of a workdir before anything is restored or written.
+
+  Returns:
+    (step, {'params': {path: shape}, 'state': {path: shape}}) for the
+    model's parameters and state (paths as `flat_shapes` writes them), or None if `directory` holds no readable
+    checkpoint.
+  """
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    return None
+  for step in sorted(ocp.utils.checkpoint_steps(directory), reverse=True):
+    state_dir = epath.Path(directory) / str(step) / 'state'
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      tree = handler.metadata(state_dir).tree
+      shapes = {k: flat_shapes(tree[k]) for k in ('params', 'state')}
+    except Exception:  # pylint: disable=broad-except
+      continue  # Damaged: restore_latest reports it and falls back.
+    finally:
+      handler.close()
+    return step, shapes
+  return None
+
+
 def load_variables(path: str, *, arg_name: str = 'path') -> Tuple[Any, Any]:
   """The parameters and model state of an engine checkpoint, on the host.
 

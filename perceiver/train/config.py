@@ -9,7 +9,8 @@ fields to the `data` section (keeping the loader's: `data.worker_count`,
 is compiled, with a `ValueError` naming the field, the expected and what came.
 """
 
-from typing import Any
+import re
+from typing import Any, Dict, List, Optional, Tuple
 
 import ml_collections
 
@@ -54,6 +55,161 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# One line per field of `base_config()` (and `optimizer.default_config()`);
+# `experiments.main --help_config` prints them with each field's value.
+DESCRIPTIONS = {
+  'seed': 'seed of the initialisation, the dropout and the data order',
+  'batch_size': 'global batch: examples per update over every device of '
+  'every process',
+  'total_steps': 'number of updates of the whole run',
+  'log_every': 'steps between two training records in metrics.jsonl',
+  'checkpoint_every': 'steps between two checkpoints (one is always '
+  'written at the end)',
+  'keep_checkpoints': 'how many of the newest checkpoints are kept',
+  'async_checkpoint': 'write checkpoints in the background while training '
+  'goes on',
+  'eval_every': 'steps between two evaluations on the held-out data; 0: '
+  'only at the end',
+  'eval_batch_size': 'global batch of the evaluation',
+  'accumulation_steps': 'microbatches per update (gradient accumulation); '
+  'divides batch_size',
+  'precision': "'float32', or 'bfloat16' (params in float32, compute in "
+  'bfloat16)',
+  'fsdp': 'size of the FSDP mesh axis (parameters sharded over it); 1: '
+  'replicated',
+  'nonfinite': "on a non-finite loss or gradient: 'stop' the run, or 'skip' "
+  'the update and count it',
+  'progress_bar': 'show a progress bar on the terminal',
+  'tensorboard': 'also write TensorBoard events to <workdir>/tensorboard',
+  'plot_curves': 'write training_curves.png at the end of a run',
+  'eval_only': "evaluate the workdir's latest checkpoint (or the warm "
+  'start) and stop, without training',
+  'optimizer.name': "'lamb' or 'adamw' (both after global-norm clipping)",
+  'optimizer.base_lr': 'peak learning rate (before scale_by_batch)',
+  'optimizer.scale_by_batch': 'multiply base_lr by batch_size / 256',
+  'optimizer.schedule': "'constant_cosine', 'warmup_cosine' or 'constant'",
+  'optimizer.constant_fraction': 'constant_cosine: fraction of the steps '
+  'at the constant rate before the cosine decay',
+  'optimizer.warmup_steps': 'warmup_cosine: steps of linear warmup from 0',
+  'optimizer.end_lr': 'learning rate at the end of the cosine decay',
+  'optimizer.b1': 'Adam/LAMB decay rate of the first moment',
+  'optimizer.b2': 'Adam/LAMB decay rate of the second moment',
+  'optimizer.eps': 'Adam/LAMB epsilon',
+  'optimizer.weight_decay': 'decoupled weight decay (not on biases and '
+  'norm parameters)',
+  'optimizer.decay_pos_embs': 'also decay the position embeddings',
+  'optimizer.clip_norm': 'clip the gradient to this global norm; 0: no '
+  'clipping',
+  'data.worker_count': 'loader worker processes (0: read in this process)',
+  'data.prefetch': 'batches each loader worker keeps ready',
+  'data.skip_corrupt': 'replace unreadable records (and count them) '
+  'instead of stopping',
+}
+# Fields several experiments add, with the same meaning.
+COMMON_DESCRIPTIONS = {
+  'epochs': 'passes over the training split (total_steps follows from it)',
+  'num_train': 'number of training examples used',
+  'init_checkpoint': 'warm start: a workdir or checkpoint whose parameters '
+  "initialise the model ('' for none)",
+  'data.dir': 'directory of the dataset',
+  'data.label_smoothing': 'label smoothing of the cross-entropy',
+  'data.image_size': 'side of the (square) images, in pixels',
+  'data.audio_rate': 'audio samples per second',
+  'data.fps': 'video frames per second',
+  'data.seq_len': 'tokens (bytes) per sequence',
+  'model.num_latents': 'N: number of latent vectors',
+  'model.z_index_dim': 'N: number of latent vectors',
+  'model.num_z_channels': 'D: channels of each latent vector',
+  'model.num_blocks': 'latent blocks (weights shared across blocks)',
+  'model.num_self_attends_per_block': 'self-attention layers per block',
+  'model.num_self_attend_heads': 'heads of the latent self-attention',
+  'model.num_cross_attend_heads': 'heads of the encoder cross-attention',
+  'model.num_heads': 'attention heads',
+  'model.qk_channels': 'channels of queries and keys (None: from the inputs)',
+  'model.v_channels': 'channels of the values (None: from the queries)',
+  'model.widening_factor': 'MLP width / channels',
+  'model.dropout_prob': 'dropout probability',
+  'model.d_model': 'channels of the token embeddings',
+  'model.num_bands': 'Fourier position-encoding bands per axis',
+  'model.num_classes': 'number of output classes',
+  'model.image_size': 'side of the input images, in pixels',
+  'model.decoder_num_channels': 'channels of the decoder query',
+  'model.attention_impl': "self-attention kernel: 'reference' or another "
+  'implementation of perceiver.attention',
+  'model.cross_attention_impl': 'cross-attention kernel (see '
+  'perceiver.attention)',
+  'model.remat': 'recompute activations in the backward pass (less memory)',
+  'model.scan_blocks': 'compile the repeated blocks once (jax.lax.scan)',
+  'model.scan_layers': 'compile the repeated self-attention layers once '
+  '(jax.lax.scan)',
+}
+
+
+def flat_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """{'model.num_latents': 8, ...}: every leaf field by its dotted name."""
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out.update({f'{k}.{n}': x for n, x in flat_fields(v).items()})
+    else:
+      out[k] = v
+  return out
+
+
+_ASSIGN = re.compile(r'^\s*c\.([\w.]+)\s*=[^=#][^#]*#\s*(\S.*)$')
+_SECTION = re.compile(r'^(\s*)c\.([\w.]+)(\s*=.*ConfigDict\(|\.update\()\s*$')
+_KEYWORD = re.compile(r'^\s*(\w+)=[^#]*#\s*(\S.*)$')
+
+
+def field_comments(source: str) -> Dict[str, str]:
+  """Field descriptions from the comments of a `get_config` source: of
+  `c.<field> = value  # comment` lines and of `name=value,  # comment` lines
+  inside `c.<section> = ConfigDict(dict(...))` or `c.<section>.update(...)`.
+  The first comment of a field wins."""
+  found: Dict[str, str] = {}
+  section: Optional[Tuple[str, int]] = None
+  for line in source.splitlines():
+    stripped = line.strip()
+    indent = len(line) - len(line.lstrip())
+    if section is not None and stripped and indent <= section[1]:
+      section = None
+    m = _SECTION.match(line)
+    if m:
+      section = (m.group(2), len(m.group(1)))
+      continue
+    m = _ASSIGN.match(line)
+    if m:
+      found.setdefault(m.group(1), m.group(2))
+      continue
+    m = _KEYWORD.match(line)
+    if m and section is not None:
+      found.setdefault(f'{section[0]}.{m.group(1)}', m.group(2))
+  return found
+
+
+def describe(
+  config: ml_collections.ConfigDict,
+  experiment: Optional[Dict[str, str]] = None,
+) -> List[Tuple[str, Any, str]]:
+  """(field, value, one-line description) of every field of `config`.
+
+  Descriptions come from `DESCRIPTIONS`, then `COMMON_DESCRIPTIONS`, then
+  `experiment` (an experiment's own, e.g. its `field_comments`); a field
+  without any is described by its type.
+  """
+  experiment = experiment or {}
+  rows = []
+  for name, value in sorted(flat_fields(config).items()):
+    text = (
+      DESCRIPTIONS.get(name)
+      or COMMON_DESCRIPTIONS.get(name)
+      or experiment.get(name)
+      or f'experiment field ({type(value).__name__})'
+    )
+    rows.append((name, value, text))
+  return rows
+
+
 def _field_positive_int(
   config, name: str, allow_zero: bool = False, prefix: str = ''
 ) -> None:
@@ -66,6 +222,19 @@ def _field_positive_int(
   if not ok:
     what = 'a non-negative' if allow_zero else 'a positive'
     raise ValueError(f'{prefix}{name}: expected {what} integer, got {value!r}.')
+
+
+def _check_derived_total_steps(config) -> None:
+  """Explains a total_steps of 0 derived from a batch larger than the data
+  (experiments with `epochs` and `num_train` fields)."""
+  if config.total_steps != 0 or 'num_train' not in config:
+    return
+  if config.batch_size > config.num_train:
+    raise ValueError(
+      f'batch_size: expected at most num_train={config.num_train} (the '
+      f'number of training examples), got {config.batch_size}; it makes '
+      f'total_steps 0.'
+    )
 
 
 def validate(
@@ -88,6 +257,8 @@ def validate(
     'accumulation_steps',
     'fsdp',
   ):
+    if name == 'total_steps':
+      _check_derived_total_steps(config)
     _field_positive_int(config, name)
   _field_positive_int(config, 'eval_every', allow_zero=True)
   validation.check_choice('precision', config.precision, PRECISIONS)

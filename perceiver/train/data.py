@@ -53,6 +53,20 @@ _INDEX = '_record_index'  # which source record was read
 _SKIPPED = '_skipped_records'  # how many unreadable records it replaced
 _REAL = '_real'  # 1 for a real example, 0 for eval padding
 _RESERVED = (_INDEX, _SKIPPED, _REAL)
+# The padding mask of evaluation batches (float32 [b]: 1 for a real example, 0
+# for padding), under a name of the engine's own: a task's batches may carry
+# a 'mask' of their own (an attention mask) but never this key.
+EVAL_MASK = '_eval_mask'
+
+
+def check_batch_keys(batch: Any, where: str) -> None:
+  """Raises ValueError if a task's batch uses the engine's `EVAL_MASK` key."""
+  if isinstance(batch, dict) and EVAL_MASK in batch:
+    raise ValueError(
+      f'{where}: the key {EVAL_MASK!r} is reserved for the padding mask the '
+      f"engine adds to evaluation batches; rename that entry of the task's "
+      f'batches (keys {sorted(batch)}).'
+    )
 
 
 class CorruptRecordError(ValueError):
@@ -250,11 +264,12 @@ class BatchIterator:
 
   def __next__(self) -> Batch:
     batch = dict(next(self._it))
+    check_batch_keys(batch, 'source')
     self.last_indices = batch.pop(_INDEX)
     self.skipped_records += int(batch.pop(_SKIPPED).sum())
     real = batch.pop(_REAL)
     if self._eval:
-      batch['mask'] = real.astype(np.float32)
+      batch[EVAL_MASK] = real.astype(np.float32)
     return batch
 
   def get_state(self) -> bytes:
@@ -405,7 +420,8 @@ def train_iterator(
   if global_batch > n:
     raise ValueError(
       f'global_batch: expected at most the number of records in the source '
-      f'({n}), got {global_batch}.'
+      f'({n} training examples), got {global_batch} (batch_size: a batch '
+      f'larger than the training data).'
     )
   if not isinstance(seed, int) or not 0 <= seed < 2**32:
     raise ValueError(f'seed: expected an integer in [0, 2**32), got {seed!r}.')
@@ -456,7 +472,7 @@ def eval_batches(
 
   Returns:
     An iterator of this process's rows [B/P, ...] of each global batch,
-    with a float32 'mask' [B/P]: 1 for a real example, 0 for the padding
+    with a float32 `EVAL_MASK` entry [B/P]: 1 for a real example, 0 for the padding
     (repeats of real records) that completes the last batch. The number of
     batches is ceil(N / (B*max(W, 1))) * max(W, 1): with W workers, up to
     W-1 extra batches are all padding. Each record appears once with mask 1.

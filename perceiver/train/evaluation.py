@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from perceiver.train import mesh as mesh_lib
+from perceiver.train.data import EVAL_MASK
 
 
 def gather_rows(
@@ -28,26 +29,28 @@ def gather_rows(
     fn: a jitted `(params, state, batch) -> {name: [B, ...] array}`.
     params, state: the model's (possibly sharded) parameters and state.
     batches: this process's rows of each global batch [b, ...], each with
-      the engine's float32 'mask' entry (1 real example, 0 padding), as
-      `data.eval_batches` yields them.
+      the engine's float32 `data.EVAL_MASK` entry (1 real example, 0
+      padding), as `data.eval_batches` yields them; `fn` gets the batch
+      without it.
 
   Returns:
     {name: [N, ...] numpy}: the rows of every process concatenated in batch
     order (within a batch: process 0's rows first), padding rows removed.
 
   Raises:
-    ValueError: a batch without a 'mask' entry.
+    ValueError: a batch without the `data.EVAL_MASK` entry.
   """
   leaves = jax.tree.leaves(params)
   mesh = getattr(leaves[0].sharding, 'mesh', None) if leaves else None
   pieces: Dict[str, list] = {}
   for local in batches:
-    if 'mask' not in local:
+    if EVAL_MASK not in local:
       raise ValueError(
-        f'batches: expected the engine\'s "mask" entry, got keys '
-        f'{sorted(local)}.'
+        f"batches: expected the engine's {EVAL_MASK!r} entry (padding "
+        f'mask), got keys {sorted(local)}.'
       )
-    mask = np.asarray(local['mask'])
+    local = dict(local)
+    mask = np.asarray(local.pop(EVAL_MASK))
     if jax.process_count() > 1 and mesh is not None:
       out = fn(params, state, mesh_lib.global_batch(local, mesh))
       out = multihost_utils.process_allgather(out, tiled=True)

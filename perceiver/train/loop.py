@@ -5,8 +5,14 @@ process (call `distributed.initialize` first on multi-host jobs):
 
 1. check the config (before compiling anything);
 2. build the mesh, the task (model + this process's data) and the optimizer;
-3. restore the latest readable checkpoint from `<workdir>/checkpoints`, or
-   initialise from `config.seed`;
+3. compare the config with the workdir's checkpoints before writing
+   anything there (`check_workdir`): checkpoints made for other parameter
+   shapes are refused (a ValueError naming the parameter and both shapes;
+   `config.json` is left as it is), other changed fields are listed; a
+   finished run (a checkpoint at `total_steps` and a `result.json`) is left
+   untouched ("already finished"). Then restore the latest readable
+   checkpoint from `<workdir>/checkpoints`, or initialise from
+   `config.seed`, and write `config.json`;
 4. run `jax.jit`-compiled train steps with donated state until
    `config.total_steps`, logging every `log_every` steps and checkpointing
    every `checkpoint_every` steps (and at the end);
@@ -29,7 +35,7 @@ any later checkpoint is written, so the last checkpoint is a good one.
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 import jax
@@ -38,6 +44,7 @@ import numpy as np
 
 from perceiver.train import checkpoint as checkpoint_lib
 from perceiver.train import config as config_lib
+from perceiver.train import data as data_lib
 from perceiver.train import mesh as mesh_lib
 from perceiver.train import metrics as metrics_lib
 from perceiver.train import optim
@@ -70,6 +77,126 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   with open(path + '.tmp', 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   os.replace(path + '.tmp', path)
+
+
+def _flat(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def config_changes(
+  config: ml_collections.ConfigDict, workdir: str
+) -> List[Tuple[str, Any, Any]]:
+  """(field, value in `<workdir>/config.json`, value in `config`) of every
+  field that differs; [] when there is no readable config.json."""
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path) as f:
+      old = _flat(json.load(f))
+  except (OSError, ValueError):
+    return []
+  new = _flat(json.loads(config.to_json_best_effort()))
+  absent = '(absent)'
+  return [
+    (k, old.get(k, absent), new.get(k, absent))
+    for k in sorted(old.keys() | new.keys())
+    if old.get(k, absent) != new.get(k, absent)
+  ]
+
+
+def check_workdir(
+  config: ml_collections.ConfigDict, workdir: str, abstract: Any
+) -> Optional[int]:
+  """Compares `config` with the checkpoints in `workdir`; touches nothing.
+
+  Args:
+    config: the config of this run.
+    workdir: the run's workdir.
+    abstract: the `TrainState` of `jax.ShapeDtypeStruct`s this config makes.
+
+  Returns:
+    The step of the newest checkpoint, or None if there is none. Config
+    fields changed since `config.json` (that leave every parameter shape
+    as it is) are listed on process 0, one line per field.
+
+  Raises:
+    ValueError: a parameter (or model state) of the checkpoints has another
+      shape, or is missing or extra, under this config; names it, both
+      shapes and the changed config fields.
+  """
+  directory = os.path.join(workdir, 'checkpoints')
+  stored = checkpoint_lib.stored_shapes(directory)
+  if stored is None:
+    return None
+  step, shapes = stored
+  changes = config_changes(config, workdir)
+  problems = []
+  for name in ('params', 'state'):
+    want = checkpoint_lib.flat_shapes(getattr(abstract, name))
+    have = shapes[name]
+    for path in sorted(want.keys() | have.keys()):
+      w, h = want.get(path), have.get(path)
+      if w == h:
+        continue
+      if h is None:
+        what = 'is not in the checkpoints'
+      elif w is None:
+        what = f'{h} is in the checkpoints, not in the model of this config'
+      else:
+        what = f'has shape {h} in the checkpoints, {w} with this config'
+      problems.append(f'{name}{path} {what}')
+  if problems:
+    more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+    listed = ', '.join(f'{k} {o!r} -> {n!r}' for k, o, n in changes[:6])
+    if len(changes) > 6:
+      listed += f' and {len(changes) - 6} more'
+    raise ValueError(
+      f'workdir: the checkpoints in {directory} (step {step}) do not fit '
+      f'this config: {problems[0]}{more}.\n'
+      f'Config fields changed since they were made: {listed or "unknown"}.'
+      f'\nNothing in {workdir} was changed; undo the change or use another '
+      '--workdir.'
+    )
+  if changes:
+    _say(
+      f'Config changed since the checkpoints in {workdir} (no parameter '
+      'shape changes):'
+    )
+    for k, o, n in changes:
+      _say(f'  {k}: {o!r} -> {n!r}')
+  return step
+
+
+def _finished(
+  config, task: Task, workdir: str, step: int, abstract
+) -> Dict[str, Any]:
+  """train()'s result for a finished run, restored; writes nothing."""
+  _say(f'{workdir}: already finished at step {step}; nothing to do.')
+  checkpointer = checkpoint_lib.Checkpointer(
+    os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
+  )
+  try:
+    step, ts = checkpointer.restore_latest(abstract, task.train_data)
+  finally:
+    checkpointer.close()
+    close_data = getattr(task.train_data, 'close', None)
+    if close_data is not None:
+      close_data()
+  with open(os.path.join(workdir, 'result.json')) as f:
+    summary = json.load(f)
+  return {
+    'train_state': ts,
+    'start_step': step,
+    'losses': {},
+    'eval': {k: v for k, v in summary.items() if k.startswith('eval/')},
+    'nonfinite_count': int(jax.device_get(ts.nonfinite_count)),
+  }
 
 
 def evaluate(
@@ -179,10 +306,10 @@ def train(
   config_lib.validate(
     config, device_count=len(devices), process_count=jax.process_count()
   )
-  save_config(config, workdir)
 
   mesh = mesh_lib.make_mesh(config.fsdp, devices)
   task = build_task(config, jax.process_index(), jax.process_count())
+  data_lib.check_batch_keys(task.example_batch, 'task.example_batch')
   schedule = optim.make_schedule(
     config.optimizer, config.batch_size, config.total_steps
   )
@@ -200,6 +327,19 @@ def train(
     abstract,
     shardings,
   )
+
+  # Before anything in the workdir is written: refuse checkpoints made for
+  # other shapes, and leave a finished run as it is.
+  stored_step = check_workdir(config, workdir, abstract)
+  if (
+    stored_step is not None
+    and stored_step >= config.total_steps
+    and not config.eval_only
+    and os.path.exists(os.path.join(workdir, 'result.json'))
+  ):
+    return _finished(config, task, workdir, stored_step, abstract)
+  if not (config.eval_only and stored_step is not None):
+    save_config(config, workdir)
 
   checkpointer = checkpoint_lib.Checkpointer(
     os.path.join(workdir, 'checkpoints'),
@@ -261,6 +401,10 @@ def train(
     workdir,
     enabled=_is_chief(),
     resume_step=start_step,
+    # The final evaluation of a run stopped just after its last checkpoint
+    # is run again: drop the one it may have written.
+    drop_eval_at_resume=start_step >= config.total_steps
+    and not config.eval_only,
     tensorboard=config.tensorboard,
   )
   bar = progress_lib.ProgressBar(
@@ -312,7 +456,10 @@ def train(
       last_step = start_step if config.eval_only else config.total_steps
       for step in range(start_step, last_step):
         asked = time.perf_counter()
-        batch = mesh_lib.global_batch(next(task.train_data), mesh)
+        local = next(task.train_data)
+        if step == start_step:
+          data_lib.check_batch_keys(local, 'task.train_data')
+        batch = mesh_lib.global_batch(local, mesh)
         timer.waited(time.perf_counter() - asked)
         ts, metrics = train_step(ts, batch)
         if pending is not None:
@@ -373,6 +520,7 @@ def train(
       'skipped.'
     )
   steps_run = 0 if config.eval_only else config.total_steps - start_step
+  steps_run = max(steps_run, 0)
   if steps_run:
     _say(
       f'Trained {steps_run} steps in {train_time:.1f}s '

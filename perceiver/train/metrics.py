@@ -36,6 +36,7 @@ class MetricWriter:
     *,
     enabled: bool = True,
     resume_step: Optional[int] = None,
+    drop_eval_at_resume: bool = False,
     tensorboard: bool = True,
   ):
     self.enabled = enabled
@@ -45,7 +46,7 @@ class MetricWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._truncate_after(resume_step or 0)
+    self._truncate_after(resume_step or 0, drop_eval_at_resume)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
@@ -53,11 +54,19 @@ class MetricWriter:
         os.path.join(workdir, 'tensorboard'), purge_step=resume_step or None
       )
 
-  def _truncate_after(self, step: int) -> None:
-    """Keeps only the records with step <= `step` (all of them if 0 and new)."""
+  def _truncate_after(self, step: int, drop_eval_at_step: bool) -> None:
+    """Keeps only the records with step <= `step` (all of them if 0 and new),
+    less the evaluation records at `step` if `drop_eval_at_step`."""
     if not os.path.exists(self.path):
       return
-    kept = [r for r in read_metrics(self.path) if r.get('step', 0) <= step]
+
+    def keep(r) -> bool:
+      at = r.get('step', 0)
+      if drop_eval_at_step and at == step:
+        return not any(k.startswith('eval/') for k in r)
+      return at <= step
+
+    kept = [r for r in read_metrics(self.path) if keep(r)]
     tmp = self.path + '.tmp'
     with open(tmp, 'w') as f:
       for r in kept:

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import jmp
 import optax
 
+from perceiver.train.data import EVAL_MASK
+
 PerExampleFn = Callable[[Any, Any], Dict[str, jax.Array]]
 
 
@@ -207,13 +209,17 @@ def make_eval_step(
 ) -> Callable:
   """Builds `eval_step(params, state, batch) -> {name: sum over the batch}`.
 
-  Examples whose `batch['mask']` is 0 (padding of the last batch) are left
-  out; the sums also include 'count', the number of real examples.
+  Examples whose `batch[data.EVAL_MASK]` is 0 (padding of the last batch)
+  are left out; the sums also include 'count', the number of real examples.
+  The model and `per_example` see the batch without that entry.
   """
   policy = make_policy(precision)
 
   def eval_step(params, model_state, batch):
-    weights = batch.get('mask') if isinstance(batch, dict) else None
+    weights = None
+    if isinstance(batch, dict) and EVAL_MASK in batch:
+      batch = dict(batch)
+      weights = batch.pop(EVAL_MASK)
     inputs = batch
     outputs, _ = forward.apply(
       policy.cast_to_compute(params),

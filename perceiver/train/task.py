@@ -42,7 +42,8 @@ class Task(NamedTuple):
     example_batch: a small batch, identical on every process, used only to
       initialise the parameters.
     eval_data: returns a fresh pass over this process's rows of the
-      evaluation batches (each with a 'mask' entry), or None.
+      evaluation batches (each with the engine's `data.EVAL_MASK` padding
+      mask, a key the task's own batches must not use), or None.
     evaluate: `(params, state, workdir) -> {name: float}`, the experiment's
       own evaluation (whole-set metrics such as EPE over full-size frames,
       mAP or GLUE scores; reconstructions written to `workdir`). Called on
