@@ -103,7 +103,8 @@ def _linear(p, x):
 
 
 def _layer_norm(p, x):
-  return attn._layer_norm(x, p['scale'], p['offset'], _LN_EPS)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  return attn._layer_norm(x, p['scale'], p['offset'], _LN_EPS)
 
 
 class StreamingEncoder:
@@ -166,7 +167,8 @@ class StreamingEncoder:
                           k=cross + 'attention/linear_1',
                           v=cross + 'attention/linear_2')
     self._out_names = dict(o=cross + 'attention/linear_3',
-                           ln=cross + 'layer_norm_2', mlp_1=cross + 'mlp/linear',
+                           ln=cross + 'layer_norm_2',
+                           mlp_1=cross + 'mlp/linear',
                            mlp_2=cross + 'mlp/linear_1')
     self._process = hk.transform(self._process_fn)
     self._step = jax.jit(self._step_fn)
@@ -218,7 +220,8 @@ class StreamingEncoder:
   def _logits(self, q_NHK, k_bHK, valid_b):
     scale = 1.0 / np.sqrt(q_NHK.shape[-1])
     s_HNb = jnp.einsum('nhk,bhk->hnb', q_NHK, k_bHK) * scale
-    return jnp.where(valid_b, s_HNb, attn._MASKED_LOGIT)  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    return jnp.where(valid_b, s_HNb, attn._MASKED_LOGIT)
 
   def _step_fn(self, state, q_NHK, kv, block_bC, start, num_valid):
     """One block of the online softmax."""
