@@ -9,6 +9,9 @@
   python -m experiments.benchmark --out=bench_out --input_pipeline \
       --input_workers=0,1,2
 
+  python -m experiments.benchmark --out=bench_out --streamed_encode \
+      --stream_dir=/tmp/perceiver_stream --max_log2_points=30 --timeout=7200
+
 (`make bench ARGS='...'`). Writes `<out>/results.json`, `<out>/results.md`
 and, with `--scaling`, `<out>/scaling_time.png` and `<out>/scaling_memory.png`.
 
@@ -18,6 +21,18 @@ loader, normalisation, random shifts, batches of its `batch_size`; no model)
 for each `--input_workers` worker count, timed over `--input_batches`
 batches after `--input_warmup` untimed ones (which include starting the
 workers). Writes `<out>/input_pipeline.json`.
+
+Streamed encode (`--streamed_encode`, nothing else runs): inputs larger
+than memory (Perceiver IO, App. I). A file of 2^max_log2_points points x 3
+uint8 channels is written to (or reused from) `--stream_dir`, a point cloud
+filling a cube grid in flat order; for M = 2^min_log2_points,
+2^(min + step), ... up to 2^max_log2_points, a fresh process encodes its
+first M points, read as a `np.memmap` block by block
+(perceiver/streaming.py; Fourier position features computed per block),
+with a small encoder (`--stream_latents` x `--stream_width`, 2
+self-attentions). Records the wall time of the encode (after compiling on
+one block), points/s, the peak resident set size and the fitted log-log
+slope of time in M. Writes `<out>/streamed_encode.json` and `.md`.
 
 Preset table: for each preset, dtype and mode ('forward': inference,
 `is_training=False`; 'train': forward + backward of a cross-entropy (MSE for
@@ -115,6 +130,29 @@ _INPUT_BATCHES = flags.DEFINE_integer(
     'input_batches', 100, 'Timed batches per worker count.')
 _INPUT_WARMUP = flags.DEFINE_integer(
     'input_warmup', 10, 'Untimed batches first (start-up of the workers).')
+_STREAMED = flags.DEFINE_bool(
+    'streamed_encode', False,
+    'Only time the streamed encode of M uint8 points from a memmap.')
+_STREAM_DIR = flags.DEFINE_string(
+    'stream_dir', None, 'Directory of the points file of --streamed_encode '
+    '(written once, reused; 3 x 2^max_log2_points bytes); default: '
+    '<tempdir>/perceiver_stream.')
+_MIN_LOG2_POINTS = flags.DEFINE_integer(
+    'min_log2_points', 20, 'Streamed encode: smallest M, 2^min_log2_points.')
+_MAX_LOG2_POINTS = flags.DEFINE_integer(
+    'max_log2_points', 30, 'Streamed encode: largest M, 2^max_log2_points.')
+_LOG2_POINTS_STEP = flags.DEFINE_integer(
+    'log2_points_step', 2, 'Streamed encode: step of log2 M.')
+_STREAM_BLOCK = flags.DEFINE_integer(
+    'stream_block', 8192, 'Streamed encode: points per block.')
+_STREAM_LATENTS = flags.DEFINE_integer(
+    'stream_latents', 64, 'Streamed encode: latents N.')
+_STREAM_WIDTH = flags.DEFINE_integer(
+    'stream_width', 64, 'Streamed encode: latent width.')
+_STREAM_BANDS = flags.DEFINE_integer(
+    'stream_bands', 4, 'Streamed encode: Fourier bands per dimension.')
+_STREAM_REPEATS = flags.DEFINE_integer(
+    'stream_repeats', 1, 'Streamed encode: timed encodes per M (median).')
 _OUT = flags.DEFINE_string('out', 'bench_out', 'Output directory.')
 _REPORT_ONLY = flags.DEFINE_bool(
     'report_only', False,
@@ -529,6 +567,8 @@ def worker_main(spec: Dict[str, Any]) -> None:
     rec = run_preset(spec)
   elif spec['kind'] == 'scaling':
     rec = run_scaling(spec)
+  elif spec['kind'] == 'streamed_encode':
+    rec = run_streamed_encode(spec)
   else:
     rec = dict(matmul_peak_flops=matmul_peak(spec['n']))
   with open(spec['result_path'], 'w') as f:
@@ -940,6 +980,183 @@ def write_report(results: Dict[str, Any], out_dir: str) -> None:
     plot_scaling(results['scaling']['records'], out_dir)
 
 
+# ---------------------------------------------------------------------------
+# Streamed encode: inputs larger than memory (perceiver/streaming.py).
+# ---------------------------------------------------------------------------
+
+STREAM_FILE = 'points_uint8_x3.bin'
+_STREAM_WRITE_CHUNK = 2**24  # Points generated and written at a time.
+
+
+def ensure_points_file(path: str, num_points: int) -> Dict[str, Any]:
+  """Makes `path` hold at least `num_points` x 3 uint8 (appending if short).
+
+  Uniform random bytes, 2^24 points at a time seeded by the chunk's index,
+  so a file's bytes do not depend on the length it was written for and a
+  longer file extends a shorter one. Returns {'written_bytes', 'write_s'}.
+  """
+  need = 3 * num_points
+  have = os.path.getsize(path) if os.path.exists(path) else 0
+  start = time.perf_counter()
+  written = 0
+  if have < need:
+    have -= have % (3 * _STREAM_WRITE_CHUNK)  # Rewrites a partial chunk.
+    with open(path, 'r+b' if os.path.exists(path) else 'wb') as f:
+      f.seek(have)
+      f.truncate()
+      for first in range(have // 3, num_points, _STREAM_WRITE_CHUNK):
+        rows = min(_STREAM_WRITE_CHUNK, num_points - first)
+        # The whole chunk, of which the first `rows`: a file's bytes do not
+        # depend on the length it was written for.
+        chunk = np.random.default_rng(first // _STREAM_WRITE_CHUNK).integers(
+            0, 256, (_STREAM_WRITE_CHUNK, 3), dtype=np.uint8)[:rows]
+        f.write(chunk.tobytes())
+        written += chunk.nbytes
+  return dict(written_bytes=written, write_s=time.perf_counter() - start)
+
+
+def stream_encoder_kwargs(latents: int, width: int) -> Dict[str, Any]:
+  """The small encoder of the streamed benchmark."""
+  return dict(num_self_attends_per_block=2, num_blocks=1, z_index_dim=latents,
+              num_z_channels=width, num_cross_attend_heads=1,
+              num_self_attend_heads=4)
+
+
+def run_streamed_encode(spec: Dict[str, Any]) -> Dict[str, Any]:
+  """Encodes the first M points of the file, streamed; see `main`."""
+  import haiku as hk  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from perceiver import encoder  # pylint: disable=g-import-not-at-top
+  from perceiver import streaming  # pylint: disable=g-import-not-at-top
+  jnp.zeros(1).block_until_ready()
+  baseline = peak_rss_bytes()
+  m, block, bands = spec['M'], spec['block'], spec['bands']
+  grid = (spec['grid_side'],) * 3
+  kwargs = stream_encoder_kwargs(spec['latents'], spec['width'])
+  preprocess = streaming.fourier_preprocess(grid, bands,
+                                            value_scale=2 / 255,
+                                            value_offset=-1.0)
+  features = 3 + 3 * 2 * bands + 3  # values, positions, sin and cos
+
+  def forward(x):
+    enc = encoder.PerceiverEncoder(**kwargs)
+    return enc(x, enc.latents(x), is_training=False)
+
+  params = jax.jit(hk.transform(forward).init)(
+      jax.random.PRNGKey(0), jnp.zeros((1, 16, features)))
+  source = np.memmap(spec['path'], np.uint8, 'r', shape=(m, 3))
+  stream = streaming.StreamingEncoder(kwargs, preprocess=preprocess,
+                                      block_size=block)
+  start = time.perf_counter()  # Compiles the step and the finish.
+  stream.encode(params, source[:min(m, block)]).block_until_ready()
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(spec['repeats']):
+    start = time.perf_counter()
+    z = stream.encode(params, source)
+    z.block_until_ready()
+    times.append(time.perf_counter() - start)
+  median = float(np.median(times))
+  peak = peak_rss_bytes()
+  return dict(status='ok', times_s=times, median_s=median,
+              compile_s=compile_s, points_per_s=m / median,
+              peak_rss_bytes=peak, baseline_rss_bytes=baseline,
+              peak_mem_bytes=peak - baseline, input_bytes=3 * m,
+              in_memory_inputs_bytes=4 * features * m,
+              latents_finite=bool(jnp.all(jnp.isfinite(z))),
+              latents_mean_abs=float(jnp.mean(jnp.abs(z))))
+
+
+def streamed_encode_sweep(out_dir: str) -> Dict[str, Any]:
+  """Runs the streamed-encode points, one process each; writes the report."""
+  lo, hi = _MIN_LOG2_POINTS.value, _MAX_LOG2_POINTS.value
+  if not 0 <= lo <= hi <= 31:
+    raise app.UsageError(f'--min_log2_points/--max_log2_points: expected 0 <= '
+                         f'min <= max <= 31, got {lo} and {hi}.')
+  logs = list(range(lo, hi + 1, _LOG2_POINTS_STEP.value))
+  if logs[-1] != hi:
+    logs.append(hi)
+  stream_dir = _STREAM_DIR.value or os.path.join(tempfile.gettempdir(),
+                                                 'perceiver_stream')
+  os.makedirs(stream_dir, exist_ok=True)
+  path = os.path.join(stream_dir, STREAM_FILE)
+  config = dict(
+      min_log2_points=lo, max_log2_points=hi, block=_STREAM_BLOCK.value,
+      latents=_STREAM_LATENTS.value, width=_STREAM_WIDTH.value,
+      bands=_STREAM_BANDS.value, repeats=_STREAM_REPEATS.value,
+      grid_side=2**(-(-hi // 3)), timeout=_TIMEOUT.value, path=path)
+  results = dict(
+      command=' '.join(['python -m experiments.benchmark'] + sys.argv[1:]),
+      machine=machine_info(), config=config, load_start=_load(),
+      file=ensure_points_file(path, 2**hi), records=[])
+  _log(f"points file {path}: wrote {results['file']['written_bytes']} bytes")
+
+  def save():
+    ok = [r for r in results['records'] if r.get('status') == 'ok']
+    sizes, times = [r['M'] for r in ok], [r['median_s'] for r in ok]
+    top = len(ok) // 2
+    results['time_slope'] = fit_slope(sizes, times)
+    results['time_slope_upper_half'] = fit_slope(sizes[top:], times[top:])
+    results['load_end'] = _load()
+    with open(os.path.join(out_dir, 'streamed_encode.json'), 'w') as f:
+      json.dump(results, f, indent=1)
+    with open(os.path.join(out_dir, 'streamed_encode.md'), 'w') as f:
+      f.write(streamed_markdown(results))
+
+  for k in logs:
+    spec = dict(config, kind='streamed_encode', M=2**k)
+    rec = spawn('experiments.benchmark', spec, _TIMEOUT.value)
+    rec.update(M=2**k, load=_load())
+    results['records'].append(rec)
+    save()
+    extra = (f", {rec['points_per_s'] / 1e6:.2f} M points/s, peak RSS "
+             f"{rec['peak_rss_bytes'] / GB:.2f} GiB"
+             if rec.get('status') == 'ok' else '')
+    _log(f'streamed encode M=2^{k}: {_brief(rec)}{extra}')
+  return results
+
+
+def streamed_markdown(results: Dict[str, Any]) -> str:
+  cfg, m = results['config'], results['machine']
+  lines = [
+      '# Streamed encode (inputs larger than memory)', '',
+      f"`{results['command']}`", '',
+      f"Machine: {m.get('cpu')}, {m.get('cpu_count')} cores, "
+      f"{m.get('memory_gib')} GiB; jax {m.get('jax')}; commit "
+      f"{m.get('git_commit', '?')}. Load average at start "
+      f"{results['load_start']}, at end {results.get('load_end')}.", '',
+      f"Encoder: {cfg['latents']} latents x {cfg['width']} channels, one "
+      'cross-attention (1 head) + 2 self-attentions (4 heads). Inputs: the '
+      'first M points of a uint8 x 3 file read as a np.memmap in blocks of '
+      f"{cfg['block']}, values scaled to [-1, 1] and {cfg['bands']} Fourier "
+      f"bands per dimension of their position on a {cfg['grid_side']}^3 "
+      'grid computed per block (perceiver/streaming.py). Seconds: wall time '
+      'of the encode after compiling (page cache warm or not, as it came). '
+      'Peak RSS: the process\'s peak resident set size (getrusage). '
+      'In-memory inputs: the float32 preprocessed inputs an in-memory '
+      'encode would hold.', '',
+      '| M | s | M points/s | peak RSS GiB | file GiB | in-memory inputs GiB '
+      '| load |', '|' + '---|' * 7]
+  for r in results['records']:
+    ok = r.get('status') == 'ok'
+    lines.append('| ' + ' | '.join([
+        f"2^{int(np.log2(r['M']))}",
+        _fmt(r.get('median_s'), '.2f') if ok else r.get('status', '?'),
+        _fmt(r.get('points_per_s'), '.2f', 1e6),
+        _fmt(r.get('peak_rss_bytes'), '.2f', GB),
+        _fmt(3 * r['M'], '.3f', GB),
+        _fmt(r.get('in_memory_inputs_bytes'), '.1f', GB),
+        str(r.get('load', ['?'])[0])]) + ' |')
+  lines += ['', f"Fitted slope of log time vs log M: "
+            f"{_fmt(results.get('time_slope'), '.3f')} (all points), "
+            f"{_fmt(results.get('time_slope_upper_half'), '.3f')} (upper "
+            'half).', '']
+  lines += [f"- M={r['M']}: {r.get('status')} ({r.get('reason', '')})"
+            for r in results['records'] if r.get('status') != 'ok']
+  return '\n'.join(lines) + '\n'
+
+
 def input_pipeline(workers: List[int], batches: int,
                    warmup: int) -> List[Dict[str, Any]]:
   """Times the digits training input alone, for each worker count.
@@ -997,6 +1214,10 @@ def main(argv):
     with open(os.path.join(out_dir, 'input_pipeline.json'), 'w') as f:
       json.dump(results, f, indent=1)
     _log(f'wrote {out_dir}/input_pipeline.json')
+    return
+  if _STREAMED.value:
+    streamed_encode_sweep(out_dir)
+    _log(f'wrote {out_dir}/streamed_encode.json, streamed_encode.md')
     return
   if _REPORT_ONLY.value:
     with open(os.path.join(out_dir, 'results.json')) as f:

@@ -145,3 +145,41 @@ def test_reset_peak_rss_measures_a_later_peak():
   small = np.ones(25_000_000, np.float32)  # 100 MB
   assert benchmark.proc_status_bytes('VmHWM') - start > 90e6
   del small
+
+
+def test_streamed_encode_mode(tmp_path):
+  """--streamed_encode at tiny M: the points file, records and the slope."""
+  data = tmp_path / 'data'
+  cmd = [sys.executable, '-m', 'experiments.benchmark', f'--out={tmp_path}',
+         '--streamed_encode', f'--stream_dir={data}', '--min_log2_points=9',
+         '--max_log2_points=10', '--log2_points_step=1', '--stream_block=256',
+         '--stream_latents=8', '--stream_width=16', '--stream_bands=2',
+         '--timeout=300']
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'streamed_encode.json') as f:
+    res = json.load(f)
+  assert os.path.getsize(data / benchmark.STREAM_FILE) == 3 * 2**10
+  assert [r['M'] for r in res['records']] == [2**9, 2**10]
+  for r in res['records']:
+    assert r['status'] == 'ok', r
+    assert r['median_s'] > 0 and r['points_per_s'] > 0
+    assert r['peak_rss_bytes'] > 0 and r['latents_finite']
+    assert r['input_bytes'] == 3 * r['M']
+  assert isinstance(res['time_slope'], float)
+  assert res['config']['grid_side'] == 16  # 16^3 >= 2^10 points
+  md = (tmp_path / 'streamed_encode.md').read_text()
+  assert '| 2^10 |' in md and 'Fitted slope' in md
+
+
+def test_points_file_is_reused_and_extended(tmp_path):
+  path = str(tmp_path / 'points.bin')
+  first = benchmark.ensure_points_file(path, 100)
+  assert first['written_bytes'] == 300 == os.path.getsize(path)
+  assert benchmark.ensure_points_file(path, 50)['written_bytes'] == 0
+  before = np.fromfile(path, np.uint8)
+  benchmark.ensure_points_file(path, 200)
+  after = np.fromfile(path, np.uint8)
+  assert after.size == 600
+  np.testing.assert_array_equal(after[:300], before)
