@@ -10,7 +10,7 @@
       --input_workers=0,1,2
 
   python -m experiments.benchmark --out=bench_out --streamed_encode \
-      --stream_dir=/tmp/perceiver_stream --max_log2_points=30 --timeout=7200
+      --stream_dir=/tmp/perceiver_stream --max_log2_points=30
 
 (`make bench ARGS='...'`). Writes `<out>/results.json`, `<out>/results.md`
 and, with `--scaling`, `<out>/scaling_time.png` and `<out>/scaling_memory.png`.
@@ -32,7 +32,8 @@ first M points, read as a `np.memmap` block by block
 with a small encoder (`--stream_latents` x `--stream_width`, 2
 self-attentions). Records the wall time of the encode (after compiling on
 one block), points/s, the peak resident set size and the fitted log-log
-slope of time in M. Writes `<out>/streamed_encode.json` and `.md`.
+slope of time in M. Each M runs under `--timeout` if given, else two hours
+(2^30 points take minutes). Writes `<out>/streamed_encode.json` and `.md`.
 
 Preset table: for each preset, dtype and mode ('forward': inference,
 `is_training=False`; 'train': forward + backward of a cross-entropy (MSE for
@@ -1085,7 +1086,9 @@ def streamed_encode_sweep(out_dir: str) -> Dict[str, Any]:
       min_log2_points=lo, max_log2_points=hi, block=_STREAM_BLOCK.value,
       latents=_STREAM_LATENTS.value, width=_STREAM_WIDTH.value,
       bands=_STREAM_BANDS.value, repeats=_STREAM_REPEATS.value,
-      grid_side=2**(-(-hi // 3)), timeout=_TIMEOUT.value, path=path)
+      grid_side=2**(-(-hi // 3)),
+      timeout=_TIMEOUT.value if FLAGS['timeout'].present else 7200,
+      path=path)
   results = dict(
       command=' '.join(['python -m experiments.benchmark'] + sys.argv[1:]),
       machine=machine_info(), config=config, load_start=_load(),
@@ -1106,7 +1109,7 @@ def streamed_encode_sweep(out_dir: str) -> Dict[str, Any]:
 
   for k in logs:
     spec = dict(config, kind='streamed_encode', M=2**k)
-    rec = spawn('experiments.benchmark', spec, _TIMEOUT.value)
+    rec = spawn('experiments.benchmark', spec, config['timeout'])
     rec.update(M=2**k, load=_load())
     results['records'].append(rec)
     save()

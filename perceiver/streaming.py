@@ -147,8 +147,8 @@ class StreamingEncoder:
 
     Raises:
       ValueError: if `block_size` is not a positive integer, `preprocess` is
-        not callable or `encoder_kwargs` is not a valid encoder
-        configuration.
+        not callable or `encoder_kwargs` has a bad value (the encoder's own
+        checks); TypeError, as `PerceiverEncoder`, for an unknown keyword.
     """
     validation.check_positive('block_size', block_size)
     if preprocess is not None and not callable(preprocess):
