@@ -1,5 +1,6 @@
 """restore: a trained workdir back to (forward, params, state, config)."""
 
+import importlib
 import json
 import os
 import shutil
@@ -124,3 +125,47 @@ def test_experiment_record():
   # Only an experiment's build_task names its file.
   assert restore.experiment_record(None, lambda c, i, n: None) is None
   assert restore.experiment_record(None, None) is None
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+
+
+def _abstract_model(forward, inputs):
+  """Shapes of (params, state) and of the eval outputs, by jax.eval_shape."""
+
+  def init_and_apply():
+    rng = jax.random.PRNGKey(0)
+    params, state = forward.init(rng, inputs, is_training=True)
+    outputs, _ = forward.apply(params, state, rng, inputs, is_training=False)
+    return (params, state), outputs
+
+  return _shapes(jax.eval_shape(init_and_apply))
+
+
+# What build_forward takes of the task's example batch, and what of the
+# task forward's outputs it gives; the whole of each where not named.
+# ImageNet's restored model is the bare classifier: images -> logits.
+_PREDICTS = {'imagenet': ('image', 'logits')}
+
+
+@pytest.mark.parametrize('name', ['digits', 'imagenet', 'mlm', 'glue', 'flow'])
+def test_build_forward_is_the_model_build_task_trains(name):
+  """For each experiment's :debug config, restore's model has the shapes of
+  the trained one: the same parameters and state, the same outputs."""
+  experiment = importlib.import_module(f'experiments.{name}')
+  config = experiment.get_config('debug')
+  task = experiment.build_task(config, 0, 1)
+  input_key, output_key = _PREDICTS.get(name, (None, None))
+  batch = task.example_batch
+  try:
+    variables, outputs = _abstract_model(task.forward, batch)
+    got = _abstract_model(
+      experiment.build_forward(config),
+      batch[input_key] if input_key else batch,
+    )
+  finally:
+    close_data = getattr(task.train_data, 'close', None)
+    if close_data is not None:
+      close_data()
+  assert got == (variables, outputs[output_key] if output_key else outputs)
