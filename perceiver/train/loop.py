@@ -337,6 +337,11 @@ def train(
   mesh = mesh_lib.make_mesh(config.fsdp, devices)
   task = build_task(config, jax.process_index(), jax.process_count())
   data_lib.check_batch_keys(task.example_batch, 'task.example_batch')
+  if config.get('init_checkpoint') and task.init_params is None:
+    raise ValueError(
+      "init_checkpoint: expected '' (this experiment's task does not "
+      f'warm-start: no Task.init_params), got {config.init_checkpoint!r}.'
+    )
   schedule = optim.make_schedule(
     config.optimizer, config.batch_size, config.total_steps
   )
