@@ -280,21 +280,14 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   loader = dict(
     process_index=process_index,
     process_count=process_count,
-    worker_count=config.data.worker_count,
-    prefetch=config.data.prefetch,
     # In-memory records: reader threads would only contend for the GIL.
     read_options=grain.ReadOptions(num_threads=0, prefetch_buffer_size=0),
   )
-  train_data = data_lib.train_iterator(
-    train,
-    global_batch=config.batch_size,
-    seed=config.seed,
-    ops=ops,
-    skip_corrupt=config.data.skip_corrupt,
-    **loader,
+  train_data = data_lib.train_iterator_from_config(
+    train, config, ops=ops, **loader
   )
-  eval_data = lambda: data_lib.eval_batches(
-    held_out, global_batch=config.eval_batch_size, **loader
+  eval_data = lambda: data_lib.eval_batches_from_config(
+    held_out, config, **loader
   )
   return Task(
     forward=make_forward(config.model),

@@ -111,11 +111,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # set. The engine still checks this field against the device count, so it
   # follows the batch size (a multiple of it).
   c.eval_batch_size = c.get_ref('batch_size')
-  # A released or earlier checkpoint to start from ('' = random init): the
-  # official optical_flow .pystate/.pickle or an .npz of
-  # perceiver.checkpoints.save (loaded by `Task.init_params`, never on
-  # resume). Needed by ':final'.
-  c.init_checkpoint = ''
+  # init_checkpoint: official .pystate/.pickle or our .npz; ':final' needs one.
 
   c.optimizer.name = 'lamb'
   c.optimizer.base_lr = 4e-4
@@ -623,16 +619,12 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   held-out synthetic pairs are `evaluate`'s first set.
   """
   validate(config)
-  train_data = data_lib.train_iterator(
+  train_data = data_lib.train_iterator_from_config(
     train_source(config),
-    global_batch=config.batch_size,
-    seed=config.seed,
-    process_index=process_index,
-    process_count=process_count,
+    config,
+    process_index,
+    process_count,
     ops=train_ops(config),
-    worker_count=config.data.worker_count,
-    prefetch=config.data.prefetch,
-    skip_corrupt=config.data.skip_corrupt,
   )
   held_out = held_out_source(config)
   examples = [held_out[0], held_out[min(1, len(held_out) - 1)]]

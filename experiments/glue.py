@@ -114,7 +114,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 1000
   c.eval_batch_size = 64
-  c.init_checkpoint = ''
 
   c.optimizer.name = 'lamb'
   c.optimizer.base_lr = 2e-5
@@ -376,15 +375,8 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   return Task(
     forward=make_forward(config),
     per_example=functools.partial(per_example, tasks=tasks),
-    train_data=data_lib.train_iterator(
-      train,
-      global_batch=config.batch_size,
-      seed=config.seed,
-      process_index=process_index,
-      process_count=process_count,
-      worker_count=config.data.worker_count,
-      prefetch=config.data.prefetch,
-      skip_corrupt=config.data.skip_corrupt,
+    train_data=data_lib.train_iterator_from_config(
+      train, config, process_index, process_count
     ),
     example_batch={k: np.stack([v, v]) for k, v in train[0].items()},
     evaluate=make_evaluate(config, process_index, process_count),
@@ -429,13 +421,8 @@ def make_evaluate(
     del workdir  # nothing written
     results = {}
     for task, _, name, dev in splits:
-      batches = data_lib.eval_batches(
-        dev,
-        global_batch=config.eval_batch_size,
-        process_index=process_index,
-        process_count=process_count,
-        worker_count=config.data.worker_count,
-        prefetch=config.data.prefetch,
+      batches = data_lib.eval_batches_from_config(
+        dev, config, process_index, process_count
       )
       out = evaluation.gather_rows(fn, params, state, batches)
       metrics = glue_data.task_metrics(task, out['truth'], out['pred'])

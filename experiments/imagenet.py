@@ -75,7 +75,7 @@ Shapes: B batch, S image size, K classes.
 """
 
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import grain
 import haiku as hk
@@ -140,9 +140,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.checkpoint_every = 5000
   c.eval_every = 0  # 0: at the end only
   c.eval_batch_size = 1000
-  # A released .pystate/.pickle, our .npz, or a workdir (its latest
-  # checkpoint); applied by Task.init_params (see load_init_checkpoint).
-  c.init_checkpoint = ''
+  # init_checkpoint: a released .pystate/.pickle, our .npz or a workdir.
 
   c.optimizer.name = 'lamb'
   c.optimizer.base_lr = 5e-4  # x batch / 256: 2e-3 at 1024
@@ -802,26 +800,25 @@ def eval_batches(
     data_lib.EVAL_MASK: float32 [b]} (b = eval_batch_size / process_count;
     0 on the padding of the last batch), preprocessed by `eval_ops`.
   """
-  return data_lib.eval_batches(
+  return data_lib.eval_batches_from_config(
     evaluation,
-    global_batch=config.eval_batch_size,
-    process_index=process_index,
-    process_count=process_count,
+    config,
+    process_index,
+    process_count,
     ops=_engine_ops(eval_ops(config.data)),
-    **_loader_options(config.data),
+    read_options=_read_options(config.data),
   )
 
 
-def _loader_options(data: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """Loader settings for `data_lib.train_iterator` / `eval_batches`."""
-  options = dict(worker_count=data.worker_count, prefetch=data.prefetch)
+def _read_options(
+  data: ml_collections.ConfigDict,
+) -> Optional[grain.ReadOptions]:
+  """grain's reader settings for the format (None: grain's defaults)."""
   if data.format == 'fashion_mnist':
     # In-memory records: reader threads would only contend for the GIL
     # (grain's default reader threads suit the JPEG / ArrayRecord reads).
-    options['read_options'] = grain.ReadOptions(
-      num_threads=0, prefetch_buffer_size=0
-    )
-  return options
+    return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  return None
 
 
 def build_task(
@@ -844,15 +841,13 @@ def build_task(
   validate(config)
   train, evaluation = make_sources(config)
   d = config.data
-  train_data = data_lib.train_iterator(
+  train_data = data_lib.train_iterator_from_config(
     train,
-    global_batch=config.batch_size,
-    seed=config.seed,
-    process_index=process_index,
-    process_count=process_count,
+    config,
+    process_index,
+    process_count,
     ops=_engine_ops(train_ops(d)),
-    skip_corrupt=d.skip_corrupt,
-    **_loader_options(d),
+    read_options=_read_options(d),
   )
   size = d.image_size
   example_batch = {

@@ -11,6 +11,10 @@ Multi-host jobs pass `--coordinator_address`, `--num_processes` and
 `--process_id` to every process (or run under SLURM / a TPU pod, whose
 environment JAX reads by itself).
 
+The workdir gets the effective config (`config.json`) and the experiment
+file and variant (`experiment.json`), so `perceiver.train.restore.restore(
+workdir)` rebuilds the trained model.
+
 `--help_config` lists every field of the chosen `--config` with its value
 and a one-line description. A user error (an unknown field, a bad or
 inconsistent value, a missing file, a workdir whose checkpoints were made
@@ -20,10 +24,10 @@ traceback instead.
 
 Re-running the same command with the same workdir resumes from the latest
 complete checkpoint (after checking that the config still fits its
-parameter shapes; a finished run is left as it is). On SIGTERM (a preempted job) every process checkpoints
-the same step and the job exits with status 75 (`PREEMPTED_EXIT_CODE`, BSD
-sysexits' EX_TEMPFAIL) after a message naming the step; the same command
-continues from there.
+parameter shapes; a finished run is left as it is). On SIGTERM (a preempted
+job) every process checkpoints the same step and the job exits with status
+75 (`PREEMPTED_EXIT_CODE`, BSD sysexits' EX_TEMPFAIL) after a message naming
+the step; the same command continues from there.
 """
 
 import difflib
@@ -232,7 +236,9 @@ def _run_checked(argv):
     # (e.g. a total_steps of 0) that the engine's checks can only reject.
     experiment.validate(_CONFIG.value)
   try:
-    loop.train(_CONFIG.value, experiment.build_task, workdir)
+    loop.train(
+      _CONFIG.value, experiment.build_task, workdir, experiment=config_arg
+    )
   except preemption.Preempted:
     # train() has checkpointed the step and said so.
     sys.exit(preemption.PREEMPTED_EXIT_CODE)

@@ -82,7 +82,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.checkpoint_every = 5000
   c.eval_every = 0
   c.eval_batch_size = 256
-  c.init_checkpoint = ''
 
   c.optimizer.name = 'lamb'
   c.optimizer.base_lr = 1.25e-3
@@ -487,14 +486,8 @@ def make_evaluate(
 
   def evaluate(params, state, workdir: str) -> Dict[str, float]:
     del workdir  # nothing written
-    batches = data_lib.eval_batches(
-      held_out,
-      global_batch=config.eval_batch_size,
-      process_index=process_index,
-      process_count=process_count,
-      ops=eval_ops(config),
-      worker_count=config.data.worker_count,
-      prefetch=config.data.prefetch,
+    batches = data_lib.eval_batches_from_config(
+      held_out, config, process_index, process_count, ops=eval_ops(config)
     )
     values = evaluation.gather_rows(fn, params, state, batches)
     metrics = summarize({k: float(v.sum()) for k, v in values.items()})
@@ -523,20 +516,16 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     print(f'MLM train: {text_data.describe(train)}', flush=True)
     print(f'MLM held out: {len(held_out)} records', flush=True)
   unigram = text_data.unigram_log_probs(train, config.data.unigram_records)
-  train_data = data_lib.train_iterator(
+  train_data = data_lib.train_iterator_from_config(
     train,
-    global_batch=config.batch_size,
-    seed=config.seed,
-    process_index=process_index,
-    process_count=process_count,
+    config,
+    process_index,
+    process_count,
     ops=(
       data_lib.RandomMap(
         text_data.mask_whole_words, mask_fraction=config.data.mask_fraction
       ),
     ),
-    worker_count=config.data.worker_count,
-    prefetch=config.data.prefetch,
-    skip_corrupt=config.data.skip_corrupt,
   )
   example = text_data.mask_whole_words_fixed(
     train[0], seed=config.seed, mask_fraction=config.data.mask_fraction

@@ -522,24 +522,11 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   validate(config)
   train, train_ops, held_out, eval_ops = make_sources(config)
   d = config.data
-  train_data = data_lib.train_iterator(
-    train,
-    global_batch=config.batch_size,
-    seed=config.seed,
-    process_index=process_index,
-    process_count=process_count,
-    ops=train_ops,
-    worker_count=d.worker_count,
-    prefetch=d.prefetch,
+  train_data = data_lib.train_iterator_from_config(
+    train, config, process_index, process_count, ops=train_ops
   )
-  eval_data = lambda: data_lib.eval_batches(
-    held_out,
-    global_batch=config.eval_batch_size,
-    process_index=process_index,
-    process_count=process_count,
-    ops=eval_ops,
-    worker_count=d.worker_count,
-    prefetch=d.prefetch,
+  eval_data = lambda: data_lib.eval_batches_from_config(
+    held_out, config, process_index, process_count, ops=eval_ops
   )
   loss = config.loss
   forward = make_forward(config.model, loss)

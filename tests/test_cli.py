@@ -181,6 +181,15 @@ def test_resumes_refuse_other_shapes_and_leave_finished_runs_alone(tmp_path):
   )
   proc = _main(*common, '--config.total_steps=4')
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # The run records its experiment file and variant, for restore(workdir).
+  recorded = os.path.join(workdir, 'experiment.json')
+  with open(recorded) as f:
+    assert json.load(f) == {
+      'file': os.path.join(ROOT, 'experiments', 'digits.py'),
+      'module': 'experiments.digits',
+      'variant': 'debug',
+    }
+  os.remove(recorded)  # as a run from before it was recorded
   before = _snapshot(workdir)
 
   # The debug model has 8 latents: a parameter of shape (8, 16).
@@ -194,7 +203,7 @@ def test_resumes_refuse_other_shapes_and_leave_finished_runs_alone(tmp_path):
     'model.num_latents 8 -> 4',
   )
   assert 'Event loop is closed' not in proc.stderr
-  assert _snapshot(workdir) == before  # config.json included
+  assert _snapshot(workdir) == before  # no config.json, experiment.json
 
   proc = _main(*common, '--config.total_steps=4')
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -205,6 +214,7 @@ def test_resumes_refuse_other_shapes_and_leave_finished_runs_alone(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '  total_steps: 4 -> 6\n' in proc.stdout
   assert 'Resumed from the checkpoint at step 4.' in proc.stdout
+  assert os.path.isfile(recorded)  # written with config.json
   records = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   assert [r['step'] for r in records if 'loss' in r] == [2, 4, 6]
   assert [r['step'] for r in records if 'eval/loss' in r] == [4, 6]

@@ -70,6 +70,16 @@ def test_train_rejects_before_building_anything(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def test_init_checkpoint_is_refused_by_a_task_that_cannot_warm_start(
+  tmp_path,
+):
+  # The toy task, like digits, has no init_params: a path would be ignored.
+  config = common.toy_config(init_checkpoint='runs/elsewhere')
+  with pytest.raises(ValueError, match="init_checkpoint: expected ''"):
+    loop.train(config, common.build_toy_task, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
 def _main(*args, timeout=600):
   return subprocess.run(
     [sys.executable, '-m', 'experiments.main', *args],

@@ -1,7 +1,9 @@
 """restore: a trained workdir back to (forward, params, state, config)."""
 
+import importlib
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -70,14 +72,100 @@ def test_export_to_npz_predicts_the_same(run, tmp_path):
   np.testing.assert_allclose(got, model.predict(batch), rtol=1e-5, atol=1e-5)
 
 
-def test_experiment_named_in_config_json(run, tmp_path):
-  workdir, _, _ = run
-  with open(os.path.join(workdir, 'config.json')) as f:
+def test_restore_reads_the_experiment_the_run_recorded(run, tmp_path):
+  workdir, config, _ = run
+  with open(os.path.join(workdir, 'experiment.json')) as f:
     recorded = json.load(f)
-  if not recorded.get('experiment'):
-    with pytest.raises(ValueError, match='experiment: .*does not name'):
-      restore.restore(workdir)
+  # loop.train records the file of an experiment's build_task (main.py
+  # also records the --config variant).
+  assert recorded == {
+    'file': os.path.abspath(digits.__file__),
+    'module': 'experiments.digits',
+    'variant': None,
+  }
+  model = restore.restore(workdir)
+  assert model.config.to_dict() == config.to_dict()
+
+  moved = str(tmp_path / 'moved')
+  shutil.copytree(workdir, moved)
+  path = os.path.join(moved, 'experiment.json')
+  with open(path, 'w') as f:  # the repository moved: the module still is
+    json.dump(dict(recorded, file='/gone/digits.py'), f)
+  assert restore.restore(moved).config.to_dict() == config.to_dict()
+  with open(path, 'w') as f:
+    json.dump(dict(recorded, file='/gone/digits.py', module=None), f)
+  with pytest.raises(ValueError, match="experiment: .*'/gone/digits.py'"):
+    restore.restore(moved)
+  os.remove(path)
+  with pytest.raises(ValueError, match='experiment: .*does not record'):
+    restore.restore(moved)
+  restore.restore(moved, 'experiments/digits.py')  # given, not recorded
+
+
+def test_bad_workdir_or_experiment(run, tmp_path):
+  workdir, _, _ = run
   with pytest.raises(ValueError, match='with config.json'):
     restore.restore(str(tmp_path), digits)
   with pytest.raises(ValueError, match='expected an experiment file'):
     restore.restore(workdir, str(tmp_path / 'missing.py'))
+
+
+def test_experiment_record():
+  mlm = os.path.join(os.path.dirname(digits.__file__), 'mlm.py')
+  assert restore.experiment_record(f'{mlm}:debug') == {
+    'file': mlm,
+    'module': 'experiments.mlm',
+    'variant': 'debug',
+  }
+  assert restore.experiment_record('/elsewhere/mine.py') == {
+    'file': '/elsewhere/mine.py',
+    'module': None,
+    'variant': None,
+  }
+  # Only an experiment's build_task names its file.
+  assert restore.experiment_record(None, lambda c, i, n: None) is None
+  assert restore.experiment_record(None, None) is None
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+
+
+def _abstract_model(forward, inputs):
+  """Shapes of (params, state) and of the eval outputs, by jax.eval_shape."""
+
+  def init_and_apply():
+    rng = jax.random.PRNGKey(0)
+    params, state = forward.init(rng, inputs, is_training=True)
+    outputs, _ = forward.apply(params, state, rng, inputs, is_training=False)
+    return (params, state), outputs
+
+  return _shapes(jax.eval_shape(init_and_apply))
+
+
+# What build_forward takes of the task's example batch, and what of the
+# task forward's outputs it gives; the whole of each where not named.
+# ImageNet's restored model is the bare classifier: images -> logits.
+_PREDICTS = {'imagenet': ('image', 'logits')}
+
+
+@pytest.mark.parametrize('name', ['digits', 'imagenet', 'mlm', 'glue', 'flow'])
+def test_build_forward_is_the_model_build_task_trains(name):
+  """For each experiment's :debug config, restore's model has the shapes of
+  the trained one: the same parameters and state, the same outputs."""
+  experiment = importlib.import_module(f'experiments.{name}')
+  config = experiment.get_config('debug')
+  task = experiment.build_task(config, 0, 1)
+  input_key, output_key = _PREDICTS.get(name, (None, None))
+  batch = task.example_batch
+  try:
+    variables, outputs = _abstract_model(task.forward, batch)
+    got = _abstract_model(
+      experiment.build_forward(config),
+      batch[input_key] if input_key else batch,
+    )
+  finally:
+    close_data = getattr(task.train_data, 'close', None)
+    if close_data is not None:
+      close_data()
+  assert got == (variables, outputs[output_key] if output_key else outputs)

@@ -3,8 +3,10 @@
 `base_config()` gives the engine's fields with their defaults; an experiment's
 `get_config(arg)` starts from it, adds a `model` section and adds its own
 fields to the `data` section (keeping the loader's: `data.worker_count`,
-`data.prefetch`, `data.skip_corrupt`, which its `build_task` passes to
-`data.train_iterator`).
+`data.prefetch`, `data.skip_corrupt`, which `data.train_iterator_from_config`
+and `data.eval_batches_from_config` read). `init_checkpoint` is the warm
+start of the experiments that have one (their `Task.init_params`); the
+others refuse a path.
 `validate(config, ...)` rejects bad or inconsistent values before anything
 is compiled, with a `ValueError` naming the field, the expected and what came.
 """
@@ -40,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_bar = True
   c.tensorboard = True
   c.plot_curves = True  # training_curves.png at the end of a run
+  # Warm start: a checkpoint whose parameters initialise the model on a
+  # fresh start (never on a resume), through the task's `init_params`; ''
+  # for none. An experiment whose task cannot warm-start refuses a path.
+  c.init_checkpoint = ''
   # Evaluate the workdir's latest checkpoint (or the task's warm start, e.g.
   # a released checkpoint given as init_checkpoint) and stop: no training
   # step, no checkpoint written.
@@ -82,6 +88,8 @@ DESCRIPTIONS = {
   'progress_bar': 'show a progress bar on the terminal',
   'tensorboard': 'also write TensorBoard events to <workdir>/tensorboard',
   'plot_curves': 'write training_curves.png at the end of a run',
+  'init_checkpoint': 'warm start: a workdir or checkpoint whose parameters '
+  "initialise the model ('' for none)",
   'eval_only': "evaluate the workdir's latest checkpoint (or the warm "
   'start) and stop, without training',
   'optimizer.name': "'lamb' or 'adamw' (both after global-norm clipping)",
@@ -109,8 +117,6 @@ DESCRIPTIONS = {
 COMMON_DESCRIPTIONS = {
   'epochs': 'passes over the training split (total_steps follows from it)',
   'num_train': 'number of training examples used',
-  'init_checkpoint': 'warm start: a workdir or checkpoint whose parameters '
-  "initialise the model ('' for none)",
   'data.dir': 'directory of the dataset',
   'data.label_smoothing': 'label smoothing of the cross-entropy',
   'data.image_size': 'side of the (square) images, in pixels',

@@ -5,7 +5,9 @@ W loader worker processes (0: read in the training process).
 
 An experiment hands the engine a grain random-access source (`__len__`,
 `__getitem__(index) -> dict[str, np.ndarray]`, picklable) and per-record ops
-wrapped in `Map` / `RandomMap`. `train_iterator` and `eval_batches` build a
+wrapped in `Map` / `RandomMap` (usually through `train_iterator_from_config`
+and `eval_batches_from_config`, which take the batch sizes, seed and loader
+fields from its config). `train_iterator` and `eval_batches` build a
 `grain.DataLoader` from grain's own pieces: an `IndexSampler` (seed, shuffle,
 epochs, reshuffled every epoch), `ShardOptions` for this JAX process, the
 ops, `Batch`, and `worker_count` worker processes each keeping `prefetch`
@@ -503,6 +505,67 @@ def eval_batches(
     read_options=read_options,
   )
   return BatchIterator(loader, eval_mask=True)
+
+
+def train_iterator_from_config(
+  source,
+  config: Any,
+  process_index: int,
+  process_count: int,
+  *,
+  ops: Sequence[Op] = (),
+  read_options: Optional[grain.ReadOptions] = None,
+) -> BatchIterator:
+  """`train_iterator` as an experiment's config sets it up.
+
+  The global batch is `config.batch_size`, the seed `config.seed`, and the
+  loader's fields of `config.data` (`worker_count`, `prefetch`,
+  `skip_corrupt`; see `perceiver.train.config.base_config`) are passed on.
+  """
+  return train_iterator(
+    source,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    skip_corrupt=config.data.skip_corrupt,
+    **_loader_arguments(
+      config, process_index, process_count, ops, read_options
+    ),
+  )
+
+
+def eval_batches_from_config(
+  source,
+  config: Any,
+  process_index: int,
+  process_count: int,
+  *,
+  ops: Sequence[Op] = (),
+  read_options: Optional[grain.ReadOptions] = None,
+) -> Iterator[Batch]:
+  """`eval_batches` as an experiment's config sets it up: the global batch
+  is `config.eval_batch_size`, the loader's `config.data.worker_count` and
+  `config.data.prefetch`."""
+  return eval_batches(
+    source,
+    global_batch=config.eval_batch_size,
+    **_loader_arguments(
+      config, process_index, process_count, ops, read_options
+    ),
+  )
+
+
+def _loader_arguments(
+  config, process_index, process_count, ops, read_options
+) -> Dict[str, Any]:
+  """The keyword arguments `train_iterator` and `eval_batches` share."""
+  return dict(
+    process_index=process_index,
+    process_count=process_count,
+    ops=ops,
+    worker_count=config.data.worker_count,
+    prefetch=config.data.prefetch,
+    read_options=read_options,
+  )
 
 
 class ArraySource:

@@ -12,7 +12,8 @@ process (call `distributed.initialize` first on multi-host jobs):
    finished run (a checkpoint at `total_steps` and a `result.json`) is left
    untouched ("already finished"). Then restore the latest readable
    checkpoint from `<workdir>/checkpoints`, or initialise from
-   `config.seed`, and write `config.json`;
+   `config.seed`, and write `config.json` and `experiment.json` (the
+   experiment file that made the run, for `restore.restore(workdir)`);
 4. run `jax.jit`-compiled train steps with donated state until
    `config.total_steps`, logging every `log_every` steps and checkpointing
    every `checkpoint_every` steps (and at the end);
@@ -50,6 +51,7 @@ from perceiver.train import metrics as metrics_lib
 from perceiver.train import optim
 from perceiver.train import preemption
 from perceiver.train import progress as progress_lib
+from perceiver.train import restore as restore_lib
 from perceiver.train import step as step_lib
 from perceiver.train.task import Task
 
@@ -68,15 +70,35 @@ def _say(text: str) -> None:
     logging.info(text)
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the effective config to `<workdir>/config.json` (process 0)."""
+def _write(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically (a reader sees all of it or none)."""
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def save_config(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  experiment: Optional[Dict[str, Any]] = None,
+) -> None:
+  """Writes the effective config to `<workdir>/config.json` (process 0).
+
+  With `experiment` (a `restore.experiment_record`), also writes it to
+  `<workdir>/experiment.json`.
+  """
   if not _is_chief():
     return
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'config.json')
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + '.tmp', path)
+  if experiment is not None:
+    _write(
+      os.path.join(workdir, restore_lib.EXPERIMENT_JSON),
+      json.dumps(experiment, indent=2, sort_keys=True),
+    )
+  _write(
+    os.path.join(workdir, 'config.json'),
+    config.to_json_best_effort(indent=2, sort_keys=True),
+  )
 
 
 def _flat(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -287,6 +309,7 @@ def train(
   build_task: BuildTask,
   workdir: str,
   devices: Optional[list] = None,
+  experiment: Optional[str] = None,
 ) -> Dict[str, Any]:
   """Trains (or resumes) the job described by `config` in `workdir`.
 
@@ -296,6 +319,10 @@ def train(
     workdir: where the config, metrics, plots and checkpoints go.
     devices: the devices of the mesh (default: every device of every
       process); tests use it to compare device counts in one process.
+    experiment: the experiment file that made `config`, 'FILE[:variant]'
+      (what `--config` names); recorded in `<workdir>/experiment.json` with
+      `config.json`, for `restore.restore(workdir)`. Default: the file of
+      `build_task` when it is an experiment's `build_task` function.
 
   Returns:
     A dict with 'train_state' (final), 'start_step' (0 or the restored
@@ -310,6 +337,11 @@ def train(
   mesh = mesh_lib.make_mesh(config.fsdp, devices)
   task = build_task(config, jax.process_index(), jax.process_count())
   data_lib.check_batch_keys(task.example_batch, 'task.example_batch')
+  if config.get('init_checkpoint') and task.init_params is None:
+    raise ValueError(
+      "init_checkpoint: expected '' (this experiment's task does not "
+      f'warm-start: no Task.init_params), got {config.init_checkpoint!r}.'
+    )
   schedule = optim.make_schedule(
     config.optimizer, config.batch_size, config.total_steps
   )
@@ -339,7 +371,9 @@ def train(
   ):
     return _finished(config, task, workdir, stored_step, abstract)
   if not (config.eval_only and stored_step is not None):
-    save_config(config, workdir)
+    save_config(
+      config, workdir, restore_lib.experiment_record(experiment, build_task)
+    )
 
   checkpointer = checkpoint_lib.Checkpointer(
     os.path.join(workdir, 'checkpoints'),

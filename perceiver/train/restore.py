@@ -2,10 +2,11 @@
 
 A training run (`python -m experiments.main --config=FILE[:variant]
 --workdir=DIR`, or `loop.train`) leaves in DIR the effective config
-(`config.json`) and orbax checkpoints. `restore` turns them back into what
-prediction needs, without the optimizer, the schedule or the data:
+(`config.json`), the experiment file that made it (`experiment.json`, see
+`experiment_record`) and orbax checkpoints. `restore` turns them back into
+what prediction needs, without the optimizer, the schedule or the data:
 
-  model = restore.restore('runs/digits', 'experiments/digits.py')
+  model = restore.restore('runs/digits')  # or restore(DIR, 'FILE.py')
   logits = model.predict({'image': images})  # jitted, is_training=False
   forward, params, state, config = model     # or the pieces
 
@@ -23,10 +24,11 @@ data must be where the config says).
 import functools
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import types
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import haiku as hk
 import jax
@@ -36,6 +38,14 @@ from perceiver import checkpoints
 from perceiver.train import checkpoint as checkpoint_lib
 
 Experiment = Union[str, types.ModuleType]
+
+# Next to config.json: {"file": absolute path, "module": dotted name or null,
+# "variant": the --config variant or null}.
+EXPERIMENT_JSON = 'experiment.json'
+_EXPERIMENTS_DIR = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  'experiments',
+)
 
 
 class Restored(NamedTuple):
@@ -90,9 +100,7 @@ def load_experiment(experiment: Experiment) -> types.ModuleType:
         f'experiment: expected an experiment file, got {experiment!r}.'
       )
     name = os.path.splitext(os.path.basename(path))[0]
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    experiments_dir = os.path.join(os.path.dirname(package), 'experiments')
-    if os.path.dirname(path) == experiments_dir:
+    if os.path.dirname(path) == _EXPERIMENTS_DIR:
       module = importlib.import_module(f'experiments.{name}')
     else:
       spec = importlib.util.spec_from_file_location(f'experiment_{name}', path)
@@ -113,6 +121,79 @@ def load_experiment(experiment: Experiment) -> types.ModuleType:
   return module
 
 
+def experiment_record(
+  experiment: Optional[str] = None, build_task: Any = None
+) -> Optional[Dict[str, Optional[str]]]:
+  """What `experiment.json` records of the experiment that made a run.
+
+  Args:
+    experiment: the `--config` value, 'FILE[:variant]'.
+    build_task: without `experiment`, the run's `build_task`: a function
+      named `build_task` in a module file (not `__main__`, not a lambda)
+      names that file, with no variant.
+
+  Returns:
+    {'file': absolute path, 'module': 'experiments.<name>' for a file of
+    this repository's `experiments/` (importable where the repository has
+    moved) else None, 'variant': the variant or None}; None when
+    `build_task` names no file.
+  """
+  variant = None
+  if experiment is not None:
+    path, _, variant = experiment.partition(':')
+    path = os.path.abspath(path)
+  elif (
+    getattr(build_task, '__name__', None) == 'build_task'
+    and getattr(build_task, '__module__', '__main__') != '__main__'
+  ):
+    try:
+      path = os.path.abspath(inspect.getsourcefile(build_task))
+    except TypeError:
+      return None
+  else:
+    return None
+  module = None
+  if os.path.dirname(path) == _EXPERIMENTS_DIR:
+    module = 'experiments.' + os.path.splitext(os.path.basename(path))[0]
+  return {'file': path, 'module': module, 'variant': variant or None}
+
+
+def recorded_experiment(workdir: str) -> Dict[str, Optional[str]]:
+  """The `experiment.json` of `workdir` (see `experiment_record`).
+
+  Raises:
+    ValueError: there is none, naming `experiment`.
+  """
+  path = os.path.join(workdir, EXPERIMENT_JSON)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    raise ValueError(
+      f'experiment: {workdir!r} does not record the experiment file that '
+      f'trained it (no readable {EXPERIMENT_JSON}); pass it, e.g. '
+      f"restore(workdir, 'experiments/digits.py')."
+    ) from None
+
+
+def _recorded_module(workdir: str) -> Tuple[types.ModuleType, Optional[str]]:
+  """(module, variant) of the experiment `workdir` records."""
+  record = recorded_experiment(workdir)
+  path, module = record.get('file'), record.get('module')
+  if path and os.path.isfile(path):
+    return load_experiment(path), record.get('variant')
+  if module:
+    try:
+      return importlib.import_module(module), record.get('variant')
+    except ImportError:
+      pass
+  raise ValueError(
+    f'experiment: {workdir!r} was trained by {path or module!r}, which is '
+    'not there any more; pass the experiment file, e.g. restore(workdir, '
+    "'experiments/digits.py')."
+  )
+
+
 def _like(value: Any, default: Any) -> Any:
   """A JSON value with the container types of the config's default."""
   if isinstance(value, dict) and isinstance(default, dict):
@@ -123,13 +204,15 @@ def _like(value: Any, default: Any) -> Any:
 
 
 def load_config(
-  workdir: str, experiment: Optional[types.ModuleType] = None
+  workdir: str,
+  experiment: Optional[types.ModuleType] = None,
+  variant: Optional[str] = None,
 ) -> ml_collections.ConfigDict:
   """The config a run in `workdir` recorded (`config.json`), locked.
 
-  JSON has no tuples: where the experiment's default config
-  (`experiment.get_config()`) holds a tuple, the list read back becomes a
-  tuple again.
+  JSON has no tuples: where the experiment's config
+  (`experiment.get_config(variant)`) holds a tuple, the list read back
+  becomes a tuple again.
   """
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
@@ -141,7 +224,7 @@ def load_config(
     values = json.load(f)
   if experiment is not None and hasattr(experiment, 'get_config'):
     try:
-      default = experiment.get_config().to_dict()
+      default = experiment.get_config(variant or '').to_dict()
     except Exception:  # pylint: disable=broad-except
       default = {}  # A variant-only experiment: keep the JSON types.
     values = _like(values, default)
@@ -166,29 +249,22 @@ def restore(workdir: str, experiment: Optional[Experiment] = None) -> Restored:
     workdir: the run's directory (holds config.json and checkpoints/).
     experiment: the experiment file that trained it (a path such as
       'experiments/digits.py', a module name or the module). Optional when
-      the run's config.json names it in an 'experiment' field.
+      the run records it (`experiment.json`, written by `experiments.main`
+      and by `loop.train` given an experiment's `build_task`).
 
   Returns:
     A `Restored` (forward, params, state, config) with `predict(batch)`.
 
   Raises:
     ValueError: no config.json or checkpoint in `workdir`, or no experiment
-      given or recorded.
+      given or recorded (naming `experiment`).
   """
+  variant = None
   if experiment is None:
-    path = os.path.join(workdir, 'config.json')
-    recorded = None
-    if os.path.isfile(path):
-      with open(path) as f:
-        recorded = json.load(f).get('experiment')
-    if not recorded:
-      raise ValueError(
-        f'experiment: {path} does not name the experiment file that '
-        "trained it; pass it, e.g. restore(workdir, 'experiments/digits.py')."
-      )
-    experiment = recorded
-  module = load_experiment(experiment)
-  config = load_config(workdir, module)
+    module, variant = _recorded_module(workdir)
+  else:
+    module = load_experiment(experiment)
+  config = load_config(workdir, module, variant)
   params, state = checkpoint_lib.load_variables(workdir, arg_name='workdir')
   return Restored(build_forward(module, config), params, state, config)
 
