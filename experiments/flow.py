@@ -178,9 +178,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.data.reverse_pairs = True
     c.total_steps = 37_500
   elif arg in ('local', 'debug'):
-    # Sized for 30 minutes of 2 shared CPU cores: 2,000 steps (a step took
-    # ~1 s at load average 9). Frames are rendered at the training size,
-    # so no scaling.
+    # 2,000 steps: 9 min 5 s on the idle 2-core machine (3.7 steps/s; the
+    # model did not leave zero flow, see the README). Frames are rendered at
+    # the training size, so no scaling.
     c.data.source = 'procedural'
     c.batch_size = 8
     c.num_train = 4000
