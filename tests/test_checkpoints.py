@@ -10,7 +10,7 @@ import pytest
 
 from perceiver import checkpoints
 from perceiver import presets
-from tests.test_presets import SMALL, official  # noqa: F401  (fixture)
+from tests.test_presets import SMALL
 
 
 def synthetic_tree(entry, seed=0):

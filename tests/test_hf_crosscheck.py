@@ -34,8 +34,6 @@ docstring for the list; in short:
 """
 
 import functools
-import json
-import os
 import re
 
 import haiku as hk
@@ -53,11 +51,6 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 RTOL = 1e-4
-# The released checkpoints' parameter trees (names, shapes, dtypes, counts).
-OFFICIAL_PARAMS = os.environ.get(
-  'PERCEIVER_OFFICIAL_PARAMS',
-  os.path.join(os.path.dirname(__file__), 'data', 'released_checkpoints.json'),
-)
 BATCH = 2
 
 # Encoder sizes shared by every reduced model: 2 distinct self-attention
@@ -651,12 +644,9 @@ def test_hf_convert_does_not_import_torch():
 
 
 @pytest.mark.parametrize('model_name', hf_convert.MODEL_NAMES)
-def test_released_parameter_trees_convert(model_name):
+def test_released_parameter_trees_convert(model_name, official):
   """The released checkpoints' trees map one-to-one onto transformers keys."""
-  if not os.path.exists(OFFICIAL_PARAMS):
-    pytest.skip(f'{OFFICIAL_PARAMS} not found')
-  with open(OFFICIAL_PARAMS) as f:
-    official = json.load(f)[model_name]
+  official = official[model_name]
   # Tiny arrays of the released ranks: the mapping only permutes axes.
   tiny = lambda tree: {
     m: {

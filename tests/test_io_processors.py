@@ -10,8 +10,6 @@ the parameter trees of the released checkpoints
 (tests/data/released_checkpoints.json).
 """
 
-import json
-import os
 
 import haiku as hk
 import jax
@@ -21,11 +19,6 @@ import pytest
 
 from perceiver import io_processors as io
 
-# The released checkpoints' parameter trees (names, shapes, dtypes, counts).
-OFFICIAL_PARAMS = os.environ.get(
-  'PERCEIVER_OFFICIAL_PARAMS',
-  os.path.join(os.path.dirname(__file__), 'data', 'released_checkpoints.json'),
-)
 
 
 # ---------------------------------------------------------------------------
@@ -852,14 +845,6 @@ def test_embedding_decoder_tied_logits():
 # ---------------------------------------------------------------------------
 # Released configs at full size (eval_shape only) vs the released trees
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope='module')
-def official():
-  if not os.path.exists(OFFICIAL_PARAMS):
-    pytest.skip(f'{OFFICIAL_PARAMS} not found')
-  with open(OFFICIAL_PARAMS) as f:
-    return json.load(f)
 
 
 def _shape_tree(tree):

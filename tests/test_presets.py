@@ -1,8 +1,6 @@
 """Presets: parameter trees equal the released checkpoints', calls work."""
 
 import functools
-import json
-import os
 
 import chex
 import jax
@@ -11,18 +9,6 @@ import numpy as np
 import pytest
 
 from perceiver import presets
-
-# The released checkpoints' parameter trees (names, shapes, dtypes, counts).
-REFERENCE = os.path.join(os.path.dirname(__file__), 'data',
-                         'released_checkpoints.json')
-
-
-@pytest.fixture(scope='module')
-def official():
-  if not os.path.exists(REFERENCE):
-    pytest.skip(f'{REFERENCE} not found')
-  with open(REFERENCE) as f:
-    return json.load(f)
 
 
 def example_inputs(name, batch=1, **overrides):
