@@ -7,15 +7,13 @@ import importlib
 import inspect
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+from tests import test_train_common as common
 from perceiver.train import config as config_lib
 from perceiver.train import metrics as metrics_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBUG = '--config=experiments/digits.py:debug'
 EXPERIMENTS = (
   'audioset',
@@ -26,28 +24,6 @@ EXPERIMENTS = (
   'mlm',
   'video_autoencoding',
 )
-
-
-def _main(*args, timeout=600):
-  return subprocess.run(
-    [sys.executable, '-m', 'experiments.main', *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
-  )
-
-
-def _snapshot(workdir):
-  """{relative path: bytes} of every file under `workdir`."""
-  files = {}
-  for root, _, names in os.walk(workdir):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        files[os.path.relpath(path, workdir)] = f.read()
-  return files
 
 
 def _assert_user_error(proc, *parts):
@@ -63,7 +39,7 @@ def _assert_user_error(proc, *parts):
 def test_help_config_lists_every_field_with_value_and_description():
   from experiments import digits  # pylint: disable=g-import-not-at-top
 
-  proc = _main(DEBUG, '--help_config')
+  proc = common.run_main(DEBUG, '--help_config')
   assert proc.returncode == 0, proc.stderr[-3000:]
   config = digits.get_config('debug')
   for name, value in config_lib.flat_fields(config).items():
@@ -75,7 +51,7 @@ def test_help_config_lists_every_field_with_value_and_description():
   assert 'global batch: examples per update' in proc.stdout
   assert 'random translation in pixels' in proc.stdout  # digits' comment
   # --help points to it.
-  assert '--help_config' in _main('--help').stdout
+  assert '--help_config' in common.run_main('--help').stdout
 
 
 @pytest.mark.parametrize('name', EXPERIMENTS)
@@ -145,24 +121,24 @@ def test_field_comments_of_assignments_and_sections():
   ],
 )
 def test_user_errors_are_short_and_exit_with_status_2(tmp_path, args, parts):
-  proc = _main(DEBUG, f'--workdir={tmp_path / "w"}', *args)
+  proc = common.run_main(DEBUG, f'--workdir={tmp_path / "w"}', *args)
   _assert_user_error(proc, *parts)
   assert not os.path.exists(tmp_path / 'w')
 
 
 def test_missing_config_file_and_unknown_variant(tmp_path):
-  proc = _main('--config=experiments/nope.py', f'--workdir={tmp_path}')
+  proc = common.run_main('--config=experiments/nope.py', f'--workdir={tmp_path}')
   _assert_user_error(proc, 'config: expected an experiment file')
-  proc = _main('--config=experiments/digits.py:nope', f'--workdir={tmp_path}')
+  proc = common.run_main('--config=experiments/digits.py:nope', f'--workdir={tmp_path}')
   _assert_user_error(proc, 'config: expected variant')
 
 
 def test_verbose_shows_the_traceback(tmp_path):
-  proc = _main(
+  proc = common.run_main(
     DEBUG, f'--workdir={tmp_path}', '--config.batch_sise=3', '--verbose'
   )
   assert proc.returncode != 0 and 'Traceback' in proc.stderr
-  proc = _main(
+  proc = common.run_main(
     DEBUG, f'--workdir={tmp_path}', '--config.optimizer.name=sgd', '--verbose'
   )
   assert proc.returncode != 0 and 'Traceback' in proc.stderr
@@ -170,7 +146,7 @@ def test_verbose_shows_the_traceback(tmp_path):
 
 def test_resumes_refuse_other_shapes_and_leave_finished_runs_alone(tmp_path):
   workdir = str(tmp_path / 'run')
-  common = (
+  flags = (
     DEBUG,
     f'--workdir={workdir}',
     '--config.checkpoint_every=2',
@@ -179,22 +155,22 @@ def test_resumes_refuse_other_shapes_and_leave_finished_runs_alone(tmp_path):
     '--config.tensorboard=false',
     '--config.plot_curves=false',
   )
-  proc = _main(*common, '--config.total_steps=4')
+  proc = common.run_main(*flags, '--config.total_steps=4')
   assert proc.returncode == 0, proc.stderr[-3000:]
   # The run records its experiment file and variant, for restore(workdir).
   recorded = os.path.join(workdir, 'experiment.json')
   with open(recorded) as f:
     assert json.load(f) == {
-      'file': os.path.join(ROOT, 'experiments', 'digits.py'),
+      'file': os.path.join(common.ROOT, 'experiments', 'digits.py'),
       'module': 'experiments.digits',
       'variant': 'debug',
     }
   os.remove(recorded)  # as a run from before it was recorded
-  before = _snapshot(workdir)
+  before = common.snapshot(workdir)
 
   # The debug model has 8 latents: a parameter of shape (8, 16).
-  proc = _main(
-    *common, '--config.total_steps=4', '--config.model.num_latents=4'
+  proc = common.run_main(
+    *flags, '--config.total_steps=4', '--config.model.num_latents=4'
   )
   _assert_user_error(
     proc,
@@ -203,14 +179,14 @@ def test_resumes_refuse_other_shapes_and_leave_finished_runs_alone(tmp_path):
     'model.num_latents 8 -> 4',
   )
   assert 'Event loop is closed' not in proc.stderr
-  assert _snapshot(workdir) == before  # no config.json, experiment.json
+  assert common.snapshot(workdir) == before  # no config.json, experiment.json
 
-  proc = _main(*common, '--config.total_steps=4')
+  proc = common.run_main(*flags, '--config.total_steps=4')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'already finished at step 4; nothing to do' in proc.stdout
-  assert _snapshot(workdir) == before  # result.json, metrics.jsonl too
+  assert common.snapshot(workdir) == before  # result.json, metrics.jsonl too
 
-  proc = _main(*common, '--config.total_steps=6')
+  proc = common.run_main(*flags, '--config.total_steps=6')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '  total_steps: 4 -> 6\n' in proc.stdout
   assert 'Resumed from the checkpoint at step 4.' in proc.stdout

@@ -259,6 +259,30 @@ def launch_main(args, *, num_processes=1, devices=1, timeout=400):
   return results
 
 
+def run_main(*args, timeout=600):
+  """`python -m experiments.main ARGS` on CPU: the CompletedProcess, with
+  stdout and stderr apart (for exit statuses and messages)."""
+  return subprocess.run(
+    [sys.executable, '-m', 'experiments.main', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
+
+
+def snapshot(workdir):
+  """{relative path: bytes} of every file under `workdir`."""
+  files = {}
+  for root, _, names in os.walk(workdir):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, workdir)] = f.read()
+  return files
+
+
 def train_losses(workdir):
   """{step: loss} of the training records in `<workdir>/metrics.jsonl`."""
   from perceiver.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top

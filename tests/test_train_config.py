@@ -7,8 +7,6 @@ write the workdir (config, metrics, checkpoints, plots).
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -17,7 +15,6 @@ from perceiver.train import config as config_lib
 from perceiver.train import loop
 from perceiver.train import metrics as metrics_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BAD = [
   # (override, device_count, field named in the message)
@@ -80,19 +77,8 @@ def test_init_checkpoint_is_refused_by_a_task_that_cannot_warm_start(
   assert not os.listdir(tmp_path)
 
 
-def _main(*args, timeout=600):
-  return subprocess.run(
-    [sys.executable, '-m', 'experiments.main', *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
-  )
-
-
 def test_command_line_rejects_bad_override_naming_the_field(tmp_path):
-  proc = _main(
+  proc = common.run_main(
     '--config=experiments/digits.py:debug',
     '--config.optimizer.name=sgd',
     f'--workdir={tmp_path}',
@@ -105,7 +91,7 @@ def test_command_line_rejects_bad_override_naming_the_field(tmp_path):
 
 def test_digits_debug_from_the_command_line_fills_the_workdir(tmp_path):
   workdir = str(tmp_path / 'run')
-  proc = _main(
+  proc = common.run_main(
     '--config=experiments/digits.py:debug',
     f'--workdir={workdir}',
     '--config.total_steps=6',

@@ -126,23 +126,12 @@ def jax_leaves(train_state):
   ]
 
 
-def _snapshot(workdir):
-  """{relative path: bytes} of every file in the workdir."""
-  files = {}
-  for root, _, names in os.walk(workdir):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        files[os.path.relpath(path, workdir)] = f.read()
-  return files
-
-
 def test_shape_changing_config_is_refused_and_the_workdir_untouched(
   tmp_path,
 ):
   workdir = str(tmp_path)
   loop.train(_config(total_steps=5), common.build_toy_task, workdir)
-  before = _snapshot(workdir)
+  before = common.snapshot(workdir)
 
   with pytest.raises(ValueError) as e:
     loop.train(
@@ -157,7 +146,7 @@ def test_shape_changing_config_is_refused_and_the_workdir_untouched(
   )
   assert 'model.width 16 -> 8' in message
   assert len(message.splitlines()) <= 3
-  assert _snapshot(workdir) == before
+  assert common.snapshot(workdir) == before
 
 
 def test_finished_run_rerun_changes_nothing(tmp_path, capsys):
@@ -165,14 +154,14 @@ def test_finished_run_rerun_changes_nothing(tmp_path, capsys):
   loop.train(
     _config(total_steps=5, tensorboard=True), common.build_toy_task, workdir
   )
-  before = _snapshot(workdir)
+  before = common.snapshot(workdir)
   capsys.readouterr()
   again = loop.train(
     _config(total_steps=5, tensorboard=True), common.build_toy_task, workdir
   )
   assert 'already finished at step 5; nothing to do' in capsys.readouterr().out
   assert again['start_step'] == 5 and not again['losses']
-  assert _snapshot(workdir) == before
+  assert common.snapshot(workdir) == before
 
 
 def test_shape_preserving_changes_resume_and_are_listed(tmp_path, capsys):
