@@ -78,7 +78,7 @@ _DEFAULTS: Dict[str, Dict[str, Any]] = {
     'language_mlm': dict(vocab_size=262, max_seq_len=2048, d_model=768,
                          z_index_dim=256, num_z_channels=1280,
                          num_self_attends_per_block=26, num_heads=8,
-                         qk_channels=256),
+                         qk_channels=256, embed_init_scale=1.0),
     'optical_flow': dict(image_size=(368, 496), z_index_dim=2048,
                          num_z_channels=512, num_self_attends_per_block=24,
                          num_self_attend_heads=16, num_bands=64,
@@ -196,7 +196,11 @@ def _imagenet(name: str, cfg) -> Callable[..., Any]:
 
 def _language_mlm_modules(cfg, num_queries: int):
   d_model = cfg['d_model']
-  embed = hk.Embed(cfg['vocab_size'], d_model)
+  # Released: hk.Embed's default, a truncated normal of stddev 1. The table
+  # is also the tied output layer, so at small scale 0.02 trains far better
+  # (logits start near 0: experiments/mlm.py:local).
+  embed = hk.Embed(cfg['vocab_size'], d_model, w_init=hk.initializers.
+                   TruncatedNormal(stddev=cfg['embed_init_scale']))
   position_encoding = P.TrainablePositionEncoding(
       cfg['max_seq_len'], d_model, init_scale=0.02)
   encoder = P.PerceiverEncoder(

@@ -185,3 +185,26 @@ def test_video_label_query_channels_is_a_size_field():
   mlp = 'multimodal_decoder/~/basic_decoder/cross_attention/mlp/linear'
   assert (default[mlp]['w'], small[mlp]['w']) == ((1026, 1026), (42, 42))
   assert default.keys() == small.keys()
+
+
+def test_mlm_embed_init_scale_sets_the_table_and_keeps_the_tree():
+  # The released table is hk.Embed's default: a truncated normal of stddev 1
+  # (cut at 2 stddev, so the sample's stddev is ~0.88 of it); the table is
+  # also the tied output layer, so its scale sets the initial logits' scale.
+  args, _ = example_inputs('language_mlm', batch=2, **SMALL['language_mlm'])
+  args = concrete(args)
+  trees = {}
+  for scale in (1.0, 0.02):
+    model = presets.build('language_mlm', embed_init_scale=scale,
+                          **SMALL['language_mlm'])
+    params, state = model.init(jax.random.PRNGKey(0), *args, is_training=True)
+    table = np.asarray(params['embed']['embeddings'])
+    assert 0.8 * scale < table.std() < 0.95 * scale
+    assert np.abs(table).max() <= 2 * scale
+    logits, _ = model.apply(params, state, None, *args, is_training=False)
+    trees[scale] = (shape_tree(params), float(np.std(logits)))
+  assert trees[1.0][0] == trees[0.02][0]
+  # Logits are the decoder's output times the table: 50x smaller table,
+  # much smaller logits (the decoder's output also depends on the table).
+  assert trees[0.02][1] < trees[1.0][1] / 10
+  assert presets.defaults('language_mlm')['embed_init_scale'] == 1.0
