@@ -136,6 +136,8 @@ COMMON_DESCRIPTIONS = {
   'model.widening_factor': 'MLP width / channels',
   'model.dropout_prob': 'dropout probability',
   'model.d_model': 'channels of the token embeddings',
+  'model.embed_init_scale': 'init stddev of the byte table, also the tied '
+  'output layer (released: 1.0)',
   'model.num_bands': 'Fourier position-encoding bands per axis',
   'model.num_classes': 'number of output classes',
   'model.image_size': 'side of the input images, in pixels',
