@@ -62,15 +62,15 @@ from perceiver.train.task import Task
 VENDORED_PROSE = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), 'data', 'english_prose'
 )
-PRESET_FIELDS = (
+SIZE_FIELDS = (
   'd_model',
   'z_index_dim',
   'num_z_channels',
   'num_self_attends_per_block',
   'num_heads',
   'qk_channels',
-  'embed_init_scale',
 )
+PRESET_FIELDS = SIZE_FIELDS + ('embed_init_scale',)
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -203,14 +203,11 @@ def validate(config) -> None:
       f'data.mask_fraction: expected a number in (0, 1), got '
       f'{d.mask_fraction!r}.'
     )
-  for name in PRESET_FIELDS:
-    if name != 'embed_init_scale':
-      validation.check_positive(f'model.{name}', config.model[name])
-  if not config.model.embed_init_scale > 0:
-    raise ValueError(
-      f'model.embed_init_scale: expected a positive number, got '
-      f'{config.model.embed_init_scale!r}.'
-    )
+  for name in SIZE_FIELDS:
+    validation.check_positive(f'model.{name}', config.model[name])
+  validation.check_positive_number(
+    'model.embed_init_scale', config.model.embed_init_scale
+  )
   if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
     raise ValueError(
       f'init_checkpoint: expected a checkpoint file or directory, got '

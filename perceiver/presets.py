@@ -115,6 +115,9 @@ def _config(name: str, overrides) -> Dict[str, Any]:
                           P.ATTENTION_IMPLEMENTATIONS)
   validation.check_choice('cross_attention_impl', cfg['cross_attention_impl'],
                           (None,) + P.ATTENTION_IMPLEMENTATIONS)
+  if 'embed_init_scale' in cfg:
+    validation.check_positive_number('embed_init_scale',
+                                     cfg['embed_init_scale'])
   return cfg
 
 

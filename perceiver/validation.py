@@ -38,6 +38,13 @@ def check_positive(name: str, value: Any, allow_none: bool = False) -> None:
     raise ValueError(f'{name}: expected a positive integer, got {value!r}.')
 
 
+def check_positive_number(name: str, value: Any) -> None:
+  """Raises unless `value` is a real number above 0 (not a bool)."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
+      not value > 0):
+    raise ValueError(f'{name}: expected a positive number, got {value!r}.')
+
+
 def check_divisible(name: str, value: int, divisor_name: str,
                     divisor: int) -> None:
   """Raises unless `divisor` divides `value`."""

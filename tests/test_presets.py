@@ -131,6 +131,14 @@ def test_unknown_override_is_rejected():
     presets.build('imagenet_resnet')
 
 
+@pytest.mark.parametrize('scale', [0, -0.02, True, '0.02'])
+def test_mlm_embed_init_scale_is_checked(scale):
+  # Haiku would make a zero table from stddev 0 without a word.
+  with pytest.raises(ValueError,
+                     match=r'embed_init_scale: expected a positive number'):
+    presets.build('language_mlm', embed_init_scale=scale)
+
+
 @pytest.mark.parametrize('prob', [0.0, 0.5, 1.0])
 def test_video_label_mask_prob_keeps_the_tree_and_masks(prob):
   name = 'video_autoencoding'
