@@ -4,6 +4,7 @@ import importlib
 import json
 import os
 import shutil
+import types
 
 import jax
 import numpy as np
@@ -100,6 +101,43 @@ def test_restore_reads_the_experiment_the_run_recorded(run, tmp_path):
   with pytest.raises(ValueError, match='experiment: .*does not record'):
     restore.restore(moved)
   restore.restore(moved, 'experiments/digits.py')  # given, not recorded
+
+
+def test_a_field_added_after_the_run_takes_the_main_config_value(run, tmp_path):
+  """An older config.json without a field the experiment has now: restore
+  fills it from `get_config('')` (new fields default to the old behaviour)
+  and keeps every recorded value."""
+  workdir, config, _ = run
+  older = str(tmp_path / 'older')
+  shutil.copytree(workdir, older)
+  path = os.path.join(older, 'config.json')
+  with open(path) as f:
+    values = json.load(f)
+  del values['model']['dropout_prob']
+  with open(path, 'w') as f:
+    json.dump(values, f)
+  main = digits.get_config('')
+  main.unlock()
+  main.model.dropout_prob = 0.25  # the value the filled field must take
+  fake = types.SimpleNamespace(
+    get_config=lambda variant='': main if not variant else config,
+    build_forward=digits.build_forward,
+  )
+  restored = restore.load_config(older, fake, 'debug')
+  assert restored.model.dropout_prob == 0.25
+  want = config.to_dict()
+  want['model']['dropout_prob'] = 0.25
+  assert restored.to_dict() == want
+  model = restore.restore(older, digits)  # the real one: 0.0 in both
+  main_value = digits.get_config('').model.dropout_prob
+  assert model.config.model.dropout_prob == main_value
+  batch = {'image': held_out_images()}
+  np.testing.assert_allclose(
+    model.predict(batch),
+    restore.restore(workdir, digits).predict(batch),
+    rtol=1e-6,
+    atol=1e-6,
+  )
 
 
 def test_bad_workdir_or_experiment(run, tmp_path):

@@ -203,6 +203,15 @@ def _like(value: Any, default: Any) -> Any:
   return value
 
 
+def _with_missing(value: Any, main: Any) -> Any:
+  """`value` plus the fields of `main` it lacks (recursively)."""
+  if not (isinstance(value, dict) and isinstance(main, dict)):
+    return value
+  out = {k: v for k, v in main.items() if k not in value}
+  out.update({k: _with_missing(v, main.get(k)) for k, v in value.items()})
+  return out
+
+
 def load_config(
   workdir: str,
   experiment: Optional[types.ModuleType] = None,
@@ -212,7 +221,10 @@ def load_config(
 
   JSON has no tuples: where the experiment's config
   (`experiment.get_config(variant)`) holds a tuple, the list read back
-  becomes a tuple again.
+  becomes a tuple again. A field the experiment gained after the run (not
+  in `config.json`) takes its value in the experiment's main config
+  (`get_config('')`), where new fields keep the earlier behaviour (e.g.
+  `model.audio_gain` = 1 for runs made before it existed).
   """
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
@@ -225,9 +237,10 @@ def load_config(
   if experiment is not None and hasattr(experiment, 'get_config'):
     try:
       default = experiment.get_config(variant or '').to_dict()
+      main = experiment.get_config('').to_dict()
     except Exception:  # pylint: disable=broad-except
-      default = {}  # A variant-only experiment: keep the JSON types.
-    values = _like(values, default)
+      default = main = {}  # A variant-only experiment: the JSON as it is.
+    values = _like(_with_missing(values, main), default)
   config = ml_collections.ConfigDict(values)
   config.lock()
   return config
