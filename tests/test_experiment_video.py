@@ -192,6 +192,48 @@ def test_write_reconstruction(tmp_path):
   )  # clipped at 1
 
 
+def test_audio_gain_scales_what_the_model_reads_not_the_units():
+  """The preset reads audio x gain; outputs come back divided by it, targets
+  are the batch's samples, in training and in evaluation."""
+  gain = 8.0
+  m = small_model(audio_gain=gain)
+  loss = vae.get_config('debug').loss
+  loss.unlock()
+  loss.label_mask_prob = 1.0  # training then encodes what evaluation does
+  forward = vae.make_forward(as_cfg(m), loss)
+  batch = random_batch(m)
+  batch['audio'] *= 0.01  # a quiet track
+  params, state = jax.jit(
+    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
+  )(batch)
+  preset = presets.build('video_autoencoding', **vae.preset_overrides(m))
+  loud = dict(batch, audio=batch['audio'] * gain)
+  theirs, _ = jax.jit(
+    lambda x: preset.apply(params, state, None, x, is_training=False)
+  )(vae.model_inputs(loud, m['num_classes']))
+  ours, _ = jax.jit(
+    lambda b: forward.apply(params, state, None, b, is_training=False)
+  )(batch)
+  np.testing.assert_allclose(
+    ours['audio'], np.asarray(theirs['audio']) / gain, rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_array_equal(ours['audio_target'], batch['audio'])
+  np.testing.assert_allclose(ours['image'], theirs['image'], atol=1e-5)
+  train, _ = jax.jit(
+    lambda b: forward.apply(
+      params, state, jax.random.PRNGKey(3), b, is_training=True
+    )
+  )(batch)
+  patches = batch['audio'][0, :, 0].reshape(-1, 16)
+  full = np.asarray(ours['audio'][0, :, 0]).reshape(-1, 16)
+  target = np.asarray(train['audio_target'][0]).reshape(-1, 16)
+  output = np.asarray(train['audio'][0]).reshape(-1, 16)
+  for patch, out in zip(target, output):
+    (where,) = np.nonzero(np.isclose(patches, patch, rtol=1e-6).all(axis=1))
+    assert where.size == 1  # the patch the training decode drew
+    np.testing.assert_allclose(out, full[where[0]], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize(
   'arg, latents, label_weight',
   [('', 784, 1e-4), ('latents392', 392, 1e-4), ('latents196,label1', 196, 1.0)],
@@ -220,6 +262,10 @@ def test_config_errors():
   c.unlock()
   c.model.audio_samples = 1000
   with pytest.raises(ValueError, match='model.audio_samples: expected'):
+    vae.validate(c)
+  c.model.audio_samples = 4 * 1920
+  c.model.audio_gain = 0.0
+  with pytest.raises(ValueError, match='model.audio_gain: expected'):
     vae.validate(c)
   for experiment in (vae, audioset):
     c = experiment.get_config('debug')
