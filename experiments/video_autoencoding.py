@@ -422,8 +422,10 @@ def per_example(
 ) -> Dict[str, jax.Array]:
   """Loss (App. I) and metrics per example, each [B] float32.
 
-  Baselines come from the full windows of `batch`: each window's mean colour
-  (per channel, over T, S, S) and silence.
+  Baselines score the points the model is scored on (in training the
+  decoded subsample, in evaluation every pixel and sample): each window's
+  mean colour (per channel, over all of its T, S, S pixels in `batch`) and
+  silence.
   """
   image_err = outputs['image'] - outputs['image_target']
   audio_err = outputs['audio'] - outputs['audio_target']
@@ -433,8 +435,10 @@ def per_example(
     outputs['label'], batch['label']
   )
   image = batch['image'].astype(jnp.float32) / 255.0  # [B, T, S, S, 3]
-  mean_colour = jnp.mean(image, axis=(1, 2, 3), keepdims=True)
-  audio = batch['audio'].astype(jnp.float32)
+  target = outputs['image_target']  # [B, Sp, 3] or [B, T, S, S, 3]
+  mean_colour = jnp.mean(image, axis=(1, 2, 3)).reshape(
+    (-1,) + (1,) * (target.ndim - 2) + (3,)
+  )
   return {
     'loss': (
       video_weight * video_l1
@@ -449,8 +453,10 @@ def per_example(
     ),
     'video_psnr': psnr(_per_example_mean(image_err**2)),
     'audio_psnr': psnr(_per_example_mean(audio_err**2)),
-    'video_psnr_baseline': psnr(_per_example_mean((image - mean_colour) ** 2)),
-    'audio_psnr_baseline': psnr(_per_example_mean(audio**2)),
+    'video_psnr_baseline': psnr(_per_example_mean((target - mean_colour) ** 2)),
+    'audio_psnr_baseline': psnr(
+      _per_example_mean(outputs['audio_target'] ** 2)
+    ),
   }
 
 

@@ -152,6 +152,23 @@ def test_per_example_values():
     got['loss'], [0.03 * 0.1 + 0.1 - 1e-4 * np.log(0.75)], rtol=1e-5
   )
   assert float(got['top1'][0]) == 1.0
+  # Training scores a subsample: the baselines score the same points (the
+  # mean colour still that of the whole window).
+  batch['audio'][0, :4] = 0.0  # the decoded samples are silent
+  subsample = dict(
+    outputs,
+    image=np.full((1, 2, 3), 0.6),
+    image_target=np.ones((1, 2, 3)),  # two white pixels: error 0.5
+    audio=np.full((1, 4), 0.01),
+    audio_target=batch['audio'][:, :4, 0],
+  )
+  got = vae.per_example(
+    subsample, batch, video_weight=0.03, audio_weight=1.0, label_weight=1e-4
+  )
+  np.testing.assert_allclose(got['video_psnr'], [10 * np.log10(1 / 0.16)])
+  np.testing.assert_allclose(got['video_psnr_baseline'], [10 * np.log10(4)])
+  np.testing.assert_allclose(got['audio_psnr'], [40.0], rtol=1e-5)
+  np.testing.assert_allclose(got['audio_psnr_baseline'], [100.0])  # floor
   assert vae.report(
     {
       'video_psnr': 20.04,
