@@ -82,6 +82,8 @@ VARIANTS = (
   'local',
 )
 SOURCES = ('kinetics', 'clip')
+# `config.model` fields the experiment uses itself (not preset arguments).
+EXPERIMENT_MODEL_FIELDS = ('eval_chunk_size', 'audio_gain')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -303,9 +305,7 @@ def model_inputs(batch, num_classes: int, audio_gain: float = 1.0):
 
 def preset_overrides(m) -> Dict[str, object]:
   """The `presets.build('video_autoencoding', **overrides)` of `model`."""
-  return {
-    k: v for k, v in m.items() if k not in ('eval_chunk_size', 'audio_gain')
-  }
+  return {k: v for k, v in m.items() if k not in EXPERIMENT_MODEL_FIELDS}
 
 
 def make_forward(m, loss) -> hk.TransformedWithState:
@@ -339,8 +339,9 @@ def make_forward(m, loss) -> hk.TransformedWithState:
     del is_training  # Same parameters either way.
     return net.init(rng, model_inputs(batch, m.num_classes), is_training=False)
 
-  def decode_some(params, state, key, inputs):
-    """One example ([1, ...] inputs) at random points."""
+  def decode_some(params, state, key, inputs, audio_1A):
+    """One example ([1, ...] inputs; `audio_1A` its samples in the batch's
+    units) at random points."""
     key_image, key_audio, key_model = jax.random.split(key, 3)
     points = {
       'image': jax.random.randint(
@@ -361,7 +362,7 @@ def make_forward(m, loss) -> hk.TransformedWithState:
       label_mask_prob=loss.label_mask_prob,
     )
     image_1P3 = inputs['image'].reshape(1, num_pixels, 3)
-    audio_1QK = inputs['audio'].reshape(1, num_patches, spp) / gain
+    audio_1QK = audio_1A.reshape(1, num_patches, spp)
     return dict(
       out,
       audio=out['audio'] / gain,
@@ -375,8 +376,9 @@ def make_forward(m, loss) -> hk.TransformedWithState:
     if is_training:
       one = jax.tree.map(lambda x: x[:, None], inputs)  # [B, 1, ...]
       keys = jax.random.split(rng, batch_size)
-      out = jax.vmap(decode_some, in_axes=(None, None, 0, 0))(
-        params, state, keys, one
+      audio_B1A = batch['audio'].astype(jnp.float32).reshape(batch_size, 1, -1)
+      out = jax.vmap(decode_some, in_axes=(None, None, 0, 0, 0))(
+        params, state, keys, one, audio_B1A
       )
       return jax.tree.map(lambda x: x[:, 0], out), state
     out, state = net.apply(
@@ -505,6 +507,11 @@ def make_sources(config):
   spec = video_data.WindowSpec(**kw)
   if d.source == 'clip':
     path = d.clip or video_data.BIG_BUCK_BUNNY
+    if not os.path.isfile(path):
+      raise ValueError(
+        f'data.clip: expected a video file (or empty for the vendored clip), '
+        f'got {d.clip!r}, which is not a file.'
+      )
     first, last = d.clip_train_starts
     train = video_data.clip_windows(path, list(range(first, last + 1)))
     held_out = video_data.clip_windows(path, list(d.clip_eval_starts))

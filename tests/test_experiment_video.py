@@ -284,6 +284,11 @@ def test_config_errors():
   c.model.audio_gain = 0.0
   with pytest.raises(ValueError, match='model.audio_gain: expected'):
     vae.validate(c)
+  c = vae.get_config('debug')
+  c.unlock()
+  c.data.clip = '/no/such/clip.mp4'
+  with pytest.raises(ValueError, match="data.clip: .*'/no/such/clip.mp4'"):
+    vae.make_sources(c)
   for experiment in (vae, audioset):
     c = experiment.get_config('debug')
     assert {'worker_count', 'prefetch', 'skip_corrupt'} <= set(c.data)

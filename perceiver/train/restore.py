@@ -235,11 +235,15 @@ def load_config(
   with open(path) as f:
     values = json.load(f)
   if experiment is not None and hasattr(experiment, 'get_config'):
-    try:
-      default = experiment.get_config(variant or '').to_dict()
-      main = experiment.get_config('').to_dict()
-    except Exception:  # pylint: disable=broad-except
-      default = main = {}  # A variant-only experiment: the JSON as it is.
+
+    def config_or_empty(arg):
+      try:
+        return experiment.get_config(arg).to_dict()
+      except Exception:  # pylint: disable=broad-except
+        return {}  # A variant-only experiment: nothing to take from it.
+
+    main = config_or_empty('')
+    default = config_or_empty(variant) if variant else main
     values = _like(_with_missing(values, main), default)
   config = ml_collections.ConfigDict(values)
   config.lock()
