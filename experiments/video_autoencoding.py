@@ -185,8 +185,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.loss.train_pixels = 16
     c.loss.train_audio_samples = 64
   elif 'local' in variants:
-    # 1,500 steps: 13 min 32 s launch to exit on the 2-core machine
-    # (1.9 steps/s; 2026-12-01, see the README).
+    # 1,500 steps: 13 min 23 s launch to exit from a fresh clone on the
+    # 2-core machine (1.9 steps/s; 2026-12-01, see the README).
     c.batch_size = 8
     c.total_steps = 1500
     c.log_every = 50
@@ -212,8 +212,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       # beside the Fourier features in the same tokens (RMS 0.71): at gain
       # 1 zeroing the audio moves the untrained model's audio output by
       # 0.008% of its RMS (5% at gain 100). x100 puts the windows' RMS at
-      # 0.1-1.1. Measured (README): held-out video PSNR 17.8 dB at gain 1,
-      # 19.1 at 10, 20.1 at 100; audio at silence's PSNR at every gain.
+      # 0.1-1.1. Measured (README): held-out video PSNR 19.1 dB at gain 10,
+      # 20.1 at 100 (17.8 at gain 1 on an earlier day); audio at silence's
+      # PSNR at every gain.
       audio_gain=100.0,
     )
   c.lock()
