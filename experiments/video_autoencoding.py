@@ -118,6 +118,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       label_mask_prob=0.5,  # of training examples; always masked in eval
       train_pixels=512,  # decoded per training example
       train_audio_samples=512,  # a multiple of model.samples_per_patch
+      # Not in the paper (0: off): training audio times a random sign and
+      # exp(U(-x, x)), inputs and targets alike (`augment_audio`).
+      audio_augment=0.0,
     )
   )
   c.data.update(
@@ -274,10 +277,10 @@ def validate(config) -> None:
       f'loss.label_mask_prob: expected a probability in '
       f'[0, 1], got {loss.label_mask_prob!r}.'
     )
-  for name in ('video_weight', 'audio_weight', 'label_weight'):
+  for name in ('video_weight', 'audio_weight', 'label_weight', 'audio_augment'):
     if loss[name] < 0:
       raise ValueError(
-        f'loss.{name}: expected a non-negative weight, got {loss[name]!r}.'
+        f'loss.{name}: expected a non-negative number, got {loss[name]!r}.'
       )
   validation.check_choice('data.source', d.source, SOURCES)
   if d.skip_corrupt:
@@ -302,6 +305,29 @@ def model_inputs(batch, num_classes: int, audio_gain: float = 1.0):
     'audio': batch['audio'].astype(jnp.float32) * audio_gain,
     'label': jax.nn.one_hot(batch['label'], num_classes),
   }
+
+
+def augment_audio(key, audio, max_log_gain: float):
+  """Random polarity and gain per example (training inputs and targets).
+
+  Args:
+    key: a JAX PRNG key.
+    audio: [B, A, 1] samples.
+    max_log_gain: each example is multiplied by a random sign (+-1, equally
+      likely) and by exp(u), u ~ U(-max_log_gain, max_log_gain).
+
+  Returns:
+    float32 [B, A, 1]. Not in the paper: with one short clip to train on,
+    the model otherwise memorises the clip's soundtrack instead of reading
+    its input (README, the audio of `:local`).
+  """
+  key_sign, key_gain = jax.random.split(key)
+  b = audio.shape[0]
+  sign = jax.random.rademacher(key_sign, (b, 1, 1), jnp.float32)
+  log_gain = jax.random.uniform(
+    key_gain, (b, 1, 1), minval=-max_log_gain, maxval=max_log_gain
+  )
+  return audio.astype(jnp.float32) * sign * jnp.exp(log_gain)
 
 
 def preset_overrides(m) -> Dict[str, object]:
@@ -372,6 +398,11 @@ def make_forward(m, loss) -> hk.TransformedWithState:
     )
 
   def apply(params, state, rng, batch, *, is_training):
+    if is_training and loss.audio_augment > 0:
+      rng, key = jax.random.split(rng)
+      batch = dict(
+        batch, audio=augment_audio(key, batch['audio'], loss.audio_augment)
+      )
     inputs = model_inputs(batch, m.num_classes, gain)
     batch_size = inputs['image'].shape[0]
     if is_training:

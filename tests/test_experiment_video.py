@@ -251,6 +251,59 @@ def test_audio_gain_scales_what_the_model_reads_not_the_units():
     np.testing.assert_allclose(out, full[where[0]], rtol=1e-4, atol=1e-6)
 
 
+def test_augment_audio_sign_and_gain_per_example():
+  audio = np.random.default_rng(0).normal(size=(256, 40, 1)).astype(np.float32)
+  out = np.asarray(vae.augment_audio(jax.random.PRNGKey(0), audio, 0.5))
+  factor = out[:, :, 0] / audio[:, :, 0]
+  # One factor per example: +-exp(u), |u| <= 0.5, both signs drawn.
+  np.testing.assert_allclose(
+    factor, factor[:, :1] * np.ones((1, 40)), rtol=1e-5
+  )
+  log_gain = np.log(np.abs(factor[:, 0]))
+  assert np.all(np.abs(log_gain) <= 0.5 + 1e-6)
+  assert log_gain.min() < -0.3 and log_gain.max() > 0.3
+  assert 0.3 < np.mean(factor[:, 0] > 0) < 0.7
+
+
+def test_training_reads_and_scores_the_augmented_audio():
+  """With loss.audio_augment, an example's training targets are its audio
+  times one random +-gain, and the model reads that same audio: its training
+  decode equals the full decode of the scaled batch at the drawn patches."""
+  m = small_model()
+  loss = vae.get_config('debug').loss
+  loss.unlock()
+  loss.label_mask_prob = 1.0
+  loss.audio_augment = 0.7
+  forward = vae.make_forward(as_cfg(m), loss)
+  batch = random_batch(m, batch=1)
+  params, state = jax.jit(
+    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
+  )(batch)
+  train, _ = jax.jit(
+    lambda b: forward.apply(
+      params, state, jax.random.PRNGKey(3), b, is_training=True
+    )
+  )(batch)
+  patches = batch['audio'][0, :, 0].reshape(-1, 16)
+  target = np.asarray(train['audio_target'][0]).reshape(-1, 16)
+  # Each target patch is one of the batch's patches times one factor.
+  ratios = target[:, None] / patches[None]  # [drawn, Q, 16]
+  spread = ratios.std(-1) / np.abs(ratios.mean(-1))
+  drawn = np.argmin(spread, axis=1)
+  assert np.all(spread[np.arange(len(drawn)), drawn] < 1e-4)
+  factors = ratios[np.arange(len(drawn)), drawn].mean(-1)
+  factor = factors[0]
+  np.testing.assert_allclose(factors, factor, rtol=1e-4)
+  assert abs(np.log(abs(factor))) <= 0.7 + 1e-6 and abs(factor - 1) > 1e-3
+  scaled = dict(batch, audio=batch['audio'] * factor)
+  full, _ = jax.jit(
+    lambda b: forward.apply(params, state, None, b, is_training=False)
+  )(scaled)
+  full_patches = np.asarray(full['audio'][0, :, 0]).reshape(-1, 16)
+  output = np.asarray(train['audio'][0]).reshape(-1, 16)
+  np.testing.assert_allclose(output, full_patches[drawn], rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize(
   'arg, latents, label_weight',
   [('', 784, 1e-4), ('latents392', 392, 1e-4), ('latents196,label1', 196, 1.0)],
