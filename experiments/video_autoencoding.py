@@ -230,6 +230,8 @@ def validate(config) -> None:
   for name in (
     'num_frames',
     'image_size',
+    'spatial_downsample',
+    'temporal_downsample',
     'samples_per_patch',
     'audio_samples',
     'num_classes',
@@ -244,11 +246,18 @@ def validate(config) -> None:
   ):
     validation.check_positive(f'model.{name}', m[name])
   validation.check_positive_number('model.audio_gain', m.audio_gain)
-  if m.image_size % 4:
-    raise ValueError(
-      f'model.image_size: expected a multiple of 4 (1x4x4 '
-      f'patches), got {m.image_size}.'
-    )
+  validation.check_divisible(
+    'model.image_size',
+    m.image_size,
+    'model.spatial_downsample',
+    m.spatial_downsample,
+  )
+  validation.check_divisible(
+    'model.num_frames',
+    m.num_frames,
+    'model.temporal_downsample',
+    m.temporal_downsample,
+  )
   per_frame = d.audio_rate // d.fps
   if m.audio_samples != m.num_frames * per_frame:
     raise ValueError(

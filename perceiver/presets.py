@@ -84,6 +84,7 @@ _DEFAULTS: Dict[str, Dict[str, Any]] = {
                          num_self_attend_heads=16, num_bands=64,
                          flow_scale=20.0),
     'video_autoencoding': dict(num_frames=16, image_size=224,
+                               spatial_downsample=4, temporal_downsample=1,
                                samples_per_patch=16, audio_samples=30720,
                                num_classes=700, z_index_dim=784,
                                num_z_channels=512,
@@ -315,8 +316,11 @@ def _optical_flow(cfg) -> Callable[..., Any]:
 def _video_autoencoding(cfg) -> Callable[..., Any]:
   t, size, spp = cfg['num_frames'], cfg['image_size'], cfg['samples_per_patch']
   n_audio, n_classes = cfg['audio_samples'], cfg['num_classes']
+  sd, td = cfg['spatial_downsample'], cfg['temporal_downsample']
+  # The patch grid's resolution; the decoder's full-resolution queries use
+  # it too, as released (for 1x4x4 patches: (t, size // 4, size // 4)).
   image_fourier = dict(num_bands=cfg['image_bands'],
-                       max_resolution=(t, size // 4, size // 4),
+                       max_resolution=(t // td, size // sd, size // sd),
                        sine_only=False, concat_pos=True)
   audio_fourier = dict(num_bands=cfg['audio_bands'],
                        max_resolution=(n_audio,), sine_only=False,
@@ -350,8 +354,8 @@ def _video_autoencoding(cfg) -> Callable[..., Any]:
             image=io.ImagePreprocessor(
                 position_encoding_type='fourier',
                 fourier_position_encoding_kwargs=image_fourier,
-                prep_type='patches', spatial_downsample=4,
-                temporal_downsample=1),
+                prep_type='patches', spatial_downsample=sd,
+                temporal_downsample=td),
             label=io.OneHotPreprocessor()),
         mask_probs=dict(image=0.0, audio=0.0, label=label_mask_prob))
     encoder = P.PerceiverEncoder(

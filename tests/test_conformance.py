@@ -723,7 +723,10 @@ def _colab_video_autoencoder(cfg):
   """The colab's video_autoencoder, at the sizes of SMALL (video_autoencoding.ipynb)."""
   from perceiver import perceiver  # The colab's import.
 
-  frames, img_sz, spp = cfg['num_frames'], cfg['image_size'] // 4, 16
+  # The colab's 1x4x4 patches unless cfg says otherwise.
+  sd = cfg.get('spatial_downsample', 4)
+  td = cfg.get('temporal_downsample', 1)
+  frames, img_sz, spp = cfg['num_frames'] // td, cfg['image_size'] // sd, 16
   num_classes = cfg['num_classes']
 
   def video_autoencoder(images, audio, subsampling):
@@ -755,8 +758,8 @@ def _colab_video_autoencoder(cfg):
           fourier_position_encoding_kwargs=image_pe,
           n_extra_pos_mlp=0,
           prep_type='patches',
-          spatial_downsample=4,
-          temporal_downsample=1,
+          spatial_downsample=sd,
+          temporal_downsample=td,
         ),
         'label': io.OneHotPreprocessor(),
       },
@@ -904,6 +907,51 @@ def test_colab_video_autoencoding_in_chunks():
   for m in ('image', 'audio', 'label'):
     np.testing.assert_allclose(
       reconstruction[m], full[m], rtol=1e-4, atol=1e-4, err_msg=m
+    )
+
+
+def test_preset_video_with_larger_patches_matches_the_colab_wiring():
+  # 2x8x8 patches: 2 x 2 x 2 video tokens of 384 values each; the Fourier
+  # features of inputs and of the full-resolution queries on the patch grid.
+  cfg = dict(
+    SMALL['video_autoencoding'],
+    num_z_channels=32,
+    num_frames=4,
+    spatial_downsample=8,
+    temporal_downsample=2,
+  )
+  colab = _colab_video_autoencoder(cfg)
+  rng = np.random.default_rng(6)
+  images = jnp.asarray(rng.uniform(0, 1, (1, 4, 16, 16, 3)), jnp.float32)
+  audio = jnp.asarray(rng.uniform(-1, 1, (1, 64, 1)), jnp.float32)
+  everything = {'image': jnp.arange(1024), 'audio': jnp.arange(4), 'label': None}
+  params, state = colab.init(jax.random.PRNGKey(0), images, audio, everything)
+  params = jax.tree.map(
+    lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.2, p.dtype), params
+  )
+  expected, _ = colab.apply(
+    params, state, jax.random.PRNGKey(1), images, audio, everything
+  )
+  preset = presets.build('video_autoencoding', **cfg)
+  inputs = {
+    'image': images,
+    'audio': audio,
+    'label': jnp.zeros((1, cfg['num_classes'])),
+  }
+  full, _ = preset.apply(params, {}, None, inputs, is_training=False)
+  np.testing.assert_allclose(
+    full['image'].reshape(1, 1024, 3), expected['image'], rtol=1e-4, atol=1e-4
+  )
+  np.testing.assert_allclose(
+    full['audio'].reshape(1, 64), expected['audio'], rtol=1e-4, atol=1e-4
+  )
+  # 12 x 12 frames do not split into 8 x 8 patches: named, not cropped.
+  bad = presets.build('video_autoencoding', **dict(cfg, image_size=12))
+  with pytest.raises(ValueError, match='spatial_block_size=8'):
+    bad.init(
+      jax.random.PRNGKey(0),
+      dict(inputs, image=images[:, :, :12, :12]),
+      is_training=False,
     )
 
 
