@@ -337,6 +337,14 @@ def test_config_errors():
   c.model.audio_gain = 0.0
   with pytest.raises(ValueError, match='model.audio_gain: expected'):
     vae.validate(c)
+  c.model.audio_gain = 1.0
+  c.model.spatial_downsample = 3
+  with pytest.raises(ValueError, match='image_size=16 must be divisible by'):
+    vae.validate(c)
+  c.model.spatial_downsample = 4
+  c.model.temporal_downsample = 3
+  with pytest.raises(ValueError, match='num_frames=4 must be divisible by'):
+    vae.validate(c)
   c = vae.get_config('debug')
   c.unlock()
   c.data.clip = '/no/such/clip.mp4'
