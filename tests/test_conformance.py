@@ -850,6 +850,17 @@ def _colab_video_autoencoder(cfg):
   return hk.transform_with_state(video_autoencoder)
 
 
+def _preset_video_decode(cfg, params, images, audio):
+  """The video_autoencoding preset's full decode with the label masked."""
+  preset = presets.build('video_autoencoding', **cfg)
+  inputs = {
+    'image': images,
+    'audio': audio,
+    'label': jnp.zeros((images.shape[0], cfg['num_classes'])),
+  }
+  return preset.apply(params, {}, None, inputs, is_training=False)[0]
+
+
 def test_colab_video_autoencoding_in_chunks():
   # Issue 9, item 2: the colab's chunk dicts carry 'label': None.
   cfg = dict(SMALL['video_autoencoding'], num_z_channels=32)
@@ -897,13 +908,7 @@ def test_colab_video_autoencoding_in_chunks():
   scores, _ = jax.lax.top_k(jax.nn.softmax(reconstruction['label']), 5)
   assert scores.shape == (1, 5)
   # The chunks equal a full decode of the same model (the preset).
-  preset = presets.build('video_autoencoding', **cfg)
-  inputs = {
-    'image': images,
-    'audio': audio,
-    'label': jnp.zeros((1, cfg['num_classes'])),
-  }
-  full, _ = preset.apply(params, {}, None, inputs, is_training=False)
+  full = _preset_video_decode(cfg, params, images, audio)
   for m in ('image', 'audio', 'label'):
     np.testing.assert_allclose(
       reconstruction[m], full[m], rtol=1e-4, atol=1e-4, err_msg=m
@@ -924,7 +929,11 @@ def test_preset_video_with_larger_patches_matches_the_colab_wiring():
   rng = np.random.default_rng(6)
   images = jnp.asarray(rng.uniform(0, 1, (1, 4, 16, 16, 3)), jnp.float32)
   audio = jnp.asarray(rng.uniform(-1, 1, (1, 64, 1)), jnp.float32)
-  everything = {'image': jnp.arange(1024), 'audio': jnp.arange(4), 'label': None}
+  everything = {
+    'image': jnp.arange(1024),
+    'audio': jnp.arange(4),
+    'label': None,
+  }
   params, state = colab.init(jax.random.PRNGKey(0), images, audio, everything)
   params = jax.tree.map(
     lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.2, p.dtype), params
@@ -932,13 +941,7 @@ def test_preset_video_with_larger_patches_matches_the_colab_wiring():
   expected, _ = colab.apply(
     params, state, jax.random.PRNGKey(1), images, audio, everything
   )
-  preset = presets.build('video_autoencoding', **cfg)
-  inputs = {
-    'image': images,
-    'audio': audio,
-    'label': jnp.zeros((1, cfg['num_classes'])),
-  }
-  full, _ = preset.apply(params, {}, None, inputs, is_training=False)
+  full = _preset_video_decode(cfg, params, images, audio)
   np.testing.assert_allclose(
     full['image'].reshape(1, 1024, 3), expected['image'], rtol=1e-4, atol=1e-4
   )
@@ -950,7 +953,11 @@ def test_preset_video_with_larger_patches_matches_the_colab_wiring():
   with pytest.raises(ValueError, match='spatial_block_size=8'):
     bad.init(
       jax.random.PRNGKey(0),
-      dict(inputs, image=images[:, :, :12, :12]),
+      {
+        'image': images[:, :, :12, :12],
+        'audio': audio,
+        'label': jnp.zeros((1, cfg['num_classes'])),
+      },
       is_training=False,
     )
 

@@ -37,6 +37,22 @@ def random_batch(m, batch=2, seed=0):
   }
 
 
+def init_params(forward, batch):
+  """The forward's parameters and state, initialised for training (seed 0)."""
+  return jax.jit(
+    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
+  )(batch)
+
+
+def train_decode(forward, params, state, batch):
+  """The forward's training outputs for `batch` (rng seed 3)."""
+  return jax.jit(
+    lambda b: forward.apply(
+      params, state, jax.random.PRNGKey(3), b, is_training=True
+    )[0]
+  )(batch)
+
+
 def as_cfg(d):
   return ml_collections.ConfigDict(d)
 
@@ -46,9 +62,7 @@ def test_model_is_the_preset():
   loss = vae.get_config('debug').loss
   forward = vae.make_forward(as_cfg(m), loss)
   batch = random_batch(m)
-  params, state = jax.jit(
-    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
-  )(batch)
+  params, state = init_params(forward, batch)
   preset = presets.build('video_autoencoding', **vae.preset_overrides(m))
   inputs = vae.model_inputs(batch, m['num_classes'])
   p2 = jax.eval_shape(
@@ -77,14 +91,8 @@ def test_training_decodes_random_points_per_example():
   batch = random_batch(m)
   batch['image'][1] = batch['image'][0]  # two identical examples
   batch['audio'][1] = batch['audio'][0]
-  params, state = jax.jit(
-    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
-  )(batch)
-  out, _ = jax.jit(
-    lambda b: forward.apply(
-      params, state, jax.random.PRNGKey(3), b, is_training=True
-    )
-  )(batch)
+  params, state = init_params(forward, batch)
+  out = train_decode(forward, params, state, batch)
   assert out['image'].shape == out['image_target'].shape == (2, 16, 3)
   assert out['audio'].shape == out['audio_target'].shape == (2, 64)
   assert out['label'].shape == (2, 2)
@@ -108,9 +116,7 @@ def test_label_masking_per_example():
   assert loss.label_mask_prob == 0.5
   forward = vae.make_forward(as_cfg(m), loss)
   batch = random_batch(m, batch=8)
-  params, state = jax.jit(
-    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
-  )(batch)
+  params, state = init_params(forward, batch)
   apply = jax.jit(
     lambda b: forward.apply(
       params, state, jax.random.PRNGKey(3), b, is_training=True
@@ -220,9 +226,7 @@ def test_audio_gain_scales_what_the_model_reads_not_the_units():
   forward = vae.make_forward(as_cfg(m), loss)
   batch = random_batch(m)
   batch['audio'] *= 0.01  # a quiet track
-  params, state = jax.jit(
-    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
-  )(batch)
+  params, state = init_params(forward, batch)
   preset = presets.build('video_autoencoding', **vae.preset_overrides(m))
   loud = dict(batch, audio=batch['audio'] * gain)
   theirs, _ = jax.jit(
@@ -276,14 +280,8 @@ def test_training_reads_and_scores_the_augmented_audio():
   loss.audio_augment = 0.7
   forward = vae.make_forward(as_cfg(m), loss)
   batch = random_batch(m, batch=1)
-  params, state = jax.jit(
-    lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=True)
-  )(batch)
-  train, _ = jax.jit(
-    lambda b: forward.apply(
-      params, state, jax.random.PRNGKey(3), b, is_training=True
-    )
-  )(batch)
+  params, state = init_params(forward, batch)
+  train = train_decode(forward, params, state, batch)
   patches = batch['audio'][0, :, 0].reshape(-1, 16)
   target = np.asarray(train['audio_target'][0]).reshape(-1, 16)
   # Each target patch is one of the batch's patches times one factor.
