@@ -317,6 +317,10 @@ def _video_autoencoding(cfg) -> Callable[..., Any]:
   t, size, spp = cfg['num_frames'], cfg['image_size'], cfg['samples_per_patch']
   n_audio, n_classes = cfg['audio_samples'], cfg['num_classes']
   sd, td = cfg['spatial_downsample'], cfg['temporal_downsample']
+  if t // td < 2:
+    # ImagePreprocessor drops a time axis of 1 (released, for optical flow).
+    raise ValueError(f'temporal_downsample: expected at most num_frames // 2 '
+                     f'= {t // 2}, got {td}.')
   # The patch grid's resolution; the decoder's full-resolution queries use
   # it too, as released (for 1x4x4 patches: (t, size // 4, size // 4)).
   image_fourier = dict(num_bands=cfg['image_bands'],

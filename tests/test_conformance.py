@@ -948,6 +948,9 @@ def test_preset_video_with_larger_patches_matches_the_colab_wiring():
   np.testing.assert_allclose(
     full['audio'].reshape(1, 64), expected['audio'], rtol=1e-4, atol=1e-4
   )
+  # One patch in time would lose the time axis: refused by name.
+  with pytest.raises(ValueError, match='temporal_downsample: expected at most'):
+    presets.build('video_autoencoding', **dict(cfg, temporal_downsample=4))
   # 12 x 12 frames do not split into 8 x 8 patches: named, not cropped.
   bad = presets.build('video_autoencoding', **dict(cfg, image_size=12))
   with pytest.raises(ValueError, match='spatial_block_size=8'):

@@ -336,6 +336,10 @@ def test_config_errors():
   with pytest.raises(ValueError, match='model.audio_gain: expected'):
     vae.validate(c)
   c.model.audio_gain = 1.0
+  c.loss.audio_augment = -0.1
+  with pytest.raises(ValueError, match='loss.audio_augment: expected a non-n'):
+    vae.validate(c)
+  c.loss.audio_augment = 0.0
   c.model.spatial_downsample = 3
   with pytest.raises(ValueError, match='image_size=16 must be divisible by'):
     vae.validate(c)
