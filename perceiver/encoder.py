@@ -212,8 +212,11 @@ class PerceiverEncoder(hk.Module):
           query_mask=jnp.ones(z.shape[:2], dtype=bool), kv_mask=input_mask)
     z = self.cross_attend(z, inputs, attention_mask=attention_mask,
                           is_training=is_training)
-    init_rng = hk.next_rng_key() if hk.running_init() else None
-    layer_params = [lift(init_rng, z, is_training=False)
+    # Each layer is its own draw at init, as the released code's separate
+    # `SelfAttention` modules are; at apply the lifted params are read back.
+    init = hk.running_init()
+    layer_params = [lift(hk.next_rng_key() if init else None, z,
+                         is_training=False)
                     for lift in self._layer_params]
     return self._run_layers(z, layer_params, is_training=is_training)
 
