@@ -40,33 +40,47 @@ def transformers_config(name: str, cfg: Dict[str, Any]):
   set here; 'gelu_new' is the released tanh GELU (gap 1).
   """
   import transformers  # pylint: disable=g-import-not-at-top
-  kwargs = dict(hidden_act='gelu_new', attention_probs_dropout_prob=0.0,
-                num_latents=cfg['z_index_dim'],
-                d_latents=cfg['num_z_channels'],
-                num_self_attends_per_block=cfg['num_self_attends_per_block'],
-                cross_attention_widening_factor=1,
-                self_attention_widening_factor=1)
+
+  kwargs = dict(
+    hidden_act='gelu_new',
+    attention_probs_dropout_prob=0.0,
+    num_latents=cfg['z_index_dim'],
+    d_latents=cfg['num_z_channels'],
+    num_self_attends_per_block=cfg['num_self_attends_per_block'],
+    cross_attention_widening_factor=1,
+    self_attention_widening_factor=1,
+  )
   if name == 'language_mlm':
-    kwargs.update(num_blocks=1, d_model=cfg['d_model'],
-                  num_self_attention_heads=cfg['num_heads'],
-                  num_cross_attention_heads=cfg['num_heads'],
-                  qk_channels=cfg['qk_channels'],
-                  v_channels=cfg['num_z_channels'],
-                  vocab_size=cfg['vocab_size'],
-                  max_position_embeddings=cfg['max_seq_len'])
+    kwargs.update(
+      num_blocks=1,
+      d_model=cfg['d_model'],
+      num_self_attention_heads=cfg['num_heads'],
+      num_cross_attention_heads=cfg['num_heads'],
+      qk_channels=cfg['qk_channels'],
+      v_channels=cfg['num_z_channels'],
+      vocab_size=cfg['vocab_size'],
+      max_position_embeddings=cfg['max_seq_len'],
+    )
   elif name.startswith('imagenet'):
-    kwargs.update(num_blocks=cfg['num_blocks'],
-                  num_self_attention_heads=cfg['num_self_attend_heads'],
-                  num_cross_attention_heads=1, image_size=cfg['image_size'],
-                  num_labels=cfg['num_classes'])
+    kwargs.update(
+      num_blocks=cfg['num_blocks'],
+      num_self_attention_heads=cfg['num_self_attend_heads'],
+      num_cross_attention_heads=1,
+      image_size=cfg['image_size'],
+      num_labels=cfg['num_classes'],
+    )
   elif name == 'optical_flow':
-    kwargs.update(num_blocks=1,
-                  num_self_attention_heads=cfg['num_self_attend_heads'],
-                  num_cross_attention_heads=1,
-                  train_size=list(cfg['image_size']))
+    kwargs.update(
+      num_blocks=1,
+      num_self_attention_heads=cfg['num_self_attend_heads'],
+      num_cross_attention_heads=1,
+      train_size=list(cfg['image_size']),
+    )
   else:
-    raise ValueError(f'name: transformers cannot decode {name!r} fully '
-                     '(perceiver/hf_convert.py, gap 4).')
+    raise ValueError(
+      f'name: transformers cannot decode {name!r} fully '
+      '(perceiver/hf_convert.py, gap 4).'
+    )
   return transformers.PerceiverConfig(**kwargs)
 
 
@@ -83,6 +97,7 @@ def _time(fn, warmup: int, repeats: int):
 
 def matmul_peak(n: int, repeats: int = 5) -> Dict[str, float]:
   import torch  # pylint: disable=g-import-not-at-top
+
   out = {}
   for dtype in ('float32', 'bfloat16'):
     a = torch.randn(n, n, dtype=getattr(torch, dtype))
@@ -94,10 +109,12 @@ def matmul_peak(n: int, repeats: int = 5) -> Dict[str, float]:
 
 def _loss(logits, targets):
   import torch  # pylint: disable=g-import-not-at-top
+
   logits = logits.float()
   if targets.dtype in (torch.int32, torch.int64):
     return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long())
+      logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long()
+    )
   return torch.mean(torch.square(logits - targets))
 
 
@@ -107,6 +124,7 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
   import transformers  # pylint: disable=g-import-not-at-top
   from perceiver import hf_convert  # pylint: disable=g-import-not-at-top
   from perceiver import presets  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(os.cpu_count())
   baseline = peak_rss_bytes()
   name = spec['preset']
@@ -115,15 +133,22 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
   model = getattr(transformers, hf_convert.TRANSFORMERS_CLASSES[name])(config)
   export = spec['export_dir']
   weights = np.load(os.path.join(export, 'weights.npz'))
-  model.load_state_dict({k: torch.from_numpy(np.array(weights[k]))
-                         for k in weights.files}, strict=True)
+  model.load_state_dict(
+    {k: torch.from_numpy(np.array(weights[k])) for k in weights.files},
+    strict=True,
+  )
   inputs = np.load(os.path.join(export, 'inputs.npz'))
   kwargs = {k: torch.from_numpy(np.array(inputs[k])) for k in inputs.files}
   targets = torch.from_numpy(np.load(os.path.join(export, 'targets.npy')))
-  autocast = (torch.autocast('cpu', dtype=torch.bfloat16)
-              if spec['dtype'] == 'bfloat16' else contextlib.nullcontext())
-  rec = dict(num_params=int(sum(p.numel() for p in model.parameters())),
-             torch_threads=torch.get_num_threads())
+  autocast = (
+    torch.autocast('cpu', dtype=torch.bfloat16)
+    if spec['dtype'] == 'bfloat16'
+    else contextlib.nullcontext()
+  )
+  rec = dict(
+    num_params=int(sum(p.numel() for p in model.parameters())),
+    torch_threads=torch.get_num_threads(),
+  )
   if spec['mode'] == 'forward':
     model.eval()
     outputs = {}
@@ -140,8 +165,9 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
       if name == 'optical_flow':  # Our preset includes the colab's x20.
         ours = ours / cfg['flow_scale']
       if ours.shape == theirs.shape:
-        rec['max_rel_err'] = float(np.max(np.abs(ours - theirs)) /
-                                   np.max(np.abs(theirs)))
+        rec['max_rel_err'] = float(
+          np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
+        )
   else:
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -155,9 +181,15 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     times = _time(step, spec['warmup'], spec['repeats'])
   peak = peak_rss_bytes()
-  rec.update(status='ok', times_s=times, median_s=float(np.median(times)),
-             min_s=float(np.min(times)), peak_rss_bytes=peak,
-             baseline_rss_bytes=baseline, peak_mem_bytes=peak - baseline)
+  rec.update(
+    status='ok',
+    times_s=times,
+    median_s=float(np.median(times)),
+    min_s=float(np.min(times)),
+    peak_rss_bytes=peak,
+    baseline_rss_bytes=baseline,
+    peak_mem_bytes=peak - baseline,
+  )
   return rec
 
 
@@ -166,6 +198,7 @@ def main(argv):
   spec = json.loads(_WORKER.value)
   if spec['kind'] == 'matmul':
     import torch  # pylint: disable=g-import-not-at-top
+
     torch.set_num_threads(os.cpu_count())
     rec = dict(matmul_peak_flops=matmul_peak(spec['n']))
   else:

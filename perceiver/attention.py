@@ -51,8 +51,9 @@ def _zero_masked_rows(out_BNHV, mask_BNM):
   if mask_BNM is None:
     return out_BNHV
   row_has_key_BN = jnp.any(mask_BNM, axis=-1)
-  return jnp.where(row_has_key_BN[:, :, None, None], out_BNHV,
-                   jnp.zeros_like(out_BNHV))
+  return jnp.where(
+    row_has_key_BN[:, :, None, None], out_BNHV, jnp.zeros_like(out_BNHV)
+  )
 
 
 _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
@@ -73,8 +74,7 @@ def einsum(spec: str, a, b, *, precision=None):
   if a.dtype not in _LOW_PRECISION and b.dtype not in _LOW_PRECISION:
     return jnp.einsum(spec, a, b, precision=precision)
   if a.dtype != b.dtype:
-    raise ValueError(f'b: expected dtype {a.dtype} (that of a), got '
-                     f'{b.dtype}.')
+    raise ValueError(f'b: expected dtype {a.dtype} (that of a), got {b.dtype}.')
   return _low_precision_einsum(spec, precision, a, b)
 
 
@@ -83,15 +83,18 @@ def _transposed_specs(spec: str):
   sa, sb = inputs.split(',')
   for name, term, others in (('a', sa, sb + out), ('b', sb, sa + out)):
     if any(c not in others for c in term):
-      raise ValueError(f'spec: every index of operand {name} must appear in '
-                       f'the other operand or the output, got {spec!r}.')
+      raise ValueError(
+        f'spec: every index of operand {name} must appear in '
+        f'the other operand or the output, got {spec!r}.'
+      )
   return f'{out},{sb}->{sa}', f'{sa},{out}->{sb}'
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _low_precision_einsum(spec, precision, a, b):
-  return jnp.einsum(spec, a, b, precision=precision,
-                    preferred_element_type=jnp.float32)
+  return jnp.einsum(
+    spec, a, b, precision=precision, preferred_element_type=jnp.float32
+  )
 
 
 def _lp_einsum_fwd(spec, precision, a, b):
@@ -102,12 +105,17 @@ def _lp_einsum_bwd(spec, precision, residuals, ct):
   a, b = residuals
   spec_a, spec_b = _transposed_specs(spec)
   ct = ct.astype(a.dtype)
-  f32_einsum = functools.partial(jnp.einsum, precision=precision,
-                                 preferred_element_type=jnp.float32)
+  f32_einsum = functools.partial(
+    jnp.einsum, precision=precision, preferred_element_type=jnp.float32
+  )
   da = f32_einsum(spec_a, ct, b)
   sa, sb = spec.split('->')[0].split(',')
-  if (a.ndim == 2 and sa[0] not in sb and sa[1] in sb and
-      jax.default_backend() == 'cpu'):
+  if (
+    a.ndim == 2
+    and sa[0] not in sb
+    and sa[1] in sb
+    and jax.default_backend() == 'cpu'
+  ):
     # A 2-D `a` contracted over its first axis (the weight gradient x^T g of
     # a Linear, the embedding gradient of the decoder) makes a dot that
     # contracts both operands' first axes, which XLA CPU runs on a slow path
@@ -165,13 +173,20 @@ def _blocks(x, axis: int, size: int, num: int, leading: bool = True):
   unless it is already first), else it stays at `axis` (a reshape: no copy).
   """
   x = _pad_axis(x, axis, num * size)
-  shape = x.shape[:axis] + (num, size) + x.shape[axis + 1:]
+  shape = x.shape[:axis] + (num, size) + x.shape[axis + 1 :]
   x = x.reshape(shape)
   return jnp.moveaxis(x, axis, 0) if leading else x
 
 
-def _chunked(q_BNHK, kv_inputs, project, v_width: int, mask_BNM,
-             q_chunk: int, kv_chunk: int):
+def _chunked(
+  q_BNHK,
+  kv_inputs,
+  project,
+  v_width: int,
+  mask_BNM,
+  q_chunk: int,
+  kv_chunk: int,
+):
   """Blockwise attention with an online softmax (never builds [N, M]).
 
   `kv_inputs` is a pytree of [B, M, ...] arrays and `project` maps a key
@@ -188,16 +203,19 @@ def _chunked(q_BNHK, kv_inputs, project, v_width: int, mask_BNM,
   # [B, nk, kv_chunk, ...] blocks of the key/value inputs, read by index in
   # the loop: moving the block axis first would copy all M inputs.
   kv_blocks = jax.tree.map(
-      lambda x: _blocks(x, 1, kv_chunk, nk, leading=False), kv_inputs)
+    lambda x: _blocks(x, 1, kv_chunk, nk, leading=False), kv_inputs
+  )
   q_blocks = _blocks(q_BNHK, 1, q_chunk, nq)
   # [nk, kv_chunk]: padded keys are never attended (a vector, not [N, M]).
   key_valid = (jnp.arange(nk * kv_chunk) < M).reshape(nk, kv_chunk)
   if mask_BNM is not None:
-    mask_BNM = _pad_axis(_pad_axis(mask_BNM, 1, nq * q_chunk, True), 2,
-                         nk * kv_chunk, False)
+    mask_BNM = _pad_axis(
+      _pad_axis(mask_BNM, 1, nq * q_chunk, True), 2, nk * kv_chunk, False
+    )
     # [nq, nk, B, q_chunk, kv_chunk]
     mask_blocks = mask_BNM.reshape(B, nq, q_chunk, nk, kv_chunk).transpose(
-        1, 3, 0, 2, 4)
+      1, 3, 0, 2, 4
+    )
   else:
     mask_blocks = None
 
@@ -213,9 +231,12 @@ def _chunked(q_BNHK, kv_inputs, project, v_width: int, mask_BNM,
       else:
         index, valid_m, mask_Bnm = xs
         mask_Bnm = jnp.logical_and(mask_Bnm, valid_m[None, None, :])
-      k_BmHK, v_BmHV = project(jax.tree.map(
+      k_BmHK, v_BmHV = project(
+        jax.tree.map(
           lambda x: jax.lax.dynamic_index_in_dim(x, index, 1, keepdims=False),
-          kv_blocks))
+          kv_blocks,
+        )
+      )
       logits_BHnm = einsum('BnHK,BmHK->BHnm', q_BnHK, k_BmHK) * scale
       logits_BHnm = jnp.where(mask_Bnm[:, None], logits_BHnm, _MASKED_LOGIT)
       new_max_BHn = jnp.maximum(max_BHn, jnp.max(logits_BHnm, axis=-1))
@@ -223,13 +244,16 @@ def _chunked(q_BNHK, kv_inputs, project, v_width: int, mask_BNM,
       correction_BHn = jnp.exp(max_BHn - new_max_BHn)
       denom_BHn = denom_BHn * correction_BHn + jnp.sum(probs_BHnm, axis=-1)
       acc_BHnV = acc_BHnV * correction_BHn[..., None] + einsum(
-          'BHnm,BmHV->BHnV', probs_BHnm.astype(v_BmHV.dtype), v_BmHV)
+        'BHnm,BmHV->BHnV', probs_BHnm.astype(v_BmHV.dtype), v_BmHV
+      )
       return (new_max_BHn, denom_BHn, acc_BHnV), None
 
     n = q_BnHK.shape[1]
-    init = (jnp.full((B, H, n), -jnp.inf, jnp.float32),
-            jnp.zeros((B, H, n), jnp.float32),
-            jnp.zeros((B, H, n, v_width), jnp.float32))
+    init = (
+      jnp.full((B, H, n), -jnp.inf, jnp.float32),
+      jnp.zeros((B, H, n), jnp.float32),
+      jnp.zeros((B, H, n, v_width), jnp.float32),
+    )
     xs = (jnp.arange(nk), key_valid)
     if masks is not None:
       xs += (masks,)
@@ -250,15 +274,27 @@ def _dot_product(q_BNHK, k_BMHK, v_BMHV, mask_BNM, implementation):
   v = _pad_axis(v_BMHV, 3, width)
   mask = None if mask_BNM is None else mask_BNM[:, None]
   out_BNHV = jax.nn.dot_product_attention(
-      q, k, v, mask=mask, scale=1.0 / math.sqrt(K),
-      implementation=None if implementation == 'xla' else 'cudnn')
+    q,
+    k,
+    v,
+    mask=mask,
+    scale=1.0 / math.sqrt(K),
+    implementation=None if implementation == 'xla' else 'cudnn',
+  )
   return out_BNHV[..., :V]
 
 
-def attend(q, k, v, dropout_prob: float = 0.0, attention_mask=None, *,
-           implementation: str = 'reference',
-           q_chunk_size: int = DEFAULT_Q_CHUNK,
-           kv_chunk_size: int = DEFAULT_KV_CHUNK):
+def attend(
+  q,
+  k,
+  v,
+  dropout_prob: float = 0.0,
+  attention_mask=None,
+  *,
+  implementation: str = 'reference',
+  q_chunk_size: int = DEFAULT_Q_CHUNK,
+  kv_chunk_size: int = DEFAULT_KV_CHUNK,
+):
   """Multi-head scaled dot-product attention (Vaswani et al. 2017).
 
   Args:
@@ -277,41 +313,54 @@ def attend(q, k, v, dropout_prob: float = 0.0, attention_mask=None, *,
     [B, N, H * V] attended values, in float32 unless inputs are float32
     already (bfloat16 inputs accumulate in float32 and return bfloat16).
   """
-  validation.check_choice('implementation', implementation,
-                          ATTENTION_IMPLEMENTATIONS)
+  validation.check_choice(
+    'implementation', implementation, ATTENTION_IMPLEMENTATIONS
+  )
   validation.check_rank('q', q, (4,), '[B, N, H, K]')
   validation.check_rank('k', k, (4,), '[B, M, H, K]')
   validation.check_rank('v', v, (4,), '[B, M, H, V]')
   B, N, H, K = q.shape
   if k.shape[0] != B or k.shape[2:] != (H, K):
-    raise ValueError(f'k: expected shape ({B}, M, {H}, {K}) to match q '
-                     f'{tuple(q.shape)}, got {tuple(k.shape)}.')
+    raise ValueError(
+      f'k: expected shape ({B}, M, {H}, {K}) to match q '
+      f'{tuple(q.shape)}, got {tuple(k.shape)}.'
+    )
   if v.shape[:3] != k.shape[:3]:
-    raise ValueError(f'v: expected leading shape {tuple(k.shape[:3])} to '
-                     f'match k, got {tuple(v.shape)}.')
+    raise ValueError(
+      f'v: expected leading shape {tuple(k.shape[:3])} to '
+      f'match k, got {tuple(v.shape)}.'
+    )
   mask = _check_mask(attention_mask, B, N, k.shape[1])
   if dropout_prob > 0 and implementation != 'reference':
     raise ValueError(
-        f'implementation: attention dropout (dropout_prob={dropout_prob}) '
-        f"needs the attention weights, i.e. 'reference', got "
-        f'{implementation!r}.')
+      f'implementation: attention dropout (dropout_prob={dropout_prob}) '
+      f"needs the attention weights, i.e. 'reference', got "
+      f'{implementation!r}.'
+    )
   if implementation == 'reference':
     out = _reference(q, k, v, mask, dropout_prob)
   elif implementation == 'chunked':
     validation.check_positive('q_chunk_size', q_chunk_size)
     validation.check_positive('kv_chunk_size', kv_chunk_size)
-    out = _chunked(q, (k, v), lambda kv: kv, v.shape[-1], mask,
-                   q_chunk_size, kv_chunk_size)
+    out = _chunked(
+      q, (k, v), lambda kv: kv, v.shape[-1], mask, q_chunk_size, kv_chunk_size
+    )
   else:
     out = _dot_product(q, k, v, mask, implementation)
   out = _zero_masked_rows(out, mask).astype(v.dtype)
   return out.reshape(B, N, H * v.shape[-1])
 
 
-def attend_projected(q, inputs_kv, project, v_width: int,
-                     attention_mask=None, *,
-                     q_chunk_size: int = DEFAULT_Q_CHUNK,
-                     kv_chunk_size: int = DEFAULT_KV_CHUNK):
+def attend_projected(
+  q,
+  inputs_kv,
+  project,
+  v_width: int,
+  attention_mask=None,
+  *,
+  q_chunk_size: int = DEFAULT_Q_CHUNK,
+  kv_chunk_size: int = DEFAULT_KV_CHUNK,
+):
   """'chunked' attention whose keys and values are computed per key block.
 
   `project` maps a [B, m, C] block of `inputs_kv` to (k [B, m, H, K],
@@ -327,11 +376,14 @@ def attend_projected(q, inputs_kv, project, v_width: int,
   validation.check_positive('kv_chunk_size', kv_chunk_size)
   B, N, H, _ = q.shape
   if inputs_kv.shape[0] != B:
-    raise ValueError(f'inputs_kv: expected batch {B} (that of q), got shape '
-                     f'{tuple(inputs_kv.shape)}.')
+    raise ValueError(
+      f'inputs_kv: expected batch {B} (that of q), got shape '
+      f'{tuple(inputs_kv.shape)}.'
+    )
   mask = _check_mask(attention_mask, B, N, inputs_kv.shape[1])
-  out = _chunked(q, inputs_kv, project, v_width, mask, q_chunk_size,
-                 kv_chunk_size)
+  out = _chunked(
+    q, inputs_kv, project, v_width, mask, q_chunk_size, kv_chunk_size
+  )
   out = _zero_masked_rows(out, mask).astype(q.dtype)
   return out.reshape(B, N, H * v_width)
 
@@ -352,24 +404,39 @@ class Linear(hk.Linear):
       return super().__call__(inputs, precision=precision)
     input_size = inputs.shape[-1]
     w_init = self.w_init or hk.initializers.TruncatedNormal(
-        1.0 / math.sqrt(input_size))
-    w = hk.get_parameter('w', [input_size, self.output_size], inputs.dtype,
-                         init=w_init)
-    out = einsum('nc,cd->nd', inputs.reshape(-1, input_size),
-                 w.astype(inputs.dtype), precision=precision)
+      1.0 / math.sqrt(input_size)
+    )
+    w = hk.get_parameter(
+      'w', [input_size, self.output_size], inputs.dtype, init=w_init
+    )
+    out = einsum(
+      'nc,cd->nd',
+      inputs.reshape(-1, input_size),
+      w.astype(inputs.dtype),
+      precision=precision,
+    )
     out = out.reshape(inputs.shape[:-1] + (self.output_size,))
     if self.with_bias:
-      b = hk.get_parameter('b', [self.output_size], inputs.dtype,
-                           init=self.b_init)
+      b = hk.get_parameter(
+        'b', [self.output_size], inputs.dtype, init=self.b_init
+      )
       out = out + b.astype(jnp.float32)
     return out.astype(inputs.dtype)
 
 
-def conv_1d(output_channels: int, init_scale: float = 1.0,
-            with_bias: bool = True, name: Optional[str] = None) -> Linear:
+def conv_1d(
+  output_channels: int,
+  init_scale: float = 1.0,
+  with_bias: bool = True,
+  name: Optional[str] = None,
+) -> Linear:
   """A position-wise Linear with variance-scaling init (released `conv_1d`)."""
-  return Linear(output_size=output_channels, with_bias=with_bias,
-                w_init=hk.initializers.VarianceScaling(init_scale), name=name)
+  return Linear(
+    output_size=output_channels,
+    with_bias=with_bias,
+    w_init=hk.initializers.VarianceScaling(init_scale),
+    name=name,
+  )
 
 
 class LayerNorm(hk.LayerNorm):
@@ -387,14 +454,12 @@ class LayerNorm(hk.LayerNorm):
   """
 
   def __init__(self, name: Optional[str] = None):
-    super().__init__(axis=-1, create_scale=True, create_offset=True,
-                     name=name)
+    super().__init__(axis=-1, create_scale=True, create_offset=True, name=name)
 
   def __call__(self, inputs):  # pytype: disable=signature-mismatch
     channels = inputs.shape[-1:]
     scale = hk.get_parameter('scale', channels, inputs.dtype, init=jnp.ones)
-    offset = hk.get_parameter('offset', channels, inputs.dtype,
-                              init=jnp.zeros)
+    offset = hk.get_parameter('offset', channels, inputs.dtype, init=jnp.zeros)
     return _layer_norm(inputs, scale, offset, self.eps)
 
 
@@ -409,11 +474,16 @@ def _layer_norm_fwd(x, scale, offset, eps):
   x32 = x.astype(jnp.float32)
   centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
   inv_std = jax.lax.rsqrt(
-      jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
+    jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps
+  )
   normalised = centred * inv_std
   out = normalised * scale.astype(jnp.float32) + offset.astype(jnp.float32)
-  return out.astype(x.dtype), (normalised.astype(x.dtype), inv_std, scale,
-                               offset)
+  return out.astype(x.dtype), (
+    normalised.astype(x.dtype),
+    inv_std,
+    scale,
+    offset,
+  )
 
 
 def _layer_norm_bwd(eps, residuals, g):
@@ -421,12 +491,17 @@ def _layer_norm_bwd(eps, residuals, g):
   normalised, inv_std, scale, offset = residuals
   n32, g32 = normalised.astype(jnp.float32), g.astype(jnp.float32)
   g_scaled = g32 * scale.astype(jnp.float32)
-  dx = inv_std * (g_scaled - jnp.mean(g_scaled, axis=-1, keepdims=True) -
-                  n32 * jnp.mean(g_scaled * n32, axis=-1, keepdims=True))
+  dx = inv_std * (
+    g_scaled
+    - jnp.mean(g_scaled, axis=-1, keepdims=True)
+    - n32 * jnp.mean(g_scaled * n32, axis=-1, keepdims=True)
+  )
   batch_axes = tuple(range(g.ndim - 1))
-  return (dx.astype(normalised.dtype),
-          jnp.sum(g32 * n32, axis=batch_axes).astype(scale.dtype),
-          jnp.sum(g32, axis=batch_axes).astype(offset.dtype))
+  return (
+    dx.astype(normalised.dtype),
+    jnp.sum(g32 * n32, axis=batch_axes).astype(scale.dtype),
+    jnp.sum(g32, axis=batch_axes).astype(offset.dtype),
+  )
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
@@ -447,10 +522,13 @@ def make_cross_attention_mask(query_mask, kv_mask):
   validation.check_rank('query_mask', query_mask, (2,), '[B, N]')
   validation.check_rank('kv_mask', kv_mask, (2,), '[B, M]')
   if query_mask.shape[0] != kv_mask.shape[0]:
-    raise ValueError(f'kv_mask: expected batch {query_mask.shape[0]} (that of '
-                     f'query_mask), got shape {tuple(kv_mask.shape)}.')
-  return jnp.logical_and(query_mask.astype(bool)[:, :, None],
-                         kv_mask.astype(bool)[:, None, :])
+    raise ValueError(
+      f'kv_mask: expected batch {query_mask.shape[0]} (that of '
+      f'query_mask), got shape {tuple(kv_mask.shape)}.'
+    )
+  return jnp.logical_and(
+    query_mask.astype(bool)[:, :, None], kv_mask.astype(bool)[:, None, :]
+  )
 
 
 def _dropout(x, rate: float, is_training: bool):
@@ -466,15 +544,19 @@ class Attention(hk.Module):
   (output), as in the released checkpoints.
   """
 
-  def __init__(self, num_heads: int = 8, init_scale: float = 1.0,
-               with_final_bias: bool = True,
-               final_init_scale_multiplier: float = 1.0,
-               dropout_prob: float = 0.0,
-               qk_channels: Optional[int] = None,
-               v_channels: Optional[int] = None,
-               output_channels: Optional[int] = None,
-               attention_impl: str = 'reference',
-               name: Optional[str] = None):
+  def __init__(
+    self,
+    num_heads: int = 8,
+    init_scale: float = 1.0,
+    with_final_bias: bool = True,
+    final_init_scale_multiplier: float = 1.0,
+    dropout_prob: float = 0.0,
+    qk_channels: Optional[int] = None,
+    v_channels: Optional[int] = None,
+    output_channels: Optional[int] = None,
+    attention_impl: str = 'reference',
+    name: Optional[str] = None,
+  ):
     """Builds the module.
 
     Args:
@@ -494,12 +576,17 @@ class Attention(hk.Module):
     validation.check_positive('num_heads', num_heads)
     validation.check_positive('qk_channels', qk_channels, allow_none=True)
     validation.check_positive('v_channels', v_channels, allow_none=True)
-    validation.check_positive('output_channels', output_channels,
-                              allow_none=True)
+    validation.check_positive(
+      'output_channels', output_channels, allow_none=True
+    )
     validation.check_probability('dropout_prob', dropout_prob)
-    validation.check_choice('attention_impl', attention_impl,
-                            ATTENTION_IMPLEMENTATIONS)
-    for arg, value in (('qk_channels', qk_channels), ('v_channels', v_channels)):
+    validation.check_choice(
+      'attention_impl', attention_impl, ATTENTION_IMPLEMENTATIONS
+    )
+    for arg, value in (
+      ('qk_channels', qk_channels),
+      ('v_channels', v_channels),
+    ):
       if value is not None:
         validation.check_divisible(arg, value, 'num_heads', num_heads)
     self._num_heads = num_heads
@@ -530,15 +617,18 @@ class Attention(hk.Module):
     validation.check_rank('inputs_kv', inputs_kv, (3,), '[B, M, C]')
     if inputs_q.shape[0] != inputs_kv.shape[0]:
       raise ValueError(
-          f'inputs_kv: expected batch {inputs_q.shape[0]} (that of inputs_q), '
-          f'got shape {tuple(inputs_kv.shape)}.')
+        f'inputs_kv: expected batch {inputs_q.shape[0]} (that of inputs_q), '
+        f'got shape {tuple(inputs_kv.shape)}.'
+      )
     qk_channels = self._qk_channels or inputs_q.shape[-1]
     v_channels = self._v_channels or qk_channels
     output_channels = self._output_channels or v_channels
-    validation.check_divisible('qk_channels', qk_channels, 'num_heads',
-                               self._num_heads)
-    validation.check_divisible('v_channels', v_channels, 'num_heads',
-                               self._num_heads)
+    validation.check_divisible(
+      'qk_channels', qk_channels, 'num_heads', self._num_heads
+    )
+    validation.check_divisible(
+      'v_channels', v_channels, 'num_heads', self._num_heads
+    )
     H = self._num_heads
     q = conv_1d(qk_channels, self._init_scale)(inputs_q)
     k_linear = conv_1d(qk_channels, self._init_scale)
@@ -548,31 +638,44 @@ class Attention(hk.Module):
       if kv_norm is not None:
         x_BMC = kv_norm(x_BMC)
       B, M = x_BMC.shape[:2]
-      return (k_linear(x_BMC).reshape(B, M, H, qk_channels // H),
-              v_linear(x_BMC).reshape(B, M, H, v_channels // H))
+      return (
+        k_linear(x_BMC).reshape(B, M, H, qk_channels // H),
+        v_linear(x_BMC).reshape(B, M, H, v_channels // H),
+      )
 
     B, N = inputs_q.shape[:2]
     q_BNHK = q.reshape(B, N, H, qk_channels // H)
     if self._attention_impl == 'chunked' and not self._dropout_prob:
       if hk.running_init():  # Creates the parameters outside the loop.
         project(inputs_kv[:, :1])
-      out_BNC = attend_projected(q_BNHK, inputs_kv, project,
-                                 v_channels // H, attention_mask)
+      out_BNC = attend_projected(
+        q_BNHK, inputs_kv, project, v_channels // H, attention_mask
+      )
     else:
       k_BMHK, v_BMHV = project(inputs_kv)
-      out_BNC = attend(q_BNHK, k_BMHK, v_BMHV,
-                       dropout_prob=self._dropout_prob,
-                       attention_mask=attention_mask,
-                       implementation=self._attention_impl)
-    return conv_1d(output_channels, self._final_init_scale,
-                   with_bias=self._with_final_bias)(out_BNC)
+      out_BNC = attend(
+        q_BNHK,
+        k_BMHK,
+        v_BMHV,
+        dropout_prob=self._dropout_prob,
+        attention_mask=attention_mask,
+        implementation=self._attention_impl,
+      )
+    return conv_1d(
+      output_channels, self._final_init_scale, with_bias=self._with_final_bias
+    )(out_BNC)
 
 
 class MLP(hk.Module):
   """Position-wise Linear(w*C) -> GELU (tanh approximation) -> Linear(C)."""
 
-  def __init__(self, widening_factor: int = 4, dropout_prob: float = 0.0,
-               init_scale: float = 1.0, name: Optional[str] = None):
+  def __init__(
+    self,
+    widening_factor: int = 4,
+    dropout_prob: float = 0.0,
+    init_scale: float = 1.0,
+    name: Optional[str] = None,
+  ):
     super().__init__(name=name)
     validation.check_positive('widening_factor', widening_factor)
     validation.check_probability('dropout_prob', dropout_prob)
@@ -592,39 +695,61 @@ class MLP(hk.Module):
 class SelfAttention(hk.Module):
   """Pre-LayerNorm Transformer block on the latents (the process stage)."""
 
-  def __init__(self, widening_factor: int = 4, dropout_prob: float = 0.0,
-               dropout_attn_prob: float = 0.0, num_heads: int = 8,
-               att_init_scale: float = 1.0, dense_init_scale: float = 1.0,
-               qk_channels: Optional[int] = None,
-               v_channels: Optional[int] = None,
-               attention_impl: str = 'reference',
-               name: Optional[str] = None):
+  def __init__(
+    self,
+    widening_factor: int = 4,
+    dropout_prob: float = 0.0,
+    dropout_attn_prob: float = 0.0,
+    num_heads: int = 8,
+    att_init_scale: float = 1.0,
+    dense_init_scale: float = 1.0,
+    qk_channels: Optional[int] = None,
+    v_channels: Optional[int] = None,
+    attention_impl: str = 'reference',
+    name: Optional[str] = None,
+  ):
     super().__init__(name=name)
     validation.check_probability('dropout_prob', dropout_prob)
     validation.check_probability('dropout_attn_prob', dropout_attn_prob)
     validation.check_positive('widening_factor', widening_factor)
     validation.check_positive('num_heads', num_heads)
     self._config = dict(
-        widening_factor=widening_factor, dropout_prob=dropout_prob,
-        dropout_attn_prob=dropout_attn_prob, num_heads=num_heads,
-        att_init_scale=att_init_scale, dense_init_scale=dense_init_scale,
-        qk_channels=qk_channels, v_channels=v_channels,
-        attention_impl=attention_impl)
+      widening_factor=widening_factor,
+      dropout_prob=dropout_prob,
+      dropout_attn_prob=dropout_attn_prob,
+      num_heads=num_heads,
+      att_init_scale=att_init_scale,
+      dense_init_scale=dense_init_scale,
+      qk_channels=qk_channels,
+      v_channels=v_channels,
+      attention_impl=attention_impl,
+    )
 
   def __call__(self, inputs, *, attention_mask=None, is_training: bool):
     """x + Attn(LN(x)), then + MLP(LN(.)). [B, N, C] -> [B, N, C]."""
-    return self_attention_block(inputs, attention_mask=attention_mask,
-                                is_training=is_training, **self._config)
+    return self_attention_block(
+      inputs,
+      attention_mask=attention_mask,
+      is_training=is_training,
+      **self._config,
+    )
 
 
-def self_attention_block(inputs, *, is_training: bool, attention_mask=None,
-                         widening_factor: int = 4, dropout_prob: float = 0.0,
-                         dropout_attn_prob: float = 0.0, num_heads: int = 8,
-                         att_init_scale: float = 1.0,
-                         dense_init_scale: float = 1.0,
-                         qk_channels: Optional[int] = None,
-                         v_channels: Optional[int] = None,
-                         attention_impl: str = 'reference'):
+def self_attention_block(
+  inputs,
+  *,
+  is_training: bool,
+  attention_mask=None,
+  widening_factor: int = 4,
+  dropout_prob: float = 0.0,
+  dropout_attn_prob: float = 0.0,
+  num_heads: int = 8,
+  att_init_scale: float = 1.0,
+  dense_init_scale: float = 1.0,
+  qk_channels: Optional[int] = None,
+  v_channels: Optional[int] = None,
+  attention_impl: str = 'reference',
+):
   """The body of `SelfAttention`, creating its submodules in the current scope.
 
   Submodules are `layer_norm`, `attention`, `layer_norm_1` and `mlp`, so under
@@ -636,21 +761,26 @@ def self_attention_block(inputs, *, is_training: bool, attention_mask=None,
   resolved_v = v_channels or qk_channels or channels
   if resolved_v != channels:
     raise ValueError(
-        f'v_channels: the residual needs the attention output width '
-        f'(v_channels) to equal the input width {channels}, got '
-        f'{resolved_v}.')
+      f'v_channels: the residual needs the attention output width '
+      f'(v_channels) to equal the input width {channels}, got '
+      f'{resolved_v}.'
+    )
   x = inputs
   qkv_inputs = layer_norm(inputs)
   attention = Attention(
-      num_heads=num_heads, init_scale=att_init_scale,
-      qk_channels=qk_channels, v_channels=v_channels,
-      dropout_prob=dropout_attn_prob if is_training else 0.0,
-      attention_impl=attention_impl)(qkv_inputs, qkv_inputs,
-                                     attention_mask=attention_mask)
+    num_heads=num_heads,
+    init_scale=att_init_scale,
+    qk_channels=qk_channels,
+    v_channels=v_channels,
+    dropout_prob=dropout_attn_prob if is_training else 0.0,
+    attention_impl=attention_impl,
+  )(qkv_inputs, qkv_inputs, attention_mask=attention_mask)
   x = x + _dropout(attention, dropout_prob, is_training)
-  return x + MLP(widening_factor=widening_factor, dropout_prob=dropout_prob,
-                 init_scale=dense_init_scale)(layer_norm(x),
-                                              is_training=is_training)
+  return x + MLP(
+    widening_factor=widening_factor,
+    dropout_prob=dropout_prob,
+    init_scale=dense_init_scale,
+  )(layer_norm(x), is_training=is_training)
 
 
 class CrossAttention(hk.Module):
@@ -660,14 +790,21 @@ class CrossAttention(hk.Module):
   the query's width.
   """
 
-  def __init__(self, widening_factor: int = 1, dropout_prob: float = 0.0,
-               dropout_attn_prob: float = 0.0, num_heads: int = 8,
-               att_init_scale: float = 1.0, dense_init_scale: float = 1.0,
-               shape_for_attn: str = 'kv', use_query_residual: bool = True,
-               qk_channels: Optional[int] = None,
-               v_channels: Optional[int] = None,
-               attention_impl: str = 'reference',
-               name: Optional[str] = None):
+  def __init__(
+    self,
+    widening_factor: int = 1,
+    dropout_prob: float = 0.0,
+    dropout_attn_prob: float = 0.0,
+    num_heads: int = 8,
+    att_init_scale: float = 1.0,
+    dense_init_scale: float = 1.0,
+    shape_for_attn: str = 'kv',
+    use_query_residual: bool = True,
+    qk_channels: Optional[int] = None,
+    v_channels: Optional[int] = None,
+    attention_impl: str = 'reference',
+    name: Optional[str] = None,
+  ):
     super().__init__(name=name)
     validation.check_choice('shape_for_attn', shape_for_attn, ('q', 'kv'))
     validation.check_probability('dropout_prob', dropout_prob)
@@ -686,8 +823,9 @@ class CrossAttention(hk.Module):
     self._v_channels = v_channels
     self._attention_impl = attention_impl
 
-  def __call__(self, inputs_q, inputs_kv, *, attention_mask=None,
-               is_training: bool):
+  def __call__(
+    self, inputs_q, inputs_kv, *, attention_mask=None, is_training: bool
+  ):
     """[B, N, Cq] queries attend to [B, M, Ckv]; returns [B, N, Cq].
 
     Args:
@@ -700,23 +838,30 @@ class CrossAttention(hk.Module):
     validation.check_rank('inputs_kv', inputs_kv, (3,), '[B, M, C]')
     output_channels = inputs_q.shape[-1]
     qk_channels = self._qk_channels or (
-        inputs_kv.shape[-1] if self._shape_for_attn == 'kv'
-        else inputs_q.shape[-1])
+      inputs_kv.shape[-1]
+      if self._shape_for_attn == 'kv'
+      else inputs_q.shape[-1]
+    )
     attention = Attention(
-        num_heads=self._num_heads, init_scale=self._att_init_scale,
-        dropout_prob=self._dropout_attn_prob if is_training else 0.0,
-        qk_channels=qk_channels, v_channels=self._v_channels,
-        output_channels=output_channels,
-        attention_impl=self._attention_impl)
+      num_heads=self._num_heads,
+      init_scale=self._att_init_scale,
+      dropout_prob=self._dropout_attn_prob if is_training else 0.0,
+      qk_channels=qk_channels,
+      v_channels=self._v_channels,
+      output_channels=output_channels,
+      attention_impl=self._attention_impl,
+    )
     # The key/value LayerNorm is handed to the attention, which applies it
     # block by block with 'chunked' attention (no [M, C] normalised copy).
     q_in = layer_norm(inputs_q)
     kv_norm = layer_norm_module()
-    attended = attention(q_in, inputs_kv, attention_mask=attention_mask,
-                         kv_norm=kv_norm)
+    attended = attention(
+      q_in, inputs_kv, attention_mask=attention_mask, kv_norm=kv_norm
+    )
     attended = _dropout(attended, self._dropout_prob, is_training)
     x = inputs_q + attended if self._use_query_residual else attended
-    return x + MLP(widening_factor=self._widening_factor,
-                   dropout_prob=self._dropout_prob,
-                   init_scale=self._dense_init_scale)(layer_norm(x),
-                                                      is_training=is_training)
+    return x + MLP(
+      widening_factor=self._widening_factor,
+      dropout_prob=self._dropout_prob,
+      init_scale=self._dense_init_scale,
+    )(layer_norm(x), is_training=is_training)

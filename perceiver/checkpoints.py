@@ -54,38 +54,38 @@ def _numpy_of_jax_array(fun, args, arr_state, aval_state):
   value = fun(*args)
   if not isinstance(value, np.ndarray):
     raise pickle.UnpicklingError(
-        'a pickled JAX array must hold a numpy array, got '
-        f'{type(value).__name__}')
+      f'a pickled JAX array must hold a numpy array, got {type(value).__name__}'
+    )
   value.__setstate__(arr_state)
   return value
 
 
 _ALLOWED = {
-    ('numpy', 'ndarray'): np.ndarray,
-    ('numpy', 'dtype'): np.dtype,
-    ('numpy.core.multiarray', '_reconstruct'): _multiarray._reconstruct,  # pylint: disable=protected-access
-    ('numpy._core.multiarray', '_reconstruct'): _multiarray._reconstruct,  # pylint: disable=protected-access
-    ('numpy.core.multiarray', 'scalar'): _multiarray.scalar,
-    ('numpy._core.multiarray', 'scalar'): _multiarray.scalar,
-    ('collections', 'OrderedDict'): dict,
-    ('haiku._src.data_structures', 'FlatMap'): _as_dict,
-    ('haiku._src.data_structures', 'FlatMapping'): _as_dict,
-    ('haiku._src.data_structures', 'frozendict'): _as_dict,
-    ('jax._src.array', '_reconstruct_array'): _numpy_of_jax_array,
+  ('numpy', 'ndarray'): np.ndarray,
+  ('numpy', 'dtype'): np.dtype,
+  ('numpy.core.multiarray', '_reconstruct'): _multiarray._reconstruct,  # pylint: disable=protected-access
+  ('numpy._core.multiarray', '_reconstruct'): _multiarray._reconstruct,  # pylint: disable=protected-access
+  ('numpy.core.multiarray', 'scalar'): _multiarray.scalar,
+  ('numpy._core.multiarray', 'scalar'): _multiarray.scalar,
+  ('collections', 'OrderedDict'): dict,
+  ('haiku._src.data_structures', 'FlatMap'): _as_dict,
+  ('haiku._src.data_structures', 'FlatMapping'): _as_dict,
+  ('haiku._src.data_structures', 'frozendict'): _as_dict,
+  ('jax._src.array', '_reconstruct_array'): _numpy_of_jax_array,
 }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-
   def find_class(self, module, name):
     try:
       return _ALLOWED[(module, name)]
     except KeyError:
       raise pickle.UnpicklingError(
-          f'refusing to load {module}.{name}: a checkpoint may only hold '
-          'dicts and numpy or JAX arrays (convert other objects first, '
-          'e.g. `jax.device_get(params)`, or save with '
-          '`perceiver.checkpoints.save`)') from None
+        f'refusing to load {module}.{name}: a checkpoint may only hold '
+        'dicts and numpy or JAX arrays (convert other objects first, '
+        'e.g. `jax.device_get(params)`, or save with '
+        '`perceiver.checkpoints.save`)'
+      ) from None
 
 
 def _read_pickle(path: str):
@@ -97,19 +97,24 @@ def _read_pickle(path: str):
     return _RestrictedUnpickler(io.BytesIO(data)).load()
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
-        f'path: {path!r} is not a readable checkpoint pickle ({e}).') from e
+      f'path: {path!r} is not a readable checkpoint pickle ({e}).'
+    ) from e
 
 
 def _to_plain(tree) -> Dict[str, Dict[str, Any]]:
   if not isinstance(tree, Mapping):
-    raise CheckpointError(f'expected a mapping of module name to parameters, '
-                          f'got {type(tree).__name__}.')
+    raise CheckpointError(
+      f'expected a mapping of module name to parameters, '
+      f'got {type(tree).__name__}.'
+    )
   out = {}
   for module, values in tree.items():
     if not isinstance(values, Mapping):
-      raise CheckpointError(f'module {module!r}: expected a mapping of '
-                            f'parameter name to array, got '
-                            f'{type(values).__name__}.')
+      raise CheckpointError(
+        f'module {module!r}: expected a mapping of '
+        f'parameter name to array, got '
+        f'{type(values).__name__}.'
+      )
     out[module] = {k: np.asarray(v) for k, v in values.items()}
   return out
 
@@ -122,18 +127,24 @@ def compare_trees(expected, found, what: str = 'params') -> list:
     for name in sorted(set(exp) | set(got)):
       key = f'{what}[{module!r}][{name!r}]'
       if name not in got:
-        problems.append(f'missing {key}: expected shape '
-                        f'{tuple(exp[name].shape)}')
+        problems.append(
+          f'missing {key}: expected shape {tuple(exp[name].shape)}'
+        )
       elif name not in exp:
         problems.append(f'extra {key} of shape {tuple(got[name].shape)}')
       elif tuple(exp[name].shape) != tuple(got[name].shape):
-        problems.append(f'mis-shaped {key}: expected '
-                        f'{tuple(exp[name].shape)}, got '
-                        f'{tuple(got[name].shape)}')
-      elif not np.can_cast(got[name].dtype, exp[name].dtype,
-                           casting='same_kind'):
-        problems.append(f'wrong dtype {key}: expected {exp[name].dtype}, got '
-                        f'{got[name].dtype}')
+        problems.append(
+          f'mis-shaped {key}: expected '
+          f'{tuple(exp[name].shape)}, got '
+          f'{tuple(got[name].shape)}'
+        )
+      elif not np.can_cast(
+        got[name].dtype, exp[name].dtype, casting='same_kind'
+      ):
+        problems.append(
+          f'wrong dtype {key}: expected {exp[name].dtype}, got '
+          f'{got[name].dtype}'
+        )
   return problems
 
 
@@ -141,23 +152,29 @@ def _expected(name: str, **overrides):
   model = presets.build(name, **overrides)
   args = presets.example_inputs(name, batch=1, **overrides)
   return jax.eval_shape(
-      lambda *a: model.init(jax.random.PRNGKey(0), *a, is_training=True),
-      *args)
+    lambda *a: model.init(jax.random.PRNGKey(0), *a, is_training=True), *args
+  )
 
 
 def _check_and_convert(name, params, state, source: str, **overrides):
   exp_params, exp_state = _expected(name, **overrides)
-  problems = (compare_trees(exp_params, params, 'params') +
-              compare_trees(exp_state, state, 'state'))
+  problems = compare_trees(exp_params, params, 'params') + compare_trees(
+    exp_state, state, 'state'
+  )
   if problems:
     listing = '\n  '.join(problems[:50])
-    more = f'\n  ... and {len(problems) - 50} more' if len(problems) > 50 else ''
+    more = (
+      f'\n  ... and {len(problems) - 50} more' if len(problems) > 50 else ''
+    )
     raise CheckpointError(
-        f'{source} does not fit preset {name!r} ({len(problems)} problems):'
-        f'\n  {listing}{more}')
+      f'{source} does not fit preset {name!r} ({len(problems)} problems):'
+      f'\n  {listing}{more}'
+    )
   cast = lambda exp, got: jnp.asarray(got, dtype=exp.dtype)
-  return (jax.tree.map(cast, exp_params, params),
-          jax.tree.map(cast, exp_state, state))
+  return (
+    jax.tree.map(cast, exp_params, params),
+    jax.tree.map(cast, exp_state, state),
+  )
 
 
 def load_official(path: str, name: str, **overrides) -> Tuple[Params, Params]:
@@ -183,8 +200,9 @@ def load_official(path: str, name: str, **overrides) -> Tuple[Params, Params]:
   else:
     params, state = obj, {}
   params, state = _to_plain(params), _to_plain(state or {})
-  return _check_and_convert(name, params, state, f'checkpoint {path!r}',
-                            **overrides)
+  return _check_and_convert(
+    name, params, state, f'checkpoint {path!r}', **overrides
+  )
 
 
 def save(path: str, params: Params, state: Params = None) -> None:
@@ -214,11 +232,12 @@ def load(path: str, name: str = None, **overrides) -> Tuple[Params, Params]:
   except CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(f'path: {path!r} is not a readable .npz checkpoint '
-                          f'({e}).') from e
+    raise CheckpointError(
+      f'path: {path!r} is not a readable .npz checkpoint ({e}).'
+    ) from e
   if name is None:
     to_jnp = lambda t: jax.tree.map(jnp.asarray, t)
     return to_jnp(trees['params']), to_jnp(trees['state'])
-  return _check_and_convert(name, trees['params'], trees['state'],
-                            f'checkpoint {path!r}', **overrides)
-
+  return _check_and_convert(
+    name, trees['params'], trees['state'], f'checkpoint {path!r}', **overrides
+  )

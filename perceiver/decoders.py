@@ -36,20 +36,24 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def check_subsampled_points(points, num_outputs: int,
-                            name: str = 'subsampled_points'):
+def check_subsampled_points(
+  points, num_outputs: int, name: str = 'subsampled_points'
+):
   """Validates flat output indices [S] against O = num_outputs."""
   if _is_concrete(points):
     points = np.asarray(points)
   validation.check_rank(name, points, (1,), '[S] of flat output indices')
   if not jnp.issubdtype(points.dtype, jnp.integer):
-    raise ValueError(f'{name}: expected integer indices, got dtype '
-                     f'{points.dtype}.')
+    raise ValueError(
+      f'{name}: expected integer indices, got dtype {points.dtype}.'
+    )
   if isinstance(points, np.ndarray) and points.size:
     lo, hi = int(points.min()), int(points.max())
     if lo < 0 or hi >= num_outputs:
-      raise ValueError(f'{name}: expected indices in [0, {num_outputs}), got '
-                       f'values in [{lo}, {hi}].')
+      raise ValueError(
+        f'{name}: expected indices in [0, {num_outputs}), got '
+        f'values in [{lo}, {hi}].'
+      )
   return points
 
 
@@ -57,8 +61,13 @@ class AbstractPerceiverDecoder(hk.Module, metaclass=abc.ABCMeta):
   """Interface of a decoder: queries, output sizes and the cross-attention."""
 
   @abc.abstractmethod
-  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
-                    subsampled_points=None):
+  def decoder_query(
+    self,
+    inputs,
+    modality_sizes=None,
+    inputs_without_pos=None,
+    subsampled_points=None,
+  ):
     """Returns the output queries [B, O, E] (or None if not query-based)."""
 
   @property
@@ -103,10 +112,11 @@ def _check_full_decode(decoder_name: str, outputs, num_outputs: int):
   """Raises unless `outputs` [B, S, C] has the S = O rows of a full decode."""
   if outputs.shape[1] != num_outputs:
     raise ValueError(
-        f'query: {decoder_name}.__call__ returns the full decode of its '
-        f'{num_outputs} outputs, got {outputs.shape[1]} queries; decode the '
-        'queries of subsampled points with decode_points (as Perceiver does '
-        'for subsampled_output_points), which returns [B, S, C] rows.')
+      f'query: {decoder_name}.__call__ returns the full decode of its '
+      f'{num_outputs} outputs, got {outputs.shape[1]} queries; decode the '
+      'queries of subsampled points with decode_points (as Perceiver does '
+      'for subsampled_output_points), which returns [B, S, C] rows.'
+    )
 
 
 def _in_dtype_of(x, inputs):
@@ -126,25 +136,36 @@ class ProjectionDecoder(AbstractPerceiverDecoder):
   `num_z_channels` is accepted and ignored (D is read from the latents).
   """
 
-  def __init__(self, num_classes: int, final_avg_before_project: bool = False,
-               num_z_channels: int = 1024, name: str = 'projection_decoder'):
+  def __init__(
+    self,
+    num_classes: int,
+    final_avg_before_project: bool = False,
+    num_z_channels: int = 1024,
+    name: str = 'projection_decoder',
+  ):
     super().__init__(name=name)
     validation.check_positive('num_classes', num_classes)
     del final_avg_before_project, num_z_channels
     self._num_classes = num_classes
-    self.final_layer = attn.Linear(num_classes, w_init=jnp.zeros,
-                                   name='logits')
+    self.final_layer = attn.Linear(num_classes, w_init=jnp.zeros, name='logits')
 
   @property
   def num_outputs(self) -> int:
     return 1
 
-  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
-                    subsampled_points=None):
+  def decoder_query(
+    self,
+    inputs,
+    modality_sizes=None,
+    inputs_without_pos=None,
+    subsampled_points=None,
+  ):
     if subsampled_points is not None:
-      raise ValueError('subsampled_points: ProjectionDecoder has a single '
-                       f'output and cannot be subsampled, got '
-                       f'{subsampled_points!r}.')
+      raise ValueError(
+        'subsampled_points: ProjectionDecoder has a single '
+        f'output and cannot be subsampled, got '
+        f'{subsampled_points!r}.'
+      )
     return None
 
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
@@ -158,23 +179,25 @@ class ProjectionDecoder(AbstractPerceiverDecoder):
 class BasicDecoder(AbstractPerceiverDecoder):
   """Cross-attention decoder with trainable, Fourier or external queries."""
 
-  def __init__(self,
-               output_num_channels: int,
-               position_encoding_type: str = 'trainable',
-               output_index_dims: Optional[Any] = None,
-               subsampled_index_dims: Optional[Any] = None,
-               num_z_channels: int = 1024,
-               qk_channels: Optional[int] = None,
-               v_channels: Optional[int] = None,
-               use_query_residual: bool = False,
-               output_w_init: Optional[Callable[..., Any]] = None,
-               concat_preprocessed_input: bool = False,
-               num_heads: int = 1,
-               name: str = 'basic_decoder',
-               final_project: bool = True,
-               *,
-               attention_impl: str = 'reference',
-               **position_encoding_kwargs):
+  def __init__(
+    self,
+    output_num_channels: int,
+    position_encoding_type: str = 'trainable',
+    output_index_dims: Optional[Any] = None,
+    subsampled_index_dims: Optional[Any] = None,
+    num_z_channels: int = 1024,
+    qk_channels: Optional[int] = None,
+    v_channels: Optional[int] = None,
+    use_query_residual: bool = False,
+    output_w_init: Optional[Callable[..., Any]] = None,
+    concat_preprocessed_input: bool = False,
+    num_heads: int = 1,
+    name: str = 'basic_decoder',
+    final_project: bool = True,
+    *,
+    attention_impl: str = 'reference',
+    **position_encoding_kwargs,
+  ):
     """Builds the decoder; arguments and defaults are the released ones.
 
     Args:
@@ -201,12 +224,17 @@ class BasicDecoder(AbstractPerceiverDecoder):
     super().__init__(name=name)
     del subsampled_index_dims, num_z_channels
     validation.check_positive('output_num_channels', output_num_channels)
-    validation.check_choice('position_encoding_type', position_encoding_type,
-                            DECODER_POSITION_ENCODING_TYPES)
+    validation.check_choice(
+      'position_encoding_type',
+      position_encoding_type,
+      DECODER_POSITION_ENCODING_TYPES,
+    )
     validation.check_positive('num_heads', num_heads)
     self._output_index_dims = (
-        None if output_index_dims is None
-        else position_encoding.as_index_dims(output_index_dims))
+      None
+      if output_index_dims is None
+      else position_encoding.as_index_dims(output_index_dims)
+    )
     for i, d in enumerate(self._output_index_dims or ()):
       validation.check_positive(f'output_index_dims[{i}]', d)
     self._position_encoding_type = position_encoding_type
@@ -222,8 +250,10 @@ class BasicDecoder(AbstractPerceiverDecoder):
     self._position_encoding = None
     if position_encoding_type != 'none' and self._output_index_dims is not None:
       self._position_encoding = position_encoding.build_position_encoding(
-          position_encoding_type, index_dims=self._output_index_dims,
-          **position_encoding_kwargs)
+        position_encoding_type,
+        index_dims=self._output_index_dims,
+        **position_encoding_kwargs,
+      )
 
   @property
   def num_outputs(self) -> Optional[int]:
@@ -231,8 +261,13 @@ class BasicDecoder(AbstractPerceiverDecoder):
       return None
     return int(np.prod(self._output_index_dims))
 
-  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
-                    subsampled_points=None):
+  def decoder_query(
+    self,
+    inputs,
+    modality_sizes=None,
+    inputs_without_pos=None,
+    subsampled_points=None,
+  ):
     """Output queries [B, O, E], or [B, S, E] for `subsampled_points` [S].
 
     Args:
@@ -247,17 +282,20 @@ class BasicDecoder(AbstractPerceiverDecoder):
     del modality_sizes
     if self._position_encoding is None:
       raise ValueError(
-          'position_encoding_type: this decoder builds no queries '
-          f"(position_encoding_type={self._position_encoding_type!r}, "
-          f'output_index_dims={self._output_index_dims}); its queries must '
-          'come from a wrapping decoder.')
+        'position_encoding_type: this decoder builds no queries '
+        f'(position_encoding_type={self._position_encoding_type!r}, '
+        f'output_index_dims={self._output_index_dims}); its queries must '
+        'come from a wrapping decoder.'
+      )
     batch_size = inputs.shape[0]
     if subsampled_points is not None:
-      subsampled_points = check_subsampled_points(subsampled_points,
-                                                  self.num_outputs)
+      subsampled_points = check_subsampled_points(
+        subsampled_points, self.num_outputs
+      )
     if self._position_encoding_type == 'fourier':
-      pos = position_encoding.grid_positions(self._output_index_dims,
-                                             subsampled_points)
+      pos = position_encoding.grid_positions(
+        self._output_index_dims, subsampled_points
+      )
       query = self._position_encoding(batch_size, pos=pos)
     else:
       query = self._position_encoding(batch_size, indices=subsampled_points)
@@ -265,17 +303,22 @@ class BasicDecoder(AbstractPerceiverDecoder):
     query = _in_dtype_of(query, inputs)
     if self._concat_preprocessed_input:
       if inputs_without_pos is None:
-        raise ValueError('inputs_without_pos: expected the un-encoded inputs '
-                         'with concat_preprocessed_input=True, got None.')
-      validation.check_rank('inputs_without_pos', inputs_without_pos, (3,),
-                            '[B, O, C]')
+        raise ValueError(
+          'inputs_without_pos: expected the un-encoded inputs '
+          'with concat_preprocessed_input=True, got None.'
+        )
+      validation.check_rank(
+        'inputs_without_pos', inputs_without_pos, (3,), '[B, O, C]'
+      )
       if subsampled_points is not None:
-        inputs_without_pos = jnp.take(inputs_without_pos, subsampled_points,
-                                      axis=1)
+        inputs_without_pos = jnp.take(
+          inputs_without_pos, subsampled_points, axis=1
+        )
       if inputs_without_pos.shape[:2] != query.shape[:2]:
         raise ValueError(
-            f'inputs_without_pos: expected shape {query.shape[:2]} + (C,) to '
-            f'match the queries, got {tuple(inputs_without_pos.shape)}.')
+          f'inputs_without_pos: expected shape {query.shape[:2]} + (C,) to '
+          f'match the queries, got {tuple(inputs_without_pos.shape)}.'
+        )
       query = jnp.concatenate([inputs_without_pos, query], axis=-1)
     return query
 
@@ -299,54 +342,75 @@ class BasicDecoder(AbstractPerceiverDecoder):
     if query_mask is not None:
       validation.check_shape('query_mask', query_mask, query.shape[:2])
       attention_mask = attn.make_cross_attention_mask(
-          query_mask=query_mask, kv_mask=jnp.ones(z.shape[:2], dtype=bool))
+        query_mask=query_mask, kv_mask=jnp.ones(z.shape[:2], dtype=bool)
+      )
     outputs = attn.CrossAttention(
-        dropout_prob=0.0, num_heads=self._num_heads, widening_factor=1,
-        shape_for_attn='kv', qk_channels=self._qk_channels,
-        v_channels=self._v_channels, use_query_residual=self._use_query_residual,
-        attention_impl=self._attention_impl)(
-            query, z, attention_mask=attention_mask, is_training=is_training)
+      dropout_prob=0.0,
+      num_heads=self._num_heads,
+      widening_factor=1,
+      shape_for_attn='kv',
+      qk_channels=self._qk_channels,
+      v_channels=self._v_channels,
+      use_query_residual=self._use_query_residual,
+      attention_impl=self._attention_impl,
+    )(query, z, attention_mask=attention_mask, is_training=is_training)
     if self._final_project:
-      outputs = attn.Linear(self._output_num_channels,
-                            w_init=self._output_w_init, name='output')(outputs)
+      outputs = attn.Linear(
+        self._output_num_channels, w_init=self._output_w_init, name='output'
+      )(outputs)
     return outputs
 
 
 class _WrappedBasicDecoder(AbstractPerceiverDecoder):
   """A decoder whose queries are those of its inner `self.decoder`."""
 
-  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
-                    subsampled_points=None):
-    return self.decoder.decoder_query(inputs, modality_sizes,
-                                      inputs_without_pos,
-                                      subsampled_points=subsampled_points)
+  def decoder_query(
+    self,
+    inputs,
+    modality_sizes=None,
+    inputs_without_pos=None,
+    subsampled_points=None,
+  ):
+    return self.decoder.decoder_query(
+      inputs,
+      modality_sizes,
+      inputs_without_pos,
+      subsampled_points=subsampled_points,
+    )
 
 
 class ClassificationDecoder(_WrappedBasicDecoder):
   """One query, [B, 1, C] -> [B, num_classes] logits."""
 
-  def __init__(self, num_classes: int, name: str = 'classification_decoder',
-               **decoder_kwargs):
+  def __init__(
+    self,
+    num_classes: int,
+    name: str = 'classification_decoder',
+    **decoder_kwargs,
+  ):
     super().__init__(name=name)
     validation.check_positive('num_classes', num_classes)
     self._num_classes = num_classes
-    self.decoder = BasicDecoder(output_index_dims=(1,),
-                                output_num_channels=num_classes,
-                                **decoder_kwargs)
+    self.decoder = BasicDecoder(
+      output_index_dims=(1,), output_num_channels=num_classes, **decoder_kwargs
+    )
 
   @property
   def num_outputs(self) -> int:
     return 1
 
   def decode_points(self, query, z, *, is_training: bool, query_mask=None):
-    return self.decoder(query, z, is_training=is_training,
-                        query_mask=query_mask)
+    return self.decoder(
+      query, z, is_training=is_training, query_mask=query_mask
+    )
 
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
     """Decodes the single query [B, 1, E] into logits [B, num_classes]."""
     return self.restore_output_shape(
-        self.decode_points(query, z, is_training=is_training,
-                           query_mask=query_mask))
+      self.decode_points(
+        query, z, is_training=is_training, query_mask=query_mask
+      )
+    )
 
   def restore_output_shape(self, outputs):
     _check_full_decode('ClassificationDecoder', outputs, 1)
@@ -361,9 +425,14 @@ class FlowDecoder(AbstractPerceiverDecoder):
   those pixels and `decode_points` returns their [B, S, C] rows.
   """
 
-  def __init__(self, output_image_shape: Sequence[int],
-               output_num_channels: int = 2, rescale_factor: float = 100.0,
-               name: str = 'flow_decoder', **decoder_kwargs):
+  def __init__(
+    self,
+    output_image_shape: Sequence[int],
+    output_num_channels: int = 2,
+    rescale_factor: float = 100.0,
+    name: str = 'flow_decoder',
+    **decoder_kwargs,
+  ):
     """Builds the decoder; arguments and defaults are the released ones.
 
     Args:
@@ -378,56 +447,75 @@ class FlowDecoder(AbstractPerceiverDecoder):
     super().__init__(name=name)
     self._output_image_shape = tuple(output_image_shape)
     if len(self._output_image_shape) != 2:
-      raise ValueError('output_image_shape: expected (H, W), got '
-                       f'{output_image_shape!r}.')
+      raise ValueError(
+        f'output_image_shape: expected (H, W), got {output_image_shape!r}.'
+      )
     if not rescale_factor:
-      raise ValueError(f'rescale_factor: expected a non-zero divisor of the '
-                       f'outputs, got {rescale_factor!r}.')
+      raise ValueError(
+        f'rescale_factor: expected a non-zero divisor of the '
+        f'outputs, got {rescale_factor!r}.'
+      )
     self._output_num_channels = output_num_channels
     self._rescale_factor = rescale_factor
     decoder_kwargs.setdefault('position_encoding_type', 'none')
-    self.decoder = BasicDecoder(output_num_channels=output_num_channels,
-                                **decoder_kwargs)
+    self.decoder = BasicDecoder(
+      output_num_channels=output_num_channels, **decoder_kwargs
+    )
 
   @property
   def num_outputs(self) -> int:
     return int(np.prod(self._output_image_shape))
 
-  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
-                    subsampled_points=None):
+  def decoder_query(
+    self,
+    inputs,
+    modality_sizes=None,
+    inputs_without_pos=None,
+    subsampled_points=None,
+  ):
     validation.check_rank('inputs', inputs, (3,), '[B, M, C]')
     if inputs.shape[1] != self.num_outputs:
       raise ValueError(
-          f'inputs: the flow queries are the per-pixel inputs, so M must be '
-          f'H * W = {self.num_outputs} for output_image_shape='
-          f'{self._output_image_shape}, got shape {tuple(inputs.shape)}.')
+        f'inputs: the flow queries are the per-pixel inputs, so M must be '
+        f'H * W = {self.num_outputs} for output_image_shape='
+        f'{self._output_image_shape}, got shape {tuple(inputs.shape)}.'
+      )
     if subsampled_points is None:
       return inputs
     points = check_subsampled_points(subsampled_points, inputs.shape[1])
     return jnp.take(inputs, points, axis=1)
 
   def decode_points(self, query, z, *, is_training: bool, query_mask=None):
-    return self.decoder(query, z, is_training=is_training,
-                        query_mask=query_mask) / self._rescale_factor
+    return (
+      self.decoder(query, z, is_training=is_training, query_mask=query_mask)
+      / self._rescale_factor
+    )
 
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
     """Decodes all H * W pixel queries [B, H * W, E] into [B, H, W, C]."""
     return self.restore_output_shape(
-        self.decode_points(query, z, is_training=is_training,
-                           query_mask=query_mask))
+      self.decode_points(
+        query, z, is_training=is_training, query_mask=query_mask
+      )
+    )
 
   def restore_output_shape(self, outputs):
     _check_full_decode('FlowDecoder', outputs, self.num_outputs)
     return outputs.reshape(
-        (outputs.shape[0],) + self._output_image_shape + (outputs.shape[-1],))
+      (outputs.shape[0],) + self._output_image_shape + (outputs.shape[-1],)
+    )
 
 
 class BasicVideoAutoencodingDecoder(_WrappedBasicDecoder):
   """Per-pixel video decoder over (T, H, W); full decodes are [B, T, H, W, C]."""
 
-  def __init__(self, output_shape: Sequence[int], position_encoding_type: str,
-               name: str = 'basic_video_autoencoding_decoder',
-               **decoder_kwargs):
+  def __init__(
+    self,
+    output_shape: Sequence[int],
+    position_encoding_type: str,
+    name: str = 'basic_video_autoencoding_decoder',
+    **decoder_kwargs,
+  ):
     """Builds the decoder; arguments are the released ones.
 
     Args:
@@ -442,32 +530,40 @@ class BasicVideoAutoencodingDecoder(_WrappedBasicDecoder):
     """
     super().__init__(name=name)
     if len(output_shape) != 4:
-      raise ValueError('output_shape: expected (B, T, H, W), got '
-                       f'{output_shape!r}.')
+      raise ValueError(
+        f'output_shape: expected (B, T, H, W), got {output_shape!r}.'
+      )
     self._output_shape = tuple(output_shape)
-    self.decoder = BasicDecoder(output_index_dims=self._output_shape[1:4],
-                                position_encoding_type=position_encoding_type,
-                                **decoder_kwargs)
+    self.decoder = BasicDecoder(
+      output_index_dims=self._output_shape[1:4],
+      position_encoding_type=position_encoding_type,
+      **decoder_kwargs,
+    )
 
   @property
   def num_outputs(self) -> int:
     return int(np.prod(self._output_shape[1:4]))
 
   def decode_points(self, query, z, *, is_training: bool, query_mask=None):
-    return self.decoder(query, z, is_training=is_training,
-                        query_mask=query_mask)
+    return self.decoder(
+      query, z, is_training=is_training, query_mask=query_mask
+    )
 
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
     """Decodes all T * H * W queries into [B, T, H, W, C]."""
     return self.restore_output_shape(
-        self.decode_points(query, z, is_training=is_training,
-                           query_mask=query_mask))
+      self.decode_points(
+        query, z, is_training=is_training, query_mask=query_mask
+      )
+    )
 
   def restore_output_shape(self, outputs):
-    _check_full_decode('BasicVideoAutoencodingDecoder', outputs,
-                       self.num_outputs)
-    return outputs.reshape((outputs.shape[0],) + self._output_shape[1:4]
-                           + (outputs.shape[-1],))
+    _check_full_decode(
+      'BasicVideoAutoencodingDecoder', outputs, self.num_outputs
+    )
+    return outputs.reshape(
+      (outputs.shape[0],) + self._output_shape[1:4] + (outputs.shape[-1],)
+    )
 
 
 class MultimodalDecoder(AbstractPerceiverDecoder):
@@ -479,11 +575,16 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
   queries (`output_modality_sizes`), never the input sizes.
   """
 
-  def __init__(self, modalities: Mapping[str, AbstractPerceiverDecoder],
-               num_outputs: Optional[int], output_num_channels: int,
-               min_padding_size: int = 2,
-               subsampled_index_dims: Optional[Mapping[str, int]] = None,
-               name: str = 'multimodal_decoder', **decoder_kwargs):
+  def __init__(
+    self,
+    modalities: Mapping[str, AbstractPerceiverDecoder],
+    num_outputs: Optional[int],
+    output_num_channels: int,
+    min_padding_size: int = 2,
+    subsampled_index_dims: Optional[Mapping[str, int]] = None,
+    name: str = 'multimodal_decoder',
+    **decoder_kwargs,
+  ):
     """Builds the decoder; arguments and defaults are the released ones.
 
     Args:
@@ -500,19 +601,25 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
     """
     super().__init__(name=name)
     if not modalities:
-      raise ValueError('modalities: expected a non-empty dict of decoders, '
-                       f'got {modalities!r}.')
+      raise ValueError(
+        'modalities: expected a non-empty dict of decoders, '
+        f'got {modalities!r}.'
+      )
     if min_padding_size < 0:
-      raise ValueError('min_padding_size: expected a non-negative integer, '
-                       f'got {min_padding_size!r}.')
+      raise ValueError(
+        'min_padding_size: expected a non-negative integer, '
+        f'got {min_padding_size!r}.'
+      )
     del subsampled_index_dims
     self._modalities = dict(modalities)
     self._num_outputs = num_outputs
     self._min_padding_size = min_padding_size
     self.decoder = BasicDecoder(
-        output_index_dims=None if num_outputs is None else (num_outputs,),
-        output_num_channels=output_num_channels,
-        position_encoding_type='none', **decoder_kwargs)
+      output_index_dims=None if num_outputs is None else (num_outputs,),
+      output_num_channels=output_num_channels,
+      position_encoding_type='none',
+      **decoder_kwargs,
+    )
 
   @property
   def modalities(self) -> Mapping[str, AbstractPerceiverDecoder]:
@@ -540,8 +647,12 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
       if points is None:
         sizes[m] = self._modalities[m].num_outputs
       else:
-        validation.check_rank(f'subsampled_points[{m!r}]', points, (1,),
-                              '[S] of flat output indices')
+        validation.check_rank(
+          f'subsampled_points[{m!r}]',
+          points,
+          (1,),
+          '[S] of flat output indices',
+        )
         sizes[m] = int(points.shape[0])
     return sizes
 
@@ -549,8 +660,13 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
     sizes = self.output_modality_sizes()
     return (inputs.shape[0], sum(sizes.values()), None), sizes
 
-  def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
-                    subsampled_points=None):
+  def decoder_query(
+    self,
+    inputs,
+    modality_sizes=None,
+    inputs_without_pos=None,
+    subsampled_points=None,
+  ):
     """Padded, concatenated queries of all modalities: [B, sum S_m, E].
 
     Args:
@@ -561,40 +677,51 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
         None or a missing modality gives all of its queries.
     """
     if modality_sizes is None:
-      raise ValueError('modality_sizes: expected the per-modality input sizes '
-                       '(from a MultimodalPreprocessor), got None.')
+      raise ValueError(
+        'modality_sizes: expected the per-modality input sizes '
+        '(from a MultimodalPreprocessor), got None.'
+      )
     subsampled_points = dict(subsampled_points or {})
     unknown = set(subsampled_points) - set(self._modalities)
     if unknown:
-      raise ValueError(f'subsampled_points: expected keys among '
-                       f'{sorted(self._modalities)}, got unknown {sorted(unknown)}.')
+      raise ValueError(
+        f'subsampled_points: expected keys among '
+        f'{sorted(self._modalities)}, got unknown {sorted(unknown)}.'
+      )
     missing = set(self._modalities) - set(modality_sizes)
     if missing:
-      raise ValueError(f'modality_sizes: expected every decoded modality '
-                       f'{sorted(self._modalities)}, missing {sorted(missing)}.')
+      raise ValueError(
+        f'modality_sizes: expected every decoded modality '
+        f'{sorted(self._modalities)}, missing {sorted(missing)}.'
+      )
     inputs_by_modality = io_processors.restructure(modality_sizes, inputs)
     inputs_without_pos = inputs_without_pos or {}
     queries = {}
     for m in sorted(self._modalities):
       query = self._modalities[m].decoder_query(
-          inputs=inputs_by_modality[m],
-          inputs_without_pos=inputs_without_pos.get(m),
-          subsampled_points=subsampled_points.get(m))
+        inputs=inputs_by_modality[m],
+        inputs_without_pos=inputs_without_pos.get(m),
+        subsampled_points=subsampled_points.get(m),
+      )
       queries[m] = query.reshape(query.shape[0], -1, query.shape[-1])
     width = max(q.shape[-1] for q in queries.values()) + self._min_padding_size
     padded = []
     for m, query in queries.items():
       padding = position_encoding.TrainablePositionEncoding(
-          1, num_channels=width - query.shape[-1], init_scale=0.02,
-          name=f'{m}_padding')(query.shape[0])
+        1,
+        num_channels=width - query.shape[-1],
+        init_scale=0.02,
+        name=f'{m}_padding',
+      )(query.shape[0])
       padding = jnp.broadcast_to(padding, query.shape[:2] + padding.shape[-1:])
       padding = padding.astype(query.dtype)
       padded.append(jnp.concatenate([query, padding], axis=-1))
     return jnp.concatenate(padded, axis=1)
 
   def __call__(self, query, z, *, is_training: bool, query_mask=None):
-    return self.decoder(query, z, is_training=is_training,
-                        query_mask=query_mask)
+    return self.decoder(
+      query, z, is_training=is_training, query_mask=query_mask
+    )
 
 
 def output_modality_sizes(decoder, modality_sizes, subsampled_points):
@@ -602,4 +729,3 @@ def output_modality_sizes(decoder, modality_sizes, subsampled_points):
   if isinstance(decoder, MultimodalDecoder):
     return decoder.output_modality_sizes(subsampled_points)
   return modality_sizes
-

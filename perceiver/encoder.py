@@ -43,28 +43,30 @@ class PerceiverEncoder(hk.Module):
   (README, Performance).
   """
 
-  def __init__(self,
-               num_self_attends_per_block: int = 6,
-               num_blocks: int = 8,
-               z_index_dim: int = 512,
-               num_z_channels: int = 1024,
-               qk_channels: Optional[int] = None,
-               v_channels: Optional[int] = None,
-               num_cross_attend_heads: int = 1,
-               num_self_attend_heads: int = 8,
-               cross_attend_widening_factor: int = 1,
-               self_attend_widening_factor: int = 1,
-               dropout_prob: float = 0.0,
-               z_pos_enc_init_scale: float = 0.02,
-               cross_attention_shape_for_attn: str = 'kv',
-               use_query_residual: bool = True,
-               name: str = 'perceiver_encoder',
-               *,
-               attention_impl: str = 'reference',
-               cross_attention_impl: Optional[str] = None,
-               remat: bool = False,
-               scan_blocks: bool = False,
-               scan_layers: bool = False):
+  def __init__(
+    self,
+    num_self_attends_per_block: int = 6,
+    num_blocks: int = 8,
+    z_index_dim: int = 512,
+    num_z_channels: int = 1024,
+    qk_channels: Optional[int] = None,
+    v_channels: Optional[int] = None,
+    num_cross_attend_heads: int = 1,
+    num_self_attend_heads: int = 8,
+    cross_attend_widening_factor: int = 1,
+    self_attend_widening_factor: int = 1,
+    dropout_prob: float = 0.0,
+    z_pos_enc_init_scale: float = 0.02,
+    cross_attention_shape_for_attn: str = 'kv',
+    use_query_residual: bool = True,
+    name: str = 'perceiver_encoder',
+    *,
+    attention_impl: str = 'reference',
+    cross_attention_impl: Optional[str] = None,
+    remat: bool = False,
+    scan_blocks: bool = False,
+    scan_layers: bool = False,
+  ):
     """Builds the encoder; arguments and defaults are the released ones.
 
     Args:
@@ -96,48 +98,72 @@ class PerceiverEncoder(hk.Module):
         stacked weights (compile time then does not grow with depth).
     """
     super().__init__(name=name)
-    validation.check_positive('num_self_attends_per_block',
-                              num_self_attends_per_block)
+    validation.check_positive(
+      'num_self_attends_per_block', num_self_attends_per_block
+    )
     validation.check_positive('num_blocks', num_blocks)
     validation.check_positive('z_index_dim', z_index_dim)
     validation.check_positive('num_z_channels', num_z_channels)
     validation.check_positive('num_self_attend_heads', num_self_attend_heads)
     validation.check_positive('num_cross_attend_heads', num_cross_attend_heads)
-    validation.check_divisible('num_z_channels', num_z_channels,
-                               'num_self_attend_heads', num_self_attend_heads)
-    validation.check_divisible('num_z_channels', num_z_channels,
-                               'num_cross_attend_heads', num_cross_attend_heads)
-    validation.check_choice('attention_impl', attention_impl,
-                            attn.ATTENTION_IMPLEMENTATIONS)
-    validation.check_choice('cross_attention_impl', cross_attention_impl,
-                            (None,) + attn.ATTENTION_IMPLEMENTATIONS)
+    validation.check_divisible(
+      'num_z_channels',
+      num_z_channels,
+      'num_self_attend_heads',
+      num_self_attend_heads,
+    )
+    validation.check_divisible(
+      'num_z_channels',
+      num_z_channels,
+      'num_cross_attend_heads',
+      num_cross_attend_heads,
+    )
+    validation.check_choice(
+      'attention_impl', attention_impl, attn.ATTENTION_IMPLEMENTATIONS
+    )
+    validation.check_choice(
+      'cross_attention_impl',
+      cross_attention_impl,
+      (None,) + attn.ATTENTION_IMPLEMENTATIONS,
+    )
     self._num_blocks = num_blocks
     self._remat = remat
     self._scan_blocks = scan_blocks
     self._num_z_channels = num_z_channels
     self.z_pos_enc = position_encoding.TrainablePositionEncoding(
-        index_dim=z_index_dim, num_channels=num_z_channels,
-        init_scale=z_pos_enc_init_scale)
+      index_dim=z_index_dim,
+      num_channels=num_z_channels,
+      init_scale=z_pos_enc_init_scale,
+    )
     self.cross_attend = attn.CrossAttention(
-        dropout_prob=dropout_prob, num_heads=num_cross_attend_heads,
-        widening_factor=cross_attend_widening_factor,
-        shape_for_attn=cross_attention_shape_for_attn,
-        qk_channels=qk_channels, v_channels=v_channels,
-        use_query_residual=use_query_residual,
-        attention_impl=cross_attention_impl or attention_impl)
+      dropout_prob=dropout_prob,
+      num_heads=num_cross_attend_heads,
+      widening_factor=cross_attend_widening_factor,
+      shape_for_attn=cross_attention_shape_for_attn,
+      qk_channels=qk_channels,
+      v_channels=v_channels,
+      use_query_residual=use_query_residual,
+      attention_impl=cross_attention_impl or attention_impl,
+    )
     self._dropout_prob = dropout_prob
     self._scan_layers = scan_layers
     # The self-attention layers are pure functions of their parameters, so the
     # same code runs them unrolled or under `lax.scan` over stacked weights.
     # `hk.lift` keeps the released names: perceiver_encoder/~/self_attention_k.
-    self._layer = hk.transform(functools.partial(
-        attn.self_attention_block, num_heads=num_self_attend_heads,
-        dropout_prob=dropout_prob, qk_channels=qk_channels,
-        v_channels=v_channels, widening_factor=self_attend_widening_factor,
-        attention_impl=attention_impl))
+    self._layer = hk.transform(
+      functools.partial(
+        attn.self_attention_block,
+        num_heads=num_self_attend_heads,
+        dropout_prob=dropout_prob,
+        qk_channels=qk_channels,
+        v_channels=v_channels,
+        widening_factor=self_attend_widening_factor,
+        attention_impl=attention_impl,
+      )
+    )
     self._layer_params = [
-        hk.lift(self._layer.init, allow_reuse=True, name='self_attention')
-        for _ in range(num_self_attends_per_block)
+      hk.lift(self._layer.init, allow_reuse=True, name='self_attention')
+      for _ in range(num_self_attends_per_block)
     ]
 
   def latents(self, inputs):
@@ -156,8 +182,13 @@ class PerceiverEncoder(hk.Module):
     use_rng = is_training and self._dropout_prob > 0
     num_layers = len(layer_params)
     total = self._num_blocks * num_layers
-    keys = (jax.random.split(hk.next_rng_key(), total).reshape(
-        self._num_blocks, num_layers, -1) if use_rng else None)
+    keys = (
+      jax.random.split(hk.next_rng_key(), total).reshape(
+        self._num_blocks, num_layers, -1
+      )
+      if use_rng
+      else None
+    )
 
     def layer(z, params, key):
       return self._layer.apply(params, key, z, is_training=is_training)
@@ -166,14 +197,18 @@ class PerceiverEncoder(hk.Module):
       layer = jax.checkpoint(layer)
 
     # Stacked once, outside the loop over blocks.
-    stacked = (jax.tree.map(lambda *a: jnp.stack(a), *layer_params)
-               if self._scan_layers else None)
+    stacked = (
+      jax.tree.map(lambda *a: jnp.stack(a), *layer_params)
+      if self._scan_layers
+      else None
+    )
     cut = jax.default_backend() == 'cpu'
 
     def block(z, block_keys):
       if self._scan_layers:
-        return jax.lax.scan(lambda c, xs: (layer(c, *xs), None), z,
-                            (stacked, block_keys))[0]
+        return jax.lax.scan(
+          lambda c, xs: (layer(c, *xs), None), z, (stacked, block_keys)
+        )[0]
       for i, params in enumerate(layer_params):
         if cut:
           z = _cut_backward_fusion(z)
@@ -181,8 +216,9 @@ class PerceiverEncoder(hk.Module):
       return z
 
     if self._scan_blocks and self._num_blocks > 1:
-      return jax.lax.scan(lambda c, k: (block(c, k), None), z, keys,
-                          length=self._num_blocks)[0]
+      return jax.lax.scan(
+        lambda c, k: (block(c, k), None), z, keys, length=self._num_blocks
+      )[0]
     for b in range(self._num_blocks):
       z = block(z, None if keys is None else keys[b])
     return z
@@ -203,21 +239,25 @@ class PerceiverEncoder(hk.Module):
     validation.check_rank('z', z, (3,), '[B, N, D]')
     if z.shape[0] != inputs.shape[0] or z.shape[2] != self._num_z_channels:
       raise ValueError(
-          f'z: expected shape ({inputs.shape[0]}, N, {self._num_z_channels}), '
-          f'got {tuple(z.shape)}.')
+        f'z: expected shape ({inputs.shape[0]}, N, {self._num_z_channels}), '
+        f'got {tuple(z.shape)}.'
+      )
     attention_mask = None
     if input_mask is not None:
       validation.check_shape('input_mask', input_mask, inputs.shape[:2])
       attention_mask = attn.make_cross_attention_mask(
-          query_mask=jnp.ones(z.shape[:2], dtype=bool), kv_mask=input_mask)
-    z = self.cross_attend(z, inputs, attention_mask=attention_mask,
-                          is_training=is_training)
+        query_mask=jnp.ones(z.shape[:2], dtype=bool), kv_mask=input_mask
+      )
+    z = self.cross_attend(
+      z, inputs, attention_mask=attention_mask, is_training=is_training
+    )
     # Each layer is its own draw at init, as the released code's separate
     # `SelfAttention` modules are; at apply the lifted params are read back.
     init = hk.running_init()
-    layer_params = [lift(hk.next_rng_key() if init else None, z,
-                         is_training=False)
-                    for lift in self._layer_params]
+    layer_params = [
+      lift(hk.next_rng_key() if init else None, z, is_training=False)
+      for lift in self._layer_params
+    ]
     return self._run_layers(z, layer_params, is_training=is_training)
 
 
@@ -241,8 +281,11 @@ def _cut_fwd(x):
 
 def _cut_bwd(_, g):
   first = g.reshape(-1)[0]
-  return (jax.lax.cond(first == first, lambda t: t,
-                       lambda t: t + 0 * t.reshape(-1)[0], g),)
+  return (
+    jax.lax.cond(
+      first == first, lambda t: t, lambda t: t + 0 * t.reshape(-1)[0], g
+    ),
+  )
 
 
 _cut_backward_fusion.defvjp(_cut_fwd, _cut_bwd)

@@ -1500,7 +1500,8 @@ class EmbeddingDecoder(hk.Module):
       'bias', [vocab_size], dtype=inputs.dtype, init=jnp.zeros
     )
     logits_BTV = attention.einsum(
-      'TD,VD->TV', inputs.reshape(-1, d_model),
-      self._embedding_matrix.astype(inputs.dtype)
+      'TD,VD->TV',
+      inputs.reshape(-1, d_model),
+      self._embedding_matrix.astype(inputs.dtype),
     ).astype(inputs.dtype)
     return logits_BTV.reshape(inputs.shape[:-1] + (vocab_size,)) + bias_V

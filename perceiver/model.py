@@ -18,15 +18,17 @@ def chunk_indices(num_outputs: int, num_chunks: int):
   """[n, ceil(O / n)] flat indices covering 0..O-1, padded with the last index."""
   per_chunk = -(-num_outputs // num_chunks)
   idx = np.arange(num_chunks * per_chunk)
-  return jnp.asarray(np.minimum(idx, num_outputs - 1).reshape(num_chunks,
-                                                               per_chunk))
+  return jnp.asarray(
+    np.minimum(idx, num_outputs - 1).reshape(num_chunks, per_chunk)
+  )
 
 
 def _unchunk(outputs_nBSC, num_outputs: int):
   """[n, B, S, ...] per-chunk outputs -> [B, O, ...] (padding dropped)."""
   n, b, s = outputs_nBSC.shape[:3]
-  flat = jnp.moveaxis(outputs_nBSC, 0, 1).reshape((b, n * s)
-                                                   + outputs_nBSC.shape[3:])
+  flat = jnp.moveaxis(outputs_nBSC, 0, 1).reshape(
+    (b, n * s) + outputs_nBSC.shape[3:]
+  )
   return flat[:, :num_outputs]
 
 
@@ -42,8 +44,14 @@ class Perceiver(hk.Module):
   gives the colab's 128 chunks of 6,272 pixels and 15 audio patches).
   """
 
-  def __init__(self, encoder, decoder, input_preprocessor=None,
-               output_postprocessor=None, name: str = 'perceiver'):
+  def __init__(
+    self,
+    encoder,
+    decoder,
+    input_preprocessor=None,
+    output_postprocessor=None,
+    name: str = 'perceiver',
+  ):
     super().__init__(name=name)
     self._encoder = encoder
     self._decoder = decoder
@@ -54,18 +62,32 @@ class Perceiver(hk.Module):
     """Preprocesses and encodes; returns (z, inputs, modality_sizes, inputs_without_pos)."""
     if self._input_preprocessor is not None:
       inputs, modality_sizes, inputs_without_pos = self._input_preprocessor(
-          inputs, is_training=is_training, pos=pos, network_input_is_1d=True)
+        inputs, is_training=is_training, pos=pos, network_input_is_1d=True
+      )
     else:
       modality_sizes, inputs_without_pos = None, inputs
-    validation.check_rank('inputs', inputs, (3,),
-                          '[B, M, C] after preprocessing')
-    z = self._encoder(inputs, self._encoder.latents(inputs),
-                      is_training=is_training, input_mask=input_mask)
+    validation.check_rank(
+      'inputs', inputs, (3,), '[B, M, C] after preprocessing'
+    )
+    z = self._encoder(
+      inputs,
+      self._encoder.latents(inputs),
+      is_training=is_training,
+      input_mask=input_mask,
+    )
     return z, inputs, modality_sizes, inputs_without_pos
 
-  def __call__(self, inputs, *, is_training: bool,
-               subsampled_output_points=None, pos=None, input_mask=None,
-               query_mask=None, decode_chunk_size: Optional[int] = None):
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training: bool,
+    subsampled_output_points=None,
+    pos=None,
+    input_mask=None,
+    query_mask=None,
+    decode_chunk_size: Optional[int] = None,
+  ):
     """Runs the model.
 
     Args:
@@ -87,46 +109,75 @@ class Perceiver(hk.Module):
     if decode_chunk_size is not None:
       validation.check_positive('decode_chunk_size', decode_chunk_size)
       if subsampled_output_points is not None:
-        raise ValueError('decode_chunk_size: decodes every output in chunks '
-                         'and cannot be combined with subsampled_output_points '
-                         f'(got {decode_chunk_size} and both).')
+        raise ValueError(
+          'decode_chunk_size: decodes every output in chunks '
+          'and cannot be combined with subsampled_output_points '
+          f'(got {decode_chunk_size} and both).'
+        )
     z, inputs, modality_sizes, inputs_without_pos = self.encode(
-        inputs, is_training=is_training, pos=pos, input_mask=input_mask)
+      inputs, is_training=is_training, pos=pos, input_mask=input_mask
+    )
     if decode_chunk_size is None:
       query = self._decoder.decoder_query(
-          inputs, modality_sizes, inputs_without_pos,
-          subsampled_points=subsampled_output_points)
+        inputs,
+        modality_sizes,
+        inputs_without_pos,
+        subsampled_points=subsampled_output_points,
+      )
       # A subsampled decode returns the [B, S, C] rows of its points even when
       # S equals the number of outputs (any order, repeats allowed).
-      decode = (self._decoder if subsampled_output_points is None
-                else self._decoder.decode_points)
-      outputs = decode(query, z, is_training=is_training,
-                       query_mask=query_mask)
+      decode = (
+        self._decoder
+        if subsampled_output_points is None
+        else self._decoder.decode_points
+      )
+      outputs = decode(query, z, is_training=is_training, query_mask=query_mask)
     else:
       outputs = self._decode_in_chunks(
-          z, inputs, modality_sizes, inputs_without_pos, decode_chunk_size,
-          is_training=is_training, query_mask=query_mask)
+        z,
+        inputs,
+        modality_sizes,
+        inputs_without_pos,
+        decode_chunk_size,
+        is_training=is_training,
+        query_mask=query_mask,
+      )
     if self._output_postprocessor is None:
       return outputs
     output_sizes = dec_lib.output_modality_sizes(
-        self._decoder, modality_sizes, subsampled_output_points)
-    return self._output_postprocessor(outputs, is_training=is_training,
-                                      pos=pos, modality_sizes=output_sizes)
+      self._decoder, modality_sizes, subsampled_output_points
+    )
+    return self._output_postprocessor(
+      outputs, is_training=is_training, pos=pos, modality_sizes=output_sizes
+    )
 
-  def _decode_in_chunks(self, z, inputs, modality_sizes, inputs_without_pos,
-                        chunk_size: int, *, is_training: bool, query_mask):
+  def _decode_in_chunks(
+    self,
+    z,
+    inputs,
+    modality_sizes,
+    inputs_without_pos,
+    chunk_size: int,
+    *,
+    is_training: bool,
+    query_mask,
+  ):
     decoder = self._decoder
 
     def decode(points, mask=None):
-      query = decoder.decoder_query(inputs, modality_sizes, inputs_without_pos,
-                                    subsampled_points=points)
-      return decoder.decode_points(query, z, is_training=is_training,
-                                   query_mask=mask)  # [B, S, C]
+      query = decoder.decoder_query(
+        inputs, modality_sizes, inputs_without_pos, subsampled_points=points
+      )
+      return decoder.decode_points(
+        query, z, is_training=is_training, query_mask=mask
+      )  # [B, S, C]
 
     if isinstance(decoder, dec_lib.MultimodalDecoder):
       if query_mask is not None:
-        raise ValueError('query_mask: not supported with decode_chunk_size '
-                         'for a MultimodalDecoder, got a mask.')
+        raise ValueError(
+          'query_mask: not supported with decode_chunk_size '
+          'for a MultimodalDecoder, got a mask.'
+        )
       sizes = decoder.output_modality_sizes()
       num_chunks = -(-max(sizes.values()) // chunk_size)
       points = {m: chunk_indices(o, num_chunks) for m, o in sizes.items()}
@@ -134,23 +185,26 @@ class Perceiver(hk.Module):
       pieces, start = [], 0
       for m in sorted(sizes):
         width = points[m].shape[1]
-        pieces.append(_unchunk(outputs_nBSC[:, :, start:start + width],
-                               sizes[m]))
+        pieces.append(
+          _unchunk(outputs_nBSC[:, :, start : start + width], sizes[m])
+        )
         start += width
       return jnp.concatenate(pieces, axis=1)
 
     num_outputs = decoder.num_outputs
     if num_outputs is None:
-      raise ValueError('decode_chunk_size: the decoder has no fixed number of '
-                       'outputs to cut into chunks (output_index_dims=None).')
+      raise ValueError(
+        'decode_chunk_size: the decoder has no fixed number of '
+        'outputs to cut into chunks (output_index_dims=None).'
+      )
     num_chunks = -(-num_outputs // chunk_size)
     points = chunk_indices(num_outputs, num_chunks)
     if query_mask is None:
       outputs_nBSC = hk.map(decode, points)
     else:
-      validation.check_shape('query_mask', query_mask,
-                             (inputs.shape[0], num_outputs))
+      validation.check_shape(
+        'query_mask', query_mask, (inputs.shape[0], num_outputs)
+      )
       masks = jnp.moveaxis(jnp.take(query_mask, points, axis=1), 1, 0)
       outputs_nBSC = hk.map(lambda a: decode(*a), (points, masks))
     return decoder.restore_output_shape(_unchunk(outputs_nBSC, num_outputs))
-

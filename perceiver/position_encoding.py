@@ -30,10 +30,13 @@ def as_index_dims(index_dims: IndexDims) -> Tuple[int, ...]:
   return tuple(int(d) for d in index_dims)
 
 
-def generate_fourier_features(pos, num_bands: int,
-                              max_resolution: Sequence[int] = (224, 224),
-                              concat_pos: bool = True,
-                              sine_only: bool = False):
+def generate_fourier_features(
+  pos,
+  num_bands: int,
+  max_resolution: Sequence[int] = (224, 224),
+  concat_pos: bool = True,
+  sine_only: bool = False,
+):
   """Fourier features of positions in [-1, 1] (Perceiver, Sec. 3.2, Eq. 2).
 
   For each spatial dimension d the K frequencies are linspace(1, R_d / 2, K),
@@ -66,18 +69,24 @@ def generate_fourier_features(pos, num_bands: int,
   max_resolution = as_index_dims(max_resolution)
   if pos.shape[-1] != len(max_resolution):
     raise ValueError(
-        f'max_resolution: expected {pos.shape[-1]} entries (one per position '
-        f'dimension of pos, shape {tuple(pos.shape)}), got {max_resolution}.')
+      f'max_resolution: expected {pos.shape[-1]} entries (one per position '
+      f'dimension of pos, shape {tuple(pos.shape)}), got {max_resolution}.'
+    )
   for i, res in enumerate(max_resolution):
     validation.check_positive(f'max_resolution[{i}]', res)
-  out_dtype = (pos.dtype if jnp.issubdtype(pos.dtype, jnp.floating)
-               else jnp.float32)
+  out_dtype = (
+    pos.dtype if jnp.issubdtype(pos.dtype, jnp.floating) else jnp.float32
+  )
   pos_ND = pos.astype(jnp.float32)
-  freqs_DK = jnp.stack([
-      jnp.linspace(1.0, res / 2, num=num_bands, endpoint=True,
-                   dtype=jnp.float32)
+  freqs_DK = jnp.stack(
+    [
+      jnp.linspace(
+        1.0, res / 2, num=num_bands, endpoint=True, dtype=jnp.float32
+      )
       for res in max_resolution
-  ], axis=0)
+    ],
+    axis=0,
+  )
   angles_NDK = pos_ND[:, :, None] * freqs_DK[None, :, :]
   angles_NC = jnp.pi * jnp.reshape(angles_NDK, (pos.shape[0], -1))
   if sine_only:
@@ -89,8 +98,9 @@ def generate_fourier_features(pos, num_bands: int,
   return features.astype(out_dtype)
 
 
-def build_linear_positions(index_dims: IndexDims,
-                           output_range: Tuple[float, float] = (-1.0, 1.0)):
+def build_linear_positions(
+  index_dims: IndexDims, output_range: Tuple[float, float] = (-1.0, 1.0)
+):
   """Grid of positions: linspace(lo, hi, n) per dimension, 'ij' order.
 
   Returns:
@@ -99,8 +109,12 @@ def build_linear_positions(index_dims: IndexDims,
   dims = as_index_dims(index_dims)
   for i, d in enumerate(dims):
     validation.check_positive(f'index_dims[{i}]', d)
-  axes = [jnp.linspace(output_range[0], output_range[1], num=n, endpoint=True,
-                       dtype=jnp.float32) for n in dims]
+  axes = [
+    jnp.linspace(
+      output_range[0], output_range[1], num=n, endpoint=True, dtype=jnp.float32
+    )
+    for n in dims
+  ]
   return jnp.stack(jnp.meshgrid(*axes, indexing='ij'), axis=-1)
 
 
@@ -123,8 +137,10 @@ def grid_positions(index_dims: IndexDims, flat_indices=None):
   if flat_indices is None:
     flat_indices = jnp.arange(int(np.prod(dims)))
   coords = jnp.unravel_index(flat_indices, dims)
-  return jnp.stack([-1.0 + 2.0 * c.astype(jnp.float32) / n
-                    for c, n in zip(coords, dims)], axis=-1)
+  return jnp.stack(
+    [-1.0 + 2.0 * c.astype(jnp.float32) / n for c, n in zip(coords, dims)],
+    axis=-1,
+  )
 
 
 class AbstractPositionEncoding(hk.Module, metaclass=abc.ABCMeta):
@@ -147,8 +163,13 @@ class TrainablePositionEncoding(AbstractPositionEncoding):
   mask tokens.
   """
 
-  def __init__(self, index_dim: int, num_channels: int = 128,
-               init_scale: float = 0.02, name: Optional[str] = None):
+  def __init__(
+    self,
+    index_dim: int,
+    num_channels: int = 128,
+    init_scale: float = 0.02,
+    name: Optional[str] = None,
+  ):
     super().__init__(name=name)
     validation.check_positive('index_dim', index_dim)
     validation.check_positive('num_channels', num_channels)
@@ -170,38 +191,54 @@ class TrainablePositionEncoding(AbstractPositionEncoding):
     """
     del pos
     table_NC = hk.get_parameter(
-        'pos_embs', [self._index_dim, self._num_channels],
-        init=hk.initializers.TruncatedNormal(stddev=self._init_scale))
+      'pos_embs',
+      [self._index_dim, self._num_channels],
+      init=hk.initializers.TruncatedNormal(stddev=self._init_scale),
+    )
     if indices is not None:
       table_NC = jnp.take(table_NC, indices, axis=0)
     if batch_size is not None:
-      table_NC = jnp.broadcast_to(table_NC[None], (batch_size,) + table_NC.shape)
+      table_NC = jnp.broadcast_to(
+        table_NC[None], (batch_size,) + table_NC.shape
+      )
     return table_NC
 
 
 class FourierPositionEncoding(AbstractPositionEncoding):
   """Fixed Fourier features of a linear grid over `index_dims` (or of `pos`)."""
 
-  def __init__(self, index_dims: IndexDims, num_bands: int,
-               concat_pos: bool = True,
-               max_resolution: Optional[Sequence[int]] = None,
-               sine_only: bool = False, name: Optional[str] = None):
+  def __init__(
+    self,
+    index_dims: IndexDims,
+    num_bands: int,
+    concat_pos: bool = True,
+    max_resolution: Optional[Sequence[int]] = None,
+    sine_only: bool = False,
+    name: Optional[str] = None,
+  ):
     super().__init__(name=name)
     validation.check_positive('num_bands', num_bands)
-    self._index_dims = as_index_dims(index_dims) if index_dims is not None else None
+    self._index_dims = (
+      as_index_dims(index_dims) if index_dims is not None else None
+    )
     self._num_bands = num_bands
     self._concat_pos = concat_pos
     self._sine_only = sine_only
-    self._max_resolution = (as_index_dims(max_resolution) if max_resolution
-                            else self._index_dims)
+    self._max_resolution = (
+      as_index_dims(max_resolution) if max_resolution else self._index_dims
+    )
     if self._max_resolution is None:
-      raise ValueError('max_resolution: expected a resolution per dimension '
-                       'when index_dims is None, got None.')
-    if (self._index_dims is not None and
-        len(self._max_resolution) != len(self._index_dims)):
       raise ValueError(
-          f'max_resolution: expected {len(self._index_dims)} entries (one per '
-          f'index dim of {self._index_dims}), got {self._max_resolution}.')
+        'max_resolution: expected a resolution per dimension '
+        'when index_dims is None, got None.'
+      )
+    if self._index_dims is not None and len(self._max_resolution) != len(
+      self._index_dims
+    ):
+      raise ValueError(
+        f'max_resolution: expected {len(self._index_dims)} entries (one per '
+        f'index dim of {self._index_dims}), got {self._max_resolution}.'
+      )
 
   @property
   def num_positions(self) -> int:
@@ -224,22 +261,30 @@ class FourierPositionEncoding(AbstractPositionEncoding):
     d = len(self._max_resolution)
     if pos is None:
       if self._index_dims is None:
-        raise ValueError('pos: expected positions when the encoding has no '
-                         'index_dims, got None.')
+        raise ValueError(
+          'pos: expected positions when the encoding has no '
+          'index_dims, got None.'
+        )
       pos = jnp.reshape(build_linear_positions(self._index_dims), (-1, d))
     if pos.shape[-1] != d:
       raise ValueError(
-          f'pos: expected last dimension {d} (one per dimension of '
-          f'max_resolution={self._max_resolution}), got shape '
-          f'{tuple(pos.shape)}.')
+        f'pos: expected last dimension {d} (one per dimension of '
+        f'max_resolution={self._max_resolution}), got shape '
+        f'{tuple(pos.shape)}.'
+      )
     features = functools.partial(
-        generate_fourier_features, num_bands=self._num_bands,
-        max_resolution=self._max_resolution, concat_pos=self._concat_pos,
-        sine_only=self._sine_only)
+      generate_fourier_features,
+      num_bands=self._num_bands,
+      max_resolution=self._max_resolution,
+      concat_pos=self._concat_pos,
+      sine_only=self._sine_only,
+    )
     if pos.ndim == 3:
       if batch_size is not None and pos.shape[0] != batch_size:
-        raise ValueError(f'pos: expected batch size {batch_size}, got shape '
-                         f'{tuple(pos.shape)}.')
+        raise ValueError(
+          f'pos: expected batch size {batch_size}, got shape '
+          f'{tuple(pos.shape)}.'
+        )
       return jax.vmap(features)(pos)
     validation.check_rank('pos', pos, (2, 3), '[N, D] or [B, N, D]')
     out_NC = features(pos)
@@ -251,9 +296,12 @@ class FourierPositionEncoding(AbstractPositionEncoding):
 class PositionEncodingProjector(AbstractPositionEncoding):
   """A Linear layer of width `output_size` on top of another encoding."""
 
-  def __init__(self, output_size: int,
-               base_position_encoding: AbstractPositionEncoding,
-               name: Optional[str] = None):
+  def __init__(
+    self,
+    output_size: int,
+    base_position_encoding: AbstractPositionEncoding,
+    name: Optional[str] = None,
+  ):
     super().__init__(name=name)
     validation.check_positive('output_size', output_size)
     self._output_size = output_size
@@ -269,37 +317,49 @@ class PositionEncodingProjector(AbstractPositionEncoding):
 
 
 def build_position_encoding(
-    position_encoding_type: str,
-    index_dims: IndexDims,
-    project_pos_dim: int = -1,
-    trainable_position_encoding_kwargs: Optional[Mapping[str, Any]] = None,
-    fourier_position_encoding_kwargs: Optional[Mapping[str, Any]] = None,
-    name: Optional[str] = None) -> AbstractPositionEncoding:
+  position_encoding_type: str,
+  index_dims: IndexDims,
+  project_pos_dim: int = -1,
+  trainable_position_encoding_kwargs: Optional[Mapping[str, Any]] = None,
+  fourier_position_encoding_kwargs: Optional[Mapping[str, Any]] = None,
+  name: Optional[str] = None,
+) -> AbstractPositionEncoding:
   """Builds a 'trainable' or 'fourier' encoding over `index_dims`.
 
   A trainable encoding is one flat table of prod(index_dims) rows. With
   `project_pos_dim > 0` the encoding is followed by a Linear projection.
   """
-  validation.check_choice('position_encoding_type', position_encoding_type,
-                          POSITION_ENCODING_TYPES)
+  validation.check_choice(
+    'position_encoding_type', position_encoding_type, POSITION_ENCODING_TYPES
+  )
   dims = as_index_dims(index_dims) if index_dims is not None else None
   if position_encoding_type == 'trainable':
     if trainable_position_encoding_kwargs is None:
-      raise ValueError('trainable_position_encoding_kwargs: expected a dict '
-                       "for position_encoding_type='trainable', got None.")
+      raise ValueError(
+        'trainable_position_encoding_kwargs: expected a dict '
+        "for position_encoding_type='trainable', got None."
+      )
     if dims is None:
-      raise ValueError("index_dims: expected the index dims for "
-                       "position_encoding_type='trainable', got None.")
+      raise ValueError(
+        'index_dims: expected the index dims for '
+        "position_encoding_type='trainable', got None."
+      )
     encoding = TrainablePositionEncoding(
-        index_dim=int(np.prod(dims)), **trainable_position_encoding_kwargs,
-        name=name)
+      index_dim=int(np.prod(dims)),
+      **trainable_position_encoding_kwargs,
+      name=name,
+    )
   else:
     if fourier_position_encoding_kwargs is None:
-      raise ValueError('fourier_position_encoding_kwargs: expected a dict '
-                       "for position_encoding_type='fourier', got None.")
+      raise ValueError(
+        'fourier_position_encoding_kwargs: expected a dict '
+        "for position_encoding_type='fourier', got None."
+      )
     encoding = FourierPositionEncoding(
-        index_dims=dims, **fourier_position_encoding_kwargs, name=name)
+      index_dims=dims, **fourier_position_encoding_kwargs, name=name
+    )
   if project_pos_dim > 0:
     encoding = PositionEncodingProjector(
-        output_size=project_pos_dim, base_position_encoding=encoding)
+      output_size=project_pos_dim, base_position_encoding=encoding
+    )
   return encoding

@@ -56,8 +56,14 @@ import perceiver as P
 from perceiver import io_processors as io
 from perceiver import validation
 
-PRESETS = ('imagenet_fourier', 'imagenet_conv', 'imagenet_learned',
-           'language_mlm', 'optical_flow', 'video_autoencoding')
+PRESETS = (
+  'imagenet_fourier',
+  'imagenet_conv',
+  'imagenet_learned',
+  'language_mlm',
+  'optical_flow',
+  'video_autoencoding',
+)
 
 # Defaults are the fastest correct settings measured on CPU (README,
 # Performance): layers unrolled, as released (with the encoder's backward
@@ -66,31 +72,62 @@ PRESETS = ('imagenet_fourier', 'imagenet_conv', 'imagenet_learned',
 # cross-attention 'chunked' (per-block LayerNorm and projections: memory for
 # one key block, ImageNet forward 2.2 -> 1.9 s); the latent self-attention
 # 'reference'.
-_COMMON = dict(attention_impl='reference', cross_attention_impl='chunked',
-               remat=False, scan_blocks=False, scan_layers=False,
-               compute_dtype=None)
+_COMMON = dict(
+  attention_impl='reference',
+  cross_attention_impl='chunked',
+  remat=False,
+  scan_blocks=False,
+  scan_layers=False,
+  compute_dtype=None,
+)
 
 _DEFAULTS: Dict[str, Dict[str, Any]] = {
-    'imagenet': dict(image_size=224, num_classes=1000, z_index_dim=512,
-                     num_z_channels=1024, num_blocks=8,
-                     num_self_attends_per_block=6, num_self_attend_heads=8,
-                     num_bands=64),
-    'language_mlm': dict(vocab_size=262, max_seq_len=2048, d_model=768,
-                         z_index_dim=256, num_z_channels=1280,
-                         num_self_attends_per_block=26, num_heads=8,
-                         qk_channels=256, embed_init_scale=1.0),
-    'optical_flow': dict(image_size=(368, 496), z_index_dim=2048,
-                         num_z_channels=512, num_self_attends_per_block=24,
-                         num_self_attend_heads=16, num_bands=64,
-                         flow_scale=20.0),
-    'video_autoencoding': dict(num_frames=16, image_size=224,
-                               spatial_downsample=4, temporal_downsample=1,
-                               samples_per_patch=16, audio_samples=30720,
-                               num_classes=700, z_index_dim=784,
-                               num_z_channels=512,
-                               num_self_attends_per_block=8,
-                               num_self_attend_heads=8, image_bands=32,
-                               audio_bands=192, label_query_channels=1024),
+  'imagenet': dict(
+    image_size=224,
+    num_classes=1000,
+    z_index_dim=512,
+    num_z_channels=1024,
+    num_blocks=8,
+    num_self_attends_per_block=6,
+    num_self_attend_heads=8,
+    num_bands=64,
+  ),
+  'language_mlm': dict(
+    vocab_size=262,
+    max_seq_len=2048,
+    d_model=768,
+    z_index_dim=256,
+    num_z_channels=1280,
+    num_self_attends_per_block=26,
+    num_heads=8,
+    qk_channels=256,
+    embed_init_scale=1.0,
+  ),
+  'optical_flow': dict(
+    image_size=(368, 496),
+    z_index_dim=2048,
+    num_z_channels=512,
+    num_self_attends_per_block=24,
+    num_self_attend_heads=16,
+    num_bands=64,
+    flow_scale=20.0,
+  ),
+  'video_autoencoding': dict(
+    num_frames=16,
+    image_size=224,
+    spatial_downsample=4,
+    temporal_downsample=1,
+    samples_per_patch=16,
+    audio_samples=30720,
+    num_classes=700,
+    z_index_dim=784,
+    num_z_channels=512,
+    num_self_attends_per_block=8,
+    num_self_attend_heads=8,
+    image_bands=32,
+    audio_bands=192,
+    label_query_channels=1024,
+  ),
 }
 
 
@@ -109,16 +146,23 @@ def _config(name: str, overrides) -> Dict[str, Any]:
   cfg = defaults(name)
   unknown = sorted(set(overrides) - set(cfg))
   if unknown:
-    raise ValueError(f'overrides: expected fields among {sorted(cfg)} for '
-                     f'preset {name!r}, got unknown {unknown}.')
+    raise ValueError(
+      f'overrides: expected fields among {sorted(cfg)} for '
+      f'preset {name!r}, got unknown {unknown}.'
+    )
   cfg.update(overrides)
-  validation.check_choice('attention_impl', cfg['attention_impl'],
-                          P.ATTENTION_IMPLEMENTATIONS)
-  validation.check_choice('cross_attention_impl', cfg['cross_attention_impl'],
-                          (None,) + P.ATTENTION_IMPLEMENTATIONS)
+  validation.check_choice(
+    'attention_impl', cfg['attention_impl'], P.ATTENTION_IMPLEMENTATIONS
+  )
+  validation.check_choice(
+    'cross_attention_impl',
+    cfg['cross_attention_impl'],
+    (None,) + P.ATTENTION_IMPLEMENTATIONS,
+  )
   if 'embed_init_scale' in cfg:
-    validation.check_positive_number('embed_init_scale',
-                                     cfg['embed_init_scale'])
+    validation.check_positive_number(
+      'embed_init_scale', cfg['embed_init_scale']
+    )
   return cfg
 
 
@@ -134,22 +178,31 @@ def example_inputs(name: str, batch: int = 1, **overrides):
     return (jax.ShapeDtypeStruct((batch, s, s, 3), f32),)
   if name == 'language_mlm':
     n = cfg['max_seq_len']
-    return (jax.ShapeDtypeStruct((batch, n), jnp.int32),
-            jax.ShapeDtypeStruct((batch, n), jnp.int32))
+    return (
+      jax.ShapeDtypeStruct((batch, n), jnp.int32),
+      jax.ShapeDtypeStruct((batch, n), jnp.int32),
+    )
   if name == 'optical_flow':
     h, w = cfg['image_size']
     return (jax.ShapeDtypeStruct((batch, 2, h, w, 3), f32),)
   t, s = cfg['num_frames'], cfg['image_size']
-  return ({'image': jax.ShapeDtypeStruct((batch, t, s, s, 3), f32),
-           'audio': jax.ShapeDtypeStruct((batch, cfg['audio_samples'], 1), f32),
-           'label': jax.ShapeDtypeStruct((batch, cfg['num_classes']), f32)},)
+  return (
+    {
+      'image': jax.ShapeDtypeStruct((batch, t, s, s, 3), f32),
+      'audio': jax.ShapeDtypeStruct((batch, cfg['audio_samples'], 1), f32),
+      'label': jax.ShapeDtypeStruct((batch, cfg['num_classes']), f32),
+    },
+  )
 
 
 def _encoder_options(cfg):
-  return dict(attention_impl=cfg['attention_impl'],
-              cross_attention_impl=cfg['cross_attention_impl'],
-              remat=cfg['remat'],
-              scan_blocks=cfg['scan_blocks'], scan_layers=cfg['scan_layers'])
+  return dict(
+    attention_impl=cfg['attention_impl'],
+    cross_attention_impl=cfg['cross_attention_impl'],
+    remat=cfg['remat'],
+    scan_blocks=cfg['scan_blocks'],
+    scan_layers=cfg['scan_layers'],
+  )
 
 
 def _imagenet(name: str, cfg) -> Callable[..., Any]:
@@ -160,40 +213,60 @@ def _imagenet(name: str, cfg) -> Callable[..., Any]:
     validation.check_shape('images', images, (None, size, size, 3))
     if name == 'imagenet_fourier':
       preprocessor = io.ImagePreprocessor(
-          prep_type='pixels', spatial_downsample=1,
-          position_encoding_type='fourier',
-          fourier_position_encoding_kwargs=dict(
-              max_resolution=(size, size), **fourier))
+        prep_type='pixels',
+        spatial_downsample=1,
+        position_encoding_type='fourier',
+        fourier_position_encoding_kwargs=dict(
+          max_resolution=(size, size), **fourier
+        ),
+      )
     elif name == 'imagenet_conv':
       preprocessor = io.ImagePreprocessor(
-          prep_type='conv', position_encoding_type='fourier',
-          fourier_position_encoding_kwargs=dict(
-              max_resolution=(size // 4, size // 4), **fourier))
+        prep_type='conv',
+        position_encoding_type='fourier',
+        fourier_position_encoding_kwargs=dict(
+          max_resolution=(size // 4, size // 4), **fourier
+        ),
+      )
     else:
       preprocessor = io.ImagePreprocessor(
-          prep_type='conv1x1', spatial_downsample=1, num_channels=256,
-          position_encoding_type='trainable', project_pos_dim=256,
-          trainable_position_encoding_kwargs=dict(init_scale=0.02,
-                                                  num_channels=256))
-    encoder = P.PerceiverEncoder(
-        num_self_attends_per_block=cfg['num_self_attends_per_block'],
-        num_blocks=cfg['num_blocks'], z_index_dim=cfg['z_index_dim'],
-        num_z_channels=cfg['num_z_channels'], num_cross_attend_heads=1,
-        num_self_attend_heads=cfg['num_self_attend_heads'],
-        cross_attend_widening_factor=1, self_attend_widening_factor=1,
-        dropout_prob=0.0, z_pos_enc_init_scale=0.02,
-        cross_attention_shape_for_attn='kv', use_query_residual=True,
-        **_encoder_options(cfg))
-    decoder = P.ClassificationDecoder(
-        num_classes=cfg['num_classes'], num_z_channels=cfg['num_z_channels'],
+        prep_type='conv1x1',
+        spatial_downsample=1,
+        num_channels=256,
         position_encoding_type='trainable',
+        project_pos_dim=256,
         trainable_position_encoding_kwargs=dict(
-            init_scale=0.02, num_channels=cfg['num_z_channels']),
-        use_query_residual=name != 'imagenet_learned',
-        attention_impl=cfg['attention_impl'])
-    return P.Perceiver(encoder=encoder, decoder=decoder,
-                       input_preprocessor=preprocessor)(
-                           images, is_training=is_training)
+          init_scale=0.02, num_channels=256
+        ),
+      )
+    encoder = P.PerceiverEncoder(
+      num_self_attends_per_block=cfg['num_self_attends_per_block'],
+      num_blocks=cfg['num_blocks'],
+      z_index_dim=cfg['z_index_dim'],
+      num_z_channels=cfg['num_z_channels'],
+      num_cross_attend_heads=1,
+      num_self_attend_heads=cfg['num_self_attend_heads'],
+      cross_attend_widening_factor=1,
+      self_attend_widening_factor=1,
+      dropout_prob=0.0,
+      z_pos_enc_init_scale=0.02,
+      cross_attention_shape_for_attn='kv',
+      use_query_residual=True,
+      **_encoder_options(cfg),
+    )
+    decoder = P.ClassificationDecoder(
+      num_classes=cfg['num_classes'],
+      num_z_channels=cfg['num_z_channels'],
+      position_encoding_type='trainable',
+      trainable_position_encoding_kwargs=dict(
+        init_scale=0.02, num_channels=cfg['num_z_channels']
+      ),
+      use_query_residual=name != 'imagenet_learned',
+      attention_impl=cfg['attention_impl'],
+    )
+    return P.Perceiver(
+      encoder=encoder, decoder=decoder, input_preprocessor=preprocessor
+    )(images, is_training=is_training)
 
   return forward
 
@@ -203,27 +276,41 @@ def _language_mlm_modules(cfg, num_queries: int):
   # Released: hk.Embed's default, a truncated normal of stddev 1. The table
   # is also the tied output layer, so at small scale 0.02 trains far better
   # (logits start near 0: experiments/mlm.py:local).
-  embed = hk.Embed(cfg['vocab_size'], d_model, w_init=hk.initializers.
-                   TruncatedNormal(stddev=cfg['embed_init_scale']))
+  embed = hk.Embed(
+    cfg['vocab_size'],
+    d_model,
+    w_init=hk.initializers.TruncatedNormal(stddev=cfg['embed_init_scale']),
+  )
   position_encoding = P.TrainablePositionEncoding(
-      cfg['max_seq_len'], d_model, init_scale=0.02)
+    cfg['max_seq_len'], d_model, init_scale=0.02
+  )
   encoder = P.PerceiverEncoder(
-      num_self_attends_per_block=cfg['num_self_attends_per_block'],
-      num_blocks=1, z_index_dim=cfg['z_index_dim'],
-      num_z_channels=cfg['num_z_channels'],
-      num_self_attend_heads=cfg['num_heads'],
-      num_cross_attend_heads=cfg['num_heads'],
-      qk_channels=cfg['qk_channels'], v_channels=cfg['num_z_channels'],
-      use_query_residual=True, cross_attend_widening_factor=1,
-      self_attend_widening_factor=1, **_encoder_options(cfg))
+    num_self_attends_per_block=cfg['num_self_attends_per_block'],
+    num_blocks=1,
+    z_index_dim=cfg['z_index_dim'],
+    num_z_channels=cfg['num_z_channels'],
+    num_self_attend_heads=cfg['num_heads'],
+    num_cross_attend_heads=cfg['num_heads'],
+    qk_channels=cfg['qk_channels'],
+    v_channels=cfg['num_z_channels'],
+    use_query_residual=True,
+    cross_attend_widening_factor=1,
+    self_attend_widening_factor=1,
+    **_encoder_options(cfg),
+  )
   decoder = P.BasicDecoder(
-      output_num_channels=cfg['num_z_channels'],
-      position_encoding_type='trainable', output_index_dims=num_queries,
-      num_z_channels=cfg['num_z_channels'], qk_channels=cfg['qk_channels'],
-      v_channels=d_model, num_heads=cfg['num_heads'], final_project=False,
-      use_query_residual=False,
-      trainable_position_encoding_kwargs=dict(num_channels=d_model),
-      attention_impl=cfg['attention_impl'])
+    output_num_channels=cfg['num_z_channels'],
+    position_encoding_type='trainable',
+    output_index_dims=num_queries,
+    num_z_channels=cfg['num_z_channels'],
+    qk_channels=cfg['qk_channels'],
+    v_channels=d_model,
+    num_heads=cfg['num_heads'],
+    final_project=False,
+    use_query_residual=False,
+    trainable_position_encoding_kwargs=dict(num_channels=d_model),
+    attention_impl=cfg['attention_impl'],
+  )
   return embed, position_encoding, encoder, decoder
 
 
@@ -252,8 +339,10 @@ def language_mlm_modules(*, num_queries: Optional[int] = None, **overrides):
     ValueError: an unknown field, or a `compute_dtype`.
   """
   if overrides.get('compute_dtype') is not None:
-    raise ValueError('compute_dtype: expected None (only `build` applies '
-                     f"mixed precision), got {overrides['compute_dtype']!r}.")
+    raise ValueError(
+      'compute_dtype: expected None (only `build` applies '
+      f'mixed precision), got {overrides["compute_dtype"]!r}.'
+    )
   cfg = _config('language_mlm', overrides)
   if num_queries is None:
     num_queries = cfg['max_seq_len']
@@ -268,11 +357,15 @@ def _language_mlm(cfg) -> Callable[..., Any]:
     validation.check_shape('inputs', inputs, (None, seq_len))
     validation.check_shape('input_mask', input_mask, (inputs.shape[0], seq_len))
     embed, position_encoding, encoder, decoder = _language_mlm_modules(
-        cfg, seq_len)
+      cfg, seq_len
+    )
     embeddings = embed(inputs) + position_encoding(batch_size=inputs.shape[0])
     outputs = P.Perceiver(encoder=encoder, decoder=decoder)(
-        embeddings, is_training=is_training, input_mask=input_mask,
-        query_mask=input_mask)
+      embeddings,
+      is_training=is_training,
+      input_mask=input_mask,
+      query_mask=input_mask,
+    )
     return io.EmbeddingDecoder(embedding_matrix=embed.embeddings)(outputs)
 
   return forward
@@ -280,34 +373,51 @@ def _language_mlm(cfg) -> Callable[..., Any]:
 
 def _optical_flow(cfg) -> Callable[..., Any]:
   size = tuple(cfg['image_size'])
-  fourier = dict(num_bands=cfg['num_bands'], max_resolution=size,
-                 sine_only=False, concat_pos=True)
+  fourier = dict(
+    num_bands=cfg['num_bands'],
+    max_resolution=size,
+    sine_only=False,
+    concat_pos=True,
+  )
 
   def forward(images, *, is_training: bool):
     validation.check_shape('images', images, (None, 2) + size + (3,))
     preprocessor = io.ImagePreprocessor(
-        position_encoding_type='fourier',
-        fourier_position_encoding_kwargs=fourier, n_extra_pos_mlp=0,
-        prep_type='patches', spatial_downsample=1, conv_after_patching=True,
-        temporal_downsample=2)
+      position_encoding_type='fourier',
+      fourier_position_encoding_kwargs=fourier,
+      n_extra_pos_mlp=0,
+      prep_type='patches',
+      spatial_downsample=1,
+      conv_after_patching=True,
+      temporal_downsample=2,
+    )
     encoder = P.PerceiverEncoder(
-        num_self_attends_per_block=cfg['num_self_attends_per_block'],
-        num_blocks=1, z_index_dim=cfg['z_index_dim'],
-        num_cross_attend_heads=1, num_z_channels=cfg['num_z_channels'],
-        num_self_attend_heads=cfg['num_self_attend_heads'],
-        cross_attend_widening_factor=1, self_attend_widening_factor=1,
-        dropout_prob=0.0, z_pos_enc_init_scale=0.02,
-        cross_attention_shape_for_attn='kv', **_encoder_options(cfg))
+      num_self_attends_per_block=cfg['num_self_attends_per_block'],
+      num_blocks=1,
+      z_index_dim=cfg['z_index_dim'],
+      num_cross_attend_heads=1,
+      num_z_channels=cfg['num_z_channels'],
+      num_self_attend_heads=cfg['num_self_attend_heads'],
+      cross_attend_widening_factor=1,
+      self_attend_widening_factor=1,
+      dropout_prob=0.0,
+      z_pos_enc_init_scale=0.02,
+      cross_attention_shape_for_attn='kv',
+      **_encoder_options(cfg),
+    )
     decoder = P.FlowDecoder(
-        size, rescale_factor=100.0, use_query_residual=False,
-        output_num_channels=2, output_w_init=jnp.zeros,
-        position_encoding_type='fourier',
-        fourier_position_encoding_kwargs=fourier,
-        attention_impl=cfg['attention_impl'])
-    flow = P.Perceiver(encoder=encoder, decoder=decoder,
-                       input_preprocessor=preprocessor)(
-                           io.patches_for_flow(images),
-                           is_training=is_training)
+      size,
+      rescale_factor=100.0,
+      use_query_residual=False,
+      output_num_channels=2,
+      output_w_init=jnp.zeros,
+      position_encoding_type='fourier',
+      fourier_position_encoding_kwargs=fourier,
+      attention_impl=cfg['attention_impl'],
+    )
+    flow = P.Perceiver(
+      encoder=encoder, decoder=decoder, input_preprocessor=preprocessor
+    )(io.patches_for_flow(images), is_training=is_training)
     return flow * cfg['flow_scale']
 
   return forward
@@ -319,90 +429,150 @@ def _video_autoencoding(cfg) -> Callable[..., Any]:
   sd, td = cfg['spatial_downsample'], cfg['temporal_downsample']
   if t // td < 2:
     # ImagePreprocessor drops a time axis of 1 (released, for optical flow).
-    raise ValueError(f'temporal_downsample: expected at most num_frames // 2 '
-                     f'= {t // 2}, got {td}.')
+    raise ValueError(
+      f'temporal_downsample: expected at most num_frames // 2 '
+      f'= {t // 2}, got {td}.'
+    )
   # The patch grid's resolution; the decoder's full-resolution queries use
   # it too, as released (for 1x4x4 patches: (t, size // 4, size // 4)).
-  image_fourier = dict(num_bands=cfg['image_bands'],
-                       max_resolution=(t // td, size // sd, size // sd),
-                       sine_only=False, concat_pos=True)
-  audio_fourier = dict(num_bands=cfg['audio_bands'],
-                       max_resolution=(n_audio,), sine_only=False,
-                       concat_pos=True)
+  image_fourier = dict(
+    num_bands=cfg['image_bands'],
+    max_resolution=(t // td, size // sd, size // sd),
+    sine_only=False,
+    concat_pos=True,
+  )
+  audio_fourier = dict(
+    num_bands=cfg['audio_bands'],
+    max_resolution=(n_audio,),
+    sine_only=False,
+    concat_pos=True,
+  )
 
-  def forward(inputs, *, is_training: bool, subsampled_output_points=None,
-              decode_chunk_size=None, label_mask_prob=1.0):
-    if not isinstance(inputs, dict) or set(inputs) != {'image', 'audio',
-                                                       'label'}:
-      raise ValueError("inputs: expected a dict with keys ['audio', 'image', "
-                       f"'label'], got {inputs!r:.200}.")
-    if (isinstance(label_mask_prob, bool)
-        or not isinstance(label_mask_prob, (int, float))
-        or not 0.0 <= label_mask_prob <= 1.0):
-      raise ValueError('label_mask_prob: expected a probability in [0, 1], '
-                       f'got {label_mask_prob!r}.')
+  def forward(
+    inputs,
+    *,
+    is_training: bool,
+    subsampled_output_points=None,
+    decode_chunk_size=None,
+    label_mask_prob=1.0,
+  ):
+    if not isinstance(inputs, dict) or set(inputs) != {
+      'image',
+      'audio',
+      'label',
+    }:
+      raise ValueError(
+        "inputs: expected a dict with keys ['audio', 'image', "
+        f"'label'], got {inputs!r:.200}."
+      )
+    if (
+      isinstance(label_mask_prob, bool)
+      or not isinstance(label_mask_prob, (int, float))
+      or not 0.0 <= label_mask_prob <= 1.0
+    ):
+      raise ValueError(
+        'label_mask_prob: expected a probability in [0, 1], '
+        f'got {label_mask_prob!r}.'
+      )
     batch = inputs['image'].shape[0]
-    validation.check_shape("inputs['image']", inputs['image'],
-                           (batch, t, size, size, 3))
-    validation.check_shape("inputs['audio']", inputs['audio'],
-                           (batch, n_audio, 1))
-    validation.check_shape("inputs['label']", inputs['label'],
-                           (batch, n_classes))
+    validation.check_shape(
+      "inputs['image']", inputs['image'], (batch, t, size, size, 3)
+    )
+    validation.check_shape(
+      "inputs['audio']", inputs['audio'], (batch, n_audio, 1)
+    )
+    validation.check_shape(
+      "inputs['label']", inputs['label'], (batch, n_classes)
+    )
     preprocessor = io.MultimodalPreprocessor(
-        min_padding_size=4,
-        modalities=dict(
-            audio=io.AudioPreprocessor(
-                position_encoding_type='fourier',
-                fourier_position_encoding_kwargs=audio_fourier,
-                prep_type='patches', samples_per_patch=spp),
-            image=io.ImagePreprocessor(
-                position_encoding_type='fourier',
-                fourier_position_encoding_kwargs=image_fourier,
-                prep_type='patches', spatial_downsample=sd,
-                temporal_downsample=td),
-            label=io.OneHotPreprocessor()),
-        mask_probs=dict(image=0.0, audio=0.0, label=label_mask_prob))
+      min_padding_size=4,
+      modalities=dict(
+        audio=io.AudioPreprocessor(
+          position_encoding_type='fourier',
+          fourier_position_encoding_kwargs=audio_fourier,
+          prep_type='patches',
+          samples_per_patch=spp,
+        ),
+        image=io.ImagePreprocessor(
+          position_encoding_type='fourier',
+          fourier_position_encoding_kwargs=image_fourier,
+          prep_type='patches',
+          spatial_downsample=sd,
+          temporal_downsample=td,
+        ),
+        label=io.OneHotPreprocessor(),
+      ),
+      mask_probs=dict(image=0.0, audio=0.0, label=label_mask_prob),
+    )
     encoder = P.PerceiverEncoder(
-        num_self_attends_per_block=cfg['num_self_attends_per_block'],
-        num_blocks=1, z_index_dim=cfg['z_index_dim'],
-        num_z_channels=cfg['num_z_channels'], num_cross_attend_heads=1,
-        num_self_attend_heads=cfg['num_self_attend_heads'],
-        cross_attend_widening_factor=1, self_attend_widening_factor=1,
-        dropout_prob=0.0, z_pos_enc_init_scale=0.02,
-        cross_attention_shape_for_attn='kv', name='encoder',
-        **_encoder_options(cfg))
+      num_self_attends_per_block=cfg['num_self_attends_per_block'],
+      num_blocks=1,
+      z_index_dim=cfg['z_index_dim'],
+      num_z_channels=cfg['num_z_channels'],
+      num_cross_attend_heads=1,
+      num_self_attend_heads=cfg['num_self_attend_heads'],
+      cross_attend_widening_factor=1,
+      self_attend_widening_factor=1,
+      dropout_prob=0.0,
+      z_pos_enc_init_scale=0.02,
+      cross_attention_shape_for_attn='kv',
+      name='encoder',
+      **_encoder_options(cfg),
+    )
     decoder = P.MultimodalDecoder(
-        num_outputs=None, output_num_channels=cfg['num_z_channels'],
-        use_query_residual=False, attention_impl=cfg['attention_impl'],
-        modalities=dict(
-            audio=P.BasicDecoder(
-                output_index_dims=(n_audio // spp,), output_num_channels=512,
-                use_query_residual=False, position_encoding_type='fourier',
-                fourier_position_encoding_kwargs=audio_fourier),
-            image=P.BasicVideoAutoencodingDecoder(
-                output_shape=(batch, t, size, size), output_num_channels=512,
-                use_query_residual=False, position_encoding_type='fourier',
-                fourier_position_encoding_kwargs=image_fourier),
-            label=P.ClassificationDecoder(
-                num_classes=n_classes, use_query_residual=False,
-                position_encoding_type='trainable',
-                trainable_position_encoding_kwargs=dict(
-                    num_channels=cfg['label_query_channels'],
-                    init_scale=0.02))))
-    postprocessor = io.MultimodalPostprocessor(modalities=dict(
+      num_outputs=None,
+      output_num_channels=cfg['num_z_channels'],
+      use_query_residual=False,
+      attention_impl=cfg['attention_impl'],
+      modalities=dict(
+        audio=P.BasicDecoder(
+          output_index_dims=(n_audio // spp,),
+          output_num_channels=512,
+          use_query_residual=False,
+          position_encoding_type='fourier',
+          fourier_position_encoding_kwargs=audio_fourier,
+        ),
+        image=P.BasicVideoAutoencodingDecoder(
+          output_shape=(batch, t, size, size),
+          output_num_channels=512,
+          use_query_residual=False,
+          position_encoding_type='fourier',
+          fourier_position_encoding_kwargs=image_fourier,
+        ),
+        label=P.ClassificationDecoder(
+          num_classes=n_classes,
+          use_query_residual=False,
+          position_encoding_type='trainable',
+          trainable_position_encoding_kwargs=dict(
+            num_channels=cfg['label_query_channels'], init_scale=0.02
+          ),
+        ),
+      ),
+    )
+    postprocessor = io.MultimodalPostprocessor(
+      modalities=dict(
         audio=io.AudioPostprocessor(samples_per_patch=spp),
         image=io.ProjectionPostprocessor(num_outputs=3),
-        label=io.ClassificationPostprocessor(num_classes=n_classes)))
-    outputs = P.Perceiver(encoder=encoder, decoder=decoder,
-                          input_preprocessor=preprocessor,
-                          output_postprocessor=postprocessor)(
-                              inputs, is_training=is_training,
-                              subsampled_output_points=subsampled_output_points,
-                              decode_chunk_size=decode_chunk_size)
+        label=io.ClassificationPostprocessor(num_classes=n_classes),
+      )
+    )
+    outputs = P.Perceiver(
+      encoder=encoder,
+      decoder=decoder,
+      input_preprocessor=preprocessor,
+      output_postprocessor=postprocessor,
+    )(
+      inputs,
+      is_training=is_training,
+      subsampled_output_points=subsampled_output_points,
+      decode_chunk_size=decode_chunk_size,
+    )
     if subsampled_output_points is None:
-      outputs = dict(outputs,
-                     image=outputs['image'].reshape(batch, t, size, size, 3),
-                     audio=outputs['audio'].reshape(batch, n_audio, 1))
+      outputs = dict(
+        outputs,
+        image=outputs['image'].reshape(batch, t, size, size, 3),
+        audio=outputs['audio'].reshape(batch, n_audio, 1),
+      )
     return outputs
 
   return forward
@@ -418,8 +588,14 @@ def _mixed_precision(compute_dtype):
   half = jmp.get_policy(f'params=float32,compute={compute},output={compute}')
   norm = jmp.get_policy(f'params=float32,compute=float32,output={compute}')
   stack.enter_context(hk.mixed_precision.push_policy(P.Perceiver, full))
-  for cls in (hk.Linear, P.Linear, hk.Conv2D, hk.Conv2DTranspose,
-              hk.Conv3DTranspose, hk.Embed):
+  for cls in (
+    hk.Linear,
+    P.Linear,
+    hk.Conv2D,
+    hk.Conv2DTranspose,
+    hk.Conv3DTranspose,
+    hk.Embed,
+  ):
     stack.enter_context(hk.mixed_precision.push_policy(cls, half))
   for cls in (P.LayerNorm, hk.BatchNorm):
     stack.enter_context(hk.mixed_precision.push_policy(cls, norm))
@@ -433,15 +609,21 @@ def build(name: str, **overrides) -> hk.TransformedWithState:
   if family == 'imagenet':
     forward = _imagenet(name, cfg)
   else:
-    forward = {'language_mlm': _language_mlm, 'optical_flow': _optical_flow,
-               'video_autoencoding': _video_autoencoding}[family](cfg)
+    forward = {
+      'language_mlm': _language_mlm,
+      'optical_flow': _optical_flow,
+      'video_autoencoding': _video_autoencoding,
+    }[family](cfg)
 
   def wrapped(*args, **kwargs):
     with _mixed_precision(cfg['compute_dtype']):
       out = forward(*args, **kwargs)
     if cfg['compute_dtype'] is not None:
-      out = jnp.asarray(out, jnp.float32) if not isinstance(out, dict) else {
-          k: v.astype(jnp.float32) for k, v in out.items()}
+      out = (
+        jnp.asarray(out, jnp.float32)
+        if not isinstance(out, dict)
+        else {k: v.astype(jnp.float32) for k, v in out.items()}
+      )
     return out
 
   return hk.transform_with_state(wrapped)

@@ -57,9 +57,15 @@ _IN_FLIGHT = 2
 SoftmaxState = Any
 
 
-def fourier_preprocess(index_dims, num_bands: int, *, value_scale=1.0,
-                       value_offset=0.0, concat_pos: bool = True,
-                       sine_only: bool = False) -> Callable:
+def fourier_preprocess(
+  index_dims,
+  num_bands: int,
+  *,
+  value_scale=1.0,
+  value_offset=0.0,
+  concat_pos: bool = True,
+  sine_only: bool = False,
+) -> Callable:
   """A per-block preprocessing: values, then Fourier features of positions.
 
   Point i of the stream is the i-th point of the grid `index_dims` in flat
@@ -87,8 +93,12 @@ def fourier_preprocess(index_dims, num_bands: int, *, value_scale=1.0,
     values = block_bC.astype(jnp.float32) * value_scale + value_offset
     pos_bD = position_encoding.grid_positions(dims, indices_b)
     features = position_encoding.generate_fourier_features(
-        pos_bD, num_bands, max_resolution=dims, concat_pos=concat_pos,
-        sine_only=sine_only)
+      pos_bD,
+      num_bands,
+      max_resolution=dims,
+      concat_pos=concat_pos,
+      sine_only=sine_only,
+    )
     return jnp.concatenate([values, features], axis=-1)
 
   return preprocess
@@ -131,9 +141,13 @@ class StreamingEncoder:
   masked out, so one compiled step serves all blocks.
   """
 
-  def __init__(self, encoder_kwargs: Optional[Mapping[str, Any]] = None, *,
-               preprocess: Optional[Callable] = None,
-               block_size: int = DEFAULT_BLOCK_SIZE):
+  def __init__(
+    self,
+    encoder_kwargs: Optional[Mapping[str, Any]] = None,
+    *,
+    preprocess: Optional[Callable] = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+  ):
     """Builds the streamed encoder.
 
     Args:
@@ -152,8 +166,10 @@ class StreamingEncoder:
     """
     validation.check_positive('block_size', block_size)
     if preprocess is not None and not callable(preprocess):
-      raise ValueError(f'preprocess: expected a function (block, indices) -> '
-                       f'inputs, got {preprocess!r}.')
+      raise ValueError(
+        f'preprocess: expected a function (block, indices) -> '
+        f'inputs, got {preprocess!r}.'
+      )
     self._kwargs = dict(encoder_kwargs or {})
     self._preprocess = preprocess or _as_float
     self._block_size = block_size
@@ -163,36 +179,46 @@ class StreamingEncoder:
     prefix = self._kwargs.get('name', 'perceiver_encoder') + '/~/'
     cross = prefix + 'cross_attention/'
     self._latents_name = prefix + 'trainable_position_encoding'
-    self._q_names = dict(ln_q=cross + 'layer_norm',
-                         q=cross + 'attention/linear')
-    self._kv_names = dict(ln_kv=cross + 'layer_norm_1',
-                          k=cross + 'attention/linear_1',
-                          v=cross + 'attention/linear_2')
-    self._out_names = dict(o=cross + 'attention/linear_3',
-                           ln=cross + 'layer_norm_2',
-                           mlp_1=cross + 'mlp/linear',
-                           mlp_2=cross + 'mlp/linear_1')
+    self._q_names = dict(
+      ln_q=cross + 'layer_norm', q=cross + 'attention/linear'
+    )
+    self._kv_names = dict(
+      ln_kv=cross + 'layer_norm_1',
+      k=cross + 'attention/linear_1',
+      v=cross + 'attention/linear_2',
+    )
+    self._out_names = dict(
+      o=cross + 'attention/linear_3',
+      ln=cross + 'layer_norm_2',
+      mlp_1=cross + 'mlp/linear',
+      mlp_2=cross + 'mlp/linear_1',
+    )
     self._process = hk.transform(self._process_fn)
     self._step = jax.jit(self._step_fn)
     self._grad_step = jax.jit(self._grad_step_fn)
     self._front = jax.jit(self._front_fn)
     self._front_vjp = jax.jit(
-        lambda p, dq: jax.vjp(self._front_fn, p)[1](dq)[0])
+      lambda p, dq: jax.vjp(self._front_fn, p)[1](dq)[0]
+    )
     self._finish = jax.jit(self._finish_fn)
     self._finish_vjp = jax.jit(
-        lambda p, o, dz: jax.vjp(self._finish_fn, p, o)[1](dz))
+      lambda p, o, dz: jax.vjp(self._finish_fn, p, o)[1](dz)
+    )
     # The encoder's own argument checks, now rather than at the first call.
     hk.transform(lambda: encoder_lib.PerceiverEncoder(**self._kwargs)).init(
-        None)
+      None
+    )
 
   # -- The pieces, pure functions of the parameters. ------------------------
 
   def _sub(self, params, names):
     missing = [n for n in names.values() if n not in params]
     if missing:
-      raise ValueError(f'params: expected the PerceiverEncoder parameters '
-                       f'(e.g. {missing[0]!r}), got modules '
-                       f'{sorted(params)[:4]}...')
+      raise ValueError(
+        f'params: expected the PerceiverEncoder parameters '
+        f'(e.g. {missing[0]!r}), got modules '
+        f'{sorted(params)[:4]}...'
+      )
     return {k: params[n] for k, n in names.items()}
 
   def _front_fn(self, params):
@@ -206,12 +232,15 @@ class StreamingEncoder:
     """Preprocessed, normalised, projected block: k [b,H,K], v [b,H,V]."""
     b = block_bC.shape[0]
     valid_b = jnp.arange(b) < num_valid
-    indices_b = jnp.where(valid_b, start + jnp.arange(b, dtype=jnp.int32),
-                          start)
+    indices_b = jnp.where(
+      valid_b, start + jnp.arange(b, dtype=jnp.int32), start
+    )
     x_bF = self._preprocess(block_bC, indices_b)
     if x_bF.ndim != 2 or x_bF.shape[0] != b:
-      raise ValueError(f'preprocess: expected [{b}, F] inputs for a block of '
-                       f'{b} points, got shape {tuple(x_bF.shape)}.')
+      raise ValueError(
+        f'preprocess: expected [{b}, F] inputs for a block of '
+        f'{b} points, got shape {tuple(x_bF.shape)}.'
+      )
     x_bF = _layer_norm(kv['ln_kv'], x_bF.astype(jnp.float32))
     k_bHK = _linear(kv['k'], x_bF).reshape(b, self._heads, -1)
     v_bHV = _linear(kv['v'], x_bF).reshape(b, self._heads, -1)
@@ -235,11 +264,23 @@ class StreamingEncoder:
     correction_HN = jnp.exp(max_HN - new_max_HN)
     sum_HN = sum_HN * correction_HN + jnp.sum(p_HNb, axis=-1)
     acc_HNV = acc_HNV * correction_HN[..., None] + jnp.einsum(
-        'hnb,bhv->hnv', p_HNb, v_bHV)
+      'hnb,bhv->hnv', p_HNb, v_bHV
+    )
     return new_max_HN, sum_HN, acc_HNV
 
-  def _grad_step_fn(self, grads, q_NHK, kv, block_bC, start, num_valid,
-                    max_HN, sum_HN, o_NHV, do_NHV):
+  def _grad_step_fn(
+    self,
+    grads,
+    q_NHK,
+    kv,
+    block_bC,
+    start,
+    num_valid,
+    max_HN,
+    sum_HN,
+    o_NHV,
+    do_NHV,
+  ):
     """Adds one block's share of (d kv params, d q) to `grads`."""
 
     def share(q_NHK, kv):
@@ -248,8 +289,10 @@ class StreamingEncoder:
       # The final softmax: exact probabilities of this block's points.
       p_HNb = jnp.exp(s_HNb - max_HN[..., None]) / sum_HN[..., None]
       # sum_j P_j (v_j - O), O fixed: its vjp is dS = P * (dP - dO . O).
-      g_NHV = (jnp.einsum('hnb,bhv->nhv', p_HNb, v_bHV) -
-               o_NHV * jnp.sum(p_HNb, axis=-1).T[..., None])
+      g_NHV = (
+        jnp.einsum('hnb,bhv->nhv', p_HNb, v_bHV)
+        - o_NHV * jnp.sum(p_HNb, axis=-1).T[..., None]
+      )
       return jnp.vdot(do_NHV, g_NHV)
 
     d_q, d_kv = jax.grad(share, argnums=(0, 1))(q_NHK, kv)
@@ -265,8 +308,9 @@ class StreamingEncoder:
       return method(*args, **kwargs)
 
     with hk.intercept_methods(skip_cross_attend):
-      return enc(jnp.zeros((1, 1, num_features), x_BND.dtype), x_BND,
-                 is_training=False)
+      return enc(
+        jnp.zeros((1, 1, num_features), x_BND.dtype), x_BND, is_training=False
+      )
 
   def _finish_fn(self, params, o_NC):
     """The rest of the cross-attend block, then the self-attentions: [N, D]."""
@@ -275,12 +319,14 @@ class StreamingEncoder:
     x_ND = _linear(p['o'], o_NC)
     if self._residual:
       x_ND = z0_ND + x_ND
-    hidden = jax.nn.gelu(_linear(p['mlp_1'], _layer_norm(p['ln'], x_ND)),
-                         approximate=True)
+    hidden = jax.nn.gelu(
+      _linear(p['mlp_1'], _layer_norm(p['ln'], x_ND)), approximate=True
+    )
     x_ND = x_ND + _linear(p['mlp_2'], hidden)
     num_features = params[self._kv_names['ln_kv']]['scale'].shape[0]
-    return self._process.apply(params, None, x_ND[None],
-                               num_features=num_features)[0]
+    return self._process.apply(
+      params, None, x_ND[None], num_features=num_features
+    )[0]
 
   # -- Streaming. ------------------------------------------------------------
 
@@ -291,11 +337,13 @@ class StreamingEncoder:
       validation.check_rank('source', source, (2,), '[M, C]')
       num = source.shape[0]
       if not 0 < num <= _MAX_POINTS:
-        raise ValueError(f'source: expected 1 to {_MAX_POINTS} points, got '
-                         f'shape {tuple(source.shape)}.')
+        raise ValueError(
+          f'source: expected 1 to {_MAX_POINTS} points, got '
+          f'shape {tuple(source.shape)}.'
+        )
       release = _page_releaser(source)
       for start in range(0, num, b):
-        block = np.array(source[start:start + b])
+        block = np.array(source[start : start + b])
         if release is not None:
           release(start + block.shape[0])
         yield _pad(block, b), start, block.shape[0]
@@ -305,26 +353,36 @@ class StreamingEncoder:
     elif allow_iterator and isinstance(source, Iterable):
       blocks = source
     else:
-      expected = ('a [M, C] array, a function returning an iterable of '
-                  '[b, C] blocks' + (' or such an iterable' if allow_iterator
-                                     else ' (the gradient pass reads the '
-                                     'source twice)'))
+      expected = (
+        'a [M, C] array, a function returning an iterable of '
+        '[b, C] blocks'
+        + (
+          ' or such an iterable'
+          if allow_iterator
+          else ' (the gradient pass reads the source twice)'
+        )
+      )
       raise ValueError(f'source: expected {expected}, got {type(source)}.')
     start, channels = 0, None
     for block in blocks:
       block = np.asarray(block)
       if block.ndim != 2 or not 1 <= block.shape[0] <= b:
-        raise ValueError(f'source: expected blocks [b, C] with 1 <= b <= '
-                         f'block_size={b}, got shape {tuple(block.shape)} '
-                         f'at point {start}.')
+        raise ValueError(
+          f'source: expected blocks [b, C] with 1 <= b <= '
+          f'block_size={b}, got shape {tuple(block.shape)} '
+          f'at point {start}.'
+        )
       if channels is not None and block.shape[1] != channels:
-        raise ValueError(f'source: expected blocks of {channels} channels '
-                         f'(that of the first), got shape '
-                         f'{tuple(block.shape)} at point {start}.')
+        raise ValueError(
+          f'source: expected blocks of {channels} channels '
+          f'(that of the first), got shape '
+          f'{tuple(block.shape)} at point {start}.'
+        )
       channels = block.shape[1]
       if start + block.shape[0] > _MAX_POINTS:
-        raise ValueError(f'source: expected at most {_MAX_POINTS} points, '
-                         f'got more.')
+        raise ValueError(
+          f'source: expected at most {_MAX_POINTS} points, got more.'
+        )
       yield _pad(block, b), start, block.shape[0]
       start += block.shape[0]
     if start == 0:
@@ -345,12 +403,17 @@ class StreamingEncoder:
     kv = self._sub(params, self._kv_names)
     H, N = q_NHK.shape[1], q_NHK.shape[0]
     v_width = kv['v']['w'].shape[1] // self._heads
-    init = (jnp.full((H, N), -jnp.inf, jnp.float32),
-            jnp.zeros((H, N), jnp.float32),
-            jnp.zeros((H, N, v_width), jnp.float32))
+    init = (
+      jnp.full((H, N), -jnp.inf, jnp.float32),
+      jnp.zeros((H, N), jnp.float32),
+      jnp.zeros((H, N, v_width), jnp.float32),
+    )
     state = self._stream(
-        lambda s, *block: self._step(s, q_NHK, kv, *block), init, source,
-        allow_iterator)
+      lambda s, *block: self._step(s, q_NHK, kv, *block),
+      init,
+      source,
+      allow_iterator,
+    )
     max_HN, sum_HN, acc_HNV = state
     o_NHV = jnp.transpose(acc_HNV / sum_HN[..., None], (1, 0, 2))
     return q_NHK, kv, (max_HN, sum_HN), o_NHV
@@ -390,23 +453,27 @@ class StreamingEncoder:
       ValueError: as `encode`; pullback: if dz is not [N, D].
     """
     if not (callable(source) or hasattr(source, 'ndim')):
-      raise ValueError(f'source: expected a [M, C] array or a function '
-                       f'returning an iterable of blocks (the gradient pass '
-                       f'reads the source twice), got {type(source)}.')
+      raise ValueError(
+        f'source: expected a [M, C] array or a function '
+        f'returning an iterable of blocks (the gradient pass '
+        f'reads the source twice), got {type(source)}.'
+      )
     q_NHK, kv, (max_HN, sum_HN), o_NHV = self._read(params, source, False)
     o_NC = o_NHV.reshape(o_NHV.shape[0], -1)
     z_ND = self._finish(params, o_NC)
 
     def pullback(dz_ND):
       validation.check_shape('dz', dz_ND, z_ND.shape)
-      d_params, do_NC = self._finish_vjp(params, o_NC,
-                                         jnp.asarray(dz_ND, z_ND.dtype))
+      d_params, do_NC = self._finish_vjp(
+        params, o_NC, jnp.asarray(dz_ND, z_ND.dtype)
+      )
       do_NHV = do_NC.reshape(o_NHV.shape)
       zeros = jax.tree.map(jnp.zeros_like, (kv, q_NHK))
 
       def step(grads, *block):
-        return self._grad_step(grads, q_NHK, kv, *block, max_HN, sum_HN,
-                               o_NHV, do_NHV)
+        return self._grad_step(
+          grads, q_NHK, kv, *block, max_HN, sum_HN, o_NHV, do_NHV
+        )
 
       d_kv, d_q = self._stream(step, zeros, source, False)
       d_front = self._front_vjp(params, d_q)
@@ -423,7 +490,7 @@ def _pad(block, size: int):
   if block.shape[0] == size:
     return block
   out = np.zeros((size,) + block.shape[1:], block.dtype)
-  out[:block.shape[0]] = block
+  out[: block.shape[0]] = block
   return out
 
 
@@ -438,10 +505,14 @@ def _page_releaser(array) -> Optional[Callable[[int], None]]:
   'r', or no madvise).
   """
   mm = getattr(array, '_mmap', None)
-  if (not isinstance(array, np.memmap) or getattr(array, 'mode', None) != 'r'
-      or not isinstance(mm, mmap.mmap) or not hasattr(mm, 'madvise')
-      or not hasattr(mmap, 'MADV_DONTNEED')
-      or not array.flags.c_contiguous):
+  if (
+    not isinstance(array, np.memmap)
+    or getattr(array, 'mode', None) != 'r'
+    or not isinstance(mm, mmap.mmap)
+    or not hasattr(mm, 'madvise')
+    or not hasattr(mmap, 'MADV_DONTNEED')
+    or not array.flags.c_contiguous
+  ):
     return None
   base = np.frombuffer(mm, np.uint8).ctypes.data
   first = array.ctypes.data - base

@@ -671,8 +671,13 @@ def test_block_dropout(module):
 
 @pytest.mark.parametrize(
   'M,kv_chunk,expected',
-  [(50176, 4096, 3584), (10000, 4096, 2500), (4097, 4096, 4096),
-   (300, 4096, 300), (7, 3, 3)],
+  [
+    (50176, 4096, 3584),
+    (10000, 4096, 2500),
+    (4097, 4096, 4096),
+    (300, 4096, 300),
+    (7, 3, 3),
+  ],
 )
 def test_kv_block_size_prefers_divisors(M, kv_chunk, expected):
   # A divisor of M in (kv_chunk / 2, kv_chunk] tiles the inputs with no
@@ -697,19 +702,23 @@ def test_attend_projected_matches_numpy(M, kv_chunk, masked):
     return ((x_BmC @ wk).reshape(b, m, H, K), (x_BmC @ wv).reshape(b, m, H, V))
 
   def f(q, x):
-    return attn.attend_projected(q, x, project, V, mask, q_chunk_size=2,
-                                 kv_chunk_size=kv_chunk)
+    return attn.attend_projected(
+      q, x, project, V, mask, q_chunk_size=2, kv_chunk_size=kv_chunk
+    )
 
   k_np, v_np = (np.asarray(a) for a in project(x))
   np.testing.assert_allclose(
-    jax.jit(f)(q, x), np_attend(q, k_np, v_np, mask), rtol=1e-4, atol=1e-4)
+    jax.jit(f)(q, x), np_attend(q, k_np, v_np, mask), rtol=1e-4, atol=1e-4
+  )
   dout = rng.normal(size=(B, N, H * V))
-  dq, dx = jax.jit(jax.grad(lambda q, x: jnp.sum(f(q, x) * dout),
-                            argnums=(0, 1)))(q, x)
+  dq, dx = jax.jit(
+    jax.grad(lambda q, x: jnp.sum(f(q, x) * dout), argnums=(0, 1))
+  )(q, x)
   gq, gk, gv = np_attend_grads(q, k_np, v_np, mask, dout)
   np.testing.assert_allclose(dq, gq, rtol=1e-3, atol=1e-4)
-  expected_dx = (np.einsum('BMHK,CHK->BMC', gk, wk.reshape(C, H, K)) +
-                 np.einsum('BMHV,CHV->BMC', gv, wv.reshape(C, H, V)))
+  expected_dx = np.einsum('BMHK,CHK->BMC', gk, wk.reshape(C, H, K)) + np.einsum(
+    'BMHV,CHV->BMC', gv, wv.reshape(C, H, V)
+  )
   np.testing.assert_allclose(dx, expected_dx, rtol=1e-3, atol=1e-3)
 
 
@@ -723,23 +732,27 @@ def test_chunked_cross_attention_multi_block_matches_reference():
   mask = random_mask(22, B, N, M)
 
   def make(impl):
-    return hk.transform(lambda a, b, m: attn.CrossAttention(
-        num_heads=1, attention_impl=impl)(a, b, attention_mask=m,
-                                          is_training=False))
+    return hk.transform(
+      lambda a, b, m: attn.CrossAttention(num_heads=1, attention_impl=impl)(
+        a, b, attention_mask=m, is_training=False
+      )
+    )
 
   params = random_params(make('reference'), x_q, x_kv, mask)
   for impl in ('reference', 'chunked'):
-    assert jax.tree.map(jnp.shape, make(impl).init(
-        jax.random.PRNGKey(0), x_q, x_kv, mask)) == jax.tree.map(
-            jnp.shape, params)
+    assert jax.tree.map(
+      jnp.shape, make(impl).init(jax.random.PRNGKey(0), x_q, x_kv, mask)
+    ) == jax.tree.map(jnp.shape, params)
 
   def value_and_grad(impl):
-    loss = lambda p, b: jnp.sum(jnp.sin(make(impl).apply(p, None, x_q, b,
-                                                         mask)))
+    loss = lambda p, b: jnp.sum(
+      jnp.sin(make(impl).apply(p, None, x_q, b, mask))
+    )
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x_kv)
 
-  (ref, ref_grads), (got, got_grads) = map(value_and_grad,
-                                           ('reference', 'chunked'))
+  (ref, ref_grads), (got, got_grads) = map(
+    value_and_grad, ('reference', 'chunked')
+  )
   np.testing.assert_allclose(got, ref, rtol=1e-4)
   for g, r in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4)
@@ -751,8 +764,11 @@ def test_chunked_cross_attention_memory_does_not_grow_with_inputs():
   # block, while M grows 8x (the inputs and the old [M, C] normalised copy,
   # keys and values would be 8x larger).
   def temp_bytes(M, impl):
-    f = hk.transform(lambda a, b: attn.CrossAttention(
-        num_heads=1, attention_impl=impl)(a, b, is_training=False))
+    f = hk.transform(
+      lambda a, b: attn.CrossAttention(num_heads=1, attention_impl=impl)(
+        a, b, is_training=False
+      )
+    )
     q = jax.ShapeDtypeStruct((1, 64, 32), jnp.float32)
     x = jax.ShapeDtypeStruct((1, M, 32), jnp.float32)
     params = jax.eval_shape(f.init, jax.random.PRNGKey(0), q, x)
@@ -772,14 +788,18 @@ def test_chunked_cross_attention_memory_does_not_grow_with_inputs():
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('spec,shape_a,shape_b', [
+@pytest.mark.parametrize(
+  'spec,shape_a,shape_b',
+  [
     ('nc,cd->nd', (6, 5), (5, 4)),
     ('BNHK,BMHK->BHNM', (2, 3, 2, 4), (2, 5, 2, 4)),
     ('BHNM,BMHV->BNHV', (2, 2, 3, 5), (2, 5, 2, 4)),
     ('TD,VD->TV', (6, 4), (5, 4)),
-])
+  ],
+)
 def test_low_precision_einsum_matches_float64_with_bf16_backward(
-    spec, shape_a, shape_b):
+  spec, shape_a, shape_b
+):
   # Operands rounded to bf16 once; the reference is float64 NumPy on those
   # rounded values, forward and the two gradients for a given cotangent.
   rng = np.random.default_rng(30)
@@ -788,8 +808,9 @@ def test_low_precision_einsum_matches_float64_with_bf16_backward(
   out, vjp = jax.vjp(lambda a, b: attn.einsum(spec, a, b), a, b)
   a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
   assert out.dtype == jnp.float32
-  np.testing.assert_allclose(out, np.einsum(spec, a64, b64), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    out, np.einsum(spec, a64, b64), rtol=1e-5, atol=1e-5
+  )
   ct = jnp.asarray(rng.normal(size=out.shape), jnp.bfloat16)
   da, db = vjp(ct.astype(jnp.float32))
   assert (da.dtype, db.dtype) == (jnp.bfloat16, jnp.bfloat16)
@@ -797,12 +818,18 @@ def test_low_precision_einsum_matches_float64_with_bf16_backward(
   sa, sb = inputs.split(',')
   ct64 = np.asarray(ct, np.float64)
   # Gradients accumulate in float32 and are rounded to bf16 once (2^-8).
-  np.testing.assert_allclose(np.asarray(da, np.float64),
-                             np.einsum(f'{o},{sb}->{sa}', ct64, b64),
-                             rtol=1e-2, atol=1e-2)
-  np.testing.assert_allclose(np.asarray(db, np.float64),
-                             np.einsum(f'{sa},{o}->{sb}', a64, ct64),
-                             rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(
+    np.asarray(da, np.float64),
+    np.einsum(f'{o},{sb}->{sa}', ct64, b64),
+    rtol=1e-2,
+    atol=1e-2,
+  )
+  np.testing.assert_allclose(
+    np.asarray(db, np.float64),
+    np.einsum(f'{sa},{o}->{sb}', a64, ct64),
+    rtol=1e-2,
+    atol=1e-2,
+  )
 
 
 def test_low_precision_einsum_backward_uses_bf16_matmuls():
@@ -810,9 +837,15 @@ def test_low_precision_einsum_backward_uses_bf16_matmuls():
   # default transpose would mix a float32 cotangent with a bf16 operand.
   a = jnp.ones((8, 16), jnp.bfloat16)
   b = jnp.ones((16, 4), jnp.bfloat16)
-  text = jax.jit(jax.grad(
-      lambda a, b: jnp.sum(attn.einsum('nc,cd->nd', a, b)),
-      argnums=(0, 1))).lower(a, b).as_text()
+  text = (
+    jax.jit(
+      jax.grad(
+        lambda a, b: jnp.sum(attn.einsum('nc,cd->nd', a, b)), argnums=(0, 1)
+      )
+    )
+    .lower(a, b)
+    .as_text()
+  )
   dots = [line for line in text.splitlines() if 'dot_general' in line]
   assert len(dots) == 2, text  # the two gradients (the forward is unused)
   for line in dots:
@@ -820,22 +853,37 @@ def test_low_precision_einsum_backward_uses_bf16_matmuls():
     assert operands.count('bf16>') == 2, line
 
 
-@pytest.mark.parametrize('spec,shape_b', [('nc,cd->nd', (64, 32)),
-                                          ('TD,VD->TV', (32, 64))])
+@pytest.mark.parametrize(
+  'spec,shape_b', [('nc,cd->nd', (64, 32)), ('TD,VD->TV', (32, 64))]
+)
 def test_low_precision_weight_gradient_avoids_first_axis_contraction(
-    spec, shape_b):
+  spec, shape_b
+):
   # On CPU a bf16 dot contracting both operands' first axes takes XLA's slow
   # path; the gradient of a 2-D operand contracted over its first axis is
   # taken from a transposed copy instead, so no such dot is compiled.
   a = jnp.ones((128, 64), jnp.bfloat16)
   b = jnp.ones(shape_b, jnp.bfloat16)
-  hlo = jax.jit(jax.grad(lambda b: jnp.sum(attn.einsum(spec, a, b)))).lower(
-      b).compile().as_text()
+  hlo = (
+    jax.jit(jax.grad(lambda b: jnp.sum(attn.einsum(spec, a, b))))
+    .lower(b)
+    .compile()
+    .as_text()
+  )
   assert 'lhs_contracting_dims={0}, rhs_contracting_dims={0}' not in hlo
   # The check can fail: JAX's plain transpose compiles exactly that dot.
-  plain = jax.jit(jax.grad(lambda b: jnp.sum(jnp.einsum(
-      spec, a, b, preferred_element_type=jnp.float32)))).lower(
-          b).compile().as_text()
+  plain = (
+    jax.jit(
+      jax.grad(
+        lambda b: jnp.sum(
+          jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+        )
+      )
+    )
+    .lower(b)
+    .compile()
+    .as_text()
+  )
   assert 'lhs_contracting_dims={0}, rhs_contracting_dims={0}' in plain
 
 
@@ -854,17 +902,23 @@ def test_layer_norm_matches_haiku_values_and_gradients():
   x = jnp.asarray(rng.normal(size=(2, 5, 16)) * 3 + 1, jnp.float32)
   ct = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
   ours = hk.without_apply_rng(hk.transform(lambda x: attn.LayerNorm()(x)))
-  theirs = hk.without_apply_rng(hk.transform(
-      lambda x: hk.LayerNorm(axis=-1, create_scale=True,
-                             create_offset=True)(x)))
+  theirs = hk.without_apply_rng(
+    hk.transform(
+      lambda x: hk.LayerNorm(axis=-1, create_scale=True, create_offset=True)(x)
+    )
+  )
   params = jax.tree.map(
-      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
-      theirs.init(jax.random.PRNGKey(0), x))
+    lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+    theirs.init(jax.random.PRNGKey(0), x),
+  )
   assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == (
-      jax.tree.map(jnp.shape, params))
+    jax.tree.map(jnp.shape, params)
+  )
+
   def value_and_grads(model):
     loss = lambda p, x: jnp.sum(model.apply(p, x) * ct)
     return model.apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
+
   (out, grads), (ref, ref_grads) = map(value_and_grads, (ours, theirs))
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
   for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):

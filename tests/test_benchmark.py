@@ -16,9 +16,15 @@ import pytest
 from experiments import benchmark
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
-TINY = dict(image_size=8, num_classes=10, z_index_dim=8, num_z_channels=32,
-            num_blocks=1, num_self_attends_per_block=1,
-            num_self_attend_heads=2)
+TINY = dict(
+  image_size=8,
+  num_classes=10,
+  z_index_dim=8,
+  num_z_channels=32,
+  num_blocks=1,
+  num_self_attends_per_block=1,
+  num_self_attend_heads=2,
+)
 
 
 @pytest.fixture(scope='module')
@@ -26,17 +32,35 @@ def results(tmp_path_factory):
   pytest.importorskip('torch')
   pytest.importorskip('transformers')
   out = tmp_path_factory.mktemp('bench')
-  cmd = [sys.executable, '-m', 'experiments.benchmark', f'--out={out}',
-         '--presets=imagenet_fourier', f'--overrides={json.dumps(TINY)}',
-         '--dtypes=float32', '--modes=forward,train', '--repeats=1',
-         '--warmup=0', '--torch', '--scaling', '--min_log2=5', '--max_log2=5',
-         '--latents=8', '--width=16', '--input_channels=4',
-         '--decode_chunk=16', '--scaling_repeats=1', '--matmul_size=64',
-         '--timeout=300']
-  env = dict(os.environ, MPLBACKEND='Agg', HF_HUB_OFFLINE='1',
-             TRANSFORMERS_OFFLINE='1')
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=1200)
+  cmd = [
+    sys.executable,
+    '-m',
+    'experiments.benchmark',
+    f'--out={out}',
+    '--presets=imagenet_fourier',
+    f'--overrides={json.dumps(TINY)}',
+    '--dtypes=float32',
+    '--modes=forward,train',
+    '--repeats=1',
+    '--warmup=0',
+    '--torch',
+    '--scaling',
+    '--min_log2=5',
+    '--max_log2=5',
+    '--latents=8',
+    '--width=16',
+    '--input_channels=4',
+    '--decode_chunk=16',
+    '--scaling_repeats=1',
+    '--matmul_size=64',
+    '--timeout=300',
+  ]
+  env = dict(
+    os.environ, MPLBACKEND='Agg', HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1'
+  )
+  proc = subprocess.run(
+    cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out / 'results.json') as f:
     return out, json.load(f)
@@ -44,15 +68,27 @@ def results(tmp_path_factory):
 
 def test_json_fields(results):
   _, res = results
-  assert {'machine', 'config', 'command', 'load_start', 'load_end',
-          'matmul_peak', 'presets', 'scaling'} <= set(res)
+  assert {
+    'machine',
+    'config',
+    'command',
+    'load_start',
+    'load_end',
+    'matmul_peak',
+    'presets',
+    'scaling',
+  } <= set(res)
   assert res['machine']['cpu_count'] >= 1
   for fw in ('jax', 'torch'):
     assert set(res['matmul_peak'][fw]) == {'float32', 'bfloat16'}
     assert all(v > 0 for v in res['matmul_peak'][fw].values())
   by_key = {(r['framework'], r['mode']): r for r in res['presets']}
-  assert set(by_key) == {('jax', 'forward'), ('jax', 'train'),
-                         ('torch', 'forward'), ('torch', 'train')}
+  assert set(by_key) == {
+    ('jax', 'forward'),
+    ('jax', 'train'),
+    ('torch', 'forward'),
+    ('torch', 'train'),
+  }
   for r in by_key.values():
     assert r['status'] == 'ok', r
     assert r['preset'] == 'imagenet_fourier' and r['dtype'] == 'float32'
@@ -64,8 +100,10 @@ def test_json_fields(results):
     assert jax_rec['compile_s'] > 0
     assert 'xla_memory' in jax_rec
   # Same weights on both sides: the parameter counts agree.
-  assert by_key[('jax', 'forward')]['num_params'] == (
-      by_key[('torch', 'forward')]['num_params'])
+  assert (
+    by_key[('jax', 'forward')]['num_params']
+    == (by_key[('torch', 'forward')]['num_params'])
+  )
   assert 'max_rel_err' in by_key[('torch', 'forward')]
 
 
@@ -73,15 +111,18 @@ def test_scaling_fields(results):
   _, res = results
   records = res['scaling']['records']
   curves = {(r['model'], r['sweep']) for r in records}
-  assert curves == {('perceiver', 'M'), ('perceiver', 'O'),
-                    ('transformer', 'M'), ('perceiver', 'M=O')}
+  assert curves == {
+    ('perceiver', 'M'),
+    ('perceiver', 'O'),
+    ('transformer', 'M'),
+    ('perceiver', 'M=O'),
+  }
   for r in records:
     assert r['status'] == 'ok', r
     assert r['median_s'] > 0 and r['input_bytes'] > 0
   assert records[-1]['M'] == records[-1]['O'] == 2**5
   slopes = res['scaling']['slopes']
-  assert set(slopes) == {'perceiver vs M', 'perceiver vs O',
-                         'transformer vs M'}
+  assert set(slopes) == {'perceiver vs M', 'perceiver vs O', 'transformer vs M'}
   for s in slopes.values():  # One size per curve: nothing to fit.
     assert s['points'] == 1 and s['time_slope'] is None
 
@@ -89,8 +130,14 @@ def test_scaling_fields(results):
 def test_markdown_and_plots(results):
   out, res = results
   md = (out / 'results.md').read_text()
-  for needle in ('| preset | dtype | mode |', '## Scaling', 'imagenet_fourier',
-                 'matmul peak', res['machine']['cpu'], 'Load average'):
+  for needle in (
+    '| preset | dtype | mode |',
+    '## Scaling',
+    'imagenet_fourier',
+    'matmul peak',
+    res['machine']['cpu'],
+    'Load average',
+  ):
     assert needle in md
   for name in ('scaling_time.png', 'scaling_memory.png'):
     with open(out / name, 'rb') as f:
@@ -98,7 +145,7 @@ def test_markdown_and_plots(results):
 
 
 def test_fit_slope():
-  xs = 2.0**np.arange(10, 15)
+  xs = 2.0 ** np.arange(10, 15)
   assert benchmark.fit_slope(xs, 3 * xs**2) == pytest.approx(2.0)
   assert benchmark.fit_slope(xs, 5 * xs) == pytest.approx(1.0)
   assert benchmark.fit_slope(xs[:1], xs[:1]) is None
@@ -109,15 +156,41 @@ def test_scaling_slopes():
   sizes = [2**k for k in range(10, 16)]
   records = []
   for n in sizes:
-    records.append(dict(model='perceiver', sweep='M', M=n, O=1024,
-                        status='ok', median_s=1e-6 * n,
-                        peak_mem_bytes=1e3 * n + 1e9, input_bytes=1e3 * n,
-                        model_mem_bytes=1e8 + 0 * n))
-    records.append(dict(model='transformer', sweep='M', M=n, O=n,
-                        status='ok' if n < 2**14 else 'OOM',
-                        median_s=1e-9 * n**2, peak_mem_bytes=4.0 * n**2))
-  records.append(dict(model='perceiver', sweep='M=O', M=2**15, O=2**15,
-                      status='ok', median_s=1.0, peak_mem_bytes=1.0))
+    records.append(
+      dict(
+        model='perceiver',
+        sweep='M',
+        M=n,
+        O=1024,
+        status='ok',
+        median_s=1e-6 * n,
+        peak_mem_bytes=1e3 * n + 1e9,
+        input_bytes=1e3 * n,
+        model_mem_bytes=1e8 + 0 * n,
+      )
+    )
+    records.append(
+      dict(
+        model='transformer',
+        sweep='M',
+        M=n,
+        O=n,
+        status='ok' if n < 2**14 else 'OOM',
+        median_s=1e-9 * n**2,
+        peak_mem_bytes=4.0 * n**2,
+      )
+    )
+  records.append(
+    dict(
+      model='perceiver',
+      sweep='M=O',
+      M=2**15,
+      O=2**15,
+      status='ok',
+      median_s=1.0,
+      peak_mem_bytes=1.0,
+    )
+  )
   slopes = benchmark.scaling_slopes(records)
   assert set(slopes) == {'perceiver vs M', 'transformer vs M'}
   perceiver = slopes['perceiver vs M']
@@ -125,7 +198,8 @@ def test_scaling_slopes():
   assert perceiver['time_slope'] == pytest.approx(1.0)
   assert perceiver['memory_slope'] < 0.1  # The constant dominates.
   assert perceiver['model_memory_slope_upper_half'] == (
-      pytest.approx(0.0, abs=1e-6))
+    pytest.approx(0.0, abs=1e-6)
+  )
   transformer = slopes['transformer vs M']
   assert transformer['points'] == 4
   assert transformer['time_slope'] == pytest.approx(2.0)
@@ -150,13 +224,25 @@ def test_reset_peak_rss_measures_a_later_peak():
 def test_streamed_encode_mode(tmp_path):
   """--streamed_encode at tiny M: the points file, records and the slope."""
   data = tmp_path / 'data'
-  cmd = [sys.executable, '-m', 'experiments.benchmark', f'--out={tmp_path}',
-         '--streamed_encode', f'--stream_dir={data}', '--min_log2_points=9',
-         '--max_log2_points=10', '--log2_points_step=1', '--stream_block=256',
-         '--stream_latents=8', '--stream_width=16', '--stream_bands=2',
-         '--timeout=300']
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                        timeout=600)
+  cmd = [
+    sys.executable,
+    '-m',
+    'experiments.benchmark',
+    f'--out={tmp_path}',
+    '--streamed_encode',
+    f'--stream_dir={data}',
+    '--min_log2_points=9',
+    '--max_log2_points=10',
+    '--log2_points_step=1',
+    '--stream_block=256',
+    '--stream_latents=8',
+    '--stream_width=16',
+    '--stream_bands=2',
+    '--timeout=300',
+  ]
+  proc = subprocess.run(
+    cmd, cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / 'streamed_encode.json') as f:
     res = json.load(f)

@@ -127,9 +127,13 @@ def test_user_errors_are_short_and_exit_with_status_2(tmp_path, args, parts):
 
 
 def test_missing_config_file_and_unknown_variant(tmp_path):
-  proc = common.run_main('--config=experiments/nope.py', f'--workdir={tmp_path}')
+  proc = common.run_main(
+    '--config=experiments/nope.py', f'--workdir={tmp_path}'
+  )
   _assert_user_error(proc, 'config: expected an experiment file')
-  proc = common.run_main('--config=experiments/digits.py:nope', f'--workdir={tmp_path}')
+  proc = common.run_main(
+    '--config=experiments/digits.py:nope', f'--workdir={tmp_path}'
+  )
   _assert_user_error(proc, 'config: expected variant')
 
 

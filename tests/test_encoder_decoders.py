@@ -222,9 +222,15 @@ def test_unrolled_backward_cuts_fusion_between_layers():
   # each layer's backward (quadratic time in depth).
   x, params, _, _ = _plain_encoder_value_and_grads()
   f = encoder_fn(**REMAT_CONFIG)
-  hlo = jax.jit(jax.grad(lambda p: jnp.sum(f.apply(p, None, x)))).lower(
-    params).compile().as_text()
-  layers = REMAT_CONFIG['num_blocks'] * REMAT_CONFIG['num_self_attends_per_block']
+  hlo = (
+    jax.jit(jax.grad(lambda p: jnp.sum(f.apply(p, None, x))))
+    .lower(params)
+    .compile()
+    .as_text()
+  )
+  layers = (
+    REMAT_CONFIG['num_blocks'] * REMAT_CONFIG['num_self_attends_per_block']
+  )
   assert hlo.count(' conditional(') == layers
 
 

@@ -33,31 +33,66 @@ TRUNCATED_STD = 0.8796256610342398
 # Reduced sizes, wide enough (>= 64 channels) that each weight matrix holds
 # thousands of draws; three distinct self-attention layers per block.
 SIZES = {
-    'imagenet_fourier': dict(image_size=16, num_classes=10, z_index_dim=8,
-                             num_z_channels=64, num_blocks=2,
-                             num_self_attends_per_block=3, num_bands=4),
-    'imagenet_conv': dict(image_size=16, num_classes=10, z_index_dim=8,
-                          num_z_channels=64, num_blocks=2,
-                          num_self_attends_per_block=3, num_bands=4),
-    'imagenet_learned': dict(image_size=16, num_classes=10, z_index_dim=8,
-                             num_z_channels=64, num_blocks=2,
-                             num_self_attends_per_block=3),
-    'language_mlm': dict(max_seq_len=32, d_model=64, z_index_dim=8,
-                         num_z_channels=64, num_self_attends_per_block=3,
-                         num_heads=4, qk_channels=64),
-    'optical_flow': dict(image_size=(8, 12), z_index_dim=8, num_z_channels=64,
-                         num_self_attends_per_block=3, num_self_attend_heads=4,
-                         num_bands=4),
-    'video_autoencoding': dict(num_frames=2, image_size=16, audio_samples=64,
-                               num_classes=5, z_index_dim=8, num_z_channels=64,
-                               num_self_attends_per_block=3,
-                               num_self_attend_heads=4, image_bands=4,
-                               audio_bands=4),
+  'imagenet_fourier': dict(
+    image_size=16,
+    num_classes=10,
+    z_index_dim=8,
+    num_z_channels=64,
+    num_blocks=2,
+    num_self_attends_per_block=3,
+    num_bands=4,
+  ),
+  'imagenet_conv': dict(
+    image_size=16,
+    num_classes=10,
+    z_index_dim=8,
+    num_z_channels=64,
+    num_blocks=2,
+    num_self_attends_per_block=3,
+    num_bands=4,
+  ),
+  'imagenet_learned': dict(
+    image_size=16,
+    num_classes=10,
+    z_index_dim=8,
+    num_z_channels=64,
+    num_blocks=2,
+    num_self_attends_per_block=3,
+  ),
+  'language_mlm': dict(
+    max_seq_len=32,
+    d_model=64,
+    z_index_dim=8,
+    num_z_channels=64,
+    num_self_attends_per_block=3,
+    num_heads=4,
+    qk_channels=64,
+  ),
+  'optical_flow': dict(
+    image_size=(8, 12),
+    z_index_dim=8,
+    num_z_channels=64,
+    num_self_attends_per_block=3,
+    num_self_attend_heads=4,
+    num_bands=4,
+  ),
+  'video_autoencoding': dict(
+    num_frames=2,
+    image_size=16,
+    audio_samples=64,
+    num_classes=5,
+    z_index_dim=8,
+    num_z_channels=64,
+    num_self_attends_per_block=3,
+    num_self_attend_heads=4,
+    image_bands=4,
+    audio_bands=4,
+  ),
 }
 
 LAYER_PATHS = {
-    'unrolled': dict(scan_layers=False, scan_blocks=False),
-    'scanned': dict(scan_layers=True, scan_blocks=True),
+  'unrolled': dict(scan_layers=False, scan_blocks=False),
+  'scanned': dict(scan_layers=True, scan_blocks=True),
 }
 
 
@@ -90,8 +125,9 @@ def check_released_init(params, *, embed_scale=1.0):
   for module, leaves in params.items():
     for name, value in leaves.items():
       value = np.asarray(value, np.float64)
-      kind, target = expected_init(module, name, value.shape,
-                                   embed_scale=embed_scale)
+      kind, target = expected_init(
+        module, name, value.shape, embed_scale=embed_scale
+      )
       where = f'{module}/{name} {value.shape}'
       if kind == 'const':
         np.testing.assert_array_equal(value, target, err_msg=where)
@@ -102,7 +138,10 @@ def check_released_init(params, *, embed_scale=1.0):
       # The sample std of n draws of a two-sigma truncated normal has a
       # relative standard error of ~0.6 / sqrt(n) (kurtosis 2.36); allow 5x.
       assert abs(value.std() / target - 1) < 3.0 / np.sqrt(n), (
-          where, value.std(), target)
+        where,
+        value.std(),
+        target,
+      )
       assert abs(value.mean()) < 5 * target / np.sqrt(n), (where, value.mean())
       # Truncated at two sigmas of the underlying normal.
       assert np.abs(value).max() <= 2 * target / TRUNCATED_STD + 1e-6, where
@@ -112,28 +151,41 @@ def check_released_init(params, *, embed_scale=1.0):
 
 def assert_no_two_equal(params):
   """No two random leaves of the same shape hold the same values."""
-  random = [(f'{m}/{n}', np.asarray(v)) for m, d in params.items()
-            for n, v in d.items() if np.asarray(v).std() > 0]
+  random = [
+    (f'{m}/{n}', np.asarray(v))
+    for m, d in params.items()
+    for n, v in d.items()
+    if np.asarray(v).std() > 0
+  ]
   for (a, x), (b, y) in itertools.combinations(random, 2):
     if x.shape == y.shape:
       assert not np.allclose(x, y), f'{a} equals {b} at init'
 
 
 def init_preset(name, seed=0, **options):
-  args = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                      presets.example_inputs(name, 1, **SIZES[name]))
+  args = jax.tree.map(
+    lambda s: jnp.zeros(s.shape, s.dtype),
+    presets.example_inputs(name, 1, **SIZES[name]),
+  )
   model = presets.build(name, **SIZES[name], **options)
   params, _ = jax.jit(lambda rng, *a: model.init(rng, *a, is_training=True))(
-      jax.random.PRNGKey(seed), *args)
+    jax.random.PRNGKey(seed), *args
+  )
   return params
 
 
 def init_encoder(seed=0, **options):
   def forward(x):
     enc = encoder_lib.PerceiverEncoder(
-        num_self_attends_per_block=4, num_blocks=2, z_index_dim=16,
-        num_z_channels=128, num_self_attend_heads=4, **options)
+      num_self_attends_per_block=4,
+      num_blocks=2,
+      z_index_dim=16,
+      num_z_channels=128,
+      num_self_attend_heads=4,
+      **options,
+    )
     return enc(x, enc.latents(x), is_training=False)
+
   x = jnp.zeros((1, 10, 96))
   return hk.transform(forward).init(jax.random.PRNGKey(seed), x)
 
@@ -142,8 +194,9 @@ def init_encoder(seed=0, **options):
 def test_encoder_layers_are_independent_draws_at_the_released_scales(path):
   params = init_encoder(**LAYER_PATHS[path])
   layers = sorted({m.split('/')[2] for m in params if 'self_attention' in m})
-  assert layers == ['self_attention'] + [f'self_attention_{i}'
-                                         for i in (1, 2, 3)]
+  assert layers == ['self_attention'] + [
+    f'self_attention_{i}' for i in (1, 2, 3)
+  ]
   assert_no_two_equal(params)
   assert check_released_init(params) >= 4 * 6 + 5
 

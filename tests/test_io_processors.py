@@ -10,7 +10,6 @@ the parameter trees of the released checkpoints
 (tests/data/released_checkpoints.json).
 """
 
-
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,6 @@ import numpy as np
 import pytest
 
 from perceiver import io_processors as io
-
 
 
 # ---------------------------------------------------------------------------

@@ -16,13 +16,17 @@ def example_inputs(name, batch=1, **overrides):
 
 
 def shape_tree(tree):
-  return {m: {n: [list(v.shape), str(v.dtype)] for n, v in d.items()}
-          for m, d in tree.items()}
+  return {
+    m: {n: [list(v.shape), str(v.dtype)] for n, v in d.items()}
+    for m, d in tree.items()
+  }
 
 
 def official_tree(entry):
-  return {m: {n: [s['shape'], s['dtype']] for n, s in d.items()}
-          for m, d in entry.items()}
+  return {
+    m: {n: [s['shape'], s['dtype']] for n, s in d.items()}
+    for m, d in entry.items()
+  }
 
 
 @pytest.mark.parametrize('name', presets.PRESETS)
@@ -30,8 +34,8 @@ def test_full_size_parameter_tree_equals_release(name, official):
   model = presets.build(name)
   args, _ = example_inputs(name)
   params, state = jax.eval_shape(
-      lambda *a: model.init(jax.random.PRNGKey(0), *a, is_training=True),
-      *args)
+    lambda *a: model.init(jax.random.PRNGKey(0), *a, is_training=True), *args
+  )
   assert shape_tree(params) == official_tree(official[name]['params'])
   assert shape_tree(state) == official_tree(official[name]['state'])
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -39,48 +43,91 @@ def test_full_size_parameter_tree_equals_release(name, official):
 
 
 SMALL = {
-    'imagenet_fourier': dict(image_size=16, num_classes=10, z_index_dim=8,
-                             num_z_channels=32, num_blocks=2,
-                             num_self_attends_per_block=2, num_bands=4),
-    'imagenet_conv': dict(image_size=16, num_classes=10, z_index_dim=8,
-                          num_z_channels=32, num_blocks=2,
-                          num_self_attends_per_block=2, num_bands=4),
-    'imagenet_learned': dict(image_size=16, num_classes=10, z_index_dim=8,
-                             num_z_channels=32, num_blocks=2,
-                             num_self_attends_per_block=2),
-    'language_mlm': dict(max_seq_len=32, d_model=32, z_index_dim=8,
-                         num_z_channels=64, num_self_attends_per_block=2,
-                         num_heads=4, qk_channels=32),
-    'optical_flow': dict(image_size=(8, 12), z_index_dim=8, num_z_channels=32,
-                         num_self_attends_per_block=2, num_self_attend_heads=4,
-                         num_bands=4),
-    'video_autoencoding': dict(num_frames=2, image_size=16, audio_samples=64,
-                               num_classes=5, z_index_dim=8, num_z_channels=32,
-                               num_self_attends_per_block=2,
-                               num_self_attend_heads=4, image_bands=4,
-                               audio_bands=4),
+  'imagenet_fourier': dict(
+    image_size=16,
+    num_classes=10,
+    z_index_dim=8,
+    num_z_channels=32,
+    num_blocks=2,
+    num_self_attends_per_block=2,
+    num_bands=4,
+  ),
+  'imagenet_conv': dict(
+    image_size=16,
+    num_classes=10,
+    z_index_dim=8,
+    num_z_channels=32,
+    num_blocks=2,
+    num_self_attends_per_block=2,
+    num_bands=4,
+  ),
+  'imagenet_learned': dict(
+    image_size=16,
+    num_classes=10,
+    z_index_dim=8,
+    num_z_channels=32,
+    num_blocks=2,
+    num_self_attends_per_block=2,
+  ),
+  'language_mlm': dict(
+    max_seq_len=32,
+    d_model=32,
+    z_index_dim=8,
+    num_z_channels=64,
+    num_self_attends_per_block=2,
+    num_heads=4,
+    qk_channels=32,
+  ),
+  'optical_flow': dict(
+    image_size=(8, 12),
+    z_index_dim=8,
+    num_z_channels=32,
+    num_self_attends_per_block=2,
+    num_self_attend_heads=4,
+    num_bands=4,
+  ),
+  'video_autoencoding': dict(
+    num_frames=2,
+    image_size=16,
+    audio_samples=64,
+    num_classes=5,
+    z_index_dim=8,
+    num_z_channels=32,
+    num_self_attends_per_block=2,
+    num_self_attend_heads=4,
+    image_bands=4,
+    audio_bands=4,
+  ),
 }
 
 
 @pytest.mark.parametrize('name', presets.PRESETS)
-@pytest.mark.parametrize('options', [
+@pytest.mark.parametrize(
+  'options',
+  [
     dict(attention_impl='chunked'),
     dict(remat=True, scan_blocks=False, scan_layers=False),
-    dict(compute_dtype=jnp.bfloat16)])
+    dict(compute_dtype=jnp.bfloat16),
+  ],
+)
 def test_options_keep_the_parameter_tree(name, options):
   args, _ = example_inputs(name, **SMALL[name])
   init = lambda m: jax.eval_shape(
-      lambda *a: m.init(jax.random.PRNGKey(0), *a, is_training=True), *args)
+    lambda *a: m.init(jax.random.PRNGKey(0), *a, is_training=True), *args
+  )
   assert shape_tree(init(presets.build(name, **options, **SMALL[name]))[0]) == (
-      shape_tree(init(presets.build(name, **SMALL[name]))[0]))
+    shape_tree(init(presets.build(name, **SMALL[name]))[0])
+  )
 
 
 def concrete(args, seed=0):
   rng = np.random.default_rng(seed)
+
   def make(s):
     if s.dtype == jnp.int32:
       return jnp.asarray(rng.integers(0, 262, s.shape), jnp.int32)
     return jnp.asarray(rng.uniform(-1, 1, s.shape), s.dtype)
+
   return jax.tree.map(make, args)
 
 
@@ -92,12 +139,15 @@ def test_small_preset_runs_and_bf16_is_close(name):
     args = (args[0], jnp.ones_like(args[1]))
   model = presets.build(name, **SMALL[name])
   params, state = jax.jit(functools.partial(model.init, is_training=True))(
-      jax.random.PRNGKey(0), *args)
+    jax.random.PRNGKey(0), *args
+  )
   out, _ = jax.jit(functools.partial(model.apply, is_training=False))(
-      params, state, None, *args)
+    params, state, None, *args
+  )
   bf16 = presets.build(name, compute_dtype=jnp.bfloat16, **SMALL[name])
   out16, _ = jax.jit(functools.partial(bf16.apply, is_training=False))(
-      params, state, None, *args)
+    params, state, None, *args
+  )
   for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(out16)):
     assert b.dtype == jnp.float32
     assert np.all(np.isfinite(a))
@@ -111,13 +161,22 @@ def test_video_chunked_decode_equals_full_decode():
   args = concrete(args)
   model = presets.build(name, **SMALL[name])
   params, state = jax.jit(functools.partial(model.init, is_training=False))(
-      jax.random.PRNGKey(0), *args)
-  apply = jax.jit(model.apply, static_argnames=('is_training',
-                                                'decode_chunk_size'))
-  full, _ = apply(params, state, jax.random.PRNGKey(1), *args,
-                  is_training=False)
-  chunked, _ = apply(params, state, jax.random.PRNGKey(1), *args,
-                     is_training=False, decode_chunk_size=100)
+    jax.random.PRNGKey(0), *args
+  )
+  apply = jax.jit(
+    model.apply, static_argnames=('is_training', 'decode_chunk_size')
+  )
+  full, _ = apply(
+    params, state, jax.random.PRNGKey(1), *args, is_training=False
+  )
+  chunked, _ = apply(
+    params,
+    state,
+    jax.random.PRNGKey(1),
+    *args,
+    is_training=False,
+    decode_chunk_size=100,
+  )
   chex.assert_trees_all_close(full, chunked, atol=1e-5, rtol=1e-5)
   assert full['image'].shape == (1, 2, 16, 16, 3)
   assert full['audio'].shape == (1, 64, 1)
@@ -134,8 +193,9 @@ def test_unknown_override_is_rejected():
 @pytest.mark.parametrize('scale', [0, -0.02, True, '0.02'])
 def test_mlm_embed_init_scale_is_checked(scale):
   # Haiku would make a zero table from stddev 0 without a word.
-  with pytest.raises(ValueError,
-                     match=r'embed_init_scale: expected a positive number'):
+  with pytest.raises(
+    ValueError, match=r'embed_init_scale: expected a positive number'
+  ):
     presets.build('language_mlm', embed_init_scale=scale)
 
 
@@ -148,17 +208,29 @@ def test_video_label_mask_prob_keeps_the_tree_and_masks(prob):
   init = functools.partial(model.init, is_training=True)
   default, _ = jax.jit(init)(jax.random.PRNGKey(0), inputs)
   params, state = jax.jit(functools.partial(init, label_mask_prob=prob))(
-      jax.random.PRNGKey(0), inputs)
+    jax.random.PRNGKey(0), inputs
+  )
   # Values may differ at 0.5 (the mask's draw takes a key from the init rng).
   assert shape_tree(params) == shape_tree(default)
-  apply = jax.jit(functools.partial(
-      model.apply, params, state, jax.random.PRNGKey(1), is_training=True,
-      subsampled_output_points={'image': jnp.arange(3),
-                                'audio': jnp.arange(2), 'label': None},
-      label_mask_prob=prob))
+  apply = jax.jit(
+    functools.partial(
+      model.apply,
+      params,
+      state,
+      jax.random.PRNGKey(1),
+      is_training=True,
+      subsampled_output_points={
+        'image': jnp.arange(3),
+        'audio': jnp.arange(2),
+        'label': None,
+      },
+      label_mask_prob=prob,
+    )
+  )
   other = dict(inputs, label=inputs['label'][::-1])
-  seen = ~np.isclose(apply(inputs)[0]['label'], apply(other)[0]['label'],
-                     atol=1e-6).all(axis=1)
+  seen = ~np.isclose(
+    apply(inputs)[0]['label'], apply(other)[0]['label'], atol=1e-6
+  ).all(axis=1)
   # The same key masks the same examples of both batches; 0: none, 1: all.
   if prob == 0.0:
     assert seen.all()
@@ -172,9 +244,11 @@ def test_video_label_mask_prob_is_checked(prob):
   (inputs,), _ = example_inputs(name, **SMALL[name])
   model = presets.build(name, **SMALL[name])
   with pytest.raises(ValueError, match=r'label_mask_prob: expected a prob'):
-    jax.eval_shape(functools.partial(model.init, is_training=True,
-                                     label_mask_prob=prob),
-                   jax.random.PRNGKey(0), inputs)
+    jax.eval_shape(
+      functools.partial(model.init, is_training=True, label_mask_prob=prob),
+      jax.random.PRNGKey(0),
+      inputs,
+    )
 
 
 def test_video_label_query_channels_is_a_size_field():
@@ -182,14 +256,21 @@ def test_video_label_query_channels_is_a_size_field():
   name = 'video_autoencoding'
   (inputs,), _ = example_inputs(name, **SMALL[name])
   init = lambda **o: jax.eval_shape(
-      functools.partial(presets.build(name, **SMALL[name], **o).init,
-                        is_training=False), jax.random.PRNGKey(0), inputs)[0]
-  shapes = lambda p: {m: {n: v.shape for n, v in d.items()}
-                      for m, d in p.items()}
+    functools.partial(
+      presets.build(name, **SMALL[name], **o).init, is_training=False
+    ),
+    jax.random.PRNGKey(0),
+    inputs,
+  )[0]
+  shapes = lambda p: {
+    m: {n: v.shape for n, v in d.items()} for m, d in p.items()
+  }
   default, small = shapes(init()), shapes(init(label_query_channels=40))
   query = 'classification_decoder/~/basic_decoder/~/trainable_position_encoding'
   assert (default[query]['pos_embs'], small[query]['pos_embs']) == (
-      (1, 1024), (1, 40))
+    (1, 1024),
+    (1, 40),
+  )
   mlp = 'multimodal_decoder/~/basic_decoder/cross_attention/mlp/linear'
   assert (default[mlp]['w'], small[mlp]['w']) == ((1026, 1026), (42, 42))
   assert default.keys() == small.keys()
@@ -203,8 +284,9 @@ def test_mlm_embed_init_scale_sets_the_table_and_keeps_the_tree():
   args = concrete(args)
   trees = {}
   for scale in (1.0, 0.02):
-    model = presets.build('language_mlm', embed_init_scale=scale,
-                          **SMALL['language_mlm'])
+    model = presets.build(
+      'language_mlm', embed_init_scale=scale, **SMALL['language_mlm']
+    )
     params, state = model.init(jax.random.PRNGKey(0), *args, is_training=True)
     table = np.asarray(params['embed']['embeddings'])
     assert 0.8 * scale < table.std() < 0.95 * scale
