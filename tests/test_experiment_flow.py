@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments import flow
 from experiments.data import flow as flow_data
@@ -284,3 +285,78 @@ def test_init_checkpoint_released_pickle_and_misfit(debug_run, tmp_path):
   config.init_checkpoint = str(tmp_path / 'missing.npz')
   with pytest.raises(ValueError, match='init_checkpoint.*missing.npz'):
     flow.load_init_checkpoint(config)
+
+
+def _write_sintel(root, flow_HW2, frames):
+  """One MPI-Sintel pair per pass in the published layout: training/<pass>/
+  <scene>/frame_0001.png and frame_0002.png, training/flow/<scene>/
+  frame_0001.flo (Middlebury .flo, written by the reader's own writer)."""
+  scene = 'alley_1'
+  for dstype in flow_data.SINTEL_PASSES:
+    os.makedirs(os.path.join(root, 'training', dstype, scene))
+    for i, frame in enumerate(frames, 1):
+      path = os.path.join(root, 'training', dstype, scene, f'frame_{i:04d}.png')
+      Image.fromarray(frame).save(path)
+  os.makedirs(os.path.join(root, 'training', 'flow', scene))
+  flow_data.write_flo(
+    os.path.join(root, 'training', 'flow', scene, 'frame_0001.flo'), flow_HW2
+  )
+
+
+def test_sintel_scores_a_known_nonzero_flow_with_its_sign_and_units(tmp_path):
+  # A model whose output is known: the flow decoder's output layer with zero
+  # weights and bias b predicts b / 100 (the released rescale_factor) x 20
+  # (the colab's scale) pixels at every pixel, whatever the frames. Scored
+  # through `flow.evaluate` on an MPI-Sintel pair of 60 x 100 (four tiles of
+  # the 48 x 64 model, stitched) whose ground truth is that flow on the left
+  # half and 2 px more in u on the right half, the EPE is 1 px; with the
+  # sign, the channels or the units wrong, it is not.
+  config = flow.get_config('debug').unlock()
+  assert config.model.flow_scale == 20.0
+  config.data.num_eval = 1
+  config.data.num_pngs = 0
+  config.data.eval_tile_batch = 1  # the synthetic set's, one compile
+  config.data.sintel_dir = str(tmp_path / 'sintel')
+  config.data.kitti_dir = str(tmp_path / 'kitti')
+  u, v = 2.5, -1.25  # pixels
+  flow_HW2 = np.zeros((60, 100, 2), np.float32)
+  flow_HW2[..., 0], flow_HW2[..., 1] = u, v
+  flow_HW2[:, 50:, 0] += 2.0
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (2, 60, 100, 3), dtype=np.uint8)
+  _write_sintel(str(tmp_path / 'sintel'), flow_HW2, frames)
+  valid_HW = np.ones((60, 100), bool)
+  valid_HW[:10, :50] = False
+  kitti = tmp_path / 'kitti' / 'training'
+  os.makedirs(kitti / 'flow_occ')
+  os.makedirs(kitti / 'image_2')
+  flow_data.write_kitti_flow(
+    str(kitti / 'flow_occ' / '000000_10.png'), -flow_HW2, valid_HW
+  )
+  for i, frame in zip((10, 11), frames):
+    Image.fromarray(frame).save(kitti / 'image_2' / f'000000_{i}.png')
+  batch = {'frame1': frames[:1, :48, :64], 'frame2': frames[1:, :48, :64]}
+  init = functools.partial(
+    flow.make_forward(config.model).init, is_training=True
+  )
+  params, state = jax.jit(init)(jax.random.PRNGKey(0), batch)
+  params = hk.data_structures.to_mutable_dict(params)
+  out = params['flow_decoder/~/basic_decoder/output']
+  out['w'] = jnp.zeros_like(out['w'])
+  out['b'] = jnp.array([u, v]) * 100.0 / 20.0
+  results = flow.evaluate(config, params, state, say=lambda _: None)
+  zero = np.mean(np.hypot(flow_HW2[..., 0], flow_HW2[..., 1]))
+  for dstype in flow_data.SINTEL_PASSES:
+    assert results[f'sintel_{dstype}/epe'] == pytest.approx(1.0, abs=1e-4)
+    assert results[f'sintel_{dstype}/zero_flow_epe'] == pytest.approx(zero)
+    # KITTI's outlier rule (> 3 px and > 5%) is not met by errors of 2 px.
+    assert results[f'sintel_{dstype}/fl_all'] == 0.0
+  # KITTI 2015 (16-bit PNG flow, written by the test) with the negated
+  # ground truth and no ground truth in the left half's top 10 rows: errors
+  # of 2 |(u, v)| on the 2,500 valid left pixels and |(2u + 2, 2v)| on the
+  # 3,000 right ones, every one a KITTI outlier.
+  assert results['kitti/epe'] == pytest.approx(
+    (2500 * 2 * np.hypot(u, v) + 3000 * np.hypot(2 * u + 2, 2 * v)) / 5500,
+    rel=1e-5,
+  )
+  assert results['kitti/fl_all'] == 1.0
