@@ -45,7 +45,7 @@ Score a checkpoint (ours or the released one) without training:
 Variants:
   `:local`  procedural AutoFlow-style pairs textured with real photographs
             (`experiments/data/autoflow.py`) at 48 x 64 and a small model,
-            for a CPU run of at most 30 minutes (the result is in README).
+            for a CPU run of at most 30 minutes (the result is in docs/results/flow.md).
   `:debug`  a tiny model and a few steps (seconds; tests).
   `:final`  the paper's augmentation-off, reversed-pairs phase.
 """
@@ -179,7 +179,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.total_steps = 37_500
   elif arg in ('local', 'debug'):
     # 2,000 steps: 9 min 5 s on the idle 2-core machine (3.7 steps/s; the
-    # model did not leave zero flow, see the README). Frames are rendered at
+    # model did not leave zero flow, see docs/results/flow.md). Frames are rendered at
     # the training size, so no scaling.
     c.data.source = 'procedural'
     c.batch_size = 8

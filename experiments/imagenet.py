@@ -5,7 +5,7 @@ nothing else running, load 1.6 at the start): `top-1 accuracy: 88.5% (top-5
 99.7%) on 10000 images` after 10 epochs (4,687 steps of 128, 6.45 steps/s),
 12 min 22 s from launch to exit on the 2-core machine (the aim: 88% within
 15 minutes). The same config ran at 5.2 steps/s on another day (88.1%, 15 min
-16 s); see the README.
+16 s); see docs/results/imagenet.md.
 
 ImageNet: python -m experiments.main --config=experiments/imagenet.py
   --config.data.dir=/data/imagenet --workdir=runs/imagenet

@@ -134,7 +134,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       # The released stddev-1 byte table is also the tied output layer: at
       # this size the initial loss is ~37 nats and a 64-byte copy task does
       # not train in 300 Adam steps; at 0.02 it starts at ln(262) and trains
-      # (see the README). It does not change the parameter tree.
+      # (see docs/results/mlm.md). It does not change the parameter tree.
       embed_init_scale=0.02,
       d_model=128,
       z_index_dim=64,

@@ -188,9 +188,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.loss.train_pixels = 16
     c.loss.train_audio_samples = 64
   elif 'local' in variants:
-    # 2,000 steps; the README has the time launch to exit on the 2-core
-    # machine. What the audio needs here was measured (README, the audio of
-    # `:local`): with 64 or more video tokens beside 10 audio tokens the
+    # 2,000 steps (time launch to exit on the 2-core machine:
+    # docs/results/video_autoencoding.md, where what the audio needs here
+    # was measured): with 64 or more video tokens beside 10 audio tokens the
     # audio path did not form within 2,750 steps; with 16 it formed within
     # 300-750 steps. Hence few, large video patches and 4 kHz audio.
     c.batch_size = 8
@@ -344,7 +344,7 @@ def augment_audio(key, audio, max_log_gain: float):
   Returns:
     float32 [B, A, 1]. Not in the paper: with one short clip to train on,
     the model otherwise memorises the clip's soundtrack instead of reading
-    its input (README, the audio of `:local`).
+    its input (docs/results/video_autoencoding.md, the audio of `:local`).
   """
   key_sign, key_gain = jax.random.split(key)
   b = audio.shape[0]

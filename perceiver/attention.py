@@ -68,7 +68,7 @@ def einsum(spec: str, a, b, *, precision=None):
   the operands' dtype first). JAX's own transpose of such a product mixes a
   float32 cotangent with a bfloat16 operand and so runs the backward
   matmuls in float32; on CPU bf16 x bf16 -> f32 uses the AMX kernels
-  (README, Performance). Every index must appear in two of the three terms.
+  (docs/bench/README.md). Every index must appear in two of the three terms.
   `precision` is passed to every `jnp.einsum`, forward and backward.
   """
   if a.dtype not in _LOW_PRECISION and b.dtype not in _LOW_PRECISION:
@@ -395,7 +395,7 @@ class Linear(hk.Linear):
   bfloat16/float16 inputs the matmul takes `preferred_element_type=float32`
   and the result is cast back: on CPU this reaches the fast bf16 kernels
   (AMX), which bf16 x bf16 -> bf16 matmuls do not (about 6x slower, measured
-  in README, Performance), and it is the usual mixed-precision numerics. Its
+  in docs/bench/README.md), and it is the usual mixed-precision numerics. Its
   gradients are bf16 matmuls accumulating in float32 too (`einsum`).
   """
 

@@ -40,7 +40,7 @@ class PerceiverEncoder(hk.Module):
   all later layers, so its time grew quadratically with depth (26 MLM layers:
   16 s per training step). Unrolled layers therefore pass their input through
   `_cut_backward_fusion`, which makes each layer's input gradient a buffer
-  (README, Performance).
+  (docs/bench/README.md).
   """
 
   def __init__(
@@ -90,8 +90,8 @@ class PerceiverEncoder(hk.Module):
       cross_attention_impl: implementation of the cross-attention (default:
         `attention_impl`). 'chunked' normalises and projects the inputs one
         key block at a time: memory for one block whatever M, and on CPU
-        2x faster than 'reference' for ImageNet's 50,176 inputs (README,
-        Performance).
+        2x faster than 'reference' for ImageNet's 50,176 inputs
+        (docs/bench/README.md).
       remat: rematerialise the self-attention layers in the backward pass.
       scan_blocks: run the `num_blocks` repetitions under `lax.scan`.
       scan_layers: run the layers of a block under `lax.scan` over their

@@ -65,8 +65,8 @@ PRESETS = (
   'video_autoencoding',
 )
 
-# Defaults are the fastest correct settings measured on CPU (README,
-# Performance): layers unrolled, as released (with the encoder's backward
+# Defaults are the fastest correct settings measured on CPU
+# (docs/bench/README.md): layers unrolled, as released (with the encoder's backward
 # fusion cut, faster than scanning them: MLM train step 2.9 -> 2.5 s,
 # ImageNet 9.4 -> 7.8 s; scans only save compile time); the encoder's
 # cross-attention 'chunked' (per-block LayerNorm and projections: memory for
