@@ -10,6 +10,15 @@ MLP with a tanh hidden layer of E units mapping that output to logits or the
 STS-B score.
 Loss: cross-entropy, or squared error for STS-B.
 
+`--config.model.arch=transformer` fine-tunes the paper's byte-level
+baseline instead (Table 1, "BERT (matching FLOPs)";
+`perceiver.byte_transformer`, sizes in `model.transformer`): it has no
+decoder, so each head reads the Transformer's final state at a CLS byte, as
+BERT's classifier reads its [CLS] token (the paper's baseline is a BERT
+reimplementation; TaskHead's tanh layer is BERT's pooler): one CLS before
+the text for one task ('single'), the shared token or task t's token in the
+token modes; 'task_queries' needs the Perceiver's decoder and is refused.
+
 Recipe (Table 13): LAMB, learning rate in {1e-4, 5e-5, 2e-5, 1e-5}, batch
 in {16, 32, 64}, 200 linear warm-up steps, 10 epochs, weight decay 0.01; the
 paper does not give the decay after warm-up: cosine to 0 here. `sweep` runs
@@ -52,6 +61,7 @@ queries, task tokens and heads); the printed `Warm start` line lists them.
 
 import copy
 import functools
+import inspect
 import os
 from typing import Any, Callable, Dict, Sequence
 
@@ -65,6 +75,7 @@ import perceiver as P
 from experiments import mlm
 from experiments.data import glue as glue_data
 from experiments.data import text as text_data
+from perceiver import byte_transformer
 from perceiver import presets
 from perceiver import train as train_lib
 from perceiver import validation
@@ -92,12 +103,18 @@ MOVIE_REVIEWS_TRAIN = 9512
 STSB_ID = glue_data.TASK_NAMES.index('STS-B')
 # Metric names of MNLI's two dev splits, as the paper reports them.
 _SPLIT_NAMES = {'dev_matched': 'MNLI-m', 'dev_mismatched': 'MNLI-mm'}
+# --help_config: the model fields are the MLM's, described by its comments.
+DESCRIPTIONS = {
+  k: v
+  for k, v in config_lib.field_comments(inspect.getsource(mlm)).items()
+  if k.startswith('model.')
+}
 
 
 def is_encoder_module(module: str) -> bool:
   """The modules that must come from init_checkpoint when one is given."""
   return module in ('embed', 'trainable_position_encoding') or (
-    module.startswith('perceiver_encoder/')
+    module.startswith(('perceiver_encoder/', 'byte_transformer_encoder/'))
   )
 
 
@@ -136,7 +153,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   )
   c.model = copy.deepcopy(mlm.get_config().model)
   c.model.unlock()
-  c.model.mode = 'single'
+  c.model.mode = 'single'  # or for 'multitask': see the module docstring
 
   if arg in glue_data.TASKS:
     c.data.task = arg
@@ -182,8 +199,11 @@ def tasks_of(config) -> Sequence[str]:
 
 
 def num_prefix_tokens(config) -> int:
-  """P: tokens before the text (1 shared, 8 task tokens, else 0)."""
+  """P: tokens before the text (1 shared, 8 task tokens, 1 CLS for one
+  task on the Transformer, else 0)."""
   mode = config.model.mode
+  if mode == 'single' and config.model.arch == 'transformer':
+    return 1
   return {'shared_token': 1, 'task_tokens': len(tasks_of(config))}.get(mode, 0)
 
 
@@ -204,6 +224,13 @@ def validate(config) -> None:
       f"model.mode: expected 'single' for one task and one of {MODES[1:]} "
       f"for data.task='all', got {config.model.mode!r} with data.task="
       f'{config.data.task!r}.'
+    )
+  mlm.validate_arch(config)
+  if config.model.arch == 'transformer' and config.model.mode == 'task_queries':
+    raise ValueError(
+      "model.mode: expected 'shared_token' or 'task_tokens' for "
+      "model.arch='transformer' (its heads read CLS tokens; it has no "
+      "decoder queries), got 'task_queries'."
     )
   validation.check_positive('data.seq_len', config.data.seq_len)
   validation.check_positive('epochs', config.epochs)
@@ -242,12 +269,21 @@ def make_forward(config) -> hk.TransformedWithState:
   The embedding, input positions, encoder and decoder are the
   `language_mlm` preset's (`presets.language_mlm_modules`, same parameter
   names), the decoder with Q queries: one per task, or (token modes) the
-  MLM decoder's L position queries read at the P prefix tokens.
+  MLM decoder's L position queries read at the P prefix tokens. With
+  `model.arch='transformer'` they are the byte Transformer's
+  (`byte_transformer.modules`) and the heads read its final states at the
+  P prefix (CLS) tokens.
   """
-  d_model, seq_len = config.model.d_model, config.data.seq_len
+  seq_len = config.data.seq_len
   tasks, mode = tuple(tasks_of(config)), config.model.mode
   n_prefix = num_prefix_tokens(config)
-  overrides = mlm.preset_overrides(config)
+  transformer = config.model.arch == 'transformer'
+  if transformer:
+    d_model = config.model.transformer.d_model
+    overrides = mlm.transformer_overrides(config)
+  else:
+    d_model = config.model.d_model
+    overrides = mlm.preset_overrides(config)
   if mode in ('shared_token', 'task_tokens'):
     num_queries, points = seq_len, np.arange(n_prefix)
   else:
@@ -257,9 +293,12 @@ def make_forward(config) -> hk.TransformedWithState:
     inputs_BL = batch['inputs']
     validation.check_shape('inputs', inputs_BL, (None, seq_len))
     batch_size = inputs_BL.shape[0]
-    embed, position_encoding, encoder, decoder = presets.language_mlm_modules(
-      num_queries=num_queries, **overrides
-    )
+    if transformer:
+      embed, position_encoding, encoder = byte_transformer.modules(**overrides)
+    else:
+      embed, position_encoding, encoder, decoder = presets.language_mlm_modules(
+        num_queries=num_queries, **overrides
+      )
     x_BLC = embed(inputs_BL)
     if mode == 'task_tokens':
       tokens_TC = P.TrainablePositionEncoding(
@@ -267,12 +306,18 @@ def make_forward(config) -> hk.TransformedWithState:
       )(batch_size=None)
       x_BLC = x_BLC.at[:, : len(tasks)].set(tokens_TC[None])
     x_BLC = x_BLC + position_encoding(batch_size=batch_size)
-    out_BQE = P.Perceiver(encoder=encoder, decoder=decoder)(
-      x_BLC,
-      is_training=is_training,
-      input_mask=batch['input_mask'],
-      subsampled_output_points=points,
-    )
+    if transformer:
+      h_BLC = encoder(
+        x_BLC, is_training=is_training, input_mask=batch['input_mask']
+      )
+      out_BQE = h_BLC[:, :n_prefix]  # [B, P, C]: the states at the CLS tokens
+    else:
+      out_BQE = P.Perceiver(encoder=encoder, decoder=decoder)(
+        x_BLC,
+        is_training=is_training,
+        input_mask=batch['input_mask'],
+        subsampled_output_points=points,
+      )
     logits, scores = [], []
     for t, task in enumerate(tasks):
       q = 0 if mode == 'shared_token' else t
@@ -372,6 +417,7 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       'malformed lines skipped.',
       flush=True,
     )
+    mlm.print_flops(config)
   return Task(
     forward=make_forward(config),
     per_example=functools.partial(per_example, tasks=tasks),

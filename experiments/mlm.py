@@ -33,6 +33,18 @@ starts from the released `language_perceiver_io_bytes.pickle` (via
 `perceiver.checkpoints.save`, or a workdir / checkpoint directory of this
 engine; every parameter must fit.
 
+Model (`model.arch`): 'perceiver' (the default, above) or 'transformer',
+the paper's byte-level baseline (Table 1, "BERT (matching FLOPs)";
+`perceiver.byte_transformer`): the same byte embedding, learned positions
+and tied logits around `model.transformer.num_layers` pre-LayerNorm
+self-attention layers over every byte (the paper's 6 layers of width 512;
+`:local` and `:debug` shrink it); same data, masking, loss, optimizer and
+trainer. The run prints the forward FLOPs per example of both
+architectures at the configured sizes (`forward_flops`), so sizes can be
+chosen matched as in the paper:
+
+  --config.model.arch=transformer
+
 Variants: `:local` (a small model on the vendored State of the Union
 addresses and Moby-Dick, `experiments/data/english_prose`; minutes on a CPU),
 `:debug` (a tiny model and a few steps; seconds).
@@ -50,6 +62,7 @@ import ml_collections
 import numpy as np
 
 from experiments.data import text as text_data
+from perceiver import byte_transformer
 from perceiver import checkpoints
 from perceiver import presets
 from perceiver import validation
@@ -71,6 +84,9 @@ SIZE_FIELDS = (
   'qk_channels',
 )
 PRESET_FIELDS = SIZE_FIELDS + ('embed_init_scale',)
+ARCHS = ('perceiver', 'transformer')
+# `model.transformer`: the `perceiver.byte_transformer` sizes.
+TRANSFORMER_FIELDS = ('d_model', 'num_layers', 'num_heads', 'widening_factor')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -111,6 +127,18 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   )
   c.model.attention_impl = 'reference'
   c.model.cross_attention_impl = 'chunked'
+  c.model.arch = 'perceiver'  # 'perceiver' or 'transformer' (Table 1's bytes)
+  # The byte Transformer's sizes (model.arch='transformer'); the byte table's
+  # init (model.embed_init_scale) and the attention kernel
+  # (model.attention_impl) are shared with the Perceiver.
+  c.model.transformer = ml_collections.ConfigDict(
+    dict(
+      d_model=512,  # transformer: channels of the bytes at every layer
+      num_layers=6,  # transformer: self-attention layers over all bytes
+      num_heads=8,  # transformer: attention heads per layer
+      widening_factor=4,  # transformer: MLP hidden width / d_model
+    )
+  )
 
   if arg in ('local', 'debug'):
     c.data.dir = VENDORED_PROSE
@@ -143,6 +171,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_heads=4,
       qk_channels=64,
     )
+    # Matched to the Perceiver above: 0.40 against 0.37 forward GFLOPs per
+    # 512-byte example (the paper's ratio: 130 B / 113 B).
+    c.model.transformer.update(dict(d_model=64, num_layers=3, num_heads=4))
   elif arg == 'debug':
     c.batch_size = 4
     c.total_steps = 3
@@ -161,6 +192,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_heads=2,
       qk_channels=16,
     )
+    c.model.transformer.update(dict(d_model=16, num_layers=2, num_heads=2))
     c.progress_bar = False
     c.tensorboard = False
     c.plot_curves = False
@@ -180,6 +212,17 @@ def preset_overrides(config) -> Dict[str, Any]:
     max_seq_len=config.data.seq_len,
     attention_impl=m.attention_impl,
     cross_attention_impl=m.cross_attention_impl,
+  )
+
+
+def transformer_overrides(config) -> Dict[str, Any]:
+  """`byte_transformer.build(...)` fields of this config."""
+  m = config.model
+  return dict(
+    {k: m.transformer[k] for k in TRANSFORMER_FIELDS},
+    max_seq_len=config.data.seq_len,
+    embed_init_scale=m.embed_init_scale,
+    attention_impl=m.attention_impl,
   )
 
 
@@ -208,11 +251,26 @@ def validate(config) -> None:
   validation.check_positive_number(
     'model.embed_init_scale', config.model.embed_init_scale
   )
+  validate_arch(config)
   if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
     raise ValueError(
       f'init_checkpoint: expected a checkpoint file or directory, got '
       f'{config.init_checkpoint!r}.'
     )
+
+
+def validate_arch(config) -> None:
+  """Checks `model.arch` and the Transformer's sizes (MLM and GLUE)."""
+  validation.check_choice('model.arch', config.model.arch, ARCHS)
+  t = config.model.transformer
+  for name in TRANSFORMER_FIELDS:
+    validation.check_positive(f'model.transformer.{name}', t[name])
+  validation.check_divisible(
+    'model.transformer.d_model',
+    t.d_model,
+    'model.transformer.num_heads',
+    t.num_heads,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -242,9 +300,65 @@ def batch_forward(model: hk.TransformedWithState) -> hk.TransformedWithState:
 
 
 def make_forward(config) -> hk.TransformedWithState:
-  """batch {'inputs', 'input_mask': int32 [B, L]} -> logits [B, L, 262]."""
-  return batch_forward(
-    presets.build('language_mlm', **preset_overrides(config))
+  """batch {'inputs', 'input_mask': int32 [B, L]} -> logits [B, L, 262]:
+  the `language_mlm` preset, or the byte Transformer for
+  `model.arch='transformer'`."""
+  if config.model.arch == 'transformer':
+    model = byte_transformer.build(**transformer_overrides(config))
+  else:
+    model = presets.build('language_mlm', **preset_overrides(config))
+  return batch_forward(model)
+
+
+def forward_flops(config) -> Dict[str, float]:
+  """Forward FLOPs per example of both architectures at this config's sizes.
+
+  XLA's count of the jitted forward pass of one `data.seq_len`-byte example
+  (`jax.jit(...).lower(...).cost_analysis()`; nothing is compiled or run),
+  multiplies and adds counted apart as in the paper's App. D. Both models
+  are counted with 'reference' attention, the same arithmetic as the other
+  kernels ('chunked' loops, whose bodies the count would miss). The count
+  includes the element-wise work (softmax, GELU, LayerNorm): at the paper's
+  sizes it gives 121 G for the Perceiver and 131 G for the Transformer
+  (Table 1: 113 B and 130 B).
+
+  Returns:
+    {'perceiver': FLOPs, 'transformer': FLOPs}.
+  """
+  ids = jax.ShapeDtypeStruct((1, config.data.seq_len), jnp.int32)
+  batch = {'inputs': ids, 'input_mask': ids}
+  out = {}
+  for arch in ARCHS:
+    c = config.copy_and_resolve_references()
+    c.unlock()
+    c.model.arch = arch
+    c.model.attention_impl = c.model.cross_attention_impl = 'reference'
+    forward = make_forward(c)
+    params, state = jax.eval_shape(
+      functools.partial(forward.init, is_training=False),
+      jax.random.PRNGKey(0),
+      batch,
+    )
+    lowered = jax.jit(
+      functools.partial(forward.apply, is_training=False)
+    ).lower(params, state, None, batch)
+    cost = lowered.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older JAX: one dict per device
+      cost = cost[0]
+    out[arch] = float(cost['flops'])
+  return out
+
+
+def print_flops(config) -> None:
+  """Prints `forward_flops(config)` on one line."""
+  flops = forward_flops(config)
+  print(
+    f'MLM forward GFLOPs per {config.data.seq_len}-byte example: perceiver '
+    f'{flops["perceiver"] / 1e9:.3g}, transformer '
+    f'{flops["transformer"] / 1e9:.3g} (ratio '
+    f'{flops["transformer"] / flops["perceiver"]:.2f}); this run: '
+    f'{config.model.arch}.',
+    flush=True,
   )
 
 
@@ -412,11 +526,19 @@ def init_params_hook(
     passed through: the language models have none), or None.
 
   Raises:
+    ValueError: the released pickle (a Perceiver) for
+      `model.arch='transformer'`.
     (when called) as `load_params` and `merge_params`.
   """
   path = config.init_checkpoint
   if not path:
     return None
+  if config.model.arch == 'transformer' and path.endswith(('.pickle', '.pkl')):
+    raise ValueError(
+      f"init_checkpoint: with model.arch='transformer' expected a workdir, "
+      f'checkpoint directory or .npz of this engine (a .pickle is the '
+      f'released Perceiver IO), got {path!r}.'
+    )
   overrides = preset_overrides(config)
 
   def init_params(params, state):
@@ -524,6 +646,7 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   if process_index == 0:
     print(f'MLM train: {text_data.describe(train)}', flush=True)
     print(f'MLM held out: {len(held_out)} records', flush=True)
+    print_flops(config)
   unigram = text_data.unigram_log_probs(train, config.data.unigram_records)
   train_data = data_lib.train_iterator_from_config(
     train,

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 
+import haiku as hk
 import jax
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ import pytest
 from experiments import glue
 from experiments import mlm
 from experiments.data import glue as glue_data
+import perceiver as P
+from perceiver import byte_transformer
 from perceiver import checkpoints
 from perceiver import train as train_lib
 
@@ -100,7 +103,7 @@ def _config(arg, **fields):
   return c
 
 
-def _multitask(tmp_path, mode):
+def _multitask(tmp_path, mode, arch='perceiver'):
   _write_glue(tmp_path / 'glue')
   debug = glue.get_config('debug')
   return _config(
@@ -109,6 +112,8 @@ def _multitask(tmp_path, mode):
       'data.dir': str(tmp_path / 'glue'),
       'data.seq_len': 32,
       'model.mode': mode,
+      'model.arch': arch,
+      'model.transformer': debug.model.transformer,
       'num_train': 64,
       'batch_size': 8,
       'eval_batch_size': 8,
@@ -228,6 +233,70 @@ def test_init_checkpoint_pickle_loads_the_mlm_encoder(tmp_path, capsys):
     glue.build_task(config, 0, 1).init_params(fresh, {})
 
 
+@pytest.mark.parametrize('mode', ['single', 'shared_token', 'task_tokens'])
+def test_transformer_heads_read_the_cls_states(tmp_path, mode):
+  # Against a direct computation: the byte Transformer's final states
+  # (its own modules, the same parameters) at the CLS positions, through
+  # each head's Linear -> tanh -> Linear in numpy.
+  if mode == 'single':
+    _write_glue(tmp_path / 'glue')
+    config = _config(
+      'RTE',
+      **{
+        'data.dir': str(tmp_path / 'glue'),
+        'data.seq_len': 32,
+        'num_train': 8,
+        'model.arch': 'transformer',
+        'model.transformer': glue.get_config('debug').model.transformer,
+        'model.embed_init_scale': 0.02,
+      },
+    )
+  else:
+    config = _multitask(tmp_path, mode, arch='transformer')
+  tasks = glue.tasks_of(config)
+  parts = [glue.source(config, t, 'train') for t in tasks]
+  records = [s[i] for s in parts for i in (0, 1)]
+  batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
+  prefix = glue.num_prefix_tokens(config)
+  assert prefix == {'single': 1, 'shared_token': 1, 'task_tokens': 8}[mode]
+  assert np.all(batch['inputs'][:, :prefix] == glue_data.TOKENIZER.cls_token)
+  forward = glue.make_forward(config)
+  params, state = forward.init(jax.random.PRNGKey(0), batch, is_training=True)
+  assert not any(m.startswith(('basic_decoder', 'perceiver')) for m in params)
+  out, _ = forward.apply(params, state, None, batch, is_training=False)
+
+  def states(ids_BL, mask_BL):
+    embed, positions, encoder = byte_transformer.modules(
+      **mlm.transformer_overrides(config)
+    )
+    x_BLC = embed(ids_BL)
+    if mode == 'task_tokens':
+      tokens_TC = P.TrainablePositionEncoding(
+        8, x_BLC.shape[-1], name='task_tokens'
+      )(batch_size=None)
+      x_BLC = x_BLC.at[:, :8].set(tokens_TC[None])
+    x_BLC = x_BLC + positions(batch_size=ids_BL.shape[0])
+    return encoder(x_BLC, is_training=False, input_mask=mask_BL)
+
+  h_BLC = np.asarray(
+    hk.transform(states).apply(
+      params, None, batch['inputs'], batch['input_mask']
+    ),
+    np.float64,
+  )
+  for t, task in enumerate(tasks):
+    head = 'head_' + task.lower().replace('-', '')
+    w1, b1 = (params[f'{head}/linear'][k] for k in ('w', 'b'))
+    w2, b2 = (params[f'{head}/linear_1'][k] for k in ('w', 'b'))
+    cls_BC = h_BLC[:, t if mode == 'task_tokens' else 0]
+    y_BN = np.tanh(cls_BC @ w1 + b1) @ w2 + b2
+    got = np.asarray(out['score'] if task == 'STS-B' else out['logits'])[:, t]
+    got = got if task == 'STS-B' else got[:, : y_BN.shape[1]]
+    np.testing.assert_allclose(
+      got, y_BN[:, 0] if task == 'STS-B' else y_BN, rtol=1e-4, atol=1e-5
+    )
+
+
 @pytest.mark.parametrize(
   'fields, match',
   [
@@ -239,6 +308,13 @@ def test_init_checkpoint_pickle_loads_the_mlm_encoder(tmp_path, capsys):
 def test_validate_rejects_bad_fields(fields, match):
   with pytest.raises(ValueError, match=match):
     glue.validate(_config('debug', **fields))
+
+
+def test_validate_refuses_decoder_queries_for_the_transformer(tmp_path):
+  config = _multitask(tmp_path, 'task_queries', arch='transformer')
+  with pytest.raises(ValueError, match="model.mode: .*model.arch='transf"):
+    glue.validate(config)
+  glue.validate(_multitask(tmp_path, 'task_tokens', arch='transformer'))
 
 
 def test_recipe_and_num_train_check(tmp_path):

@@ -2,7 +2,8 @@
 
 Also the round trip of the MLM run's checkpoint into GLUE `:debug`
 (experiments/glue.py's init_params and evaluate hooks), which shares this
-file's MLM run.
+file's MLM run, and the same round trip for the byte Transformer
+(`model.arch='transformer'`) through `python -m experiments.main`.
 """
 
 import contextlib
@@ -21,6 +22,8 @@ from experiments import mlm
 from experiments.data import text as text_data
 from perceiver import checkpoints
 from perceiver import train as train_lib
+from perceiver.train import checkpoint as checkpoint_lib
+from tests import test_train_common as common
 
 EVAL_KEYS = {
   'eval/masked_accuracy',
@@ -326,6 +329,14 @@ def test_per_example_and_summarize_against_hand_counts():
     ('init_checkpoint', '/no/such/ckpt', 'init_checkpoint'),
     ('model.embed_init_scale', 0.0, 'model.embed_init_scale'),
     ('model.num_heads', 0, 'model.num_heads'),
+    ('model.arch', 'bert', 'model.arch'),
+    ('model.transformer.num_layers', 0, 'model.transformer.num_layers'),
+    (
+      'model.transformer.num_heads',
+      3,
+      'model.transformer.d_model=16 must be divisible by '
+      'model.transformer.num_heads=3',
+    ),
   ],
 )
 def test_validate_rejects_bad_fields(tmp_path, field, value, match):
@@ -350,3 +361,104 @@ def test_paper_config():
   assert {'worker_count', 'prefetch', 'skip_corrupt', 'dir'} <= set(c.data)
   with pytest.raises(ValueError, match='variant'):
     mlm.get_config('huge')
+
+
+# ---------------------------------------------------------------------------
+# The byte Transformer baseline (model.arch='transformer').
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def transformer_runs(tmp_path_factory):
+  """MLM `:debug` and then GLUE `:debug` warm-started from it, both with
+  the Transformer, through `python -m experiments.main`; GLUE with a zero
+  learning rate, so its final parameters are the warm start's.
+
+  Returns (MLM workdir, MLM stdout, GLUE workdir, GLUE stdout).
+  """
+  root = tmp_path_factory.mktemp('transformer')
+  mlm_dir, glue_dir = str(root / 'mlm'), str(root / 'glue')
+  proc = common.run_main(
+    '--config=experiments/mlm.py:debug',
+    f'--workdir={mlm_dir}',
+    '--config.model.arch=transformer',
+    f'--config.data.cache_dir={root / "cache"}',
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  glue_proc = common.run_main(
+    '--config=experiments/glue.py:debug',
+    f'--workdir={glue_dir}',
+    '--config.model.arch=transformer',
+    f'--config.init_checkpoint={mlm_dir}',
+    '--config.optimizer.base_lr=0.0',
+    '--config.optimizer.weight_decay=0.0',
+  )
+  assert glue_proc.returncode == 0, glue_proc.stderr[-3000:]
+  return mlm_dir, proc.stdout, glue_dir, glue_proc.stdout
+
+
+def test_transformer_debug_mlm_trains_through_main(transformer_runs):
+  mlm_dir, out, _, _ = transformer_runs
+  with open(os.path.join(mlm_dir, 'result.json')) as f:
+    result = json.load(f)
+  assert result['step'] == 3 and EVAL_KEYS <= set(result)
+  with open(os.path.join(mlm_dir, 'metrics.jsonl')) as f:
+    losses = [json.loads(x).get('loss') for x in f]
+  assert sum(np.isfinite(v) for v in losses if v is not None) == 3
+  params, _ = checkpoint_lib.load_variables(mlm_dir)
+  assert 'byte_transformer_encoder/self_attention_1/mlp/linear' in params
+  assert not any(m.startswith('perceiver_encoder') for m in params)
+  assert re.search(
+    r'MLM forward GFLOPs per 64-byte example: perceiver [\d.e-]+, '
+    r'transformer [\d.e-]+ \(ratio [\d.]+\); this run: transformer\.',
+    out,
+  ), out
+
+
+def test_glue_warm_starts_the_transformer_encoder(transformer_runs):
+  mlm_dir, _, glue_dir, out = transformer_runs
+  mlm_params, _ = checkpoint_lib.load_variables(mlm_dir)
+  params, _ = checkpoint_lib.load_variables(glue_dir)
+  encoder = [m for m in params if glue.is_encoder_module(m)]
+  # embed, positions, 2 layers x 8 modules, the final LayerNorm.
+  assert len(encoder) == 2 + 2 * 8 + 1
+  for module in encoder:
+    for name, value in params[module].items():
+      np.testing.assert_array_equal(value, mlm_params[module][name])
+  assert sorted(set(params) - set(encoder)) == [
+    'head_sst2/linear',
+    'head_sst2/linear_1',
+  ]
+  assert "kept fresh: ['head_sst2/linear/b', 'head_sst2/linear/w', " in out
+  assert "checkpoint entries not used: ['embedding_decoder/bias']" in out
+  assert re.search(r'dev accuracy: [\d.]+%', out), out
+
+
+def test_init_params_hook_refuses_the_released_pickle_for_the_transformer(
+  tmp_path,
+):
+  path = tmp_path / 'language_perceiver_io_bytes.pickle'
+  path.write_bytes(b'')
+  config = _debug_config(
+    tmp_path, **{'model.arch': 'transformer', 'init_checkpoint': str(path)}
+  )
+  with pytest.raises(ValueError, match='init_checkpoint: with model.arch='):
+    mlm.init_params_hook(config)
+
+
+def test_forward_flops_match_table_1_and_the_local_sizes_are_matched():
+  c = mlm.get_config()
+  flops = mlm.forward_flops(c)
+  # The Transformer by hand (matmuls, multiplies and adds apart): per layer
+  # the 4 C^2 projections and 8 C^2 MLP per byte and the two M x M x C
+  # attention products; then the tied logits. XLA also counts the
+  # element-wise work: a little above.
+  t = c.model.transformer
+  m, d, layers = c.data.seq_len, t.d_model, t.num_layers
+  by_hand = layers * (2 * m * 12 * d * d + 4 * m * m * d) + 2 * m * d * 262
+  assert 1.0 < flops['transformer'] / by_hand < 1.02
+  # Table 1: 130 B (Transformer) and 113 B (Perceiver IO).
+  assert flops['transformer'] == pytest.approx(130e9, rel=0.02)
+  assert flops['perceiver'] == pytest.approx(113e9, rel=0.1)
+  local = mlm.forward_flops(mlm.get_config('local'))
+  assert 1.0 < local['transformer'] / local['perceiver'] < 1.15
