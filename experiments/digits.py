@@ -261,6 +261,24 @@ def validate(config) -> None:
     )
 
 
+def compile_task(config) -> Task:
+  """The model and loss without data, for `--compile_only`: `example_batch`
+  has the training batch's keys, dtypes and per-example shapes."""
+  validate(config)
+  size = (IMAGE_SIZE, IMAGE_SIZE, 1)
+  return Task(
+    forward=make_forward(config.model),
+    per_example=functools.partial(
+      per_example, label_smoothing=config.data.label_smoothing
+    ),
+    train_data=None,
+    example_batch={
+      'image': np.zeros((2,) + size, np.float32),
+      'label': np.zeros((2,), np.int32),
+    },
+  )
+
+
 def build_task(config, process_index: int, process_count: int) -> Task:
   """Model, loss and this process's share of the MNIST digits."""
   from experiments.data import load_mnist_10k  # pylint: disable=g-import-not-at-top

@@ -77,6 +77,22 @@ _WORKDIR = flags.DEFINE_string(
   'Where the config, metrics, plots and checkpoints go '
   '(default: runs/<experiment name>).',
 )
+_COMPILE_ONLY = flags.DEFINE_bool(
+  'compile_only',
+  False,
+  'Compile the train and eval steps for --topology (a TPU slice; needs '
+  'the libtpu wheel, no TPU) and report memory, FLOPs, collectives and the '
+  'roofline step time in <workdir>/compile_report.json; trains nothing.',
+)
+_TOPOLOGY = flags.DEFINE_string(
+  'topology',
+  None,
+  "With --compile_only: the TPU slice, 'CHIP:SHAPE', e.g. v5e:4x4 or "
+  'v5p:4x4x4.',
+)
+_NUM_SLICES = flags.DEFINE_integer(
+  'num_slices', 1, 'With --compile_only: slices of --topology (Multislice).'
+)
 _COORDINATOR = flags.DEFINE_string(
   'coordinator_address', None, 'host:port of the process-0 coordinator.'
 )
@@ -205,6 +221,35 @@ def _run(argv):
     _fail(f'{e}' if isinstance(e, ValueError) else f'{type(e).__name__}: {e}')
 
 
+def _compile_only(config_path: str, workdir: str) -> None:
+  """--compile_only: the report of `perceiver.train.aot.compile_report`,
+  printed and written to <workdir>/compile_report.json."""
+  from perceiver.train import aot  # pylint: disable=g-import-not-at-top
+
+  if not (_COMPILE_ONLY.value and _TOPOLOGY.value):
+    raise ValueError(
+      'compile_only: expected --compile_only together with --topology '
+      f'(e.g. --topology=v5e:4x4), got --compile_only={_COMPILE_ONLY.value}'
+      f' and --topology={_TOPOLOGY.value!r}.'
+    )
+  experiment = load_experiment(config_path)
+  if not hasattr(experiment, 'compile_task'):
+    raise ValueError(
+      f'config: {config_path} has no compile_task(config) (the model '
+      'without data that --compile_only compiles).'
+    )
+  task = experiment.compile_task(_CONFIG.value)
+  report = aot.compile_report(
+    _CONFIG.value, task, _TOPOLOGY.value, num_slices=_NUM_SLICES.value
+  )
+  report['experiment'] = config_flags.get_config_filename(flags.FLAGS['config'])
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, aot.REPORT_FILE)
+  aot.write_report(report, path)
+  print(aot.format_report(report), flush=True)
+  print(f'Wrote {path}.', flush=True)
+
+
 def _run_checked(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -217,6 +262,12 @@ def _run_checked(argv):
   if not flags.FLAGS['verbosity'].present:
     # Orbax logs every save at INFO; keep the terminal for the progress bar.
     logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value or os.path.join(
+    'runs', os.path.splitext(os.path.basename(config_path))[0]
+  )
+  if _COMPILE_ONLY.value or _TOPOLOGY.value:
+    _compile_only(config_path, workdir)
+    return
   distributed.initialize(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=True
   )
@@ -228,9 +279,6 @@ def _run_checked(argv):
       f'config: {config_path} has no build_task(config, '
       'process_index, process_count).'
     )
-  workdir = _WORKDIR.value or os.path.join(
-    'runs', os.path.splitext(os.path.basename(config_path))[0]
-  )
   if hasattr(experiment, 'validate'):
     # The experiment's own checks first: they explain derived fields
     # (e.g. a total_steps of 0) that the engine's checks can only reject.

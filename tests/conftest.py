@@ -5,6 +5,11 @@ import os
 
 import pytest
 
+# libtpu (installed for the compile-only tests, tests/test_aot.py) takes a
+# machine-wide lock when it loads; the tests compile for TPU slices without
+# a TPU, in several processes at once (pytest-xdist, subprocesses).
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+
 # The released checkpoints' parameter trees (names, shapes, dtypes, counts),
 # shipped in the repository.
 RELEASED_CHECKPOINTS = os.path.join(

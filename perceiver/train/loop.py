@@ -36,13 +36,14 @@ any later checkpoint is written, so the last checkpoint is a good one.
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
+from perceiver.train import aot
 from perceiver.train import checkpoint as checkpoint_lib
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
@@ -304,6 +305,97 @@ def _skipped_records(data) -> float:
   return float(count)
 
 
+class Steps(NamedTuple):
+  """The jitted functions of a run and the placement of its state.
+
+  Attributes:
+    train_step: `jax.jit` of `step.make_train_step(...)`: `(TrainState,
+      batch) -> (TrainState, metrics)`, state donated, the batch split over
+      every device (`mesh.batch_sharding`), metrics replicated.
+    eval_step: `jax.jit` of `step.make_eval_step(...)`: `(params, state,
+      batch) -> {name: sum}` with the same placements.
+    init_fn: `() -> TrainState` from `config.seed` (un-jitted).
+    abstract: the `TrainState` of `jax.ShapeDtypeStruct`s, each carrying
+      its sharding.
+    shardings: the `TrainState` of `NamedSharding`s (replicated, or FSDP
+      over the mesh's 'fsdp' axis when `config.fsdp > 1`).
+    optimizer: the optax transformation of `config.optimizer`.
+  """
+
+  train_step: Callable
+  eval_step: Callable
+  init_fn: Callable[[], step_lib.TrainState]
+  abstract: step_lib.TrainState
+  shardings: step_lib.TrainState
+  optimizer: Any
+
+
+def jit_steps(config: ml_collections.ConfigDict, task: Task, mesh) -> Steps:
+  """The train and eval steps `train` runs, jitted for `mesh`; compiles
+  nothing (`aot.compile_report` lowers the same functions for a TPU slice).
+
+  Args:
+    config: an experiment config (see `config.base_config`), validated.
+    task: the experiment's task; only `forward`, `per_example` and
+      `example_batch` are used.
+    mesh: the ('data', 'fsdp') mesh (`mesh.make_mesh`).
+  """
+  schedule = optim.make_schedule(
+    config.optimizer, config.batch_size, config.total_steps
+  )
+  optimizer = optim.make_optimizer(config.optimizer, schedule)
+  init_fn = lambda: step_lib.init_train_state(
+    task.forward, optimizer, config.seed, task.example_batch
+  )
+  abstract = jax.eval_shape(init_fn)
+  shardings = mesh_lib.state_shardings(
+    mesh, abstract, shard_params=config.fsdp > 1
+  )
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    abstract,
+    shardings,
+  )
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  replicated = mesh_lib.replicated(mesh)
+  train_step = jax.jit(
+    step_lib.make_train_step(
+      task.forward,
+      task.per_example,
+      optimizer,
+      accumulation_steps=config.accumulation_steps,
+      precision=config.precision,
+      schedule=schedule,
+      batch_constraint=batch_sharding,
+    ),
+    in_shardings=(shardings, batch_sharding),
+    out_shardings=(shardings, replicated),
+    donate_argnums=(0,),
+  )
+  eval_step = jax.jit(
+    step_lib.make_eval_step(
+      task.forward, task.per_example, precision=config.precision
+    ),
+    in_shardings=(shardings.params, shardings.state, batch_sharding),
+    out_shardings=replicated,
+  )
+  return Steps(train_step, eval_step, init_fn, abstract, shardings, optimizer)
+
+
+def _compile_step(train_step, ts, batch, run_timer) -> float:
+  """Compiles the train step for (ts, batch) before its first call (which
+  then finds it in JAX's compilation cache: tracing it again is the only
+  extra cost); returns its FLOPs per step per device (`aot.compile_costs`)
+  and adds the time to 'compile'."""
+  with run_timer.timing('compile'):
+    costs = aot.compile_costs(train_step, ts, batch)
+  _say(
+    f'Compiled the train step in {costs["compile_s"]:.1f}s: '
+    f'{costs["step_flops"] / 1e9:.3f} GFLOP per step per device.'
+  )
+  return costs['step_flops']
+
+
 def train(
   config: ml_collections.ConfigDict,
   build_task: BuildTask,
@@ -329,6 +421,7 @@ def train(
     step), 'losses' ({step: loss} for the steps this call ran), 'eval' (the
     final evaluation metrics) and 'nonfinite_count'.
   """
+  run_timer = metrics_lib.RunTimer()
   devices = list(jax.devices() if devices is None else devices)
   config_lib.validate(
     config, device_count=len(devices), process_count=jax.process_count()
@@ -342,23 +435,13 @@ def train(
       "init_checkpoint: expected '' (this experiment's task does not "
       f'warm-start: no Task.init_params), got {config.init_checkpoint!r}.'
     )
-  schedule = optim.make_schedule(
-    config.optimizer, config.batch_size, config.total_steps
+  steps = jit_steps(config, task, mesh)
+  optimizer, shardings, abstract = (
+    steps.optimizer,
+    steps.shardings,
+    steps.abstract,
   )
-  optimizer = optim.make_optimizer(config.optimizer, schedule)
-
-  init_fn = lambda: step_lib.init_train_state(
-    task.forward, optimizer, config.seed, task.example_batch
-  )
-  abstract = jax.eval_shape(init_fn)
-  shardings = mesh_lib.state_shardings(
-    mesh, abstract, shard_params=config.fsdp > 1
-  )
-  abstract = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-    abstract,
-    shardings,
-  )
+  init_fn = steps.init_fn
 
   # Before anything in the workdir is written: refuse checkpoints made for
   # other shapes, and leave a finished run as it is.
@@ -403,31 +486,8 @@ def train(
     start_step, ts = restored
     _say(f'Resumed from the checkpoint at step {start_step}.')
 
-  batch_sharding = mesh_lib.batch_sharding(mesh)
-  replicated = mesh_lib.replicated(mesh)
-  train_step = jax.jit(
-    step_lib.make_train_step(
-      task.forward,
-      task.per_example,
-      optimizer,
-      accumulation_steps=config.accumulation_steps,
-      precision=config.precision,
-      schedule=schedule,
-      batch_constraint=batch_sharding,
-    ),
-    in_shardings=(shardings, batch_sharding),
-    out_shardings=(shardings, replicated),
-    donate_argnums=(0,),
-  )
-  eval_fn = None
-  if task.eval_data is not None:
-    eval_fn = jax.jit(
-      step_lib.make_eval_step(
-        task.forward, task.per_example, precision=config.precision
-      ),
-      in_shardings=(shardings.params, shardings.state, batch_sharding),
-      out_shardings=replicated,
-    )
+  train_step = steps.train_step
+  eval_fn = steps.eval_step if task.eval_data is not None else None
 
   has_eval = eval_fn is not None or task.evaluate is not None
 
@@ -457,6 +517,9 @@ def train(
 
   timer = metrics_lib.InputTimer(config.batch_size, start_step)
   count_skips = bool(config.get('data', {}).get('skip_corrupt', False))
+  chip = aot.chip_of_device_kind(devices[0].device_kind)
+  peak_flops = aot.per_device(aot.CHIPS[chip])['peak_flops'] if chip else None
+  step_flops: Optional[float] = None  # per device, from the compiled step
 
   def consume(step_done: int, metrics) -> None:
     """Host-side handling of the metrics of the update that made step_done."""
@@ -477,14 +540,23 @@ def train(
     last = step_done == config.total_steps
     if step_done % config.log_every == 0 or last:
       values.update(timer.read(step_done))
+      if step_flops is not None:
+        rate = step_flops * values['examples_per_s'] / config.batch_size
+        values['perf/step_flops'] = step_flops
+        values['perf/tflops_per_device'] = rate / 1e12
+        if peak_flops:
+          values['perf/mfu'] = rate / peak_flops
+      values.update(run_timer.read())
       if count_skips:
         values['skipped_records'] = _skipped_records(task.train_data)
       writer.write(step_done, values)
+      bar.perf(values.get('perf/tflops_per_device'), values.get('perf/mfu'))
     bar.update(step_done, values['loss'], force=last, data_wait=timer.fraction)
 
   pending: Optional[tuple] = None
   preempted_at = None
   t0 = time.time()
+  run_timer.start_steps()
   try:
     with preemption.Watcher() as watcher:
       last_step = start_step if config.eval_only else config.total_steps
@@ -495,6 +567,10 @@ def train(
           data_lib.check_batch_keys(local, 'task.train_data')
         batch = mesh_lib.global_batch(local, mesh)
         timer.waited(time.perf_counter() - asked)
+        run_timer.add('data_wait', time.perf_counter() - asked)
+        if step == start_step:
+          step_flops = _compile_step(train_step, ts, batch, run_timer)
+          timer.restart(step)  # The rates leave the compilation out.
         ts, metrics = train_step(ts, batch)
         if pending is not None:
           consume(*pending)
@@ -505,7 +581,8 @@ def train(
         if step_done % config.checkpoint_every == 0 or last or preempted:
           consume(*pending)
           pending = None
-          checkpointer.save(step_done, ts, task.train_data, force=True)
+          with run_timer.timing('checkpoint'):
+            checkpointer.save(step_done, ts, task.train_data, force=True)
           last_saved = step_done
         if preempted:
           preempted_at = step_done
@@ -519,14 +596,17 @@ def train(
           if pending is not None:
             consume(*pending)
             pending = None
-          results = evaluate(eval_fn, ts, task, mesh, workdir)
+          with run_timer.timing('eval'):
+            results = evaluate(eval_fn, ts, task, mesh, workdir)
           writer.write(step_done, results)
           timer.restart(step_done)  # The evaluation is not input time.
     if pending is not None:
       consume(*pending)
       pending = None
-    checkpointer.wait()
+    with run_timer.timing('checkpoint'):
+      checkpointer.wait()
   finally:
+    run_timer.end_steps()
     bar.close()
   train_time = time.time() - t0
   close_data = getattr(task.train_data, 'close', None)
@@ -540,8 +620,12 @@ def train(
     raise error
 
   if has_eval:
-    eval_metrics = evaluate(eval_fn, ts, task, mesh, workdir)
-    writer.write(int(jax.device_get(ts.step)), eval_metrics)
+    with run_timer.timing('eval'):
+      eval_metrics = evaluate(eval_fn, ts, task, mesh, workdir)
+    # The final timings go with the final evaluation.
+    writer.write(
+      int(jax.device_get(ts.step)), {**eval_metrics, **run_timer.read()}
+    )
     if eval_metrics:
       _say(
         'Held-out: '
@@ -568,6 +652,7 @@ def train(
     summary = {
       'step': int(jax.device_get(ts.step)),
       'train_time_s': train_time,
+      **run_timer.read(),
       **eval_metrics,
     }
     with open(os.path.join(workdir, 'result.json'), 'w') as f:

@@ -3,7 +3,11 @@
 `metrics.jsonl` holds one JSON object per logged step, with at least 'step'
 and 'loss' for training records and 'eval/...' entries for evaluations.
 Training records also have the input timings of `InputTimer` ('data_wait_s',
-'data_wait_fraction', 'examples_per_s') and, with `data.skip_corrupt`,
+'data_wait_fraction', 'examples_per_s'), the utilisation ('perf/step_flops'
+per device, 'perf/tflops_per_device' and, on a chip of known peak,
+'perf/mfu'; see `loop.train`), the totals of `RunTimer` ('time/compile_s',
+'time/checkpoint_s', 'time/eval_s', 'time/data_wait_s', 'time/steps_s',
+'time/wall_s', 'perf/goodput') and, with `data.skip_corrupt`,
 'skipped_records'.
 Only process 0 writes; on the other processes the writer does nothing.
 Records are appended, so a resumed run continues the same file (records at
@@ -11,6 +15,7 @@ steps past the restored checkpoint, left by the crashed run, are dropped on
 open so every step appears once).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -146,6 +151,78 @@ class InputTimer:
     }
     self._since = (step, now)
     self._wait = 0.0
+    return out
+
+
+class RunTimer:
+  """Where a run's wall time went, for its goodput.
+
+  The loop adds the seconds it spends compiling, checkpointing, evaluating
+  and waiting for batches (`add`), and marks when its steps begin and end
+  (`start_steps`, `end_steps`). `read()` gives the totals so far as 'time/<name>_s',
+  'time/wall_s' (since construction: set-up, restore and initialisation
+  included), 'time/steps_s' (the time since `start_steps` less the other
+  activities: running training steps) and 'perf/goodput' (steps over
+  wall, in [0, 1]).
+  """
+
+  ACTIVITIES = ('compile', 'checkpoint', 'eval', 'data_wait')
+
+  def __init__(self, clock: Callable[[], float] = time.perf_counter):
+    self._clock = clock
+    self._start = clock()
+    self._steps_start: Optional[float] = None
+    self._steps_end: Optional[float] = None
+    self._before_steps = 0.0  # activity time before start_steps
+    self._steps_inside = 0.0  # activity time from start to end_steps
+    self.totals = {name: 0.0 for name in self.ACTIVITIES}
+
+  def start_steps(self) -> None:
+    self._steps_start = self._clock()
+    self._before_steps = sum(self.totals.values())
+
+  def end_steps(self) -> None:
+    """Freezes the step time: what follows (final evaluation, plots) is
+    not training. The activities inside [start, end] are subtracted."""
+    if self._steps_start is None:
+      raise ValueError('end_steps: expected a start_steps() first.')
+    self._steps_end = self._clock()
+    self._steps_inside = sum(self.totals.values()) - self._before_steps
+
+  def add(self, name: str, seconds: float) -> None:
+    if name not in self.totals:
+      raise ValueError(
+        f'name: expected one of {self.ACTIVITIES}, got {name!r}.'
+      )
+    self.totals[name] += seconds
+
+  @contextlib.contextmanager
+  def timing(self, name: str):
+    """Adds the time spent in the `with` block to `name`."""
+    start = self._clock()
+    try:
+      yield
+    finally:
+      self.add(name, self._clock() - start)
+
+  def read(self) -> Dict[str, float]:
+    now = self._clock()
+    wall = max(now - self._start, 1e-9)
+    steps = 0.0
+    if self._steps_end is not None:
+      steps = self._steps_end - self._steps_start - self._steps_inside
+    elif self._steps_start is not None:
+      inside = sum(self.totals.values()) - self._before_steps
+      steps = now - self._steps_start - inside
+    steps = max(steps, 0.0)
+    out = {f'time/{k}_s': v for k, v in self.totals.items()}
+    out.update(
+      {
+        'time/wall_s': wall,
+        'time/steps_s': steps,
+        'perf/goodput': min(steps / wall, 1.0),
+      }
+    )
     return out
 
 

@@ -1,4 +1,5 @@
-"""A one-line terminal progress bar: step, loss, steps/s, ETA, data wait."""
+"""A one-line terminal progress bar: step, loss, steps/s, ETA, utilisation,
+data wait."""
 
 import sys
 import time
@@ -17,6 +18,10 @@ INPUT_BOUND = 0.5  # fraction of the wall time spent waiting for batches
 
 class ProgressBar:
   """Redraws `[####....] step 120/1000 loss 0.4321 12.3 steps/s ETA 01:11`.
+
+  After `perf(tflops, mfu)` the line also shows the achieved TFLOP/s per
+  device and, where the chip's peak is known, the MFU (e.g. `41.2 TFLOP/s
+  MFU 21%`).
 
   When the loop spends at least `INPUT_BOUND` of its time waiting for
   batches, the line ends with e.g. `data wait 63% (input-bound)`: the input
@@ -45,6 +50,13 @@ class ProgressBar:
     self._min_interval = min_interval_s if self._tty else 10.0
     self._ref: Optional[tuple] = None  # (step, time) of the first update
     self._last_draw = 0.0
+    self._perf = ''
+
+  def perf(self, tflops: Optional[float], mfu: Optional[float]) -> None:
+    """Sets the utilisation shown from now on (None: not shown)."""
+    self._perf = '' if tflops is None else f' {tflops:.3g} TFLOP/s'
+    if tflops is not None and mfu is not None:
+      self._perf += f' MFU {mfu:.0%}'
 
   def line(
     self,
@@ -68,7 +80,7 @@ class ProgressBar:
       wait_str = f' data wait {data_wait:.0%} (input-bound)'
     return (
       f'[{bar}] step {step}/{self.total} {loss_str} '
-      f'{rate_str} steps/s ETA {eta_str}{wait_str}'
+      f'{rate_str} steps/s ETA {eta_str}{self._perf}{wait_str}'
     )
 
   def update(
