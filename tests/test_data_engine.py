@@ -2,7 +2,8 @@
 
 References: the global stream written out by hand from grain's sampler
 (position s of the stream is record `IndexSampler[s].record_key`, its
-generator `Philox(seed + s)`), a plain Python loop over the records for the
+generator `Philox(seed + s)`, its training progress step s // B and fraction
+min(step / total_steps, 1)), a plain Python loop over the records for the
 evaluation pass, and sources written to fail at known indices.
 """
 
@@ -13,6 +14,7 @@ import grain
 from perceiver.train import data as data_lib
 
 N = 22
+TOTAL_STEPS = 5  # fewer than some tests read: the fraction stops at 1.
 
 
 def _source(n=N):
@@ -21,17 +23,24 @@ def _source(n=N):
   )
 
 
-def draw(record, rng, *, high):
-  """A random op: remembers one integer drawn from its generator."""
-  return dict(record, draw=rng.integers(high))
+def draw(record, rng, *, high, progress):
+  """A random op: remembers one integer drawn from its generator and the
+  step of the progress it was given."""
+  return dict(record, draw=rng.integers(high), step=np.int64(progress.step))
+
+
+def note_fraction(record, *, progress):
+  """A deterministic op: remembers the fraction of the progress."""
+  return dict(record, fraction=np.float64(progress.fraction))
 
 
 def double(record):
   return dict(record, y=record['y'] * 2)
 
 
-def _global_batches(steps, *, batch, seed, procs, workers, ops, n=N):
-  its = [
+def _iterators(*, batch, seed, procs, workers, ops, n=N):
+  """The training iterators of every process of a topology."""
+  return [
     data_lib.train_iterator(
       _source(n),
       global_batch=batch,
@@ -39,23 +48,32 @@ def _global_batches(steps, *, batch, seed, procs, workers, ops, n=N):
       process_index=p,
       process_count=procs,
       ops=ops,
+      total_steps=TOTAL_STEPS,
       worker_count=workers,
     )
     for p in range(procs)
   ]
+
+
+def _read(its, steps):
+  """`steps` global batches, the rows of every process's iterator joined."""
   out = []
   for _ in range(steps):
     parts = [next(it) for it in its]
-    assert all(len(part['x']) == batch // procs for part in parts)
+    assert all(len(part['x']) == len(parts[0]['x']) for part in parts)
     out.append({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
   return out
 
 
-def _reference(steps, *, batch, seed, n=N, high=1000):
-  """Global batch t = stream positions [tB, (t+1)B), by hand."""
+def _global_batches(steps, **kwargs):
+  return _read(_iterators(**kwargs), steps)
+
+
+def _reference(steps, *, batch, seed, n=N, high=1000, start=0):
+  """Global batch t = stream positions [tB, (t+1)B), by hand, from t=start."""
   sampler = grain.samplers.IndexSampler(n, shuffle=True, seed=seed)
   out = []
-  for t in range(steps):
+  for t in range(start, start + steps):
     pos = range(t * batch, (t + 1) * batch)
     x = np.array([sampler[s].record_key for s in pos])
     draws = np.array(
@@ -64,11 +82,31 @@ def _reference(steps, *, batch, seed, n=N, high=1000):
         for s in pos
       ]
     )
-    out.append({'x': x, 'y': 2 * x.astype(np.float32), 'draw': draws})
+    out.append(
+      {
+        'x': x,
+        'y': 2 * x.astype(np.float32),
+        'draw': draws,
+        'step': np.full(batch, t),  # consumed by step t
+        'fraction': np.full(batch, min(t / TOTAL_STEPS, 1.0)),
+      }
+    )
   return out
 
 
-OPS = (data_lib.RandomMap(draw, high=1000), data_lib.Map(double))
+def assert_batches_equal(got, want):
+  assert len(got) == len(want)
+  for t, (g, w) in enumerate(zip(got, want)):
+    assert sorted(g) == sorted(w), t
+    for k in w:
+      np.testing.assert_array_equal(g[k], w[k], err_msg=(t, k))
+
+
+OPS = (
+  data_lib.RandomMap(draw, high=1000),
+  data_lib.Map(double),
+  data_lib.Map(note_fraction),
+)
 
 
 @pytest.mark.parametrize(
@@ -79,10 +117,7 @@ def test_global_batches_do_not_depend_on_processes_or_workers(procs, workers):
   got = _global_batches(
     steps, batch=batch, seed=seed, procs=procs, workers=workers, ops=OPS
   )
-  want = _reference(steps, batch=batch, seed=seed)
-  for t in range(steps):
-    for k in want[t]:
-      np.testing.assert_array_equal(got[t][k], want[t][k], err_msg=(t, k))
+  assert_batches_equal(got, _reference(steps, batch=batch, seed=seed))
 
 
 def test_epochs_are_fresh_permutations():
@@ -102,6 +137,7 @@ def test_state_resumes_the_same_batches(workers):
     process_index=1,
     process_count=2,
     ops=OPS,
+    total_steps=TOTAL_STEPS,
     worker_count=workers,
   )
   first = data_lib.train_iterator(_source(), **kwargs)
@@ -109,6 +145,7 @@ def test_state_resumes_the_same_batches(workers):
     next(first)
   state = first.get_state()
   want = [next(first) for _ in range(5)]
+  np.testing.assert_array_equal(want[0]['step'], [7, 7])  # batch 7 next
   second = data_lib.train_iterator(_source(), **kwargs)
   second.set_state(state)
   for w in want:
@@ -140,6 +177,42 @@ def test_eval_batches_cover_every_record_once(procs, workers):
   assert sorted(seen) == list(range(n))
   block = batch * max(workers, 1)  # whole blocks of W batches
   assert padding == -(-n // block) * block - n
+
+
+def test_eval_ops_see_the_end_of_training():
+  (batch,) = data_lib.eval_batches(
+    _source(8),
+    global_batch=8,
+    process_index=0,
+    process_count=1,
+    ops=(data_lib.RandomMap(draw, high=9), data_lib.Map(note_fraction)),
+    total_steps=TOTAL_STEPS,
+  )
+  np.testing.assert_array_equal(batch['step'], np.full(8, TOTAL_STEPS))
+  np.testing.assert_array_equal(batch['fraction'], np.ones(8))
+  # The engine's own entries are not in the batch.
+  assert sorted(batch) == [
+    data_lib.EVAL_MASK,
+    *('draw', 'fraction', 'step', 'x', 'y'),
+  ]
+
+
+def test_progress_needs_total_steps_and_is_the_engines_keyword():
+  args = dict(global_batch=4, seed=0, process_index=0, process_count=1)
+  with pytest.raises(
+    ValueError,
+    match=r'total_steps: .*note_fraction.* takes progress\), got None',
+  ):
+    data_lib.train_iterator(
+      _source(), ops=(data_lib.Map(note_fraction),), **args
+    )
+  with pytest.raises(ValueError, match='total_steps: expected a positive'):
+    data_lib.train_iterator(_source(), total_steps=0, **args)
+  with pytest.raises(ValueError, match='progress: a keyword the engine sets'):
+    data_lib.Map(note_fraction, progress=0.5)
+  # An op without a `progress` parameter is not given one.
+  assert not data_lib.Map(double).takes_progress
+  assert data_lib.RandomMap(draw, high=2).takes_progress
 
 
 class _Flaky:

@@ -2,27 +2,128 @@
 
 A checkpoint is a directory `<workdir>/checkpoints/<step>/` with two items:
 'state' (the `TrainState` pytree, every array with its sharding) and 'data'
-(the training data iterator's state, written by grain's orbax handler as one
-JSON file per process, `process_<i>-of-<P>.json`: each process reads its own
-rows, so a checkpoint resumes with the same process count). Orbax writes each one into
-a temporary directory and renames it only once complete, so a process killed
-in the middle of a save leaves no half-written checkpoint where a restore
-looks; the temporary leftovers are removed on the next start.
+(the training data iterator's state, one JSON file per process,
+`process_<i>-of-<P>.json` as grain's handler named them, and
+`topology.json`, the processes and devices that wrote it). Orbax writes each
+one into a temporary directory and renames it only once complete, so a
+process killed in the middle of a save leaves no half-written checkpoint
+where a restore looks; the temporary leftovers are removed on the next
+start.
+
+Elastic resume. A run continues on another topology: the train state is
+restored into the new shardings, and the data position is the step (see
+`data.py`): each process of the same count gets its own file (any loader
+worker count), and with another process count every process is given all
+of the files (`set_states` of the iterator). `check_topology` refuses, in
+one line naming both topologies, devices that cannot split the global
+batches.
 
 `restore_latest` tries the newest checkpoint first; if it cannot be read
 (damaged files), it says so on the log and falls back to the previous one.
+A data position of other data (`data.ResumeError`) is not damage: it is
+raised at once.
 """
 
+import dataclasses
+import json
 import os
+import re
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 from etils import epath
 import jax
-import grain
 import numpy as np
 import orbax.checkpoint as ocp
+
+from perceiver.train import data as data_lib
+
+TOPOLOGY_JSON = 'topology.json'
+_STATE_FILE = re.compile(r'process_(\d+)-of-(\d+)\.json')
+
+
+def _state_file(index: int, count: int) -> str:
+  return f'process_{index}-of-{count}.json'
+
+
+def _topology(topology: Dict[str, Any]) -> str:
+  devices = topology.get('device_count')
+  return f'{topology["process_count"]} process(es) x ' + (
+    f'{devices} device(s)' if devices else 'unrecorded devices'
+  )
+
+
+def _saved_states(directory: epath.Path) -> List[epath.Path]:
+  """The state files of every process of a data item, in process order.
+
+  Raises:
+    ValueError: the files are not those of one run (0..P-1 of P).
+  """
+  found = {}
+  for path in directory.iterdir():
+    match = _STATE_FILE.fullmatch(path.name)
+    if match:
+      found[int(match[1]), int(match[2])] = path
+  counts = {count for _, count in found}
+  if len(counts) != 1 or sorted(found) != [
+    (i, max(counts)) for i in range(max(counts))
+  ]:
+    raise ValueError(
+      f'{directory}: expected the data states of every process of one run, '
+      f'got {sorted(p.name for p in found.values())}.'
+    )
+  return [found[key] for key in sorted(found)]
+
+
+class _DataHandler(ocp.CheckpointHandler):
+  """The 'data' item: the iterator state of every process (see above)."""
+
+  def save(self, directory: epath.Path, args: 'DataSave') -> None:
+    index, count = jax.process_index(), jax.process_count()
+    state = args.item.get_state().decode()
+    (directory / _state_file(index, count)).write_text(state)
+    if index == 0:
+      (directory / TOPOLOGY_JSON).write_text(json.dumps(args.topology))
+
+  def restore(self, directory: epath.Path, args: 'DataRestore') -> Any:
+    item = args.item
+    index, count = jax.process_index(), jax.process_count()
+    own = directory / _state_file(index, count)
+    if own.exists():
+      item.set_state(own.read_text().encode())
+    else:
+      paths = _saved_states(directory)
+      if not hasattr(item, 'set_states'):
+        raise data_lib.ResumeError(
+          f'data: the checkpoint was written by {len(paths)} process(es), '
+          f'this run has {count}; the training data '
+          f'({type(item).__name__}) continues only on as many processes '
+          '(it has no set_states).'
+        )
+      item.set_states([path.read_text().encode() for path in paths])
+    item.start_prefetch()
+    return item
+
+  def metadata(self, directory: epath.Path) -> None:
+    del directory
+
+
+@ocp.args.register_with_handler(_DataHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  """Saves the iterator `item`'s state; `topology` is what wrote it."""
+
+  item: Any
+  topology: Dict[str, int]
+
+
+@ocp.args.register_with_handler(_DataHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  """Sets the iterator `item`'s state from the checkpoint, in place."""
+
+  item: Any
 
 
 class Checkpointer:
@@ -60,11 +161,18 @@ class Checkpointer:
     Returns:
       Whether a checkpoint was started.
     """
+    devices = set()
+    for leaf in jax.tree.leaves(train_state):
+      devices |= leaf.sharding.device_set
+    topology = {
+      'process_count': jax.process_count(),
+      'device_count': len(devices),
+    }
     return self._manager.save(
       step,
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(_as_tree(train_state)),
-        data=grain.checkpoint.CheckpointSave(data),
+        data=DataSave(data, topology),
       ),
       force=force,
     )
@@ -84,7 +192,7 @@ class Checkpointer:
     """
     args = {'state': ocp.args.StandardRestore(_as_tree(abstract_state))}
     if data is not None:
-      args['data'] = grain.checkpoint.CheckpointRestore(data)
+      args['data'] = DataRestore(data)
     restored = self._manager.restore(step, args=ocp.args.Composite(**args))
     return type(abstract_state)(**restored['state'])
 
@@ -95,7 +203,8 @@ class Checkpointer:
 
     Returns None when there is no checkpoint at all. A checkpoint that
     fails to load is reported and the previous one is tried; if none loads,
-    raises `RuntimeError` rather than silently starting from scratch.
+    raises `RuntimeError` rather than silently starting from scratch. A
+    `data.ResumeError` (a data position of other data) is raised at once.
     """
     steps = self.all_steps()
     if not steps:
@@ -104,6 +213,8 @@ class Checkpointer:
     for step in reversed(steps):
       try:
         state = self.restore(step, abstract_state, data)
+      except data_lib.ResumeError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         message = (
           f'Checkpoint at step {step} in {self.directory} could not be '
@@ -195,6 +306,71 @@ def stored_shapes(directory: str) -> Optional[Tuple[int, dict]]:
       handler.close()
     return step, shapes
   return None
+
+
+def stored_topology(directory: str) -> Optional[Tuple[int, Dict[str, Any]]]:
+  """The topology that wrote the newest checkpoint in `directory`.
+
+  Returns:
+    (step, {'process_count': P, 'device_count': D}); D is None for a
+    checkpoint written before it was recorded (P is then the number of its
+    data state files). None if there is no checkpoint with a data item.
+  """
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    return None
+  for step in sorted(ocp.utils.checkpoint_steps(directory), reverse=True):
+    data_dir = epath.Path(directory) / str(step) / 'data'
+    try:
+      return step, json.loads((data_dir / TOPOLOGY_JSON).read_text())
+    except (OSError, ValueError):
+      pass
+    try:
+      paths = _saved_states(data_dir)
+    except (OSError, ValueError):
+      continue  # Damaged: restore_latest reports it and falls back.
+    return step, {'process_count': len(paths), 'device_count': None}
+  return None
+
+
+def check_topology(
+  directory: str, config: Any, *, device_count: int, process_count: int
+) -> None:
+  """Refuses a resume on a topology that cannot split the global batches.
+
+  A run continues on any processes and devices (see the module docstring)
+  whose counts divide its global batches: `config.batch_size` (by the
+  process count), `config.batch_size / config.accumulation_steps` and
+  `config.eval_batch_size` (by the device count). Fields that are not
+  positive integers are left to `config.validate`.
+
+  Raises:
+    ValueError: the newest checkpoint in `directory` was written by another
+      topology and this one does not divide the batches; one line naming
+      both topologies.
+  """
+  stored = stored_topology(directory)
+  sizes = (config.batch_size, config.accumulation_steps, config.eval_batch_size)
+  if stored is None or not all(
+    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes
+  ):
+    return
+  step, old = stored
+  new = {'process_count': process_count, 'device_count': device_count}
+  batch, micro_steps, eval_batch = sizes
+  if old == new or (
+    batch % process_count == 0
+    and (batch // micro_steps) % device_count == 0
+    and eval_batch % device_count == 0
+  ):
+    return
+  raise ValueError(
+    f'workdir: the checkpoint at step {step} in {directory} was written by '
+    f'{_topology(old)}; this run has {_topology(new)}, which does not '
+    f'divide its global batches (batch_size {batch} / accumulation_steps '
+    f'{micro_steps} per update, eval_batch_size {eval_batch}); resume on a '
+    'topology that divides them.'
+  )
 
 
 def load_variables(path: str, *, arg_name: str = 'path') -> Tuple[Any, Any]:

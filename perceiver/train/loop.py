@@ -423,6 +423,14 @@ def train(
   """
   run_timer = metrics_lib.RunTimer()
   devices = list(jax.devices() if devices is None else devices)
+  # Before validate: a resume on a topology that cannot continue the run
+  # is named as such (elastic resume, see checkpoint.py).
+  checkpoint_lib.check_topology(
+    os.path.join(workdir, 'checkpoints'),
+    config,
+    device_count=len(devices),
+    process_count=jax.process_count(),
+  )
   config_lib.validate(
     config, device_count=len(devices), process_count=jax.process_count()
   )

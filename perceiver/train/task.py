@@ -18,9 +18,11 @@ import jax
 class DataIterator(Protocol):
   """Process-local training batches with a saveable position.
 
-  `data.train_iterator` returns one; the checkpoint stores `get_state()`
-  with grain's orbax handler, which calls `set_state` and then
-  `start_prefetch` on restore.
+  `data.train_iterator` returns one; every checkpoint stores `get_state()`
+  of each process (see `checkpoint.py`), and a restore calls `set_state`
+  with this process's state and then `start_prefetch`. On another process
+  count it calls `set_states(states of every old process)` instead, which
+  an iterator may lack (such a run resumes only on as many processes).
   """
 
   def __next__(self) -> Dict[str, Any]: ...
