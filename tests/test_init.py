@@ -26,69 +26,19 @@ import pytest
 
 from perceiver import encoder as encoder_lib
 from perceiver import presets
+from tests.test_presets import SMALL
 
 # Std of a standard normal truncated to [-2, 2].
 TRUNCATED_STD = 0.8796256610342398
 
-# Reduced sizes, wide enough (>= 64 channels) that each weight matrix holds
-# thousands of draws; three distinct self-attention layers per block.
+# The presets' reduced sizes (tests/test_presets.py), widened to 64 channels so
+# that each weight matrix holds thousands of draws, with three distinct
+# self-attention layers per block.
 SIZES = {
-  'imagenet_fourier': dict(
-    image_size=16,
-    num_classes=10,
-    z_index_dim=8,
-    num_z_channels=64,
-    num_blocks=2,
-    num_self_attends_per_block=3,
-    num_bands=4,
-  ),
-  'imagenet_conv': dict(
-    image_size=16,
-    num_classes=10,
-    z_index_dim=8,
-    num_z_channels=64,
-    num_blocks=2,
-    num_self_attends_per_block=3,
-    num_bands=4,
-  ),
-  'imagenet_learned': dict(
-    image_size=16,
-    num_classes=10,
-    z_index_dim=8,
-    num_z_channels=64,
-    num_blocks=2,
-    num_self_attends_per_block=3,
-  ),
-  'language_mlm': dict(
-    max_seq_len=32,
-    d_model=64,
-    z_index_dim=8,
-    num_z_channels=64,
-    num_self_attends_per_block=3,
-    num_heads=4,
-    qk_channels=64,
-  ),
-  'optical_flow': dict(
-    image_size=(8, 12),
-    z_index_dim=8,
-    num_z_channels=64,
-    num_self_attends_per_block=3,
-    num_self_attend_heads=4,
-    num_bands=4,
-  ),
-  'video_autoencoding': dict(
-    num_frames=2,
-    image_size=16,
-    audio_samples=64,
-    num_classes=5,
-    z_index_dim=8,
-    num_z_channels=64,
-    num_self_attends_per_block=3,
-    num_self_attend_heads=4,
-    image_bands=4,
-    audio_bands=4,
-  ),
+  name: {**small, 'num_z_channels': 64, 'num_self_attends_per_block': 3}
+  for name, small in SMALL.items()
 }
+SIZES['language_mlm'].update(d_model=64, qk_channels=64)
 
 LAYER_PATHS = {
   'unrolled': dict(scan_layers=False, scan_blocks=False),
