@@ -14,10 +14,30 @@ stretching, crop to 368 x 496, colour jitter, erasing, flips). Where the
 paper is silent (warm-up, weight decay, clipping, the end of the cosine, the
 final phase's length) the choice is commented in `get_config`.
 
-Departures from the paper, both forced by the engine's data contract:
-- AutoFlow's augmentation curriculum is NOT implemented: the augmentation
-  ops get only (record, rng), never the step or epoch, so every pair is
-  augmented at one fixed strength (AutoFlow's default ranges) all run long.
+Curriculum (`data.curriculum`, on in `get_config()`, `:local` and `:debug`).
+AutoFlow trains with "AutoFlow's default curriculum that increases
+augmentation severity over time" and then a final phase without
+augmentation; neither its generator nor that schedule is published, so the
+schedule here is OURS (`experiments/data/autoflow.Curriculum`): named stages,
+each reached at a fraction of training (`data.curriculum.reach`), the
+generator's ranges and the augmentation severity linear in the fraction
+between them (the ops see the engine's `data.Progress`):
+  `translation` (reached at 0): the background alone, one global
+      translation per pair (no rotation, scaling, shear, occlusion), sharp
+      textures (zoom 0.75-1.25), augmentation severity 0;
+  `layers`: up to 2 polygons moving by translations only over a moving
+      background (occlusions), textures zoom 0.75-1.75, severity 0.5;
+  `full` (the last stage): the AutoFlow-style layered scene of the
+      `data.*` generator ranges (rotation, scaling, shear, up to
+      `data.max_layers` polygons), AutoFlow's default augmentation ranges
+      (severity 1).
+The severity multiplies the colour jitter, erasing and scaling/stretching
+ranges and probabilities (flips are not scaled). With `data.source` a
+dataset (AutoFlow's release, FlyingChairs) only the severity follows the
+curriculum. `data.curriculum.enabled=False` gives the fixed `data.*` scene
+and full-strength augmentation all run long.
+
+Departure from the paper, forced by the engine's data contract:
 - The paper's last phase (augmentation off, every pair fed forward and
   reversed) is a separate run, `:final`, started from the main run's
   parameters: `--config.init_checkpoint=<.npz of perceiver.checkpoints.save
@@ -25,18 +45,26 @@ Departures from the paper, both forced by the engine's data contract:
 
 Evaluation (`Task.evaluate`, every `eval_every` steps and at the end) is
 tiled (overlapping tiles of the model's size, min overlap 20, pyramid
-weights; `perceiver.tasks.optical_flow`) at any image size: held-out
-procedural pairs, the real Middlebury motorcycle pair
-(`experiments/data/SOURCE.md`), MPI-Sintel clean/final (`data.sintel_dir`)
-and KITTI 2015 (`data.kitti_dir`). Process 0 prints one line per set,
+weights; `perceiver.tasks.optical_flow`) at any image size: `data.num_eval`
+held-out procedural pairs per curriculum stage (`synthetic_<stage>`, at that
+stage's scene; one `synthetic` set with the curriculum off), the real
+Middlebury motorcycle pair (`experiments/data/SOURCE.md`), MPI-Sintel
+clean/final (`data.sintel_dir`) and KITTI 2015 (`data.kitti_dir`). Process 0
+prints one line per set, with baselines computed in the same evaluation:
+zero flow, the per-pair mean flow (an oracle: the true flow's mean over the
+pair's valid pixels, everywhere) and, on the procedural sets, classical
+block matching (`block_match`: 7 x 7 windows, exhaustive integer search
+over +-`data.block_match_radius` px),
 
-  synthetic (16 pairs) EPE: N.NN (zero flow: N.NN), Fl-all: P.P%
-  motorcycle (1 pairs) EPE: N.NN (zero flow: N.NN), Fl-all: P.P%
+  synthetic_full (128 pairs) EPE: N.NN (zero flow: N.NN, mean flow: N.NN,
+    block matching: N.NN), Fl-all: P.P%
+  motorcycle (1 pairs) EPE: N.NN (zero flow: N.NN, mean flow: N.NN), ...
 
 writes colour-wheel PNGs of the first `data.num_pngs` pairs of each set to
 the workdir (`flow_<set>_<i>_{pred,gt}.png`, overwritten by each
 evaluation) and the values land in metrics.jsonl and result.json as
-`eval/<set>/{epe,zero_flow_epe,fl_all}`. With `eval_every`, bound each
+`eval/<set>/{epe,zero_flow_epe,mean_flow_epe,fl_all}` (and
+`block_matching_epe` on the procedural sets). With `eval_every`, bound each
 evaluation's cost with `data.num_eval` and `data.max_eval_pairs`. The
 paper reports EPE 1.81 (Sintel clean), 2.42 (final), 4.98 (KITTI).
 Score a checkpoint (ours or the released one) without training:
@@ -45,7 +73,10 @@ Score a checkpoint (ours or the released one) without training:
 Variants:
   `:local`  procedural AutoFlow-style pairs textured with real photographs
             (`experiments/data/autoflow.py`) at 48 x 64 and a small model,
-            for a CPU run of at most 30 minutes (the result is in docs/results/flow.md).
+            for a CPU run of at most 30 minutes (the result is in
+            docs/results/flow.md); the same curriculum at CPU scale
+            (motions of +-3 px in `translation`, +-6 px after), 128
+            held-out pairs per stage.
   `:debug`  a tiny model and a few steps (seconds; tests).
   `:final`  the paper's augmentation-off, reversed-pairs phase.
 """
@@ -61,6 +92,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from scipy import ndimage
 
 from experiments.data import autoflow
 from experiments.data import flow as flow_data
@@ -84,8 +116,21 @@ FL_ABS_PX, FL_REL = 3.0, 0.05
 _EPS = 1e-12  # under the EPE's square root: a finite gradient at zero error
 
 
+def _scene(**ranges) -> Dict[str, Any]:
+  """Every `autoflow.Scene` field, the defaults updated by `ranges`."""
+  return {**autoflow.Scene()._asdict(), **ranges}
+
+
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """The paper's recipe; `arg` picks a variant ('final', 'local', 'debug')."""
+  """The paper's recipe; `arg` picks a variant ('final', 'local', 'debug').
+
+  The curriculum (`data.curriculum`, see the module docstring) is ours:
+  AutoFlow's schedule is not published. In `get_config()` its endpoint is
+  the paper's: AutoFlow's default augmentation ranges (and, for procedural
+  pairs, the layered scene at 368 x 496); `:final` turns it off (the
+  paper's augmentation-off phase); `:local` runs the same stages at CPU
+  scale.
+  """
   if arg not in VARIANTS:
     raise ValueError(
       f'config: expected a variant among {VARIANTS}, got {arg!r}.'
@@ -134,7 +179,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     dict(
       source='autoflow',  # or 'procedural' / 'chairs'
       dir='',  # the unpacked AutoFlow release / FlyingChairs root
-      num_eval=16,  # held-out procedural pairs scored by each evaluation
+      num_eval=128,  # held-out procedural pairs per curriculum stage
       sintel_dir='',  # MPI-Sintel root ('' = skip)
       kitti_dir='',  # KITTI 2015 root ('' = skip)
       max_eval_pairs=0,  # per Sintel pass / KITTI and evaluation; 0 = all
@@ -142,13 +187,44 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_pngs=4,  # colour-wheel PNGs per evaluation set
       reverse_pairs=False,  # feed every pair also reversed
       augment=True,
-      # The procedural generator (experiments/data/autoflow.py).
-      max_layers=4,
-      max_motion=20.0,
-      # RAFT's augmentation (FlowAugmentor) with AutoFlow's default ranges,
-      # at one fixed strength for the whole run: AutoFlow's curriculum is
-      # NOT implemented (the engine's ops see only (record, rng), not the
-      # step or epoch).
+      # The procedural generator's ranges (`autoflow.Scene`; used with
+      # data.source='procedural'): every pair's with the curriculum off,
+      # the curriculum's last stage with it on.
+      **_scene(),
+      # Our difficulty schedule (AutoFlow's is unpublished; see the module
+      # docstring): `stages` in order, each reached at its `reach` fraction
+      # of training with augmentation severity `augment`; every stage but
+      # the last has its own generator ranges under its name, the last is
+      # the `data.*` ranges above.
+      curriculum=dict(
+        enabled=True,
+        stages=('translation', 'layers', 'full'),
+        reach=(0.0, 0.3, 0.6),
+        augment=(0.0, 0.5, 1.0),
+        translation=_scene(
+          max_layers=0,
+          max_motion=10.0,
+          max_rotation_deg=0.0,
+          max_log_scale=0.0,
+          max_shear=0.0,
+          background_motion=1.0,
+          texture_zoom=(0.75, 1.25),
+        ),
+        layers=_scene(
+          max_layers=2,
+          max_rotation_deg=0.0,
+          max_log_scale=0.0,
+          max_shear=0.0,
+          texture_zoom=(0.75, 1.75),
+        ),
+      ),
+      # The block-matching baseline of the procedural held-out sets: search
+      # radius (px per axis; 0: not computed) and window side (pixels, odd).
+      block_match_radius=7,
+      block_match_window=7,
+      # RAFT's augmentation (FlowAugmentor) with AutoFlow's default ranges:
+      # the strength at curriculum severity 1 (all run long with the
+      # curriculum off).
       min_log2_scale=-0.2,
       max_log2_scale=0.6,
       spatial_prob=0.8,
@@ -176,6 +252,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     # the paper: 10% of the main phase, the same cosine from 4e-4 here.
     c.data.augment = False
     c.data.reverse_pairs = True
+    c.data.curriculum.enabled = False
     c.total_steps = 37_500
   elif arg in ('local', 'debug'):
     # 2,000 steps: 9 min 5 s on the idle 2-core machine (3.7 steps/s; the
@@ -202,9 +279,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.model.num_bands = 8
     c.data.max_motion = 6.0
     c.data.max_layers = 3
+    c.data.curriculum.translation.max_motion = 3.0
+    c.data.curriculum.layers.max_motion = 6.0
     c.data.spatial_prob = 0.0
     c.data.erase_prob = 0.0
-    c.data.num_eval = 16
+    c.data.num_eval = 128  # per curriculum stage
     c.data.eval_tile_batch = 36  # the motorcycle pair is 72 tiles of 48 x 64
     c.data.num_pngs = 2
   if arg == 'debug':
@@ -313,9 +392,85 @@ def flow_errors(pred_HW2, gt_HW2, valid_HW) -> Dict[str, float]:
   }
 
 
+def mean_flow(record: Mapping[str, np.ndarray]) -> np.ndarray:
+  """The per-pair mean-flow oracle: the true flow's mean over the pair's
+  valid pixels, predicted at every pixel, float64 [H, W, 2] (zeros when no
+  pixel is valid). It reads the ground truth: a bound on what one global
+  motion per pair can score, not a method."""
+  valid = np.asarray(record['valid'], bool)
+  flow = np.asarray(record['flow'], np.float64)
+  mean = flow[valid].mean(0) if valid.any() else np.zeros(2)
+  return np.broadcast_to(mean, flow.shape)
+
+
+def block_match(
+  frame1_HW3, frame2_HW3, *, radius: int = 7, window: int = 7
+) -> np.ndarray:
+  """Classical block matching: for every frame-1 pixel, the integer motion
+  (u, v) in [-radius, radius]^2 whose window x window block of frame 2
+  around (x + u, y + v) has the least sum of squared RGB differences to the
+  block around (x, y).
+
+  Exhaustive: one vectorised cost image per displacement (a box filter of
+  the squared differences, `scipy.ndimage.uniform_filter`, edge-replicated
+  at the image borders). Ties go to the shortest motion (zero first), so a
+  textureless block stays still.
+
+  Args:
+    frame1_HW3, frame2_HW3: uint8 or float [H, W, 3] (any channel count C,
+      the same in both).
+    radius: the largest motion searched, pixels per axis (>= 0).
+    window: the block side, pixels (odd, >= 1).
+
+  Returns:
+    float32 [H, W, 2] flow (u along x, v along y), integer pixels.
+
+  Raises:
+    ValueError: frames of different shapes, a negative radius or an even
+      or non-positive window.
+  """
+  f1 = np.asarray(frame1_HW3, np.float32)
+  f2 = np.asarray(frame2_HW3, np.float32)
+  if f1.shape != f2.shape or f1.ndim != 3:
+    raise ValueError(
+      f'frame2_HW3: expected the shape of frame1_HW3 {f1.shape} ([H, W, C]), '
+      f'got {f2.shape}.'
+    )
+  if not isinstance(radius, (int, np.integer)) or radius < 0:
+    raise ValueError(f'radius: expected an integer >= 0, got {radius!r}.')
+  if not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
+    raise ValueError(f'window: expected an odd integer >= 1, got {window!r}.')
+  h, w = f1.shape[:2]
+  r = int(radius)
+  padded = np.pad(f2, ((r, r), (r, r), (0, 0)), mode='edge')
+  moves = sorted(
+    ((u, v) for v in range(-r, r + 1) for u in range(-r, r + 1)),
+    key=lambda m: m[0] ** 2 + m[1] ** 2,
+  )
+  best = np.full((h, w), np.inf, np.float32)
+  flow = np.zeros((h, w, 2), np.float32)
+  for u, v in moves:
+    moved = padded[r + v : r + v + h, r + u : r + u + w]
+    cost = ndimage.uniform_filter(
+      np.square(f1 - moved).sum(-1), size=window, mode='nearest'
+    )
+    better = cost < best
+    best = np.where(better, cost, best)
+    flow[better] = (u, v)
+  return flow
+
+
 # ---------------------------------------------------------------------------
 # Data.
 # ---------------------------------------------------------------------------
+
+
+def _ranges(fields, name: str) -> autoflow.Scene:
+  """The checked `autoflow.Scene` of a config's fields (errors name them
+  `<name>.<field>`)."""
+  return autoflow.make_scene(
+    name, **{k: fields[k] for k in autoflow.Scene._fields}
+  )
 
 
 def _generator(config, num: int) -> autoflow.AutoFlowGenerator:
@@ -323,17 +478,52 @@ def _generator(config, num: int) -> autoflow.AutoFlowGenerator:
     num,
     size=tuple(config.model.image_size),
     seed=config.seed,
-    max_layers=config.data.max_layers,
-    max_motion=config.data.max_motion,
+    **_ranges(config.data, 'data')._asdict(),
   )
 
 
-class _Slice:
-  """Records [start, start + n) of a source (the held-out procedural pairs
-  are indices after the training ones: disjoint by construction)."""
+def curriculum(config) -> Optional[autoflow.Curriculum]:
+  """The schedule of `config.data.curriculum` (None when it is off).
 
-  def __init__(self, source, start: int, n: int):
-    self._source, self._start, self._n = source, start, n
+  Raises:
+    ValueError: naming the field: `reach` / `augment` not one value per
+      stage, a stage without its ranges, bad ranges or fractions.
+  """
+  c = config.data.curriculum
+  if not c.enabled:
+    return None
+  names = tuple(c.stages)
+  for field in ('reach', 'augment'):
+    if len(c[field]) != len(names):
+      raise ValueError(
+        f'data.curriculum.{field}: expected one value per stage of '
+        f'{names}, got {tuple(c[field])}.'
+      )
+  stages = []
+  for k, name in enumerate(names):
+    if k == len(names) - 1:
+      scene = _ranges(config.data, 'data')
+    elif name in c and isinstance(c[name], ml_collections.ConfigDict):
+      scene = _ranges(c[name], f'data.curriculum.{name}')
+    else:
+      raise ValueError(
+        f'data.curriculum.{name}: expected the generator ranges of stage '
+        f'{name!r} (the fields of autoflow.Scene), got none.'
+      )
+    stages.append(
+      autoflow.Stage(name, float(c.reach[k]), scene, float(c.augment[k]))
+    )
+  return autoflow.Curriculum(stages)
+
+
+class _Slice:
+  """Records [start, start + n) of a generator, under `scene` (None: the
+  generator's); the held-out procedural pairs are indices after the
+  training ones: disjoint by construction."""
+
+  def __init__(self, generator, start: int, n: int, scene=None):
+    self._generator, self._start, self._n = generator, start, n
+    self._scene = scene
 
   def __len__(self):
     return self._n
@@ -341,13 +531,18 @@ class _Slice:
   def __getitem__(self, index):
     if not 0 <= index < self._n:
       raise IndexError(f'index: expected [0, {self._n}), got {index}.')
-    return self._source[self._start + int(index)]
+    out = self._generator.render(self._start + int(index), self._scene)
+    del out['occluded']
+    return out
 
 
 def train_source(config):
-  """The training pairs of `config.data.source`."""
+  """The training pairs of `config.data.source`; procedural pairs under a
+  curriculum are scene indices, rendered by the first of `train_ops`."""
   d = config.data
-  if d.source == 'procedural':
+  if d.source == 'procedural' and curriculum(config) is not None:
+    source = autoflow.SceneIndices(config.num_train)
+  elif d.source == 'procedural':
     source = _Slice(_generator(config, config.num_train), 0, config.num_train)
   elif d.source == 'autoflow':
     source = flow_data.AutoFlowSource(d.dir, arg_name='data.dir')
@@ -358,25 +553,80 @@ def train_source(config):
   return source
 
 
-def held_out_source(config):
-  """`data.num_eval` procedural pairs after the training indices."""
+def held_out_sets(config) -> Dict[str, _Slice]:
+  """Set name -> `data.num_eval` procedural pairs after the training
+  indices: one set per curriculum stage, `synthetic_<stage>` at the stage's
+  scene, or `synthetic` at the `data.*` scene with the curriculum off."""
   n, start = config.data.num_eval, config.num_train
-  return _Slice(_generator(config, start + n), start, n)
+  generator = _generator(config, start + n)
+  schedule = curriculum(config)
+  if schedule is None:
+    return {'synthetic': _Slice(generator, start, n)}
+  return {
+    f'synthetic_{s.name}': _Slice(generator, start, n, s.scene)
+    for s in schedule.stages
+  }
+
+
+# The ranges of each augmentation op that the curriculum's severity scales
+# (flips are symmetries, not a strength: never scaled).
+SEVERITY_SCALED = {
+  flow_augment.photometric_jitter: (
+    'brightness',
+    'contrast',
+    'saturation',
+    'hue',
+    'asymmetric_prob',
+  ),
+  flow_augment.random_erase: ('prob',),
+  flow_augment.random_scale_crop: (
+    'min_log2_scale',
+    'max_log2_scale',
+    'spatial_prob',
+    'stretch_prob',
+    'max_log2_stretch',
+  ),
+}
 
 
 def train_ops(config) -> list:
-  """The per-record training ops (RAFT's order: colour, erase, spatial,
-  flips); with `data.augment` off only the random crop remains."""
+  """The per-record training ops: with a curriculum, procedural pairs are
+  first rendered at the progress's scene; then RAFT's order (colour,
+  erase, spatial, flips), each op's ranges scaled by the curriculum's
+  severity (`SEVERITY_SCALED`); with `data.augment` off only the random
+  crop remains."""
   d = config.data
+  schedule = curriculum(config)
   crop = dict(crop_size=tuple(config.model.image_size))
+  ops = []
+  if d.source == 'procedural' and schedule is not None:
+    ops.append(
+      data_lib.Map(
+        autoflow.render_at_progress,
+        generator=_generator(config, config.num_train),
+        curriculum=schedule,
+      )
+    )
   if not d.augment:
-    return [
+    return ops + [
       data_lib.RandomMap(
         flow_augment.random_scale_crop, spatial_prob=0.0, margin=0, **crop
       )
     ]
-  return [
-    data_lib.RandomMap(
+
+  def op(fn, **ranges):
+    if schedule is None or fn not in SEVERITY_SCALED:
+      return data_lib.RandomMap(fn, **ranges)
+    return data_lib.RandomMap(
+      flow_augment.at_severity,
+      op=fn,
+      severity=schedule.severity,
+      scaled=SEVERITY_SCALED[fn],
+      **ranges,
+    )
+
+  return ops + [
+    op(
       flow_augment.photometric_jitter,
       brightness=d.brightness,
       contrast=d.contrast,
@@ -384,8 +634,8 @@ def train_ops(config) -> list:
       hue=d.hue,
       asymmetric_prob=d.asymmetric_prob,
     ),
-    data_lib.RandomMap(flow_augment.random_erase, prob=d.erase_prob),
-    data_lib.RandomMap(
+    op(flow_augment.random_erase, prob=d.erase_prob),
+    op(
       flow_augment.random_scale_crop,
       min_log2_scale=d.min_log2_scale,
       max_log2_scale=d.max_log2_scale,
@@ -395,9 +645,7 @@ def train_ops(config) -> list:
       margin=0 if d.spatial_prob == 0 else 8,
       **crop,
     ),
-    data_lib.RandomMap(
-      flow_augment.random_flip, h_prob=d.h_flip_prob, v_prob=d.v_flip_prob
-    ),
+    op(flow_augment.random_flip, h_prob=d.h_flip_prob, v_prob=d.v_flip_prob),
   ]
 
 
@@ -411,25 +659,42 @@ def evaluate_pairs(
   pairs: Iterable[Mapping[str, np.ndarray]],
   name: str,
   *,
+  baselines: Optional[Mapping[str, Callable[..., np.ndarray]]] = None,
   workdir: Optional[str] = None,
   num_pngs: int = 0,
   say: Callable[[str], None] = print,
 ) -> Dict[str, float]:
-  """EPE (pixel-weighted over valid pixels), zero-flow EPE and Fl-all.
+  """EPE (pixel-weighted over valid pixels), zero-flow EPE, Fl-all and the
+  EPE of each baseline on the same pairs.
 
-  Prints `<name> (<n> pairs) EPE: N.NN (zero flow: N.NN), Fl-all: P%` and
-  writes `<workdir>/flow_<name>_<i>_{pred,gt}.png` (same colour scale) for
-  the first `num_pngs` pairs.
+  Prints `<name> (<n> pairs) EPE: N.NN (zero flow: N.NN[, <baseline>:
+  N.NN]...), Fl-all: P%` (a baseline's name with spaces for underscores)
+  and writes `<workdir>/flow_<name>_<i>_{pred,gt}.png` (same colour scale)
+  for the first `num_pngs` pairs.
+
+  Args:
+    predict: (frame1, frame2) -> flow [H, W, 2], the model.
+    pairs: records {'frame1', 'frame2', 'flow', 'valid'}.
+    name: the set's name.
+    baselines: baseline name -> (record -> flow [H, W, 2]), e.g.
+      {'mean_flow': mean_flow}.
 
   Returns:
-    {'<name>/epe', '<name>/zero_flow_epe', '<name>/fl_all' (a fraction)}.
+    {'<name>/epe', '<name>/zero_flow_epe', '<name>/fl_all' (a fraction),
+    '<name>/<baseline>_epe' per baseline}.
   """
+  baselines = dict(baselines or {})
   totals = dict(epe=0.0, zero=0.0, fl=0.0, count=0.0)
+  totals.update({b: 0.0 for b in baselines})
   n = 0
   for i, record in enumerate(pairs):
     pred = predict(record['frame1'], record['frame2'])
     for k, v in flow_errors(pred, record['flow'], record['valid']).items():
       totals[k] += v
+    for b, fn in baselines.items():
+      totals[b] += flow_errors(fn(record), record['flow'], record['valid'])[
+        'epe'
+      ]
     if workdir and i < num_pngs:
       gt = np.where(record['valid'][..., None], record['flow'], 0.0)
       scale = max(float(np.linalg.norm(gt, axis=-1).max()), 1e-6)
@@ -444,9 +709,15 @@ def evaluate_pairs(
     f'{name}/zero_flow_epe': totals['zero'] / totals['count'],
     f'{name}/fl_all': totals['fl'] / totals['count'],
   }
+  out.update(
+    {f'{name}/{b}_epe': totals[b] / totals['count'] for b in baselines}
+  )
+  compared = ''.join(
+    f', {b.replace("_", " ")}: {out[f"{name}/{b}_epe"]:.2f}' for b in baselines
+  )
   say(
     f'{name} ({n} pairs) EPE: {out[f"{name}/epe"]:.2f} (zero flow: '
-    f'{out[f"{name}/zero_flow_epe"]:.2f}), Fl-all: '
+    f'{out[f"{name}/zero_flow_epe"]:.2f}{compared}), Fl-all: '
     f'{100 * out[f"{name}/fl_all"]:.1f}%'
   )
   return out
@@ -464,8 +735,10 @@ def evaluate(
 
   Each pair goes through `perceiver.tasks.optical_flow` (tiles of the
   model's size, min overlap 20, pyramid-weighted stitching; smaller frames
-  are edge-padded): the `data.num_eval` held-out procedural pairs (one tile
-  each, so one tile per model call), the real motorcycle pair, then the
+  are edge-padded): the held-out procedural sets of `held_out_sets` (one
+  tile per pair, so one tile per model call; scored beside the mean-flow
+  oracle and, with `data.block_match_radius`, block matching), the real
+  motorcycle pair (beside the mean-flow oracle), then the
   first `data.max_eval_pairs` (0: all) pairs of MPI-Sintel clean and final
   and of KITTI 2015 when their directories are set (`data.eval_tile_batch`
   tiles per model call). The model is the cached preset of
@@ -479,8 +752,10 @@ def evaluate(
     say: prints each set's `EPE: N.NN (zero flow: N.NN)` line.
 
   Returns:
-    {'<set>/epe', '<set>/zero_flow_epe', '<set>/fl_all'} for each set
-    ('synthetic', 'motorcycle', 'sintel_clean', 'sintel_final', 'kitti').
+    {'<set>/epe', '<set>/zero_flow_epe', '<set>/mean_flow_epe',
+    '<set>/fl_all'} for each set (those of `held_out_sets`, 'motorcycle',
+    'sintel_clean', 'sintel_final', 'kitti'), and
+    '<set>/block_matching_epe' for the procedural ones.
   """
   overrides = model_overrides(config.model)
   d = config.data
@@ -495,14 +770,25 @@ def evaluate(
       overrides=overrides,
     )
 
+  oracle = dict(mean_flow=mean_flow)
   common = dict(workdir=workdir, num_pngs=d.num_pngs, say=say)
+  synthetic = dict(oracle)
+  if d.block_match_radius:
+    synthetic['block_matching'] = lambda r: block_match(
+      r['frame1'],
+      r['frame2'],
+      radius=d.block_match_radius,
+      window=d.block_match_window,
+    )
   predict = predictor(d.eval_tile_batch)
   results = {}
-  results.update(
-    evaluate_pairs(
-      predictor(1), _first(held_out_source(config), 0), 'synthetic', **common
+  for name, pairs in held_out_sets(config).items():
+    results.update(
+      evaluate_pairs(
+        predictor(1), _first(pairs, 0), name, baselines=synthetic, **common
+      )
     )
-  )
+  common['baselines'] = oracle
   results.update(
     evaluate_pairs(
       predict, [flow_data.load_motorcycle()], 'motorcycle', **common
@@ -596,6 +882,23 @@ def validate(config) -> None:
       f'model.image_size: expected (H, W) of at least 8, got {size!r}.'
     )
   validation.check_positive('num_train', config.num_train)
+  _ranges(d, 'data')
+  if curriculum(config) is not None:
+    if d.reverse_pairs and d.source == 'procedural':
+      raise ValueError(
+        'data.reverse_pairs: expected False with procedural pairs under a '
+        'curriculum (the pairs are rendered by an op), got True; turn '
+        'data.curriculum.enabled off (as :final does).'
+      )
+  radius, window = d.block_match_radius, d.block_match_window
+  if radius < 0:
+    raise ValueError(
+      f'data.block_match_radius: expected an integer >= 0, got {radius!r}.'
+    )
+  if window < 1 or window % 2 == 0:
+    raise ValueError(
+      f'data.block_match_window: expected an odd integer >= 1, got {window!r}.'
+    )
   for name in ('num_eval', 'eval_tile_batch'):
     validation.check_positive(f'data.{name}', d[name])
   for name in ('max_eval_pairs', 'num_pngs'):
@@ -616,7 +919,7 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   `Task.evaluate` runs `evaluate` on every process (process 0 prints the
   EPE lines and writes the PNGs to the workdir); `Task.init_params` loads
   `config.init_checkpoint` when one is given. There is no `eval_data`: the
-  held-out synthetic pairs are `evaluate`'s first set.
+  held-out synthetic sets are `evaluate`'s first ones.
   """
   validate(config)
   train_data = data_lib.train_iterator_from_config(
@@ -626,7 +929,7 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     process_count,
     ops=train_ops(config),
   )
-  held_out = held_out_source(config)
+  held_out = next(iter(held_out_sets(config).values()))
   examples = [held_out[0], held_out[min(1, len(held_out) - 1)]]
   example_batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
   chief = process_index == 0

@@ -119,7 +119,10 @@ def test_deterministic_in_index_and_seed_and_picklable():
   [
     (dict(num_pairs=0), 'num_pairs'),
     (dict(num_pairs=2, size=(4, 64)), 'size'),
-    (dict(num_pairs=2, max_layers=0), 'max_layers'),
+    (dict(num_pairs=2, max_layers=-1), 'max_layers'),
+    (dict(num_pairs=2, texture_zoom=(0.0, 1.0)), 'texture_zoom'),
+    (dict(num_pairs=2, max_shear=-0.1), 'max_shear'),
+    (dict(num_pairs=2, sharpness=1.0), 'sharpness'),
     (dict(num_pairs=2, vertices=(2, 5)), 'vertices'),
   ],
 )
@@ -131,6 +134,175 @@ def test_generator_rejects_bad_settings(kwargs, match):
 def test_generator_index_out_of_range():
   with pytest.raises(IndexError, match='index'):
     autoflow.AutoFlowGenerator(2, size=SIZE)[2]
+
+
+# ---------------------------------------------------------------------------
+# Curriculum
+# ---------------------------------------------------------------------------
+
+# One global translation of at most 2 px (stage 0 of a curriculum).
+TRANSLATION = autoflow.Scene(
+  max_layers=0,
+  max_motion=2.0,
+  max_rotation_deg=0.0,
+  max_log_scale=0.0,
+  max_shear=0.0,
+  background_motion=1.0,
+  texture_zoom=(0.75, 1.25),
+  radii=(0.1, 0.3),
+  vertices=(3, 5),
+)
+LAYERED = autoflow.Scene(
+  max_layers=4,
+  max_motion=6.0,
+  max_rotation_deg=10.0,
+  max_log_scale=0.1,
+  max_shear=0.05,
+  background_motion=0.5,
+  texture_zoom=(0.75, 2.25),
+  radii=(0.2, 0.4),
+  vertices=(4, 8),
+)
+
+
+def _curriculum():
+  return autoflow.Curriculum(
+    [
+      autoflow.Stage('translation', 0.0, TRANSLATION, 0.0),
+      autoflow.Stage('layered', 0.5, LAYERED, 1.0),
+    ]
+  )
+
+
+class _Progress:
+  """The engine's `Progress` as an op sees it (step, fraction)."""
+
+  def __init__(self, fraction):
+    self.step, self.fraction = 0, fraction
+
+
+def _flat(scene):
+  return np.hstack([np.ravel(v) for v in scene]).astype(float)
+
+
+def test_schedule_at_hand_picked_fractions():
+  c = _curriculum()
+  assert c.at(0.0) == (TRANSLATION, 0.0)
+  # A quarter of the run: halfway from stage 0 to the layered stage,
+  # written out by hand (layers 0 -> 4: 2; vertices 3.5 -> 4, 6.5 -> 7).
+  scene, severity = c.at(0.25)
+  assert severity == 0.5
+  assert scene.max_layers == 2 and scene.vertices == (4, 7)
+  np.testing.assert_allclose(
+    _flat(scene),
+    _flat(
+      autoflow.Scene(
+        max_layers=2,
+        max_motion=4.0,
+        max_rotation_deg=5.0,
+        max_log_scale=0.05,
+        max_shear=0.025,
+        background_motion=0.75,
+        texture_zoom=(0.75, 1.75),
+        radii=(0.15, 0.35),
+        vertices=(4, 7),
+      )
+    ),
+    rtol=1e-12,
+  )
+  scene, severity = c.at(0.125)
+  assert scene.max_layers == 1 and scene.max_motion == 3.0
+  assert severity == 0.25
+  # Reached at 0.5, then constant; fractions past [0, 1] are clipped.
+  for fraction in (0.5, 0.8, 1.0, 1.5):
+    assert c.at(fraction) == (LAYERED, 1.0)
+  assert c.at(-1.0) == (TRANSLATION, 0.0)
+  assert c.severity(0.375) == 0.75
+
+
+@pytest.mark.parametrize(
+  'reach, augment, match',
+  [
+    ((0.1, 0.5), (0.0, 1.0), 'starting at 0'),
+    ((0.0, 0.0), (0.0, 1.0), 'strictly increasing'),
+    ((0.0, 1.5), (0.0, 1.0), r'in \[0, 1\]'),
+    ((0.0, 0.5), (0.0, 2.0), 'layered.augment'),
+  ],
+)
+def test_curriculum_rejects_bad_stages(reach, augment, match):
+  with pytest.raises(ValueError, match=match):
+    autoflow.Curriculum(
+      [
+        autoflow.Stage('translation', reach[0], TRANSLATION, augment[0]),
+        autoflow.Stage('layered', reach[1], LAYERED, augment[1]),
+      ]
+    )
+  with pytest.raises(ValueError, match='distinct'):
+    autoflow.Curriculum([autoflow.Stage('a', 0.0, LAYERED, 0.0)] * 2)
+  bad = LAYERED._replace(vertices=(5, 4))
+  with pytest.raises(ValueError, match='layered.vertices'):
+    autoflow.Curriculum([autoflow.Stage('layered', 0.0, bad, 0.0)])
+
+
+def test_stage0_pairs_are_pure_global_translations():
+  gen = autoflow.AutoFlowGenerator(6, size=SIZE, seed=8)
+  for i in range(6):
+    r = gen.render(i, TRANSLATION)
+    flow = r['flow'].reshape(-1, 2)
+    # Every pixel moves by the one vector, inside the stage's range.
+    np.testing.assert_array_equal(flow, np.broadcast_to(flow[0], flow.shape))
+    assert (np.abs(flow[0]) <= 2.0).all() and np.abs(flow[0]).max() > 0
+    # Nothing is hidden but what leaves the image.
+    u, v = flow[0]
+    ys, xs = np.mgrid[: SIZE[0], : SIZE[1]]
+    x2, y2 = np.rint(xs + u), np.rint(ys + v)
+    leaves = (x2 < 0) | (x2 >= SIZE[1]) | (y2 < 0) | (y2 >= SIZE[0])
+    np.testing.assert_array_equal(r['occluded'], leaves)
+    # Frame 2 warped back by that vector is frame 1 away from the borders
+    # (within bilinear interpolation of the texture), and far better so
+    # than by that vector off by 1 px along either axis.
+    inner = (slice(3, -3), slice(3, -3))
+
+    def error(offset):
+      warped = _warp(r['frame2'], r['flow'] + np.float32(offset))
+      return np.abs(warped - r['frame1'])[inner]
+
+    assert np.median(error((0, 0))) < 1.0
+    worse = min(error(d).mean() for d in ((1, 0), (-1, 0), (0, 1), (0, -1)))
+    assert error((0, 0)).mean() < 0.75 * worse
+
+
+def test_render_at_progress_is_deterministic_and_follows_the_stage():
+  gen = autoflow.AutoFlowGenerator(4, size=SIZE, seed=9)
+  c = pickle.loads(pickle.dumps(_curriculum()))
+  source = autoflow.SceneIndices(4)
+  assert len(source) == 4 and set(source[3]) == {'scene_index'}
+
+  def at(index, fraction):
+    return autoflow.render_at_progress(
+      source[index], generator=gen, curriculum=c, progress=_Progress(fraction)
+    )
+
+  early, late = at(2, 0.0), at(2, 0.9)
+  assert set(early) == {'frame1', 'frame2', 'flow', 'valid'}
+  for k in early:
+    np.testing.assert_array_equal(early[k], at(2, 0.0)[k])
+    np.testing.assert_array_equal(late[k], gen.render(2, LAYERED)[k])
+  # Stage 0 is one translation; the layered stage is not, and differs.
+  assert len(np.unique(early['flow'].reshape(-1, 2), axis=0)) == 1
+  assert len(np.unique(late['flow'].reshape(-1, 2), axis=0)) > 1
+  assert not np.array_equal(early['frame2'], late['frame2'])
+  assert not np.array_equal(at(3, 0.0)['frame1'], early['frame1'])
+  with pytest.raises(IndexError, match='index'):
+    source[4]
+
+
+def test_default_scene_is_the_generators_layered_scene():
+  # Today's ranges: the defaults of every entry point agree.
+  gen = autoflow.AutoFlowGenerator(1, size=SIZE)
+  assert gen.scene == autoflow.Scene() == autoflow.make_scene()
+  assert autoflow.Scene().max_layers == 4
+  assert autoflow.Scene().texture_zoom == (0.75, 2.5)
 
 
 # ---------------------------------------------------------------------------
@@ -304,3 +476,34 @@ def test_random_erase_only_touches_frame2():
   np.testing.assert_array_equal(out['flow'], r['flow'])
   changed = np.any(out['frame2'] != r['frame2'], -1)
   assert 0 < changed.sum() <= 2 * 9 * 9
+
+
+def test_at_severity_scales_the_named_ranges():
+  r = _record(8)
+  ranges = dict(brightness=0.4, contrast=0.3, saturation=0.2, hue=0.1)
+  scaled = tuple(ranges)
+
+  def run(fraction, **kw):
+    return A.at_severity(
+      r,
+      np.random.default_rng(5),
+      op=A.photometric_jitter,
+      severity=_curriculum().severity,
+      scaled=scaled,
+      progress=_Progress(fraction),
+      **kw,
+    )
+
+  # Severity 0 (stage 0): no jitter at all.
+  off = run(0.0, **ranges)
+  np.testing.assert_array_equal(off['frame1'], r['frame1'])
+  # Severity 0.5 (fraction 0.25) is the op at half the ranges, same draws.
+  half = run(0.25, **ranges)
+  direct = A.photometric_jitter(
+    r, np.random.default_rng(5), **{k: v / 2 for k, v in ranges.items()}
+  )
+  for k in ('frame1', 'frame2'):
+    np.testing.assert_array_equal(half[k], direct[k])
+  assert not np.array_equal(half['frame1'], r['frame1'])
+  with pytest.raises(ValueError, match='scaled'):
+    run(0.5, brightness=0.4)

@@ -20,12 +20,18 @@ import pytest
 from PIL import Image
 
 from experiments import flow
+from experiments.data import autoflow
 from experiments.data import flow as flow_data
 from perceiver import checkpoints
 from perceiver import presets
 from perceiver import train as train_lib
+from perceiver.train import data as data_lib
 
-LINE = re.compile(r'EPE: \d+\.\d\d \(zero flow: \d+\.\d\d\)')
+LINE = re.compile(
+  r'EPE: \d+\.\d\d \(zero flow: \d+\.\d\d(, [a-z ]+: \d+\.\d\d)*\)'
+)
+STAGES = ('translation', 'layers', 'full')
+SYNTHETIC = tuple(f'synthetic_{s}' for s in STAGES)
 
 
 def test_paper_config():
@@ -44,6 +50,174 @@ def test_paper_config():
   assert c.eval_batch_size == c.batch_size
   final = flow.get_config('final')
   assert not final.data.augment and final.data.reverse_pairs
+  # The curriculum: on, ending at the paper's endpoint (AutoFlow's default
+  # augmentation at full severity, the layered scene), off in :final.
+  assert c.data.curriculum.enabled and not final.data.curriculum.enabled
+  assert tuple(c.data.curriculum.stages) == STAGES
+  assert c.data.curriculum.augment[-1] == 1.0
+  assert flow.curriculum(c).stages[-1].scene == autoflow.Scene()
+  for variant in ('', 'local'):
+    assert flow.get_config(variant).data.num_eval >= 128
+
+
+def test_every_generator_range_is_set_from_the_config():
+  c = flow.get_config('debug').unlock()
+  ranges = dict(
+    max_layers=2,
+    max_motion=4.5,
+    max_rotation_deg=3.0,
+    max_log_scale=0.02,
+    max_shear=0.01,
+    background_motion=0.25,
+    texture_zoom=(1.0, 1.5),
+    radii=(0.1, 0.2),
+    vertices=(4, 6),
+  )
+  assert set(ranges) == set(autoflow.Scene._fields)
+  c.data.update(ranges)
+  c.data.curriculum.translation.max_motion = 1.5
+  c.data.curriculum.layers.max_shear = 0.03
+  c.data.curriculum.enabled = False
+  assert flow._generator(c, 1).scene == autoflow.Scene(**ranges)
+  c.data.curriculum.enabled = True
+  stages = flow.curriculum(c).stages
+  assert stages[-1].scene == autoflow.Scene(**ranges)
+  assert stages[0].scene.max_motion == 1.5 and stages[0].scene.max_layers == 0
+  assert stages[1].scene.max_shear == 0.03
+  assert [s.reach for s in stages] == list(c.data.curriculum.reach)
+
+
+@pytest.mark.parametrize(
+  'field, value, match',
+  [
+    ('curriculum.reach', (0.0, 0.5), 'data.curriculum.reach'),
+    ('curriculum.stages', ('translation', 'other', 'full'), 'curriculum.other'),
+    ('curriculum.translation.max_motion', -1.0, 'translation.max_motion'),
+    ('max_layers', -1, 'data.max_layers'),
+    ('texture_zoom', (2.0, 1.0), 'data.texture_zoom'),
+    ('reverse_pairs', True, 'data.reverse_pairs'),
+    ('block_match_window', 6, 'data.block_match_window'),
+    ('block_match_radius', -1, 'data.block_match_radius'),
+  ],
+)
+def test_bad_curriculum_and_generator_fields_name_the_field(
+  field, value, match
+):
+  c = flow.get_config('debug').unlock()
+  *parents, name = field.split('.')
+  node = c.data
+  for parent in parents:
+    node = node[parent]
+  node[name] = value
+  with pytest.raises(ValueError, match=match):
+    flow.validate(c)
+
+
+def test_held_out_sets_per_stage_have_the_configured_sizes():
+  for variant, size in (('local', 128), ('debug', 2)):
+    sets = flow.held_out_sets(flow.get_config(variant))
+    assert tuple(sets) == SYNTHETIC
+    assert [len(pairs) for pairs in sets.values()] == [size] * 3
+  c = flow.get_config('debug').unlock()
+  sets = flow.held_out_sets(c)
+  # Each set is drawn at its stage's scene: one translation per pair at
+  # stage 0, layered motion at the last.
+  first = sets['synthetic_translation'][0]['flow'].reshape(-1, 2)
+  assert len(np.unique(first, axis=0)) == 1
+  last = sets['synthetic_full'][1]['flow'].reshape(-1, 2)
+  assert len(np.unique(last, axis=0)) > 1
+  c.data.curriculum.enabled = False
+  c.data.num_eval = 3
+  assert {k: len(v) for k, v in flow.held_out_sets(c).items()} == {
+    'synthetic': 3
+  }
+
+
+def test_training_ops_at_the_start_give_translations_unaugmented():
+  """Through the engine's ops at `Progress` 0: the source's scene indices
+  are rendered at stage 0 (one global translation of at most 3 px in
+  :local) with the augmentation's severity 0 (no colour change: the frames
+  are the generator's, up to the unscaled flips)."""
+  c = flow.get_config('local').unlock()
+  c.data.erase_prob = 0.5
+  source = flow.train_source(c)
+  ops = flow.train_ops(c)
+  assert isinstance(ops[0], data_lib.Map)
+  stage0 = flow.curriculum(c).stages[0].scene
+  generator = flow._generator(c, c.num_train)
+  for index in range(3):
+    record = dict(source[index])
+    record.update({'_step': np.int64(0), '_fraction': np.float64(0.0)})
+    rng = np.random.default_rng(index)
+    for op in ops:
+      record = (
+        op.map(record)
+        if isinstance(op, data_lib.Map)
+        else (op.random_map(record, rng))
+      )
+    flow_vectors = np.unique(record['flow'].reshape(-1, 2), axis=0)
+    assert len(flow_vectors) == 1 and np.abs(flow_vectors).max() <= 3.0
+    direct = generator.render(index, stage0)
+    frames = [direct['frame1'], direct['frame1'][:, ::-1]]
+    frames += [f[::-1] for f in frames]
+    assert any(np.array_equal(record['frame1'], f) for f in frames)
+
+
+def _naive_block_match(frame1, frame2, radius, window):
+  """Per-pixel loops: the displacement of least SSD over the window, the
+  shortest move first on ties; a window pixel outside the image is the
+  nearest inside one, and frame 2 outside the image is its nearest pixel."""
+  h, w = frame1.shape[:2]
+  half = window // 2
+  f1, f2 = frame1.astype(float), frame2.astype(float)
+  clip_y = lambda y: min(max(y, 0), h - 1)
+  clip_x = lambda x: min(max(x, 0), w - 1)
+  moves = sorted(
+    [
+      (u, v)
+      for v in range(-radius, radius + 1)
+      for u in range(-radius, radius + 1)
+    ],
+    key=lambda m: m[0] ** 2 + m[1] ** 2,
+  )
+  out = np.zeros((h, w, 2))
+  for y in range(h):
+    for x in range(w):
+      best = np.inf
+      for u, v in moves:
+        cost = 0.0
+        for dy in range(-half, half + 1):
+          for dx in range(-half, half + 1):
+            py, px = clip_y(y + dy), clip_x(x + dx)
+            diff = f1[py, px] - f2[clip_y(py + v), clip_x(px + u)]
+            cost += float(np.sum(diff**2))
+        if cost < best:
+          best, out[y, x] = cost, (u, v)
+  return out
+
+
+def test_block_matching_recovers_an_integer_translation():
+  rng = np.random.default_rng(0)
+  scene = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
+  frame1 = scene[10:30, 10:40]
+  u, v = 3, -2  # frame-1 pixel (x, y) is at (x + 3, y - 2) in frame 2
+  frame2 = scene[10 - v : 30 - v, 10 - u : 40 - u]
+  got = flow.block_match(frame1, frame2, radius=4, window=5)
+  inner = got[2:-2, 5:-5]  # windows inside both frames
+  np.testing.assert_array_equal(inner, np.broadcast_to([u, v], inner.shape))
+  # Everywhere, borders included, the naive search agrees.
+  naive = _naive_block_match(frame1[:12, :14], frame2[:12, :14], 3, 3)
+  np.testing.assert_array_equal(
+    flow.block_match(frame1[:12, :14], frame2[:12, :14], radius=3, window=3),
+    naive,
+  )
+  # A flat pair: every move ties, the shortest (none) wins.
+  flat = np.full((8, 8, 3), 7, np.uint8)
+  assert not flow.block_match(flat, flat, radius=2, window=3).any()
+  with pytest.raises(ValueError, match='window'):
+    flow.block_match(frame1, frame2, window=4)
+  with pytest.raises(ValueError, match='frame2_HW3'):
+    flow.block_match(frame1, frame2[1:])
 
 
 def test_unknown_variant_and_missing_dir_are_errors():
@@ -153,11 +327,19 @@ def test_evaluate_pairs_oracle_and_zero(tmp_path):
     oracle,
     [record],
     'real',
+    baselines=dict(mean_flow=flow.mean_flow, oracle=lambda r: r['flow']),
     workdir=str(tmp_path),
     num_pngs=1,
     say=lines.append,
   )
   assert out['real/epe'] == 0 and out['real/fl_all'] == 0
+  assert out['real/oracle_epe'] == 0
+  # The per-pair mean flow's EPE, by hand: |u - mean u| over known pixels
+  # (the motorcycle's flow is horizontal).
+  u = record['flow'][..., 0][record['valid']]
+  assert out['real/mean_flow_epe'] == pytest.approx(
+    np.abs(u - u.mean()).mean(), rel=1e-6
+  )
   zero = flow.evaluate_pairs(
     lambda f1, f2: np.zeros_like(record['flow']),
     [record],
@@ -168,6 +350,7 @@ def test_evaluate_pairs_oracle_and_zero(tmp_path):
   # The motorcycle's mean |disparity| over known pixels (halved, 3.7..29.9).
   assert 10 < zero['real/epe'] < 20
   assert all(LINE.search(line) for line in lines)
+  assert ', mean flow: ' in lines[0] and ', oracle: 0.00)' in lines[0]
   for kind in ('pred', 'gt'):
     assert os.path.isfile(tmp_path / f'flow_real_0_{kind}.png')
 
@@ -195,44 +378,65 @@ def test_debug_trains_and_the_evaluate_hook_reports(debug_run):
   assert len(losses) == config.total_steps
   assert all(np.isfinite(v) for v in losses.values())
   lines = [line for line in printed.splitlines() if LINE.search(line)]
+  # Trained with the curriculum on: 4 steps at fractions 0 .. 0.75 cross
+  # every stage.
+  assert config.data.curriculum.enabled and config.total_steps == 4
   assert [line.split(' EPE')[0] for line in lines] == [
-    'synthetic (2 pairs)',
-    'motorcycle (1 pairs)',
-  ]
+    f'{name} (2 pairs)' for name in SYNTHETIC
+  ] + ['motorcycle (1 pairs)']
+  assert all('block matching: ' in line for line in lines[:3])
   with open(workdir / 'result.json') as f:
     summary = json.load(f)
+  metrics = ('epe', 'zero_flow_epe', 'mean_flow_epe', 'fl_all')
   names = [
-    f'eval/{s}/{m}'
-    for s in ('synthetic', 'motorcycle')
-    for m in ('epe', 'zero_flow_epe', 'fl_all')
+    f'eval/{s}/{m}' for s in SYNTHETIC + ('motorcycle',) for m in metrics
   ]
+  names += [f'eval/{s}/block_matching_epe' for s in SYNTHETIC]
   assert sorted(k for k in summary if k.startswith('eval/')) == sorted(names)
   assert {k: result['eval'][k] for k in names} == {k: summary[k] for k in names}
-  for set_name in ('synthetic', 'motorcycle'):
+  for set_name in SYNTHETIC + ('motorcycle',):
     for kind in ('pred', 'gt'):
       assert os.path.isfile(workdir / f'flow_{set_name}_0_{kind}.png')
   # Independent references: the held-out pairs are one tile each, so the
   # tiled EPE is the training forward's per-example EPE (every pixel is
-  # valid and the pairs are of one size); zero-flow EPEs from numpy.
+  # valid and the pairs are of one size); zero-flow and mean-flow EPEs from
+  # numpy, block matching from a direct call.
   ts = result['train_state']
-  pairs = flow.held_out_source(config)
-  batch = {
-    k: np.stack([pairs[i][k] for i in range(len(pairs))]) for k in pairs[0]
-  }
-  assert batch['valid'].all()
   apply = jax.jit(
     functools.partial(flow.make_forward(config.model).apply, is_training=False)
   )
-  pred, _ = apply(ts.params, ts.state, None, batch)
-  direct = flow.per_example(pred, batch)
-  np.testing.assert_allclose(
-    summary['eval/synthetic/epe'], np.mean(direct['loss']), rtol=1e-5
-  )
-  np.testing.assert_allclose(
-    summary['eval/synthetic/zero_flow_epe'],
-    np.linalg.norm(batch['flow'], axis=-1).mean(),
-    rtol=1e-6,
-  )
+  for name, pairs in flow.held_out_sets(config).items():
+    batch = {
+      k: np.stack([pairs[i][k] for i in range(len(pairs))]) for k in pairs[0]
+    }
+    assert batch['valid'].all()
+    pred, _ = apply(ts.params, ts.state, None, batch)
+    direct = flow.per_example(pred, batch)
+    np.testing.assert_allclose(
+      summary[f'eval/{name}/epe'], np.mean(direct['loss']), rtol=1e-5
+    )
+    gt = batch['flow'].astype(np.float64)
+    np.testing.assert_allclose(
+      summary[f'eval/{name}/zero_flow_epe'],
+      np.linalg.norm(gt, axis=-1).mean(),
+      rtol=1e-6,
+    )
+    centred = gt - gt.mean((1, 2), keepdims=True)
+    np.testing.assert_allclose(
+      summary[f'eval/{name}/mean_flow_epe'],
+      np.linalg.norm(centred, axis=-1).mean(),
+      rtol=1e-5,
+      atol=1e-6,
+    )
+    matched = [
+      flow.block_match(p['frame1'], p['frame2'], radius=7, window=7)
+      for p in (pairs[0], pairs[1])
+    ]
+    np.testing.assert_allclose(
+      summary[f'eval/{name}/block_matching_epe'],
+      np.linalg.norm(np.stack(matched) - gt, axis=-1).mean(),
+      rtol=1e-5,
+    )
   moto = flow_data.load_motorcycle()
   np.testing.assert_allclose(
     summary['eval/motorcycle/zero_flow_epe'],
@@ -260,7 +464,7 @@ def test_warm_start_from_our_npz_keeps_the_parameters(debug_run, tmp_path):
     trained,
   )
   # The hook scores the loaded parameters: the first run's numbers.
-  for name in ('synthetic/epe', 'motorcycle/epe'):
+  for name in ('synthetic_full/epe', 'motorcycle/epe'):
     assert second['eval'][f'eval/{name}'] == pytest.approx(
       first['eval'][f'eval/{name}'], rel=1e-6
     )

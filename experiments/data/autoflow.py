@@ -24,7 +24,7 @@ there: exact, including where p is occluded in frame 2 (see `render`'s
 
 import functools
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -77,9 +77,203 @@ def _apply(m: np.ndarray, x: np.ndarray, y: np.ndarray):
   ]
 
 
+class Scene(NamedTuple):
+  """Every range of the generator: one difficulty of scene.
+
+  The defaults are the AutoFlow-style layered scene (the generator's ranges
+  before the curriculum existed).
+
+  Attributes:
+    max_layers: the most polygons over the background; the count is drawn
+      from 1..max_layers, and 0 leaves the background alone (one global
+      motion per pair).
+    max_motion: largest translation of a layer, pixels per axis.
+    max_rotation_deg: largest rotation of a layer, degrees.
+    max_log_scale: layer scaling exp(U(-s, s)) per axis.
+    max_shear: largest shear factor.
+    background_motion: the background moves like a layer with its motion
+      scaled by this factor (0: static camera).
+    texture_zoom: (low, high) range of the texture magnification (texture
+      pixels per frame pixel are its inverse; above 1 the photographs are
+      blurred, so less gradient to match).
+    radii: (min, max) polygon radii as fractions of min(H, W).
+    vertices: (fewest, most) polygon vertices.
+  """
+
+  max_layers: int = 4
+  max_motion: float = 20.0
+  max_rotation_deg: float = 10.0
+  max_log_scale: float = 0.1
+  max_shear: float = 0.05
+  background_motion: float = 0.5
+  texture_zoom: Tuple[float, float] = (0.75, 2.5)
+  radii: Tuple[float, float] = (0.08, 0.35)
+  vertices: Tuple[int, int] = (3, 9)
+
+
+def make_scene(name: str = 'scene', **ranges) -> Scene:
+  """A checked `Scene` of `ranges` (the `Scene` fields; missing ones take
+  the defaults); `name` prefixes the field in errors.
+
+  Raises:
+    ValueError: an unknown field, or a range out of its domain (negative
+      magnitudes, low > high, fewer than 3 vertices, ...).
+  """
+  unknown = sorted(set(ranges) - set(Scene._fields))
+  if unknown:
+    raise ValueError(
+      f'{name}: expected fields among {Scene._fields}, got {unknown}.'
+    )
+  scene = Scene(**ranges)
+  layers = scene.max_layers
+  if not isinstance(layers, (int, np.integer)) or layers < 0:
+    raise ValueError(
+      f'{name}.max_layers: expected an integer >= 0, got {layers!r}.'
+    )
+  for field in (
+    'max_motion',
+    'max_rotation_deg',
+    'max_log_scale',
+    'max_shear',
+    'background_motion',
+  ):
+    value = getattr(scene, field)
+    if not value >= 0:
+      raise ValueError(
+        f'{name}.{field}: expected a number >= 0, got {value!r}.'
+      )
+  for field, low, domain in (
+    ('texture_zoom', 0, '0 < low'),
+    ('radii', 0, '0 < low'),
+    ('vertices', 3, '3 <= low'),
+  ):
+    pair = tuple(getattr(scene, field))
+    if len(pair) != 2 or not (
+      (pair[0] > low if low == 0 else pair[0] >= low) and pair[0] <= pair[1]
+    ):
+      raise ValueError(
+        f'{name}.{field}: expected (low, high) with {domain} <= high, got '
+        f'{pair!r}.'
+      )
+  return scene._replace(
+    max_layers=int(layers),
+    texture_zoom=tuple(float(v) for v in scene.texture_zoom),
+    radii=tuple(float(v) for v in scene.radii),
+    vertices=tuple(int(v) for v in scene.vertices),
+  )
+
+
+def _round(value: float) -> int:
+  """Nearest integer, halves up (an integer range interpolated)."""
+  return int(np.floor(value + 0.5))
+
+
+def interpolate(a: Scene, b: Scene, t: float) -> Scene:
+  """The scene a fraction t in [0, 1] of the way from `a` to `b`: every
+  range linear in t, integer ranges (layers, vertices) rounded to the
+  nearest integer (halves up)."""
+  mix = lambda x, y: (1 - t) * x + t * y
+  out = {}
+  for field, x, y in zip(Scene._fields, a, b):
+    if field == 'max_layers':
+      out[field] = _round(mix(x, y))
+    elif field == 'vertices':
+      out[field] = tuple(_round(mix(p, q)) for p, q in zip(x, y))
+    elif isinstance(x, tuple):
+      out[field] = tuple(float(mix(p, q)) for p, q in zip(x, y))
+    else:
+      out[field] = float(mix(x, y))
+  return Scene(**out)
+
+
+class Stage(NamedTuple):
+  """One level of a `Curriculum`.
+
+  Attributes:
+    name: names the level (and its held-out set).
+    reach: the fraction of training, in [0, 1], at which it is reached.
+    scene: the generator's ranges there.
+    augment: the augmentation severity there, in [0, 1] (the factor on the
+      augmentation's ranges and probabilities; see
+      `flow_augment.at_severity`).
+  """
+
+  name: str
+  reach: float
+  scene: Scene
+  augment: float
+
+
+class Curriculum:
+  """A difficulty schedule: piecewise linear in the fraction of training
+  between its stages, constant after the last.
+
+  AutoFlow (Sun et al. 2021, Sec. 4) trains with a curriculum that raises
+  the augmentation severity over time but publishes neither its generator
+  nor its schedule; this schedule is ours: the scene and the severity of
+  stage k at fraction `reach_k`, linear in between (see `interpolate`).
+  Picklable, so it can be an op's keyword in loader workers.
+  """
+
+  def __init__(self, stages):
+    """Checks and keeps `stages`.
+
+    Args:
+      stages: a non-empty sequence of `Stage`, with distinct names, the
+        first reached at 0 and the reaches strictly increasing in [0, 1].
+
+    Raises:
+      ValueError: naming the stage and what is wrong.
+    """
+    stages = tuple(stages)
+    if not stages:
+      raise ValueError('stages: expected at least one stage, got none.')
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names) or not all(names):
+      raise ValueError(
+        f'stages: expected distinct non-empty names, got {names}.'
+      )
+    reach = [float(s.reach) for s in stages]
+    if reach[0] != 0.0 or any(b <= a for a, b in zip(reach, reach[1:])):
+      raise ValueError(
+        'stages: expected reach fractions starting at 0 and strictly '
+        f'increasing, got {dict(zip(names, reach))}.'
+      )
+    if reach[-1] > 1.0:
+      raise ValueError(
+        f'stages: expected reach fractions in [0, 1], got {reach[-1]} for '
+        f'{names[-1]!r}.'
+      )
+    for s in stages:
+      if not 0.0 <= s.augment <= 1.0:
+        raise ValueError(
+          f'{s.name}.augment: expected a severity in [0, 1], got {s.augment!r}.'
+        )
+    self.stages = tuple(
+      s._replace(scene=make_scene(s.name, **s.scene._asdict())) for s in stages
+    )
+
+  def at(self, fraction: float) -> Tuple[Scene, float]:
+    """(scene, augmentation severity) at `fraction` of training (clipped to
+    [0, 1])."""
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    stages = self.stages
+    k = sum(s.reach <= fraction for s in stages) - 1
+    if k == len(stages) - 1:
+      return stages[k].scene, float(stages[k].augment)
+    a, b = stages[k], stages[k + 1]
+    t = (fraction - a.reach) / (b.reach - a.reach)
+    severity = (1 - t) * a.augment + t * b.augment
+    return interpolate(a.scene, b.scene, t), float(severity)
+
+  def severity(self, fraction: float) -> float:
+    """The augmentation severity at `fraction` of training."""
+    return self.at(fraction)[1]
+
+
 class AutoFlowGenerator:
   """A grain random-access source of procedural pairs, deterministic in
-  (index, seed).
+  (index, seed) and the scene's ranges.
 
   Records: {'frame1', 'frame2': uint8 [H, W, 3], 'flow': float32 [H, W, 2],
   'valid': bool [H, W] (all True: the flow is known everywhere)}.
@@ -91,17 +285,8 @@ class AutoFlowGenerator:
     *,
     size: Tuple[int, int] = (368, 496),
     seed: int = 0,
-    max_layers: int = 4,
-    max_motion: float = 20.0,
-    max_rotation_deg: float = 10.0,
-    max_log_scale: float = 0.1,
-    max_shear: float = 0.05,
-    background_motion: float = 0.5,
-    texture_zoom: Tuple[float, float] = (0.75, 2.5),
-    min_radius: float = 0.08,
-    max_radius: float = 0.35,
-    vertices: Tuple[int, int] = (3, 9),
     textures_path: Optional[str] = None,
+    **scene,
   ):
     """Describes the distribution.
 
@@ -109,21 +294,12 @@ class AutoFlowGenerator:
       num_pairs: the number of records (indices 0..num_pairs-1).
       size: (H, W) of the frames.
       seed: with the index, fixes every random choice of a record.
-      max_layers: the most polygons over the background (at least 1).
-      max_motion: largest translation of a layer, pixels per axis.
-      max_rotation_deg: largest rotation of a layer, degrees.
-      max_log_scale: layer scaling exp(U(-s, s)) per axis.
-      max_shear: largest shear factor.
-      background_motion: the background moves like a layer with its motion
-        scaled by this factor (0: static camera).
-      texture_zoom: range of the texture magnification (texture pixels per
-        frame pixel are its inverse).
-      min_radius, max_radius: polygon radii as fractions of min(H, W).
-      vertices: (fewest, most) polygon vertices.
       textures_path: an .npz of uint8 [h, w, 3] images (default: vendored).
+      **scene: the ranges of `Scene` (defaults: the layered scene).
 
     Raises:
-      ValueError: on a non-positive count or size, or inconsistent ranges.
+      ValueError: on a non-positive count or size, or bad ranges (see
+        `make_scene`).
     """
     if not isinstance(num_pairs, int) or num_pairs <= 0:
       raise ValueError(
@@ -131,35 +307,10 @@ class AutoFlowGenerator:
       )
     if len(size) != 2 or min(size) < 8:
       raise ValueError(f'size: expected (H, W) of at least 8, got {size!r}.')
-    if not isinstance(max_layers, int) or max_layers < 1:
-      raise ValueError(
-        f'max_layers: expected an integer >= 1, got {max_layers!r}.'
-      )
-    if not 0 < min_radius <= max_radius:
-      raise ValueError(
-        'min_radius, max_radius: expected 0 < min_radius <= max_radius, got '
-        f'{min_radius}, {max_radius}.'
-      )
-    if not 3 <= vertices[0] <= vertices[1]:
-      raise ValueError(
-        f'vertices: expected 3 <= fewest <= most, got {vertices!r}.'
-      )
-    if not 0 < texture_zoom[0] <= texture_zoom[1]:
-      raise ValueError(
-        f'texture_zoom: expected 0 < low <= high, got {texture_zoom!r}.'
-      )
     self.num_pairs = num_pairs
     self.size = tuple(int(s) for s in size)
     self.seed = seed
-    self.max_layers = max_layers
-    self.max_motion = float(max_motion)
-    self.max_rotation = np.deg2rad(max_rotation_deg)
-    self.max_log_scale = float(max_log_scale)
-    self.max_shear = float(max_shear)
-    self.background_motion = float(background_motion)
-    self.texture_zoom = tuple(texture_zoom)
-    self.radii = (float(min_radius), float(max_radius))
-    self.vertices = tuple(vertices)
+    self.scene = make_scene(**scene)
     self.textures_path = textures_path
     load_textures(textures_path)  # fail early on a bad file
 
@@ -171,38 +322,46 @@ class AutoFlowGenerator:
     del out['occluded']
     return out
 
-  def _motion(self, rng, centre, factor: float = 1.0) -> np.ndarray:
-    angle = factor * rng.uniform(-self.max_rotation, self.max_rotation)
+  @staticmethod
+  def _motion(rng, scene: Scene, centre, factor: float = 1.0) -> np.ndarray:
+    rotation = np.deg2rad(scene.max_rotation_deg)
+    angle = factor * rng.uniform(-rotation, rotation)
     scale = np.exp(
-      factor * rng.uniform(-self.max_log_scale, self.max_log_scale, 2)
+      factor * rng.uniform(-scene.max_log_scale, scene.max_log_scale, 2)
     )
-    shear = factor * rng.uniform(-self.max_shear, self.max_shear)
-    shift = factor * rng.uniform(-self.max_motion, self.max_motion, 2)
+    shear = factor * rng.uniform(-scene.max_shear, scene.max_shear)
+    shift = factor * rng.uniform(-scene.max_motion, scene.max_motion, 2)
     return _affine(angle, scale, shear, shift, centre)
 
-  def _texture_map(self, rng, texture: np.ndarray) -> np.ndarray:
+  def _texture_map(self, rng, scene: Scene, texture: np.ndarray) -> np.ndarray:
     """Frame-1 (x, y) -> texture (x, y): random rotation, zoom, offset."""
     th, tw = texture.shape[:2]
-    zoom = rng.uniform(*self.texture_zoom)
+    zoom = rng.uniform(*scene.texture_zoom)
     angle = rng.uniform(-np.pi, np.pi)
     centre = np.array([self.size[1], self.size[0]]) / 2
     target = rng.uniform([0, 0], [tw, th])
     return _affine(angle, (1 / zoom, 1 / zoom), 0.0, target - centre, centre)
 
-  def _polygon(self, rng) -> np.ndarray:
+  def _polygon(self, rng, scene: Scene) -> np.ndarray:
     """[V, 2] (x, y) vertices of a random star-shaped polygon."""
     h, w = self.size
-    n = rng.integers(self.vertices[0], self.vertices[1] + 1)
+    n = rng.integers(scene.vertices[0], scene.vertices[1] + 1)
     angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-    radii = rng.uniform(*self.radii, n) * min(h, w)
+    radii = rng.uniform(*scene.radii, n) * min(h, w)
     centre = rng.uniform([0, 0], [w, h])
     return centre + radii[:, None] * np.stack(
       [np.cos(angles), np.sin(angles)], -1
     )
 
-  def render(self, index: int) -> Record:
+  def render(self, index: int, scene: Optional[Scene] = None) -> Record:
     """Record `index` plus 'occluded': bool [H, W], True where the frame-1
     pixel's point is hidden in frame 2 or leaves the image.
+
+    Args:
+      index: which record.
+      scene: the ranges to draw from (default: the generator's); the random
+        draws depend on (seed, index) alone, so one index under two scenes
+        is one scene drawn from two ranges.
 
     Raises:
       IndexError: index outside [0, num_pairs).
@@ -212,24 +371,26 @@ class AutoFlowGenerator:
       raise IndexError(
         f'index: expected an integer in [0, {self.num_pairs}), got {index}.'
       )
+    scene = self.scene if scene is None else scene
     rng = np.random.default_rng([self.seed, index])
     textures = load_textures(self.textures_path)
     h, w = self.size
     ys, xs = np.mgrid[:h, :w].astype(np.float64)
-    num_polygons = int(rng.integers(1, self.max_layers + 1))
+    most = scene.max_layers
+    num_polygons = int(rng.integers(min(1, most), most + 1))
 
     # Layer 0 is the background: it covers the whole plane.
     layers = []
     centre = np.array([w, h], np.float64) / 2
     for k in range(num_polygons + 1):
       texture = textures[rng.integers(len(textures))]
-      to_texture = self._texture_map(rng, texture)
+      to_texture = self._texture_map(rng, scene, texture)
       if k == 0:
         polygon = None
-        motion = self._motion(rng, centre, self.background_motion)
+        motion = self._motion(rng, scene, centre, scene.background_motion)
       else:
-        polygon = self._polygon(rng)
-        motion = self._motion(rng, polygon.mean(0))
+        polygon = self._polygon(rng, scene)
+        motion = self._motion(rng, scene, polygon.mean(0))
       layers.append((texture, to_texture, polygon, motion))
 
     frame1 = np.zeros((h, w, 3))
@@ -269,6 +430,50 @@ class AutoFlowGenerator:
       'valid': np.ones((h, w), bool),
       'occluded': ~seen,
     }
+
+
+class SceneIndices:
+  """A grain source of `num_pairs` records {'scene_index': int64 []}: which
+  pair to draw, rendered by `render_at_progress` once the training progress
+  (hence the difficulty) is known. Picklable."""
+
+  def __init__(self, num_pairs: int):
+    if not isinstance(num_pairs, int) or num_pairs <= 0:
+      raise ValueError(
+        f'num_pairs: expected a positive integer, got {num_pairs!r}.'
+      )
+    self.num_pairs = num_pairs
+
+  def __len__(self) -> int:
+    return self.num_pairs
+
+  def __getitem__(self, index: int) -> Record:
+    index = int(index)
+    if not 0 <= index < self.num_pairs:
+      raise IndexError(
+        f'index: expected an integer in [0, {self.num_pairs}), got {index}.'
+      )
+    return {'scene_index': np.int64(index)}
+
+
+def render_at_progress(
+  record: Record,
+  *,
+  generator: AutoFlowGenerator,
+  curriculum: Curriculum,
+  progress,
+) -> Record:
+  """The pair `record['scene_index']` of `generator` under the curriculum's
+  scene at `progress.fraction` (a `perceiver.train.data.Progress`): an op
+  for `perceiver.train.data.Map`, deterministic in (seed, index, fraction).
+
+  Returns:
+    A record as `AutoFlowGenerator`'s.
+  """
+  scene, _ = curriculum.at(progress.fraction)
+  out = generator.render(int(record['scene_index']), scene)
+  del out['occluded']
+  return out
 
 
 def _sample(texture: np.ndarray, to_texture: np.ndarray, x, y) -> np.ndarray:

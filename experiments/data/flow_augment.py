@@ -257,3 +257,46 @@ def random_erase(
     dx, dy = rng.integers(box_range[0], box_range[1], 2)
     frame2[y0 : y0 + dy, x0 : x0 + dx] = np.rint(mean).astype(np.uint8)
   return dict(record, frame2=frame2)
+
+
+def at_severity(
+  record: Record,
+  rng: np.random.Generator,
+  *,
+  op,
+  severity,
+  scaled: Tuple[str, ...],
+  progress,
+  **ranges,
+) -> Record:
+  """`op(record, rng, **ranges)` with the ranges named in `scaled`
+  multiplied by `severity(progress.fraction)`: an augmentation curriculum
+  (AutoFlow's "increases augmentation severity over time"; the factor is
+  our schedule, see `autoflow.Curriculum`). At severity 0 the scaled ranges
+  and probabilities are 0 (no jitter, no erasing, no scaling), at 1 they
+  are as given.
+
+  Args:
+    record, rng: as for `op`.
+    op: one of this module's ops.
+    severity: fraction of training -> factor in [0, 1] (picklable, e.g. a
+      `Curriculum.severity`).
+    scaled: the keywords of `ranges` to scale.
+    progress: the engine's `perceiver.train.data.Progress`.
+    **ranges: `op`'s keywords at full severity.
+
+  Raises:
+    ValueError: a name in `scaled` that is not in `ranges`.
+  """
+  missing = sorted(set(scaled) - set(ranges))
+  if missing:
+    raise ValueError(
+      f'scaled: expected keywords of {getattr(op, "__name__", op)} among '
+      f'{sorted(ranges)}, got {missing}.'
+    )
+  factor = float(severity(progress.fraction))
+  return op(
+    record,
+    rng,
+    **{k: v * factor if k in scaled else v for k, v in ranges.items()},
+  )
