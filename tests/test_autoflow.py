@@ -258,18 +258,17 @@ def test_stage0_pairs_are_pure_global_translations():
     x2, y2 = np.rint(xs + u), np.rint(ys + v)
     leaves = (x2 < 0) | (x2 >= SIZE[1]) | (y2 < 0) | (y2 >= SIZE[0])
     np.testing.assert_array_equal(r['occluded'], leaves)
-    # Frame 2 warped back by that vector is frame 1 away from the borders
-    # (within bilinear interpolation of the texture), and far better so
-    # than by that vector off by 1 px along either axis.
+    # Frame 2 warped back by that vector is frame 1 away from the borders,
+    # within bilinear interpolation of the texture: at most half the error
+    # of that vector off by 1 px along either axis.
     inner = (slice(3, -3), slice(3, -3))
 
     def error(offset):
       warped = _warp(r['frame2'], r['flow'] + np.float32(offset))
       return np.abs(warped - r['frame1'])[inner]
 
-    assert np.median(error((0, 0))) < 1.0
     worse = min(error(d).mean() for d in ((1, 0), (-1, 0), (0, 1), (0, -1)))
-    assert error((0, 0)).mean() < 0.75 * worse
+    assert error((0, 0)).mean() < 0.5 * worse
 
 
 def test_render_at_progress_is_deterministic_and_follows_the_stage():

@@ -5,9 +5,12 @@
 writes, beside this file (see SOURCE.md for sources and licences):
 
 * `flow_textures.npz`: photographs for the procedural AutoFlow-style pairs
-  (`experiments/data/autoflow.py`), one uint8 [h, w, 3] array per name,
-  each the image's 2 x 2 (4 x 4 for the Hubble field) block mean, centre
-  crop of at most 192 x 192.
+  (`experiments/data/autoflow.py`), one uint8 [h, w, 3] array per name
+  (grey photographs repeated over the 3 channels), each the image's
+  `TEXTURES[name]` x `TEXTURES[name]` block mean, cropped to the window of
+  at most 192 x 192 (on a 16-pixel grid) with the most pixels of gradient
+  (`_most_textured`): matching needs texture, and the photographs' skies
+  and backgrounds have none.
 * `motorcycle_half.npz`: the Middlebury 2014 'motorcycle' stereo pair at
   half of scikit-image's size: `left`, `right` uint8 [250, 370, 3] (2 x 2
   block means) and `disparity` float32 [250, 370] in pixels of the halved
@@ -22,6 +25,7 @@ Needs scikit-image 0.26 (its wheel bundles these files).
 import os
 
 import numpy as np
+from scipy import ndimage
 import skimage.data
 from skimage.transform import downscale_local_mean
 
@@ -33,8 +37,18 @@ TEXTURES = {
   'chelsea': 2,
   'rocket': 2,
   'hubble_deep_field': 4,
+  'immunohistochemistry': 2,
+  'camera': 2,
+  'coins': 1,
+  'brick': 2,
+  'grass': 2,
+  'gravel': 2,
 }
 TEXTURE_SIZE = 192
+WINDOW_STEP = 16
+# A pixel has gradient when its Sobel magnitude (grey levels per pixel)
+# reaches this.
+GRADIENT = 2.0
 DEPTH_EDGE_PX = 1.0
 
 
@@ -47,18 +61,46 @@ def _block_mean(image: np.ndarray, block: int) -> np.ndarray:
   return downscale_local_mean(image[:h, :w].astype(np.float64), factors)
 
 
-def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+def has_gradient(image: np.ndarray) -> np.ndarray:
+  """bool [h, w]: the grey image's Sobel gradient magnitude, in grey levels
+  per pixel, reaches `GRADIENT`."""
+  grey = np.asarray(image, np.float64)
+  grey = grey.mean(-1) if grey.ndim == 3 else grey
+  magnitude = np.hypot(ndimage.sobel(grey, 0), ndimage.sobel(grey, 1)) / 8
+  return magnitude >= GRADIENT
+
+
+def _most_textured(image: np.ndarray, size: int) -> np.ndarray:
+  """The size x size window (top-left on a `WINDOW_STEP` grid; the whole
+  extent where the image is smaller) with the most pixels of gradient; the
+  first such window in raster order on ties."""
   h, w = image.shape[:2]
-  top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
-  return image[top : top + size, left : left + size]
+  rows, cols = min(size, h), min(size, w)
+  counts = np.cumsum(np.cumsum(has_gradient(image), 0), 1)
+  counts = np.pad(counts, ((1, 0), (1, 0)))
+  best, where = -1, (0, 0)
+  for top in range(0, h - rows + 1, WINDOW_STEP):
+    for left in range(0, w - cols + 1, WINDOW_STEP):
+      n = (
+        counts[top + rows, left + cols]
+        - counts[top, left + cols]
+        - counts[top + rows, left]
+        + counts[top, left]
+      )
+      if n > best:
+        best, where = n, (top, left)
+  top, left = where
+  return image[top : top + rows, left : left + cols]
 
 
 def textures() -> dict:
   out = {}
   for name, block in TEXTURES.items():
     image = getattr(skimage.data, name)()
-    small = np.rint(_block_mean(image, block)).astype(np.uint8)
-    out[name] = _centre_crop(small, TEXTURE_SIZE)
+    if image.ndim == 2:
+      image = np.repeat(image[..., None], 3, -1)
+    small = np.rint(_block_mean(image[..., :3], block)).astype(np.uint8)
+    out[name] = _most_textured(small, TEXTURE_SIZE)
   return out
 
 
