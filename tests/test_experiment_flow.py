@@ -327,7 +327,9 @@ def test_evaluate_pairs_oracle_and_zero(tmp_path):
     oracle,
     [record],
     'real',
-    baselines=dict(mean_flow=flow.mean_flow, oracle=lambda r: r['flow']),
+    compared=flow.baseline_epes(
+      [record], dict(mean_flow=flow.mean_flow, oracle=lambda r: r['flow'])
+    ),
     workdir=str(tmp_path),
     num_pngs=1,
     say=lines.append,
@@ -443,6 +445,27 @@ def test_debug_trains_and_the_evaluate_hook_reports(debug_run):
     np.abs(moto['flow'][..., 0][moto['valid']]).mean(),
     rtol=1e-6,
   )
+
+
+def test_baselines_are_computed_once_per_cache(debug_run, monkeypatch):
+  config, _, result, _ = debug_run
+  ts = result['train_state']
+  cache = {}
+  first = flow.evaluate(
+    config, ts.params, ts.state, say=lambda _: None, cache=cache
+  )
+  assert sorted(cache) == sorted(SYNTHETIC + ('motorcycle',))
+
+  def fail(*args, **kwargs):
+    raise AssertionError('block matching recomputed')
+
+  monkeypatch.setattr(flow, 'block_match', fail)
+  again = flow.evaluate(
+    config, ts.params, ts.state, say=lambda _: None, cache=cache
+  )
+  assert again == first
+  with pytest.raises(AssertionError, match='recomputed'):
+    flow.evaluate(config, ts.params, ts.state, say=lambda _: None)
 
 
 def test_warm_start_from_our_npz_keeps_the_parameters(debug_run, tmp_path):
