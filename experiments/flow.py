@@ -151,8 +151,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # set, the first `data.max_eval_pairs` pairs of each Sintel pass and of
   # KITTI (all 1,041 + 1,041 + 200 with 0: 13,692 tiles), so set
   # `data.max_eval_pairs` with `eval_every`. The block-matching baseline
-  # costs ~2 s per 368 x 496 pair on one CPU core (~13 min for 3 x 128
-  # pairs), once per run (`data.block_match_radius=0` skips it).
+  # took 2 s per 368 x 496 pair on the shared 2-core machine at load 7
+  # (~13 min for 3 x 128 pairs), once per run (`data.block_match_radius=0`
+  # skips it).
   c.eval_every = 0
   # No `eval_data`: the engine's batch evaluation would repeat the synthetic
   # set. The engine still checks this field against the device count, so it
