@@ -20,6 +20,7 @@ import perceiver as P
 from perceiver import byte_transformer
 from perceiver import checkpoints
 from perceiver import train as train_lib
+from tests import test_train_common as common
 
 # One valid row per task in its published layout (header, row).
 _ROWS = {
@@ -169,7 +170,7 @@ def test_multitask_trains_and_reports_glue_average(tmp_path, capsys):
   }
   assert set(m) == expected
   with open(os.path.join(workdir, 'result.json')) as f:
-    assert set(json.load(f)) == {'step', 'train_time_s'} | {
+    assert set(json.load(f)) == common.RESULT_KEYS | {
       f'eval/{k}' for k in expected
     }
   # The paper's average: MNLI-m and MNLI-mm averaged first (Table 14).

@@ -111,7 +111,7 @@ def test_debug_run_evaluates_through_the_hook(mlm_run):
   assert set(result['eval']) == EVAL_KEYS
   with open(os.path.join(workdir, 'result.json')) as f:
     written = json.load(f)
-  assert set(written) == {'step', 'train_time_s'} | EVAL_KEYS
+  assert set(written) == common.RESULT_KEYS | EVAL_KEYS
   assert {k: written[k] for k in EVAL_KEYS} == result['eval']
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     logged = [json.loads(line) for line in f]

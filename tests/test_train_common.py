@@ -28,6 +28,19 @@ from perceiver.train.task import Task
 NUM_CLASSES = 4
 DIM = 8
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What every result.json holds besides the final metrics: the step, the
+# training time and where the run's wall time went (perceiver/train/loop.py).
+RESULT_KEYS = {
+  'step',
+  'train_time_s',
+  'time/compile_s',
+  'time/checkpoint_s',
+  'time/eval_s',
+  'time/data_wait_s',
+  'time/wall_s',
+  'time/steps_s',
+  'perf/goodput',
+}
 
 
 def toy_arrays(n=256, seed=0):
