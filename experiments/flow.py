@@ -150,10 +150,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # curriculum stage, the motorcycle pair and, when their directories are
   # set, the first `data.max_eval_pairs` pairs of each Sintel pass and of
   # KITTI (all 1,041 + 1,041 + 200 with 0: 13,692 tiles), so set
-  # `data.max_eval_pairs` with `eval_every`. The block-matching baseline
-  # took 2 s per 368 x 496 pair on the shared 2-core machine at load 7
-  # (~13 min for 3 x 128 pairs), once per run (`data.block_match_radius=0`
-  # skips it).
+  # `data.max_eval_pairs` with `eval_every`. The block-matching baseline is
+  # computed once per run (cost: docs/results/flow.md;
+  # `data.block_match_radius=0` skips it).
   c.eval_every = 0
   # No `eval_data`: the engine's batch evaluation would repeat the synthetic
   # set. The engine still checks this field against the device count, so it
@@ -267,10 +266,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.epochs = 4
     c.log_every = 50
     c.checkpoint_every = 500
-    # An evaluation (3 x 128 synthetic pairs + the motorcycle's 72 tiles)
-    # took 38 s at the first (compiling, and block matching the 384 pairs:
-    # ~14 s) and 15 s after (baselines cached) on the shared 2-core machine
-    # at load 6-7 (2026-12-07); 2.5 s with 16 pairs and no baselines.
+    # An evaluation: 3 x 128 synthetic pairs + the motorcycle's 72 tiles
+    # (its cost: docs/results/flow.md).
     c.eval_every = 500
     c.optimizer.name = 'adamw'
     c.optimizer.base_lr = 1e-3
