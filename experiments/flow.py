@@ -48,7 +48,8 @@ tiled (overlapping tiles of the model's size, min overlap 20, pyramid
 weights; `perceiver.tasks.optical_flow`) at any image size: `data.num_eval`
 held-out procedural pairs per curriculum stage (`synthetic_<stage>`, at that
 stage's scene; one `synthetic` set with the curriculum off), the real
-Middlebury motorcycle pair (`experiments/data/SOURCE.md`), MPI-Sintel
+Middlebury motorcycle pair (`experiments/data/SOURCE.md`; also at 1/k size
+for each k of `data.motorcycle_downscales`, `motorcycle_down<k>`), MPI-Sintel
 clean/final (`data.sintel_dir`) and KITTI 2015 (`data.kitti_dir`). Process 0
 prints one line per set, with baselines computed in the same evaluation:
 zero flow, the per-pair mean flow (an oracle: the true flow's mean over the
@@ -70,13 +71,20 @@ paper reports EPE 1.81 (Sintel clean), 2.42 (final), 4.98 (KITTI).
 Score a checkpoint (ours or the released one) without training:
 `--config.init_checkpoint=PATH --config.eval_only=True`.
 
+`--config.model.arch=conv` trains and evaluates, the same way, a plain
+convolutional network instead (`perceiver.conv_flow`, not from the paper:
+the control that tells a data or training problem from the Perceiver's own;
+`model.conv` sizes it).
+
 Variants:
   `:local`  procedural AutoFlow-style pairs textured with real photographs
             (`experiments/data/autoflow.py`) at 48 x 64 and a small model,
             for a CPU run of at most 30 minutes (the result is in
             docs/results/flow.md); the same curriculum at CPU scale
             (motions of +-3 px in `translation`, +-6 px after), 128
-            held-out pairs per stage.
+            held-out pairs per stage, a constant learning rate, and the
+            motorcycle pair also at 1/4 size (disparities of 1.0-7.5 px,
+            within the training motions).
   `:debug`  a tiny model and a few steps (seconds; tests).
   `:final`  the paper's augmentation-off, reversed-pairs phase.
 """
@@ -98,6 +106,7 @@ from experiments.data import autoflow
 from experiments.data import flow as flow_data
 from experiments.data import flow_augment
 from perceiver import checkpoints
+from perceiver import conv_flow
 from perceiver import presets
 from perceiver import tasks
 from perceiver import validation
@@ -111,6 +120,8 @@ from perceiver.train.task import Task
 TRAIN_SIZE = (368, 496)
 SOURCES = ('procedural', 'autoflow', 'chairs')
 VARIANTS = ('', 'final', 'local', 'debug')
+# model.arch: the paper's Perceiver IO, or the convolutional control.
+ARCHS = ('perceiver', 'conv')
 # KITTI's outlier: end-point error > 3 px and > 5% of the true flow's length.
 FL_ABS_PX, FL_REL = 3.0, 0.05
 _EPS = 1e-12  # under the EPE's square root: a finite gradient at zero error
@@ -187,6 +198,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       max_eval_pairs=0,  # per Sintel pass / KITTI and evaluation; 0 = all
       eval_tile_batch=6,  # tiles per model call (6 = one Sintel frame)
       num_pngs=4,  # colour-wheel PNGs per evaluation set
+      # The motorcycle stereo pair is scored at each of these 1/k sizes
+      # (`flow_data.downscale`; 1: as vendored, 370 x 250, disparities
+      # 3.7-29.9 px; 4: 92 x 62, 1.0-7.5 px).
+      motorcycle_downscales=(1,),
       reverse_pairs=False,  # feed every pair also reversed
       augment=True,
       # The procedural generator's ranges (`autoflow.Scene`; used with
@@ -246,6 +261,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     {k: v for k, v in presets.defaults('optical_flow').items()}
   )
   c.model.image_size = TRAIN_SIZE
+  c.model.arch = (
+    'perceiver'  # or 'conv' (`perceiver.conv_flow`, not the paper's)
+  )
+  c.model.conv = ml_collections.ConfigDict(
+    {k: v for k, v in conv_flow.DEFAULTS.items() if k != 'image_size'}
+  )
 
   if arg == 'final':
     # Perceiver IO App. H: a last phase with augmentation off and each pair
@@ -257,13 +278,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.data.curriculum.enabled = False
     c.total_steps = 37_500
   elif arg in ('local', 'debug'):
-    # 2,000 steps: 9 min 5 s on the idle 2-core machine (3.7 steps/s; the
-    # model did not leave zero flow, see docs/results/flow.md). Frames are rendered at
-    # the training size, so no scaling.
+    # 5,000 steps of 8 pairs rendered at the training size (no scaling),
+    # sized for 30 minutes on the 2-core machine (docs/results/flow.md).
     c.data.source = 'procedural'
     c.batch_size = 8
     c.num_train = 4000
-    c.epochs = 4
+    c.epochs = 10
     c.log_every = 50
     c.checkpoint_every = 500
     # An evaluation: 3 x 128 synthetic pairs + the motorcycle's 72 tiles
@@ -271,6 +291,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.eval_every = 500
     c.optimizer.name = 'adamw'
     c.optimizer.base_lr = 1e-3
+    # Constant: from scratch the model sits at zero flow for its first
+    # ~1,500 steps; a cosine from step 0 has decayed by then.
+    c.optimizer.schedule = 'constant'
     c.optimizer.weight_decay = 1e-4
     c.optimizer.clip_norm = 1.0
     c.model.image_size = (48, 64)
@@ -279,6 +302,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.model.num_self_attends_per_block = 4
     c.model.num_self_attend_heads = 4
     c.model.num_bands = 8
+    # The conv control at 13 GFLOP per training step, as the Perceiver.
+    c.model.conv.width = 40
     c.data.max_motion = 6.0
     c.data.max_layers = 3
     c.data.curriculum.translation.max_motion = 3.0
@@ -288,6 +313,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.data.num_eval = 128  # per curriculum stage
     c.data.eval_tile_batch = 36  # the motorcycle pair is 72 tiles of 48 x 64
     c.data.num_pngs = 2
+    # 1/4 size: the pair's disparities (1.0-7.5 px) within the training
+    # motions (max_motion 6 px plus the layers' own affine motion).
+    c.data.motorcycle_downscales = (1, 4)
   if arg == 'debug':
     c.num_train = 16
     c.epochs = 1
@@ -316,19 +344,51 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
 def model_overrides(model: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The `presets.build('optical_flow', **overrides)` of a config."""
-  out = dict(model)
+  out = {k: v for k, v in model.items() if k not in ('arch', 'conv')}
   out['image_size'] = tuple(model.image_size)
   return out
 
 
-def make_forward(model: ml_collections.ConfigDict) -> hk.TransformedWithState:
-  """The preset, called on a batch {'frame1', 'frame2': uint8 [B, H, W, 3]}
-  -> flow float32 [B, H, W, 2] in pixels.
+@functools.lru_cache(maxsize=None)
+def _conv_net(image_size, width, dilations, output_scale):
+  """One `conv_flow.build` per size, so evaluations reuse its compilations."""
+  return conv_flow.build(
+    image_size=image_size,
+    width=width,
+    dilations=dilations,
+    output_scale=output_scale,
+  )
 
-  The parameter tree is the preset's (so released checkpoints load as
-  they are); frames are scaled to [-1, 1] as the colab does.
+
+def network(model: ml_collections.ConfigDict):
+  """(the flow network of `model.arch`, its `perceiver.tasks` overrides).
+
+  'perceiver': the `optical_flow` preset with `model_overrides`; 'conv': the
+  plain convolutional control (`perceiver.conv_flow`, `model.conv` sizes).
+  Both take frames [B, 2, H, W, 3] in [-1, 1] and return pixels.
   """
-  net = presets.build('optical_flow', **model_overrides(model))
+  validation.check_choice('model.arch', model.arch, ARCHS)
+  overrides = model_overrides(model)
+  if model.arch == 'perceiver':
+    return presets.build('optical_flow', **overrides), overrides
+  net = _conv_net(
+    overrides['image_size'],
+    model.conv.width,
+    tuple(model.conv.dilations),
+    float(model.conv.output_scale),
+  )
+  return net, {'image_size': overrides['image_size']}
+
+
+def make_forward(model: ml_collections.ConfigDict) -> hk.TransformedWithState:
+  """The network, called on a batch {'frame1', 'frame2': uint8 [B, H, W,
+  3]} -> flow float32 [B, H, W, 2] in pixels.
+
+  With `model.arch='perceiver'` the parameter tree is the preset's (so
+  released checkpoints load as they are); frames are scaled to [-1, 1] as
+  the colab does.
+  """
+  net, _ = network(model)
 
   def frames(batch):
     pair = jnp.stack([batch['frame1'], batch['frame2']], axis=1)
@@ -789,13 +849,16 @@ def evaluate(
     'sintel_clean', 'sintel_final', 'kitti'), and
     '<set>/block_matching_epe' for the procedural ones.
   """
-  overrides = model_overrides(config.model)
   d = config.data
+  if config.model.arch == 'perceiver':  # the cached preset of `tasks`
+    net, overrides = 'optical_flow', model_overrides(config.model)
+  else:
+    net, overrides = network(config.model)
 
   def predictor(tile_batch):
     return functools.partial(
       tasks.optical_flow,
-      'optical_flow',
+      net,
       params,
       state,
       batch_size=tile_batch,
@@ -829,16 +892,18 @@ def evaluate(
         predictor(1), _first(pairs, 0), name, compared=compared, **common
       )
     )
-  motorcycle = [flow_data.load_motorcycle()]
-  results.update(
-    evaluate_pairs(
-      predict,
-      motorcycle,
-      'motorcycle',
-      compared=baselines('motorcycle', motorcycle, oracle),
-      **common,
+  for factor in d.motorcycle_downscales:
+    name = 'motorcycle' if factor == 1 else f'motorcycle_down{factor}'
+    motorcycle = [flow_data.downscale(flow_data.load_motorcycle(), factor)]
+    results.update(
+      evaluate_pairs(
+        predict,
+        motorcycle,
+        name,
+        compared=baselines(name, motorcycle, oracle),
+        **common,
+      )
     )
-  )
   if d.sintel_dir:
     for dstype in flow_data.SINTEL_PASSES:
       source = flow_data.SintelSource(
@@ -952,6 +1017,14 @@ def validate(config) -> None:
     )
   for name in ('num_eval', 'eval_tile_batch'):
     validation.check_positive(f'data.{name}', d[name])
+  for factor in d.motorcycle_downscales:
+    validation.check_positive('data.motorcycle_downscales', factor)
+  validation.check_choice('model.arch', config.model.arch, ARCHS)
+  if config.init_checkpoint and config.model.arch != 'perceiver':
+    raise ValueError(
+      "model.arch: expected 'perceiver' with init_checkpoint (checkpoints "
+      f'hold the flow preset), got {config.model.arch!r}.'
+    )
   for name in ('max_eval_pairs', 'num_pngs'):
     if d[name] < 0:  # ConfigDict keeps them integers
       raise ValueError(

@@ -372,6 +372,47 @@ def test_motorcycle_flow_sign_by_warping():
   assert right < 0.3 * zero < 0.3 * wrong
 
 
+def test_downscale_averages_blocks_and_their_valid_flow():
+  # 5 x 6 frames, factor 2: the last row is dropped; 2 x 3 blocks.
+  frame = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+  flow = np.zeros((5, 6, 2), np.float32)
+  flow[..., 0] = np.arange(30).reshape(5, 6)
+  flow[..., 1] = -4.0
+  valid = np.ones((5, 6), bool)
+  valid[0, 0] = False  # block (0, 0) is invalid; its other vectors not
+  flow[0, 0] = 1000.0  # unknown ground truth must not leak
+  out = F.downscale(
+    {'frame1': frame, 'frame2': 255 - frame, 'flow': flow, 'valid': valid}, 2
+  )
+  assert out['frame1'].shape == (2, 3, 3) and out['frame1'].dtype == np.uint8
+  # Block (1, 2): rows 2-3, columns 4-5.
+  block = frame[2:4, 4:6].astype(np.float64).mean((0, 1))
+  np.testing.assert_array_equal(out['frame1'][1, 2], np.rint(block))
+  np.testing.assert_array_equal(out['frame2'][1, 2], np.rint(255 - block))
+  np.testing.assert_array_equal(
+    out['valid'], [[False, True, True], [True, True, True]]
+  )
+  # Mean u of rows 2-3, columns 4-5: (16 + 17 + 22 + 23) / 4 = 19.5, halved.
+  np.testing.assert_allclose(out['flow'][1, 2], [19.5 / 2, -2.0])
+  assert (out['flow'][0, 0] == 0).all()
+  assert F.downscale(out, 1) is out
+  for bad in (0, 2.0, True):
+    with pytest.raises(ValueError, match='factor: expected a positive'):
+      F.downscale(out, bad)
+  with pytest.raises(ValueError, match='at most the frame size 2 x 3'):
+    F.downscale(out, 3)
+
+
+def test_motorcycle_at_a_quarter_still_warps_to_its_left_view():
+  r = F.downscale(F.load_motorcycle(), 4)
+  assert r['frame1'].shape == (62, 92, 3)
+  u = r['flow'][..., 0][r['valid']]
+  assert (u < 0).all() and -u.max() < 1.5 and 7 < -u.min() < 8
+  assert _warp_error(r, r['flow']) < 0.5 * _warp_error(
+    r, np.zeros_like(r['flow'])
+  )
+
+
 def test_reverse_pair_inverts_a_translation():
   rng = np.random.default_rng(8)
   record = {

@@ -385,13 +385,15 @@ def test_debug_trains_and_the_evaluate_hook_reports(debug_run):
   assert config.data.curriculum.enabled and config.total_steps == 4
   assert [line.split(' EPE')[0] for line in lines] == [
     f'{name} (2 pairs)' for name in SYNTHETIC
-  ] + ['motorcycle (1 pairs)']
+  ] + ['motorcycle (1 pairs)', 'motorcycle_down4 (1 pairs)']
   assert all('block matching: ' in line for line in lines[:3])
   with open(workdir / 'result.json') as f:
     summary = json.load(f)
   metrics = ('epe', 'zero_flow_epe', 'mean_flow_epe', 'fl_all')
   names = [
-    f'eval/{s}/{m}' for s in SYNTHETIC + ('motorcycle',) for m in metrics
+    f'eval/{s}/{m}'
+    for s in SYNTHETIC + ('motorcycle', 'motorcycle_down4')
+    for m in metrics
   ]
   names += [f'eval/{s}/block_matching_epe' for s in SYNTHETIC]
   assert sorted(k for k in summary if k.startswith('eval/')) == sorted(names)
@@ -440,11 +442,53 @@ def test_debug_trains_and_the_evaluate_hook_reports(debug_run):
       rtol=1e-5,
     )
   moto = flow_data.load_motorcycle()
-  np.testing.assert_allclose(
-    summary['eval/motorcycle/zero_flow_epe'],
-    np.abs(moto['flow'][..., 0][moto['valid']]).mean(),
-    rtol=1e-6,
+  for name, factor in (('motorcycle', 1), ('motorcycle_down4', 4)):
+    valid = moto['valid'][: 250 // factor * factor, : 370 // factor * factor]
+    blocks = valid.reshape(250 // factor, factor, -1, factor).all((1, 3))
+    u = moto['flow'][: valid.shape[0], : valid.shape[1], 0]
+    u = u.reshape(250 // factor, factor, -1, factor).mean((1, 3)) / factor
+    np.testing.assert_allclose(
+      summary[f'eval/{name}/zero_flow_epe'], np.abs(u[blocks]).mean(), rtol=1e-5
+    )
+
+
+def test_conv_control_trains_and_is_scored_like_the_perceiver(tmp_path):
+  config = flow.get_config('debug').unlock()
+  config.tensorboard = config.plot_curves = False
+  config.model.arch = 'conv'
+  config.model.conv.update(width=8, dilations=(1, 2))
+  config.data.motorcycle_downscales = (4,)
+  config.data.block_match_radius = 0
+  result, printed = _train(config, tmp_path)
+  params = result['train_state'].params
+  assert sorted(params) == [
+    'conv_flow/conv_0',
+    'conv_flow/conv_1',
+    'conv_flow/flow_head',
+  ]
+  # Trained: the zero-initialised head moved, so the flow is not zero.
+  assert np.abs(params['conv_flow/flow_head']['b']).max() > 0
+  assert 'motorcycle_down4 (1 pairs) EPE' in printed
+  # The tiled evaluation of a one-tile pair equals a direct call.
+  ts = result['train_state']
+  pairs = flow.held_out_sets(config)['synthetic_full']
+  batch = {k: np.stack([pairs[0][k], pairs[1][k]]) for k in pairs[0]}
+  pred, _ = flow.make_forward(config.model).apply(
+    ts.params, ts.state, None, batch, is_training=False
   )
+  np.testing.assert_allclose(
+    result['eval']['eval/synthetic_full/epe'],
+    np.mean(flow.per_example(pred, batch)['loss']),
+    rtol=1e-5,
+  )
+
+
+def test_conv_control_refuses_a_flow_checkpoint():
+  config = flow.get_config('debug').unlock()
+  config.model.arch = 'conv'
+  config.init_checkpoint = __file__
+  with pytest.raises(ValueError, match="model.arch: expected 'perceiver'"):
+    flow.validate(config)
 
 
 def test_baselines_are_computed_once_per_cache(debug_run, monkeypatch):

@@ -50,6 +50,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+from skimage import measure
+from skimage import transform
 
 Record = Dict[str, np.ndarray]
 
@@ -592,6 +594,58 @@ def load_motorcycle(path: Optional[str] = None) -> Record:
 # ---------------------------------------------------------------------------
 # Per-record ops.
 # ---------------------------------------------------------------------------
+
+
+def downscale(record: Record, factor: int) -> Record:
+  """The pair at 1/`factor` of its size, its flow in the new pixels.
+
+  Frames are averaged over `factor` x `factor` blocks
+  (`skimage.transform.downscale_local_mean`); a block's flow is the mean of
+  its valid vectors divided by `factor`, valid only where every pixel of
+  the block was (so unknown ground truth never mixes in). Rows and columns
+  past the last whole block are dropped.
+
+  Args:
+    record: {'frame1', 'frame2' uint8 [H, W, 3], 'flow' [H, W, 2], 'valid'
+      [H, W]}; H and W at least `factor`.
+    factor: a positive integer (1 returns the record unchanged).
+
+  Returns:
+    {'frame1', 'frame2' uint8 [H // f, W // f, 3], 'flow' float32
+    [H // f, W // f, 2], 'valid' bool [H // f, W // f]}.
+
+  Raises:
+    ValueError: `factor` is not a positive integer, or exceeds H or W.
+  """
+  if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+    raise ValueError(f'factor: expected a positive integer, got {factor!r}.')
+  height, width = record['valid'].shape
+  if factor > min(height, width):
+    raise ValueError(
+      f'factor: expected at most the frame size {height} x {width}, got '
+      f'{factor}.'
+    )
+  if factor == 1:
+    return record
+  h, w = height // factor * factor, width // factor * factor
+  blocks = (factor, factor)
+  valid = record['valid'][:h, :w]
+  flow = np.where(valid[..., None], record['flow'][:h, :w], 0.0)
+  flow_sum = measure.block_reduce(flow, blocks + (1,), np.sum)
+  count = measure.block_reduce(valid.astype(np.float64), blocks, np.sum)
+  out = {
+    'flow': (flow_sum / np.maximum(count, 1)[..., None] / factor).astype(
+      np.float32
+    ),
+    'valid': count == factor * factor,
+  }
+  for k in ('frame1', 'frame2'):
+    mean = transform.downscale_local_mean(
+      record[k][:h, :w].astype(np.float64), blocks + (1,)
+    )
+    out[k] = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+  out['flow'] = np.where(out['valid'][..., None], out['flow'], 0.0)
+  return out
 
 
 def reverse_pair(record: Record) -> Record:
