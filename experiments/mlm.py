@@ -120,6 +120,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       eval_fraction=0.01,
       unigram_records=2000,
       max_eval_records=0,  # 0: the whole held-out split
+      # A curriculum on the record length (`text_data.shorten_records`; not
+      # the paper's): from training fraction length_reach[i] on, records
+      # keep their first lengths[i] bytes, the rest padding. () = off.
+      lengths=(),
+      length_reach=(),
     )
   )
   c.model = ml_collections.ConfigDict(
@@ -234,6 +239,7 @@ def validate(config) -> None:
       f'data.dir: expected an existing directory holding the corpus, got '
       f'{d.dir!r}.'
     )
+  text_data.check_length_curriculum(d.lengths, d.length_reach, d.seq_len)
   if not isinstance(d.max_eval_records, int) or d.max_eval_records < 0:
     raise ValueError(
       f'data.max_eval_records: expected a non-negative integer, got '
@@ -637,6 +643,26 @@ def make_evaluate(
   return evaluate
 
 
+def train_ops(config) -> tuple:
+  """The training records' ops: the length curriculum when
+  `data.lengths` is set, then whole-word masking."""
+  d = config.data
+  ops = ()
+  if d.lengths:
+    ops += (
+      data_lib.Map(
+        text_data.shorten_records,
+        lengths=tuple(d.lengths),
+        reach=tuple(d.length_reach),
+      ),
+    )
+  return ops + (
+    data_lib.RandomMap(
+      text_data.mask_whole_words, mask_fraction=d.mask_fraction
+    ),
+  )
+
+
 def build_task(config, process_index: int, process_count: int) -> Task:
   """The MLM model, its loss, this process's share of the corpus, the
   held-out evaluation and the warm start from `init_checkpoint`."""
@@ -653,11 +679,7 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     config,
     process_index,
     process_count,
-    ops=(
-      data_lib.RandomMap(
-        text_data.mask_whole_words, mask_fraction=config.data.mask_fraction
-      ),
-    ),
+    ops=train_ops(config),
   )
   example = text_data.mask_whole_words_fixed(
     train[0], seed=config.seed, mask_fraction=config.data.mask_fraction

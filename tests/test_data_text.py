@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.data import text
+from perceiver.train import data as data_lib
 
 EOS = text.TOKENIZER.eos_token
 
@@ -323,3 +324,48 @@ def test_split_without_documents_raises(tmp_path):
   os.remove(path)
   with pytest.raises(ValueError, match='existing file'):
     text.index_file(path, str(tmp_path / 'c'))
+
+
+def test_shorten_records_follows_the_length_schedule():
+  ids = np.arange(10, 26, dtype=np.int32)  # 16 real bytes
+  record = {
+    'ids': ids,
+    'input_mask': np.ones(16, np.int32),
+    'index': np.int64(3),
+  }
+  schedule = dict(lengths=(4, 8, 16), reach=(0.0, 0.5, 0.75))
+  for fraction, keep in ((0.0, 4), (0.49, 4), (0.5, 8), (0.8, 16), (1.0, 16)):
+    out = text.shorten_records(
+      record, progress=data_lib.Progress(0, fraction), **schedule
+    )
+    expected = np.where(np.arange(16) < keep, ids, text.TOKENIZER.pad_token)
+    np.testing.assert_array_equal(out['ids'], expected)
+    np.testing.assert_array_equal(out['input_mask'], np.arange(16) < keep)
+    assert out['index'] == 3
+  assert (record['ids'] == ids).all() and record['input_mask'].all()
+  # Masking after it chooses bytes among the kept ones only.
+  short = text.shorten_records(
+    record, progress=data_lib.Progress(0, 0.0), **schedule
+  )
+  masked = text.mask_whole_words(
+    short, np.random.default_rng(0), mask_fraction=1.0
+  )
+  assert masked['target_mask'][:4].all() and not masked['target_mask'][4:].any()
+
+
+@pytest.mark.parametrize(
+  'lengths, reach, match',
+  [
+    ((8, 16), (0.0,), 'data.length_reach: expected one fraction per'),
+    ((8, 17), (0.0, 0.5), r'data.lengths: expected integers in \[1, '),
+    ((0,), (0.0,), r'data.lengths: expected integers in \[1, '),
+    ((8, 16), (0.1, 0.5), 'data.length_reach: expected increasing'),
+    ((8, 16), (0.0, 0.0), 'data.length_reach: expected increasing'),
+    ((8, 16), (0.0, 1.0), 'data.length_reach: expected increasing'),
+  ],
+)
+def test_length_curriculum_errors_name_the_field(lengths, reach, match):
+  with pytest.raises(ValueError, match=match):
+    text.check_length_curriculum(lengths, reach, seq_len=16)
+  text.check_length_curriculum((8, 16), (0.0, 0.5), seq_len=16)
+  text.check_length_curriculum((), (), seq_len=16)

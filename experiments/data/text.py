@@ -496,6 +496,72 @@ class MixedSource:
     return record
 
 
+def check_length_curriculum(
+  lengths: Sequence[int], reach: Sequence[float], seq_len: int
+) -> None:
+  """Raises ValueError naming `data.lengths` / `data.length_reach` unless
+  they are a valid schedule for records of `seq_len` bytes (see
+  `shorten_records`)."""
+  lengths, reach = tuple(lengths), tuple(reach)
+  if len(lengths) != len(reach):
+    raise ValueError(
+      f'data.length_reach: expected one fraction per entry of data.lengths '
+      f'{lengths}, got {reach}.'
+    )
+  if any(
+    isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= seq_len
+    for n in lengths
+  ):
+    raise ValueError(
+      f'data.lengths: expected integers in [1, data.seq_len={seq_len}], got '
+      f'{lengths}.'
+    )
+  if reach and (
+    reach[0] != 0.0
+    or any(not b > a for a, b in zip(reach, reach[1:]))
+    or reach[-1] >= 1.0
+  ):
+    raise ValueError(
+      f'data.length_reach: expected increasing fractions starting at 0.0, '
+      f'below 1.0, got {reach}.'
+    )
+
+
+def shorten_records(
+  record: Record,
+  *,
+  lengths: Sequence[int],
+  reach: Sequence[float],
+  progress,
+) -> Record:
+  """A curriculum on the record length: the first `lengths[i]` bytes stay,
+  the rest become padding, from the training fraction `reach[i]` on.
+
+  The batch shape stays [B, data.seq_len] (one compiled step); bytes past
+  the current length are PAD with `input_mask` 0, so the model neither reads
+  nor predicts them (masking runs after this op). Not from the paper: a
+  measure for the CPU-sized runs (docs/results/mlm.md), where short records
+  are what lets the byte Perceiver learn where to read early.
+
+  Args:
+    record: {'ids': int32 [L], 'input_mask': int32 [L], ...}.
+    lengths: bytes kept per stage (checked by `check_length_curriculum`).
+    reach: the training fraction at which each stage starts (0.0 first).
+    progress: the engine's `perceiver.train.data.Progress` of the record.
+
+  Returns:
+    The record with 'ids' and 'input_mask' cut to the stage's length.
+  """
+  stage = int(np.searchsorted(np.asarray(reach), progress.fraction, 'right'))
+  keep = lengths[max(stage - 1, 0)]
+  out = dict(record)
+  out['ids'] = record['ids'].copy()
+  out['ids'][keep:] = TOKENIZER.pad_token
+  out['input_mask'] = record['input_mask'].copy()
+  out['input_mask'][keep:] = 0
+  return out
+
+
 def mask_whole_words(
   record: Record,
   rng: np.random.Generator,
