@@ -70,8 +70,9 @@ class Evaluator:
       jittable; `outputs` is the model's `forward.apply(...)[0]` on the
       batch (without `EVAL_MASK`).
     samples: entries of `predict` kept for the first batch only (its real
-      rows): large outputs that only `artifacts` shows (a reconstruction).
-      Later batches do not compute, transfer or gather them.
+      rows): large outputs that only `report` and `artifacts` see (a
+      reconstruction); `reduce` gets the other entries. Later batches do
+      not compute, transfer or gather them.
     run: custom kind: `(params, state) -> rows`, the parameters and model
       state copied to this process.
     combine: combined kind: `({'<name>/<metric>' or '<metric>': float}) ->
@@ -297,18 +298,20 @@ class Runner:
         metrics = evaluator.combine(
           {k[len('eval/') :]: v for k, v in results.items()}
         )
-      else:
-        if evaluator.run is not None:
-          if local is None:
-            local = (
-              jax.device_put(gather((params, state)))
-              if jax.process_count() > 1
-              else (params, state)
-            )
-          rows = evaluator.run(*local)
-        else:
-          rows = self.rows(evaluator, params, state)
+      elif evaluator.run is not None:
+        if local is None:  # one copy for every custom evaluator
+          local = (
+            jax.device_put(gather((params, state)))
+            if jax.process_count() > 1
+            else (params, state)
+          )
+        rows = evaluator.run(*local)
         metrics = evaluator.reduce(rows)
+      else:
+        rows = self.rows(evaluator, params, state)
+        metrics = evaluator.reduce(
+          {k: v for k, v in rows.items() if k not in evaluator.samples}
+        )
       for k, v in metrics.items():
         name = metric_name(evaluator, k)
         if name in results or name in taken:
