@@ -15,7 +15,7 @@ audio + video, D=512); 44.9 with mel-spectrograms and D=1024.
 Training reads one random 32-frame window per clip (App. C) and minimises the
 sigmoid cross-entropy summed over the classes; evaluation averages the sigmoid
 probabilities of 16 overlapping 32-frame windows spread over each 10-second
-clip (App. C). Each evaluation (`Task.evaluate`, every `eval_every` steps
+clip (App. C). Each evaluation (`make_evaluator`, every `eval_every` steps
 and at the end) gathers every process's averaged predictions and computes
 `mean_average_precision` over the classes of the whole evaluation set,
 printed as `mAP: NN.N% (N clips, K windows each)` and logged as `eval/mAP`
@@ -327,49 +327,48 @@ def make_sources(config):
   )
 
 
-def make_evaluate(
-  forward: hk.TransformedWithState,
+def make_evaluator(
   eval_data: Callable[[], Iterable[Dict[str, np.ndarray]]],
   eval_windows: int,
-) -> Callable[..., Dict[str, float]]:
-  """`Task.evaluate`: mAP over the classes of the whole evaluation set.
+) -> evaluation.Evaluator:
+  """The evaluator: mAP over the classes of the whole evaluation set.
 
   Args:
-    forward: `make_forward`'s model.
     eval_data: a fresh pass over this process's evaluation batches (each
       record with its `eval_windows` windows).
     eval_windows: windows averaged per clip (for the printed line).
 
   Returns:
-    `evaluate(params, state, workdir) -> {'mAP', 'loss', 'hit_at_1'}`:
-    `mean_average_precision` of every process's averaged window
-    probabilities (gathered with `process_allgather`), and the means of
-    `per_example`'s loss and hit@1. Process 0 prints the mAP.
+    An evaluator named '' whose metrics are 'mAP'
+    (`mean_average_precision` of every clip's averaged window
+    probabilities) and the means of `per_example`'s 'loss' and
+    'hit_at_1'. Process 0 prints the mAP.
   """
 
-  def predictions(params, state, batch):
-    out, _ = forward.apply(params, state, None, batch, is_training=False)
+  def predict(outputs, batch):
     return dict(
-      per_example(out, batch), probs=out['probs'], labels=batch['label']
+      per_example(outputs, batch),
+      probs=outputs['probs'],
+      labels=batch['label'],
     )
 
-  def evaluate(params, state, workdir: str) -> Dict[str, float]:
-    del workdir  # Nothing to write.
-    rows = evaluation.gather_rows(predictions, params, state, eval_data())
-    value = mean_average_precision(rows['probs'], rows['labels'])
-    if jax.process_index() == 0:
-      print(
-        f'mAP: {100 * value:.1f}% ({len(rows["probs"])} clips, '
-        f'{eval_windows} windows each)',
-        flush=True,
-      )
+  def reduce(rows):
     return {
-      'mAP': value,
+      'mAP': mean_average_precision(rows['probs'], rows['labels']),
       'loss': float(np.mean(rows['loss'])),
       'hit_at_1': float(np.mean(rows['hit_at_1'])),
     }
 
-  return evaluate
+  return evaluation.Evaluator(
+    name='',
+    data=eval_data,
+    predict=predict,
+    reduce=reduce,
+    report=lambda metrics, rows: (
+      f'mAP: {100 * metrics["mAP"]:.1f}% ({len(rows["probs"])} clips, '
+      f'{eval_windows} windows each)'
+    ),
+  )
 
 
 def build_task(config, process_index: int, process_count: int) -> Task:
@@ -396,5 +395,5 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       'label': np.zeros((2, m.num_classes), np.float32),
       'index': np.zeros((2,), np.int32),
     },
-    evaluate=make_evaluate(forward, eval_data, d.eval_windows),
+    evaluators=[make_evaluator(eval_data, d.eval_windows)],
   )

@@ -43,7 +43,7 @@ Departure from the paper, forced by the engine's data contract:
   parameters: `--config.init_checkpoint=<.npz of perceiver.checkpoints.save
   or the released pickle>`.
 
-Evaluation (`Task.evaluate`, every `eval_every` steps and at the end) is
+Evaluation (`make_evaluator`, every `eval_every` steps and at the end) is
 tiled (overlapping tiles of the model's size, min overlap 20, pyramid
 weights; `perceiver.tasks.optical_flow`) at any image size: `data.num_eval`
 held-out procedural pairs per curriculum stage (`synthetic_<stage>`, at that
@@ -93,10 +93,8 @@ import functools
 import os
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
-from absl import logging
 import haiku as hk
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -112,6 +110,7 @@ from perceiver import tasks
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
+from perceiver.train import evaluation
 from perceiver.train.task import Task
 
 # Shapes: B batch, H, W frame size (the model's tile size), 2 frames or flow
@@ -722,7 +721,7 @@ def evaluate_pairs(
   name: str,
   *,
   compared: Optional[Mapping[str, float]] = None,
-  workdir: Optional[str] = None,
+  pngs: Optional[Dict[str, np.ndarray]] = None,
   num_pngs: int = 0,
   say: Callable[[str], None] = print,
 ) -> Dict[str, float]:
@@ -731,14 +730,16 @@ def evaluate_pairs(
 
   Prints `<name> (<n> pairs) EPE: N.NN (zero flow: N.NN[, <baseline>:
   N.NN]...), Fl-all: P%` (a baseline's name with spaces for underscores)
-  and writes `<workdir>/flow_<name>_<i>_{pred,gt}.png` (same colour scale)
-  for the first `num_pngs` pairs.
+  and adds the colour-wheel images `flow_<name>_<i>_{pred,gt}.png` (same
+  colour scale) of the first `num_pngs` pairs to `pngs`.
 
   Args:
     predict: (frame1, frame2) -> flow [H, W, 2], the model.
     pairs: records {'frame1', 'frame2', 'flow', 'valid'}.
     name: the set's name.
     compared: baseline name -> its EPE on these pairs (`baseline_epes`).
+    pngs: file name -> RGB uint8 [H, W, 3] (`tasks.flow_to_color`), for
+      `write_pngs`; None: no images.
 
   Returns:
     {'<name>/epe', '<name>/zero_flow_epe', '<name>/fl_all' (a fraction),
@@ -751,12 +752,13 @@ def evaluate_pairs(
     pred = predict(record['frame1'], record['frame2'])
     for k, v in flow_errors(pred, record['flow'], record['valid']).items():
       totals[k] += v
-    if workdir and i < num_pngs:
+    if pngs is not None and i < num_pngs:
       gt = np.where(record['valid'][..., None], record['flow'], 0.0)
       scale = max(float(np.linalg.norm(gt, axis=-1).max()), 1e-6)
-      base = os.path.join(workdir, f'flow_{name}_{i}')
-      tasks.save_flow_png(pred, f'{base}_pred.png', max_flow=scale)
-      tasks.save_flow_png(gt, f'{base}_gt.png', max_flow=scale)
+      for kind, flow_HW2 in (('pred', pred), ('gt', gt)):
+        pngs[f'flow_{name}_{i}_{kind}.png'] = tasks.flow_to_color(
+          flow_HW2, scale
+        )
     n += 1
   if not totals['count']:
     raise ValueError(f'{name}: no valid pixels to evaluate.')
@@ -775,6 +777,17 @@ def evaluate_pairs(
     f'{100 * out[f"{name}/fl_all"]:.1f}%'
   )
   return out
+
+
+def write_pngs(pngs: Mapping[str, np.ndarray], workdir: str) -> None:
+  """Writes each RGB image of `pngs` (`evaluate_pairs`) to
+  `<workdir>/<file name>`."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  for name, rgb in pngs.items():
+    Image.fromarray(rgb, mode='RGB').save(
+      os.path.join(workdir, name), format='PNG'
+    )
 
 
 def baseline_epes(
@@ -815,10 +828,10 @@ def evaluate(
   config,
   params,
   state,
-  workdir: Optional[str] = None,
   say=print,
   *,
   cache: Optional[dict] = None,
+  pngs: Optional[Dict[str, np.ndarray]] = None,
 ) -> Dict[str, float]:
   """Scores a model on every configured evaluation set, at full size.
 
@@ -836,12 +849,14 @@ def evaluate(
   Args:
     config: a config of this file.
     params, state: the model's parameters and state, usable by this process
-      alone (see `_local_copy`).
-    workdir: where `flow_<set>_<i>_{pred,gt}.png` go (None: no files).
+      alone.
     say: prints each set's `EPE: N.NN (zero flow: N.NN, ...)` line.
     cache: a dict kept across the evaluations of one run (one config): the
       baselines' EPEs are computed at the first and read from it after
       (None: computed every time).
+    pngs: receives `flow_<set>_<i>_{pred,gt}.png` of the first
+      `data.num_pngs` pairs of each set (`evaluate_pairs`); None: no
+      images.
 
   Returns:
     {'<set>/epe', '<set>/zero_flow_epe', '<set>/mean_flow_epe',
@@ -882,7 +897,7 @@ def evaluate(
       cache[name] = baseline_epes(pairs, fns)
     return cache[name]
 
-  common = dict(workdir=workdir, num_pngs=d.num_pngs, say=say)
+  common = dict(pngs=pngs, num_pngs=d.num_pngs, say=say)
   predict = predictor(d.eval_tile_batch)
   results = {}
   for name, pairs in held_out_sets(config).items():
@@ -931,18 +946,6 @@ def evaluate(
       )
     )
   return results
-
-
-def _local_copy(tree):
-  """`tree` with every array on this process's default device.
-
-  With several processes the engine's arrays span devices of other
-  processes, which a per-process evaluation cannot read: they are gathered
-  (every process then runs the same evaluation).
-  """
-  if jax.process_count() == 1:
-    return tree
-  return jax.device_put(multihost_utils.process_allgather(tree, tiled=True))
 
 
 def load_init_checkpoint(config) -> Tuple[Any, Any]:
@@ -1037,13 +1040,43 @@ def validate(config) -> None:
     )
 
 
+def make_evaluator(config) -> evaluation.Evaluator:
+  """The evaluator: `evaluate` as one custom evaluator named ''.
+
+  Its metrics are `evaluate`'s ('<set>/epe', ..., logged as
+  `eval/<set>/epe`), its report the sets' lines, its artifacts the PNGs
+  (process 0); the baselines' EPEs are computed at the first evaluation of
+  the run only. The engine runs it on every process with the parameters
+  copied there. Not a batches-kind evaluator: each pair is tiled at its
+  own size (Sintel, KITTI and the motorcycle differ) and scored beside
+  host-side classical baselines.
+  """
+  cache = {}  # the baselines' EPEs: one computation per run
+
+  def run(params, state):
+    lines, pngs = [], {}
+    metrics = evaluate(
+      config, params, state, say=lines.append, cache=cache, pngs=pngs
+    )
+    return dict(metrics=metrics, lines=lines, pngs=pngs)
+
+  return evaluation.Evaluator(
+    name='',
+    run=run,
+    reduce=lambda rows: rows['metrics'],
+    report=lambda metrics, rows: '\n'.join(rows['lines']),
+    artifacts=lambda metrics, rows, workdir: write_pngs(rows['pngs'], workdir),
+  )
+
+
 def build_task(config, process_index: int, process_count: int) -> Task:
   """Model, EPE loss, this process's training pairs and the hooks.
 
-  `Task.evaluate` runs `evaluate` on every process (process 0 prints the
-  EPE lines and writes the PNGs to the workdir); `Task.init_params` loads
-  `config.init_checkpoint` when one is given. There is no `eval_data`: the
-  held-out synthetic sets are `evaluate`'s first ones.
+  `Task.evaluators` is `make_evaluator` (`evaluate` on every process;
+  process 0 prints the EPE lines and writes the PNGs to the workdir);
+  `Task.init_params` loads `config.init_checkpoint` when one is given.
+  There is no `eval_data`: the held-out synthetic sets are `evaluate`'s
+  first ones.
   """
   validate(config)
   train_data = data_lib.train_iterator_from_config(
@@ -1056,19 +1089,6 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   held_out = next(iter(held_out_sets(config).values()))
   examples = [held_out[0], held_out[min(1, len(held_out) - 1)]]
   example_batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-  chief = process_index == 0
-  cache = {}  # the baselines' EPEs: one computation per run
-
-  def evaluate_hook(params, state, workdir):
-    return evaluate(
-      config,
-      _local_copy(params),
-      _local_copy(state),
-      workdir if chief else None,
-      say=functools.partial(print, flush=True) if chief else logging.info,
-      cache=cache,
-    )
-
   init_params = None
   if config.init_checkpoint:
     init_params = lambda params, state: load_init_checkpoint(config)
@@ -1077,6 +1097,6 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     per_example=per_example,
     train_data=train_data,
     example_batch=example_batch,
-    evaluate=evaluate_hook,
+    evaluators=[make_evaluator(config)],
     init_params=init_params,
   )

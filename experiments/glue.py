@@ -45,7 +45,7 @@ Data (`data.dir`, never downloaded): GLUE as distributed
   `dev accuracy: NN.N%` at the end.
 * `:debug`: a tiny model, 3 steps on the vendored sentences.
 
-Metrics (`Task.evaluate`, every `eval_every` steps and at the end): per task
+Metrics (`make_evaluators`, every `eval_every` steps and at the end): per task
 and dev split as the paper reports them (Matthews for CoLA, Pearson/Spearman
 for STS-B, accuracy and F1 for MRPC and QQP, accuracy otherwise, x100) and the
 dev loss, logged as `eval/<TASK>/<metric>` (MNLI: `eval/MNLI-m/...`,
@@ -66,7 +66,7 @@ import copy
 import functools
 import inspect
 import os
-from typing import Any, Callable, Dict, Sequence
+from typing import Dict, List, Sequence
 
 import haiku as hk
 import jax
@@ -429,37 +429,26 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       train, config, process_index, process_count
     ),
     example_batch={k: np.stack([v, v]) for k, v in train[0].items()},
-    evaluate=make_evaluate(config, process_index, process_count),
+    evaluators=make_evaluators(config, process_index, process_count),
     init_params=mlm.init_params_hook(config, must_load=is_encoder_module),
   )
 
 
-def make_evaluate(
+def make_evaluators(
   config, process_index: int, process_count: int
-) -> Callable[[Any, Any, str], Dict[str, float]]:
-  """`Task.evaluate`: the dev metrics of every task (x100) and dev losses.
+) -> List[evaluation.Evaluator]:
+  """One evaluator per task and dev split, then the GLUE average.
 
-  Process 0 prints one line per task and dev split, `GLUE average: X` when
-  all eight tasks are present and, for one classification task,
-  `dev accuracy: NN.N%`.
-
-  Returns:
-    `(params, state, workdir) -> {name: float}` with, per task and dev split
-    ('<TASK>', or 'MNLI-m' / 'MNLI-mm'), '<name>/<metric>' for the paper's
-    metrics (`glue_data.task_metrics`) and '<name>/loss' (mean dev loss),
-    and 'glue_average' with all eight tasks.
+  Each is named '<TASK>' (or 'MNLI-m' / 'MNLI-mm'): its metrics are the
+  paper's (`glue_data.task_metrics`, x100) and 'loss' (mean dev loss),
+  logged as `eval/<name>/<metric>`; process 0 prints one line per split
+  and, for one classification task, `dev accuracy: NN.N%`. With all eight
+  tasks, a last evaluator named '' adds 'glue_average' (printed as `GLUE
+  average: X`).
   """
   tasks = tasks_of(config)
-  forward = make_forward(config)
-  splits = [
-    (task, split, _SPLIT_NAMES.get(split, task), source(config, task, split))
-    for task in tasks
-    for split in glue_data.TASKS[task].dev_splits
-  ]
 
-  @jax.jit
-  def fn(params, state, batch):
-    outputs, _ = forward.apply(params, state, None, batch, is_training=False)
+  def predict(outputs, batch):
     logits_BK, score_B, is_reg_B = predictions(outputs, batch, tasks=tasks)
     return {
       'pred': jnp.where(is_reg_B, score_B, jnp.argmax(logits_BK, -1)),
@@ -467,35 +456,51 @@ def make_evaluate(
       'loss': per_example(outputs, batch, tasks=tasks)['loss'],
     }
 
-  def evaluate(params, state, workdir: str) -> Dict[str, float]:
-    del workdir  # nothing written
-    results = {}
-    for task, _, name, dev in splits:
-      batches = data_lib.eval_batches_from_config(
-        dev, config, process_index, process_count
-      )
-      out = evaluation.gather_rows(fn, params, state, batches)
-      metrics = glue_data.task_metrics(task, out['truth'], out['pred'])
-      results.update({f'{name}/{k}': v for k, v in metrics.items()})
-      results[f'{name}/loss'] = float(out['loss'].mean())
-      if process_index == 0:
-        shown = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items())
-        print(
-          f'{name} ({len(out["pred"])} dev examples): {shown}; loss '
-          f'{results[f"{name}/loss"]:.4f}',
-          flush=True,
-        )
-    main = main_scores(results)
-    if len(main) == len(glue_data.TASK_NAMES) + 1:  # MNLI-m and MNLI-mm
-      results['glue_average'] = glue_data.glue_score(main)
-      if process_index == 0:
-        print(f'GLUE average: {results["glue_average"]:.2f}', flush=True)
-    accuracy = results.get(f'{tasks[0]}/accuracy')
-    if len(tasks) == 1 and accuracy is not None and process_index == 0:
-      print(f'dev accuracy: {accuracy:.1f}%', flush=True)
-    return results
+  def reduce(task, rows):
+    metrics = glue_data.task_metrics(task, rows['truth'], rows['pred'])
+    return dict(metrics, loss=float(rows['loss'].mean()))
 
-  return evaluate
+  def report(name, metrics, rows) -> str:
+    shown = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items() if k != 'loss')
+    line = (
+      f'{name} ({len(rows["pred"])} dev examples): {shown}; loss '
+      f'{metrics["loss"]:.4f}'
+    )
+    if list(tasks) == [name] and 'accuracy' in metrics:
+      line += f'\ndev accuracy: {metrics["accuracy"]:.1f}%'
+    return line
+
+  evaluators = []
+  for task in tasks:
+    for split in glue_data.TASKS[task].dev_splits:
+      name = _SPLIT_NAMES.get(split, task)
+      dev = source(config, task, split)
+      evaluators.append(
+        evaluation.Evaluator(
+          name=name,
+          data=functools.partial(
+            data_lib.eval_batches_from_config,
+            dev,
+            config,
+            process_index,
+            process_count,
+          ),
+          predict=predict,
+          reduce=functools.partial(reduce, task),
+          report=functools.partial(report, name),
+        )
+      )
+  if len(evaluators) == len(glue_data.TASK_NAMES) + 1:  # MNLI-m and -mm
+    evaluators.append(
+      evaluation.Evaluator(
+        name='',
+        combine=lambda metrics: {
+          'glue_average': glue_data.glue_score(main_scores(metrics))
+        },
+        report=lambda m, rows: f'GLUE average: {m["glue_average"]:.2f}',
+      )
+    )
+  return evaluators
 
 
 def main_scores(results: Dict[str, float]) -> Dict[str, float]:

@@ -50,7 +50,7 @@ Variants (`--config=experiments/imagenet.py:VARIANT`, comma-separated):
     training images, evaluated on the 10,000 test images; the command
     above).
 
-Evaluation (`Task.evaluate`, every `eval_every` steps and at the end):
+Evaluation (`make_evaluator`, every `eval_every` steps and at the end):
 top-1 and top-5 over the whole validation split, logged as eval/top1,
 eval/top5 and eval/loss (metrics.jsonl, result.json) and printed as
 `top-1 accuracy: NN.N% (top-5 NN.N%) on N images`; the first evaluation
@@ -97,8 +97,7 @@ from perceiver import validation
 from perceiver.train import checkpoint as checkpoint_lib
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
-from perceiver.train import mesh as mesh_lib
-from perceiver.train import step as step_lib
+from perceiver.train import evaluation as evaluation_lib
 from perceiver.train.task import Task
 
 IMAGENET_TRAIN_SIZE = 1_281_167
@@ -740,56 +739,43 @@ def load_init_checkpoint(
   return jax.tree.map(np.asarray, (dict(params), dict(state)))
 
 
-def make_evaluate(
+def make_evaluator(
   config: ml_collections.ConfigDict,
   train,
   evaluation,
   process_index: int,
   process_count: int,
-) -> Callable[[Any, Any, str], Dict[str, float]]:
-  """`Task.evaluate`: top-1 / top-5 over the whole validation split.
+) -> evaluation_lib.Evaluator:
+  """The evaluator: top-1 / top-5 over the whole validation split.
 
-  The returned `evaluate(params, state, workdir)` runs the engine's eval
-  step (`perceiver.train.step.make_eval_step`: `per_example` summed over
-  the real images of each padded batch) over `evaluation`, each process on
-  its rows, and returns the exact means over all of it: {'top1', 'top5',
-  'loss'} (loss: cross-entropy against the plain one-hot labels). Process 0
-  prints `top-1 accuracy: NN.N% (top-5 NN.N%) on N images` and, the first
-  time (if it is not there yet), writes `workdir/augmented_examples.png`.
-  The task has no `eval_data`, so the images are evaluated once.
+  Its rows are `per_example`'s over `evaluation` (loss: cross-entropy
+  against the plain one-hot labels), its metrics their means {'top1',
+  'top5', 'loss'}, logged as `eval/top1`...; process 0 prints `top-1
+  accuracy: NN.N% (top-5 NN.N%) on N images` and, the first time (if it is
+  not there yet), writes `workdir/augmented_examples.png`.
   """
   d = config.data
-  step = step_lib.make_eval_step(
-    make_forward(config), per_example, precision=config.precision
+
+  def report(metrics, rows) -> str:
+    return (
+      f'top-1 accuracy: {100 * metrics["top1"]:.1f}% '
+      f'(top-5 {100 * metrics["top5"]:.1f}%) on {len(rows["top1"])} images'
+    )
+
+  def preview(metrics, rows, workdir: str) -> None:
+    del metrics, rows  # The preview shows training examples.
+    path = os.path.join(workdir, PREVIEW_FILE)
+    if d.preview_examples and not os.path.exists(path):
+      grid, _ = augmented_examples(config, train, d.preview_examples)
+      write_image_grid(path, grid, tuple(d.mean), tuple(d.std))
+
+  return evaluation_lib.Evaluator(
+    name='',
+    data=lambda: eval_batches(config, evaluation, process_index, process_count),
+    predict=per_example,
+    report=report,
+    artifacts=preview,
   )
-  compiled = {}  # mesh -> jitted eval step
-
-  def evaluate(params, state, workdir: str) -> Dict[str, float]:
-    if process_index == 0 and d.preview_examples:
-      path = os.path.join(workdir, PREVIEW_FILE)
-      if not os.path.exists(path):
-        grid, _ = augmented_examples(config, train, d.preview_examples)
-        write_image_grid(path, grid, tuple(d.mean), tuple(d.std))
-    # The engine's mesh, from the parameters it passes (global arrays).
-    mesh = jax.tree.leaves(params)[0].sharding.mesh
-    if mesh not in compiled:
-      compiled[mesh] = jax.jit(step, out_shardings=mesh_lib.replicated(mesh))
-    totals: Dict[str, float] = {}
-    for local in eval_batches(config, evaluation, process_index, process_count):
-      sums = compiled[mesh](params, state, mesh_lib.global_batch(local, mesh))
-      for k, v in jax.device_get(sums).items():
-        totals[k] = totals.get(k, 0.0) + float(v)
-    count = totals.pop('count')
-    metrics = {k: v / count for k, v in totals.items()}
-    if process_index == 0:
-      print(
-        f'top-1 accuracy: {100 * metrics["top1"]:.1f}% '
-        f'(top-5 {100 * metrics["top5"]:.1f}%) on {int(count)} images',
-        flush=True,
-      )
-    return metrics
-
-  return evaluate
 
 
 def eval_batches(
@@ -831,7 +817,7 @@ def build_task(
 ) -> Task:
   """Model, loss, this process's share of the training data, evaluation.
 
-  `Task.evaluate` is `make_evaluate` (whole-split top-1 / top-5, the
+  `Task.evaluators` is `make_evaluator` (whole-split top-1 / top-5, the
   printed line, the grid of augmented examples); `Task.init_params` loads
   `config.init_checkpoint` when one is given (the whole model: a released
   or earlier ImageNet model has every parameter of this one).
@@ -867,8 +853,8 @@ def build_task(
     per_example=per_example,
     train_data=train_data,
     example_batch=example_batch,
-    evaluate=make_evaluate(
-      config, train, evaluation, process_index, process_count
-    ),
+    evaluators=[
+      make_evaluator(config, train, evaluation, process_index, process_count)
+    ],
     init_params=init_params,
   )

@@ -16,7 +16,7 @@ comma-separated `GLOB=WEIGHT` pairs under `data.dir`, e.g.
 each) and JSON lines with a `text` field, optionally gzip-compressed. A seeded
 `data.eval_fraction` of the documents is held out.
 
-Metrics (`Task.evaluate`, every `eval_every` steps and at the end): on the
+Metrics (`make_evaluator`, every `eval_every` steps and at the end): on the
 held-out split, with every chosen word replaced by MASK ids, the masked-byte
 accuracy and bits per byte (mean -log2 p over the masked bytes) of the model
 and of a unigram model of the maskable bytes counted on `data.unigram_records`
@@ -616,47 +616,39 @@ def eval_ops(config):
   )
 
 
-def make_evaluate(
+def make_evaluator(
   config, held_out, unigram_logp_V, process_index: int, process_count: int
-) -> Callable[[Any, Any, str], Dict[str, float]]:
-  """`Task.evaluate`: held-out masked-byte accuracy and bits per byte.
+) -> evaluation.Evaluator:
+  """The evaluator: held-out masked-byte accuracy and bits per byte.
 
   Every chosen word of the held-out records is replaced by MASK ids (fixed
   masks, `eval_ops`); the model and the unigram model are scored on the same
-  masked bytes. Process 0 prints one line.
-
-  Returns:
-    `(params, state, workdir) -> summarize(...)`: 'masked_accuracy',
-    'bits_per_byte', 'unigram_masked_accuracy', 'unigram_bits_per_byte',
-    'bits_per_byte_vs_unigram' (the goal of `:local`: at most 0.8).
+  masked bytes: the rows are `per_example`'s counts, the metrics
+  `summarize` of their sums ('masked_accuracy', 'bits_per_byte',
+  'unigram_masked_accuracy', 'unigram_bits_per_byte',
+  'bits_per_byte_vs_unigram': the goal of `:local` is at most 0.8), logged
+  as `eval/<metric>`. Process 0 prints one line.
   """
-  forward = make_forward(config)
 
-  @jax.jit
-  def fn(params, state, batch):
-    logits, _ = forward.apply(params, state, None, batch, is_training=False)
-    return per_example(logits, batch, unigram_logp_V=unigram_logp_V)
-
-  def evaluate(params, state, workdir: str) -> Dict[str, float]:
-    del workdir  # nothing written
-    batches = data_lib.eval_batches_from_config(
-      held_out, config, process_index, process_count, ops=eval_ops(config)
+  def report(metrics, rows) -> str:
+    return (
+      f'held-out masked bytes: {int(rows["masked_bytes"].sum())}; model '
+      f'accuracy {100 * metrics["masked_accuracy"]:.1f}%, '
+      f'{metrics["bits_per_byte"]:.3f} bits/byte; unigram accuracy '
+      f'{100 * metrics["unigram_masked_accuracy"]:.1f}%, '
+      f'{metrics["unigram_bits_per_byte"]:.3f} bits/byte; ratio '
+      f'{metrics["bits_per_byte_vs_unigram"]:.3f}'
     )
-    values = evaluation.gather_rows(fn, params, state, batches)
-    metrics = summarize({k: float(v.sum()) for k, v in values.items()})
-    if process_index == 0:
-      print(
-        f'held-out masked bytes: {int(values["masked_bytes"].sum())}; model '
-        f'accuracy {100 * metrics["masked_accuracy"]:.1f}%, '
-        f'{metrics["bits_per_byte"]:.3f} bits/byte; unigram accuracy '
-        f'{100 * metrics["unigram_masked_accuracy"]:.1f}%, '
-        f'{metrics["unigram_bits_per_byte"]:.3f} bits/byte; ratio '
-        f'{metrics["bits_per_byte_vs_unigram"]:.3f}',
-        flush=True,
-      )
-    return metrics
 
-  return evaluate
+  return evaluation.Evaluator(
+    name='',
+    data=lambda: data_lib.eval_batches_from_config(
+      held_out, config, process_index, process_count, ops=eval_ops(config)
+    ),
+    predict=functools.partial(per_example, unigram_logp_V=unigram_logp_V),
+    reduce=lambda rows: summarize({k: float(v.sum()) for k, v in rows.items()}),
+    report=report,
+  )
 
 
 def train_ops(config) -> tuple:
@@ -705,8 +697,8 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     per_example=functools.partial(per_example, unigram_logp_V=unigram),
     train_data=train_data,
     example_batch={k: np.stack([v, v]) for k, v in example.items()},
-    evaluate=make_evaluate(
-      config, held_out, unigram, process_index, process_count
-    ),
+    evaluators=[
+      make_evaluator(config, held_out, unigram, process_index, process_count)
+    ],
     init_params=init_params_hook(config),
   )

@@ -35,7 +35,7 @@ Variants (comma-separated, e.g. `:latents392,label1`): `latents784`
 frames of 16 x 16 of the vendored clip; seconds on a CPU), `local` (a reduced
 model autoencoding windows of the vendored Big Buck Bunny clip on a CPU:
 trained on windows within its first 100 frames, evaluated on the two windows
-of its last 32 frames). Each evaluation (`Task.evaluate`, every `eval_every`
+of its last 32 frames). Each evaluation (`make_evaluator`, every `eval_every`
 steps and at the end) decodes every held-out window in full, prints
 
   video PSNR: NN.N dB (baseline NN.N)
@@ -59,7 +59,6 @@ from typing import Callable, Dict, Iterable, Mapping, Sequence
 
 import haiku as hk
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -70,7 +69,6 @@ from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train import evaluation
-from perceiver.train import mesh as mesh_lib
 from perceiver.train.task import Task
 
 VARIANTS = (
@@ -520,7 +518,7 @@ def per_example(
 
 
 def report(metrics: Mapping[str, float]) -> str:
-  """The printed result lines, from `Task.evaluate`'s metrics.
+  """The printed result lines, from the evaluator's metrics.
 
   Args:
     metrics: 'video_psnr', 'video_psnr_baseline', 'audio_psnr',
@@ -639,7 +637,7 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     per_example=losses,
     train_data=train_data,
     example_batch=example_batch(config.model),
-    evaluate=make_evaluate(forward, losses, eval_data, d.audio_rate),
+    evaluators=[make_evaluator(losses, eval_data, d.audio_rate)],
   )
 
 
@@ -715,70 +713,51 @@ def write_reconstruction(
   ]
 
 
-def _first_window(fn, params, state, batch):
-  """`fn(params, state, batch)` on this process's rows of a global batch
-  (every process calls it), gathered to host numpy on every process."""
-  leaves = jax.tree.leaves(params)
-  mesh = getattr(leaves[0].sharding, 'mesh', None) if leaves else None
-  if jax.process_count() > 1 and mesh is not None:
-    out = jax.jit(fn)(params, state, mesh_lib.global_batch(batch, mesh))
-    return multihost_utils.process_allgather(out)
-  return jax.device_get(jax.jit(fn)(params, state, batch))
+# The decoded window and its target, kept for the first batch: `artifacts`.
+SAMPLES = ('image', 'image_target', 'audio', 'audio_target')
 
 
-def make_evaluate(
-  forward: hk.TransformedWithState,
+def make_evaluator(
   losses: Callable[..., Dict[str, jax.Array]],
   eval_data: Callable[[], Iterable[Dict[str, np.ndarray]]],
   audio_rate: int,
-) -> Callable[..., Dict[str, float]]:
-  """`Task.evaluate`: the held-out windows decoded in full (label masked).
+) -> evaluation.Evaluator:
+  """The evaluator: the held-out windows decoded in full (label masked).
 
   Args:
-    forward: `make_forward`'s model.
     losses: `per_example` with the config's loss weights.
     eval_data: a fresh pass over this process's evaluation batches.
     audio_rate: sample rate of the written WAVs (Hz).
 
   Returns:
-    `evaluate(params, state, workdir) -> {name: float}`: the means over
-    every process's held-out windows of `per_example`'s metrics ('loss',
-    'video_l1', 'audio_l1', 'label_ce', 'top1' and the PSNRs and baselines
-    in dB). Process 0 prints `report` and writes the first window's
-    reconstruction with `write_reconstruction`.
+    An evaluator named '' whose metrics are the means over every held-out
+    window of `per_example`'s ('loss', 'video_l1', 'audio_l1', 'label_ce',
+    'top1' and the PSNRs and baselines in dB). Process 0 prints `report`
+    and writes the first window's reconstruction with
+    `write_reconstruction`.
   """
 
-  def metrics(params, state, batch):
-    out, _ = forward.apply(params, state, None, batch, is_training=False)
-    return losses(out, batch)
+  def predict(outputs, batch):
+    decoded = {k: outputs[k] for k in SAMPLES}  # [B, T, S, S, 3], [B, A, 1]
+    return dict(losses(outputs, batch), **decoded)
 
-  def first(params, state, batch):
-    out, _ = forward.apply(params, state, None, batch, is_training=False)
-    keys = ('image', 'image_target', 'audio', 'audio_target')
-    return {k: out[k][0] for k in keys}  # [T, S, S, 3], [A, 1]
+  def artifacts(metrics, rows, workdir: str) -> None:
+    del metrics
+    first = {k: rows[k][0] for k in SAMPLES}
+    write_reconstruction(
+      workdir,
+      first['image_target'],
+      first['image'],
+      first['audio_target'],
+      first['audio'],
+      audio_rate,
+    )
 
-  def evaluate(params, state, workdir: str) -> Dict[str, float]:
-    kept = []
-
-    def batches():
-      for batch in eval_data():
-        if not kept:
-          kept.append(batch)
-        yield batch
-
-    rows = evaluation.gather_rows(metrics, params, state, batches())
-    values = {k: float(np.mean(v)) for k, v in rows.items()}
-    window = _first_window(first, params, state, kept[0])
-    if jax.process_index() == 0:
-      print(report(values), flush=True)
-      write_reconstruction(
-        workdir,
-        window['image_target'],
-        window['image'],
-        window['audio_target'],
-        window['audio'],
-        audio_rate,
-      )
-    return values
-
-  return evaluate
+  return evaluation.Evaluator(
+    name='',
+    data=eval_data,
+    predict=predict,
+    samples=SAMPLES,
+    report=lambda metrics, rows: report(metrics),
+    artifacts=artifacts,
+  )

@@ -1,6 +1,6 @@
 """The optical-flow experiment: config, loss and metrics against hand
 references, tiled evaluation, and `:debug` trained end to end through
-`perceiver.train.train` with its hooks (`Task.evaluate`: printed EPE lines,
+`perceiver.train.train` with its hooks (its evaluator: printed EPE lines,
 PNGs, result.json; `Task.init_params`: a warm start from our .npz and from a
 released-format pickle)."""
 
@@ -322,7 +322,7 @@ def test_forward_has_the_released_parameter_tree():
 def test_evaluate_pairs_oracle_and_zero(tmp_path):
   record = flow_data.load_motorcycle()
   oracle = lambda f1, f2: record['flow']
-  lines = []
+  lines, pngs = [], {}
   out = flow.evaluate_pairs(
     oracle,
     [record],
@@ -330,10 +330,12 @@ def test_evaluate_pairs_oracle_and_zero(tmp_path):
     compared=flow.baseline_epes(
       [record], dict(mean_flow=flow.mean_flow, oracle=lambda r: r['flow'])
     ),
-    workdir=str(tmp_path),
+    pngs=pngs,
     num_pngs=1,
     say=lines.append,
   )
+  assert sorted(pngs) == ['flow_real_0_gt.png', 'flow_real_0_pred.png']
+  flow.write_pngs(pngs, str(tmp_path))
   assert out['real/epe'] == 0 and out['real/fl_all'] == 0
   assert out['real/oracle_epe'] == 0
   # The per-pair mean flow's EPE, by hand: |u - mean u| over known pixels
@@ -374,7 +376,7 @@ def debug_run(tmp_path_factory):
   return (config, workdir, *_train(config, workdir))
 
 
-def test_debug_trains_and_the_evaluate_hook_reports(debug_run):
+def test_debug_trains_and_the_evaluator_reports(debug_run):
   config, workdir, result, printed = debug_run
   losses = result['losses']
   assert len(losses) == config.total_steps
@@ -498,7 +500,7 @@ def test_baselines_are_computed_once_per_cache(debug_run, monkeypatch):
   first = flow.evaluate(
     config, ts.params, ts.state, say=lambda _: None, cache=cache
   )
-  assert sorted(cache) == sorted(SYNTHETIC + ('motorcycle',))
+  assert sorted(cache) == sorted(SYNTHETIC + ('motorcycle', 'motorcycle_down4'))
 
   def fail(*args, **kwargs):
     raise AssertionError('block matching recomputed')

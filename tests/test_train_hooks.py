@@ -1,4 +1,4 @@
-"""Task.evaluate (experiment-level evaluation) and Task.init_params (warm start)."""
+"""Task.evaluators (experiment-level evaluation) and Task.init_params (warm start)."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from perceiver import train as train_lib
+from perceiver.train import evaluation
 from tests import test_train_common as common
 
 
@@ -22,16 +23,21 @@ def _with(task_fields, **config_overrides):
   return config, build
 
 
-def test_evaluate_hook_runs_at_every_eval_and_is_logged(tmp_path):
+def test_a_custom_evaluator_runs_at_every_eval_and_is_logged(tmp_path):
   calls = []
 
-  def evaluate(params, state, workdir):
-    calls.append(workdir)
+  def run(params, state):
+    del state
     # A whole-set quantity the engine cannot know: the L2 norm of the weights.
     norm = np.sqrt(sum(float((x**2).sum()) for x in jax.tree.leaves(params)))
-    return {'weight_norm': norm}
+    return {'weight_norm': np.array([norm])}
 
-  config, build = _with({'evaluate': evaluate}, eval_every=2)
+  evaluator = evaluation.Evaluator(
+    name='',
+    run=run,
+    artifacts=lambda metrics, rows, workdir: calls.append(workdir),
+  )
+  config, build = _with({'evaluators': [evaluator]}, eval_every=2)
   result = train_lib.train(config, build, str(tmp_path))
   # Steps 2 and 4 (eval_every), then the final evaluation at step 6.
   assert calls == [str(tmp_path)] * 3
@@ -49,10 +55,16 @@ def test_evaluate_hook_runs_at_every_eval_and_is_logged(tmp_path):
 
 @pytest.mark.parametrize(
   'value, match',
-  [({'loss': 1.0}, 'already have'), ({'x': np.ones(2)}, 'real scalars')],
+  [
+    ({'loss': 1.0}, 'another evaluation already has'),
+    ({'x': np.ones(2)}, 'real scalars'),
+  ],
 )
-def test_evaluate_hook_bad_values(tmp_path, value, match):
-  config, build = _with({'evaluate': lambda p, s, w: value})
+def test_evaluator_bad_values(tmp_path, value, match):
+  evaluator = evaluation.Evaluator(
+    name='', run=lambda p, s: None, reduce=lambda rows: value
+  )
+  config, build = _with({'evaluators': [evaluator]})
   with pytest.raises(ValueError, match=match):
     train_lib.train(config, build, str(tmp_path))
 

@@ -19,9 +19,10 @@ a named device mesh, optax and orbax:
                   TensorBoard, the PNG of training curves
   progress.py     the terminal progress bar
   distributed.py  multi-host start-up
-  task.py         what an experiment hands the engine (model, data, and the
-                  evaluate / init_params hooks)
-  evaluation.py   whole-set per-example outputs gathered from every process
+  task.py         what an experiment hands the engine (model, data, its
+                  evaluators and the init_params hook)
+  evaluation.py   evaluators: named evaluations the engine jits, runs,
+                  gathers from every process, reports and logs
   loop.py         train(): restore or warm-start, step, log, checkpoint,
                   evaluate (or only evaluate: eval_only)
   restore.py      use a trained model: restore(workdir) -> (forward,
@@ -30,5 +31,6 @@ a named device mesh, optax and orbax:
 
 from perceiver.train.config import base_config
 from perceiver.train.config import validate
+from perceiver.train.evaluation import Evaluator
 from perceiver.train.loop import train
 from perceiver.train.task import Task

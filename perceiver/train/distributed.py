@@ -12,6 +12,7 @@ On CPU the cross-process collectives use gloo.
 import os
 from typing import Optional
 
+from absl import logging
 import jax
 
 # Environment variables giving a cluster job's number of processes (a
@@ -91,3 +92,11 @@ def _use_gloo_on_cpu() -> None:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   except (AttributeError, ValueError):  # Older/newer JAX without the option.
     pass
+
+
+def say(text: str) -> None:
+  """Prints `text` on process 0; the other processes log it."""
+  if jax.process_index() == 0:
+    print(text, flush=True)
+  else:
+    logging.info(text)

@@ -47,6 +47,8 @@ from perceiver.train import aot
 from perceiver.train import checkpoint as checkpoint_lib
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
+from perceiver.train import distributed
+from perceiver.train import evaluation as evaluation_lib
 from perceiver.train import mesh as mesh_lib
 from perceiver.train import metrics as metrics_lib
 from perceiver.train import optim
@@ -63,12 +65,7 @@ def _is_chief() -> bool:
   return jax.process_index() == 0
 
 
-def _say(text: str) -> None:
-  """Prints on process 0 (the others log it)."""
-  if _is_chief():
-    print(text, flush=True)
-  else:
-    logging.info(text)
+_say = distributed.say
 
 
 def _write(path: str, text: str) -> None:
@@ -223,18 +220,24 @@ def _finished(
 
 
 def evaluate(
-  eval_fn, ts: step_lib.TrainState, task: Task, mesh, workdir: str
+  eval_fn,
+  ts: step_lib.TrainState,
+  task: Task,
+  mesh,
+  workdir: str,
+  runner: Optional[evaluation_lib.Runner] = None,
 ) -> Dict[str, float]:
-  """The task's evaluation: batch-metric means, then `task.evaluate`.
+  """The task's evaluation: batch-metric means, then its evaluators.
 
   Returns:
     {'eval/<name>': float}: the means of the per-example metrics over the
-    evaluation data (when the task has `eval_data`) and the values of
-    `task.evaluate(params, state, workdir)` (when it has one).
+    evaluation data (when the task has `eval_data`) and the metrics of each
+    of `task.evaluators` (run by `runner`), as `evaluation.Runner` names
+    them.
 
   Raises:
-    ValueError: `task.evaluate` returned a name the batch metrics have, or a
-      value that is not a real scalar.
+    ValueError: an evaluator returned a name already logged, or a value
+      that is not a real scalar.
   """
   results: Dict[str, float] = {}
   if eval_fn is not None:
@@ -246,18 +249,8 @@ def evaluate(
     count = totals.pop('count', 0.0)
     if count:
       results = {f'eval/{k}': v / count for k, v in totals.items()}
-  if task.evaluate is not None:
-    for k, v in task.evaluate(ts.params, ts.state, workdir).items():
-      if f'eval/{k}' in results:
-        raise ValueError(
-          f'task.evaluate: returned {k!r}, a name the per-example eval '
-          'metrics already have.'
-        )
-      if np.ndim(v) or not np.isrealobj(v):
-        raise ValueError(
-          f'task.evaluate: expected real scalars, got {k}={v!r}.'
-        )
-      results[f'eval/{k}'] = float(v)
+  if runner is not None:
+    results.update(runner(ts.params, ts.state, workdir, taken=results))
   return results
 
 
@@ -478,9 +471,9 @@ def train(
       'task that warm-starts (init_checkpoint), got neither; evaluating a '
       'random initialisation is not what eval_only is for.'
     )
-  if config.eval_only and task.eval_data is None and task.evaluate is None:
+  if config.eval_only and task.eval_data is None and not task.evaluators:
     raise ValueError(
-      'eval_only: expected a task with eval_data or evaluate, got neither.'
+      'eval_only: expected a task with eval_data or evaluators, got neither.'
     )
   if restored is None:
     start_step = 0
@@ -496,8 +489,18 @@ def train(
 
   train_step = steps.train_step
   eval_fn = steps.eval_step if task.eval_data is not None else None
+  runner = None
+  if task.evaluators:
+    runner = evaluation_lib.Runner(
+      task.evaluators,
+      task.forward,
+      precision=config.precision,
+      mesh=mesh,
+      param_shardings=shardings.params,
+      state_shardings=shardings.state,
+    )
 
-  has_eval = eval_fn is not None or task.evaluate is not None
+  has_eval = eval_fn is not None or runner is not None
 
   writer = metrics_lib.MetricWriter(
     workdir,
@@ -605,7 +608,7 @@ def train(
             consume(*pending)
             pending = None
           with run_timer.timing('eval'):
-            results = evaluate(eval_fn, ts, task, mesh, workdir)
+            results = evaluate(eval_fn, ts, task, mesh, workdir, runner)
           writer.write(step_done, results)
           timer.restart(step_done)  # The evaluation is not input time.
     if pending is not None:
@@ -629,7 +632,7 @@ def train(
 
   if has_eval:
     with run_timer.timing('eval'):
-      eval_metrics = evaluate(eval_fn, ts, task, mesh, workdir)
+      eval_metrics = evaluate(eval_fn, ts, task, mesh, workdir, runner)
     # The final timings go with the final evaluation.
     writer.write(
       int(jax.device_get(ts.step)), {**eval_metrics, **run_timer.read()}

@@ -8,11 +8,14 @@ from typing import (
   NamedTuple,
   Optional,
   Protocol,
+  Sequence,
   Tuple,
 )
 
 import haiku as hk
 import jax
+
+from perceiver.train.evaluation import Evaluator
 
 
 class DataIterator(Protocol):
@@ -46,13 +49,13 @@ class Task(NamedTuple):
     eval_data: returns a fresh pass over this process's rows of the
       evaluation batches (each with the engine's `data.EVAL_MASK` padding
       mask, a key the task's own batches must not use), or None.
-    evaluate: `(params, state, workdir) -> {name: float}`, the experiment's
-      own evaluation (whole-set metrics such as EPE over full-size frames,
-      mAP or GLUE scores; reconstructions written to `workdir`). Called on
-      every process (it may gather across processes) every `eval_every`
-      steps and at the end, after the batch metrics; its values are logged
-      as `eval/<name>` and written to result.json. Only process 0 should
-      print or write files. None: no such evaluation.
+    evaluators: the task's named evaluations (`evaluation.Evaluator`:
+      whole-set metrics such as top-1 over a validation split, mAP, GLUE
+      scores per dev split or EPE over full-size frames, each with its
+      printed line and files), run by the engine every `eval_every` steps
+      and at the end, after the batch metrics; their values are logged as
+      `eval/<evaluator>/<metric>` (`eval/<metric>` for an evaluator named
+      '') and written to result.json.
     init_params: `(params, state) -> (params, state)`, applied once to a
       freshly initialised model (never on resume) with host numpy trees of
       the same structure; used to start from a released or earlier
@@ -67,5 +70,5 @@ class Task(NamedTuple):
   train_data: DataIterator
   example_batch: Dict[str, Any]
   eval_data: Optional[Callable[[], Iterable[Dict[str, Any]]]] = None
-  evaluate: Optional[Callable[[Any, Any, str], Dict[str, float]]] = None
+  evaluators: Sequence[Evaluator] = ()
   init_params: Optional[Callable[[Any, Any], Tuple[Any, Any]]] = None
