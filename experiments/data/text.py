@@ -33,11 +33,12 @@ documents are too few to split between training and evaluation, e.g. one
 `.txt` file, splits each document's bytes instead: see `MlmSource`).
 Record `i` of the source is one window: every byte of a split is in exactly
 one record, the last window of a group is right-padded with PAD
-(`input_mask` 0 there), and no record shares a byte with another. The engine's sampler hands each record
-index of an epoch to exactly one process, so processes never read the same
-bytes in an epoch; records of one group are consecutive indices, so a sampler
-that shards indices into contiguous ranges per process also gives each
-process its own documents (except for the two groups at its range's ends).
+(`input_mask` 0 there), and no record shares a byte with another. The
+engine's sampler hands each record index of an epoch to exactly one process,
+so processes never read the same bytes in an epoch; records of one group are
+consecutive indices, so a sampler that shards indices into contiguous ranges
+per process also gives each process its own documents (except for the two
+groups at its range's ends).
 
 Mixing. `MixedSource` mixes several sources with weights (the paper's 70% C4
 / 30% Wikipedia). Unlike grain's `MapDataset.mix`, whose length stops at the

@@ -152,7 +152,7 @@ COMMON_DESCRIPTIONS = {
   'model.embed_init_scale': 'init stddev of the byte table, also the tied '
   'output layer (released: 1.0)',
   'model.num_bands': 'Fourier position-encoding bands per axis',
-  'model.num_classes': 'number of output classes',
+  'model.num_classes': 'number of output classes (None: found in the data)',
   'model.image_size': 'side of the input images, in pixels',
   'model.decoder_num_channels': 'channels of the decoder query',
   'model.attention_impl': "self-attention kernel: 'reference' or another "
