@@ -60,6 +60,11 @@ def test_config_a():
   found = {'num_train': 1_281_167, 'model.num_classes': 1000}
   c = config_lib.from_data(c, found, where='ImageNet')
   assert c.total_steps == 1_281_167 * 110 // 1024 == 137_625
+  # And Fashion-MNIST's 60,000 the documented 4,687 steps of 128.
+  fm = config_lib.from_data(
+    imagenet.get_config('fashion_mnist'), {'num_train': 60_000}, where='FM'
+  )
+  assert fm.total_steps == 10 * 60_000 // 128 == 4687
   o = c.optimizer
   assert (o.name, o.b1, o.b2, o.eps) == ('lamb', 0.9, 0.999, 1e-6)
   assert (o.base_lr, o.schedule, o.constant_fraction) == (

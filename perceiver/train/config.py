@@ -312,9 +312,10 @@ def data_summary(
   Returns:
     E.g. 'Training data: num_train=18 (counted in the data), model.
     num_classes=3 (found in the data); total_steps=5 = epochs 10 x
-    num_train 18 // batch_size 32.'; fields `used` filled in are '(found in
-    the data)' ('counted' for num_train), the others '(set)'; '' for a
-    config without num_train.
+    num_train 18 // batch_size 32.': num_train '(counted in the data)' or
+    '(set)', then every other field the data filled in; total_steps with
+    the expression it equals, or '(set)'. '' for a config without
+    num_train.
   """
   if 'num_train' not in used:
     return ''
@@ -359,7 +360,7 @@ def _check_derived_total_steps(config) -> None:
     )
 
 
-def pending_data_size(config: ml_collections.ConfigDict) -> bool:
+def _pending_data_size(config: ml_collections.ConfigDict) -> bool:
   """Whether `total_steps` waits for the data: it and `num_train` are None
   (the task's `from_data` fills them in)."""
   return config.total_steps is None and config.get('num_train', 0) is None
@@ -374,7 +375,7 @@ def validate(
   """Checks the engine's fields; raises ValueError naming the bad one.
 
   A `total_steps` of None passes while `num_train` is None too (see
-  `pending_data_size`); the engine checks the task's config again.
+  `_pending_data_size`); the engine checks the task's config again.
   """
   for name in ('seed',):
     if not isinstance(config[name], int) or isinstance(config[name], bool):
@@ -390,7 +391,7 @@ def validate(
     'fsdp',
   ):
     if name == 'total_steps':
-      if pending_data_size(config):
+      if _pending_data_size(config):
         continue
       _check_derived_total_steps(config)
     _field_positive_int(config, name)
