@@ -26,7 +26,10 @@ the grid and keeps the best dev score per task.
 
 Data (`data.dir`, never downloaded): GLUE as distributed
 (`DIR/<TASK>/train.tsv`, `dev.tsv`, MNLI `dev_matched.tsv` /
-`dev_mismatched.tsv`; see `experiments/data/glue.py`). Variants:
+`dev_mismatched.tsv`; see `experiments/data/glue.py`). The schedule follows
+the data: `num_train` is the number of training examples read (a set value
+must match), total_steps = epochs x num_train / batch_size unless
+`--config.total_steps` is given. Variants:
 
 * `:<TASK>` (e.g. `:RTE`; default SST-2): one task, one learned query.
 * `:multitask`: the eight tasks at once (Table 2), records mixed in
@@ -91,18 +94,6 @@ MODES = ('single', 'shared_token', 'task_tokens', 'task_queries')
 VENDORED_REVIEWS = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), 'data', 'movie_reviews'
 )
-# Training examples of the GLUE release (total_steps = epochs x size / batch).
-TRAIN_SIZES = {
-  'CoLA': 8551,
-  'SST-2': 67349,
-  'MRPC': 3668,
-  'STS-B': 5749,
-  'QQP': 363846,
-  'MNLI': 392702,
-  'QNLI': 104743,
-  'RTE': 2490,
-}
-MOVIE_REVIEWS_TRAIN = 9512
 STSB_ID = glue_data.TASK_NAMES.index('STS-B')
 # Metric names of MNLI's two dev splits, as the paper reports them.
 _SPLIT_NAMES = {'dev_matched': 'MNLI-m', 'dev_mismatched': 'MNLI-mm'}
@@ -127,7 +118,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.seed = 0
   c.batch_size = 32
   c.epochs = 10
-  c.num_train = TRAIN_SIZES['SST-2']
+  # None: the training examples found (e.g. 2,490 for RTE: 778 steps).
+  c.num_train = config_lib.placeholder()
   c.total_steps = (
     c.get_ref('epochs') * c.get_ref('num_train') // c.get_ref('batch_size')
   )
@@ -160,15 +152,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   if arg in glue_data.TASKS:
     c.data.task = arg
-    c.num_train = TRAIN_SIZES[arg]
   elif arg == 'multitask':
     c.data.task = 'all'
-    c.num_train = sum(TRAIN_SIZES.values())
     c.model.mode = 'task_queries'
   elif arg in ('movie_reviews', 'debug'):
     local = mlm.get_config('local')
     c.data.dir = VENDORED_REVIEWS
-    c.num_train = MOVIE_REVIEWS_TRAIN
     c.data.seq_len = local.data.seq_len  # the MLM position table's size
     c.data.truncate = True  # reviews are longer: cut, counted
     c.model.update(local.model)
@@ -238,7 +227,7 @@ def validate(config) -> None:
     )
   validation.check_positive('data.seq_len', config.data.seq_len)
   validation.check_positive('epochs', config.epochs)
-  validation.check_positive('num_train', config.num_train)
+  validation.check_positive('num_train', config.num_train, True)
   if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
     raise ValueError(
       f'init_checkpoint: expected a checkpoint file or directory, got '
@@ -399,17 +388,18 @@ def source(config, task: str, split: str) -> glue_data.GlueSource:
 
 def build_task(config, process_index: int, process_count: int) -> Task:
   """The fine-tuning model, its loss, this process's training rows, the dev
-  evaluation and the warm start of the encoder from `init_checkpoint`."""
+  evaluation and the warm start of the encoder from `init_checkpoint`;
+  `Task.config` has `num_train` = the training examples found (a set
+  `num_train` must equal it)."""
   validate(config)
   tasks = tasks_of(config)
   train_parts = [source(config, t, 'train') for t in tasks]
   sizes = [len(s) for s in train_parts]
-  if sum(sizes) != config.num_train:
-    raise ValueError(
-      f'num_train: expected the number of training examples found '
-      f'({sum(sizes)} in {config.data.dir} for {list(tasks)}), got '
-      f'{config.num_train}; pass --config.num_train={sum(sizes)}.'
-    )
+  config = config_lib.from_data(
+    config,
+    {'num_train': sum(sizes)},
+    where=f'{config.data.dir} for {list(tasks)}',
+  )
   # Weights equal to the sizes over one period of all records: each record
   # once per epoch (examples-proportional mixing for the multitask run).
   train = text_data.MixedSource(train_parts, sizes, resolution=sum(sizes))
@@ -431,6 +421,7 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     example_batch={k: np.stack([v, v]) for k, v in train[0].items()},
     evaluators=make_evaluators(config, process_index, process_count),
     init_params=mlm.init_params_hook(config, must_load=is_encoder_module),
+    config=config,
   )
 
 

@@ -32,13 +32,21 @@ central 224/256 crop, bicubic resize; top-1 and top-5 over the whole
 validation split.
 
 Data (read from disk, never downloaded), `--config.data.format`:
-  'imagefolder': DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG; labels
-    in the released 1,000-class order, so released checkpoints evaluate
-    correctly; a subset of the classes works too.
+  'imagefolder': DIR/train/<class>/*.JPEG (.jpg, .png) and
+    DIR/val/<class>/*; class folders that are ILSVRC 2012 wnids get the
+    released 1,000-class order, so released checkpoints evaluate correctly
+    (a subset of the classes works too); other names (`cat/`, `dog/`) get
+    labels in sorted order and `model.num_classes` = the number of class
+    folders (`experiments.data.images.class_order`).
   'tfds': TFDS imagenet2012 prepared as ArrayRecord (read without
     TensorFlow); `data.dir` is the TFDS data directory.
   'fashion_mnist': the vendored Fashion-MNIST (or `data.dir` holding the
     original IDX files).
+The schedule follows the data: `num_train` is the number of training
+images the reader counts (1,281,167 on ImageNet: 137,625 steps of 1024 in
+110 epochs) and `model.num_classes` the label space it finds; setting
+either checks it against the data, and `--config.total_steps` replaces
+epochs x num_train / batch_size.
 
 Variants (`--config=experiments/imagenet.py:VARIANT`, comma-separated):
   fourier (default; conv for fashion_mnist), conv, learned: the three
@@ -100,13 +108,17 @@ from perceiver.train import data as data_lib
 from perceiver.train import evaluation as evaluation_lib
 from perceiver.train.task import Task
 
-IMAGENET_TRAIN_SIZE = 1_281_167
 ARCHITECTURES = {
   'fourier': 'imagenet_fourier',
   'conv': 'imagenet_conv',
   'learned': 'imagenet_learned',
 }
 FORMATS = ('imagefolder', 'tfds', 'fashion_mnist')
+# Formats whose label space is fixed: {format: K}.
+FIXED_CLASSES = {
+  'tfds': tfds.NUM_CLASSES,
+  'fashion_mnist': fashion_mnist.NUM_CLASSES,
+}
 PREVIEW_FILE = 'augmented_examples.png'
 _MODEL_FIELDS = tuple(
   k
@@ -130,7 +142,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.seed = 0
   c.batch_size = 1024
   c.epochs = 110
-  c.num_train = IMAGENET_TRAIN_SIZE  # training images per epoch
+  c.num_train = config_lib.placeholder()  # None: the training images found
   c.total_steps = (
     c.get_ref('epochs') * c.get_ref('num_train') // c.get_ref('batch_size')
   )
@@ -158,6 +170,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     dict(
       format='imagefolder',
       dir='',
+      train_limit=0,  # fashion_mnist only: first N training images (0: all)
       num_eval=0,  # fashion_mnist only: first N test images (0: all)
       image_size=224,
       crop_padding=32,  # eval crop 224 / (224 + 32)
@@ -185,6 +198,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(
     dict(preset=preset, **{k: defaults[k] for k in _MODEL_FIELDS})
   )
+  # None: the label space the data has (see the module docstring).
+  c.model.num_classes = config_lib.placeholder()
 
   if scale and scale[0] == 'fashion_mnist':
     _fashion_mnist(c)
@@ -211,7 +226,6 @@ def _fashion_mnist(c: ml_collections.ConfigDict) -> None:
   """
   c.batch_size = 128
   c.epochs = 10
-  c.num_train = fashion_mnist.SIZES['train']
   c.log_every = 50
   c.checkpoint_every = 500
   c.eval_batch_size = 1000
@@ -233,7 +247,6 @@ def _fashion_mnist(c: ml_collections.ConfigDict) -> None:
   d.worker_count = 1
   d.preview_examples = 32
   m = c.model
-  m.num_classes = fashion_mnist.NUM_CLASSES
   m.z_index_dim = 32
   m.num_z_channels = 96
   m.num_blocks = 1
@@ -249,7 +262,6 @@ def _debug(c: ml_collections.ConfigDict) -> None:
   """A tiny model on 256 vendored Fashion-MNIST images, 8 steps."""
   c.batch_size = 32
   c.epochs = 1
-  c.num_train = 256
   c.log_every = 2
   c.checkpoint_every = 4
   c.eval_batch_size = 64
@@ -258,6 +270,7 @@ def _debug(c: ml_collections.ConfigDict) -> None:
   d = c.data
   d.format = 'fashion_mnist'
   d.num_eval = 100  # two eval batches, the second padded
+  d.train_limit = 256
   d.image_size = 16
   d.crop_padding = 0
   d.randaugment_cutout = 4
@@ -266,7 +279,6 @@ def _debug(c: ml_collections.ConfigDict) -> None:
   d.std = (fashion_mnist.STD,) * 3
   d.preview_examples = 8
   m = c.model
-  m.num_classes = fashion_mnist.NUM_CLASSES
   m.z_index_dim = 8
   m.num_z_channels = 16
   m.num_blocks = 1
@@ -305,20 +317,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
   validation.check_choice(
     'model.preset', m.preset, tuple(ARCHITECTURES.values())
   )
-  expected_classes = (
-    fashion_mnist.NUM_CLASSES if d.format == 'fashion_mnist' else 1000
-  )
-  if m.num_classes != expected_classes:
+  expected_classes = FIXED_CLASSES.get(d.format)
+  if m.num_classes is not None and expected_classes not in (
+    None,
+    m.num_classes,
+  ):
     raise ValueError(
       f'model.num_classes: expected {expected_classes} for '
       f'data.format={d.format!r} (labels are in that class space), got '
       f'{m.num_classes}.'
     )
-  validation.check_positive('num_train', config.num_train)
+  validation.check_positive('model.num_classes', m.num_classes, True)
+  validation.check_positive('num_train', config.num_train, True)
   validation.check_positive('epochs', config.epochs)
   validation.check_positive('data.image_size', d.image_size)
   validation.check_positive('data.crop_attempts', d.crop_attempts)
-  for name in ('crop_padding', 'randaugment_layers', 'num_eval'):
+  for name in ('crop_padding', 'randaugment_layers', 'train_limit', 'num_eval'):
     value = d[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
       raise ValueError(
@@ -525,9 +539,10 @@ def make_forward(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
 
 def per_example(outputs, batch) -> Dict[str, jax.Array]:
   """Cross-entropy against the forward's targets; top-1 / top-5 hits of
-  the (unmixed) label; all [B] float32."""
+  the (unmixed) label (with K <= 5 classes every label is in the top 5);
+  all [B] float32."""
   logits, labels = outputs['logits'], batch['label']
-  _, top5 = jax.lax.top_k(logits, 5)  # [B, 5]
+  _, top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))  # [B, <= 5]
   return {
     'loss': optax.softmax_cross_entropy(logits, outputs['targets']),
     'top1': (top5[:, 0] == labels).astype(jnp.float32),
@@ -603,34 +618,42 @@ def _engine_ops(ops: List[Op]) -> list:
 
 
 def make_sources(config: ml_collections.ConfigDict):
-  """(train source, eval source) for `config.data.format`.
+  """(train source, eval source, config) for `config.data.format`.
+
+  The config is `config` with the training split's size (`num_train`) and
+  label space (`model.num_classes`) filled in (`config_lib.from_data`; the
+  schedule follows). Fashion-MNIST serves the first `data.train_limit`
+  training images (0: all).
 
   Raises:
-    ValueError: from the readers (missing directory, no images), or
-      `num_train` different from the training split's size
-      (imagefolder / tfds; for fashion_mnist it takes the first num_train).
+    ValueError: from the readers (missing directory, no images, a
+      validation class the training split lacks), or a set `num_train` or
+      `model.num_classes` that differs from the data's.
   """
   d = config.data
   if d.format == 'fashion_mnist':
     train = fashion_mnist.FashionMnistSource(
-      'train', d.dir, limit=config.num_train
+      'train', d.dir, limit=d.train_limit
     )
-    return train, fashion_mnist.FashionMnistSource(
+    evaluation = fashion_mnist.FashionMnistSource(
       'test', d.dir, limit=d.num_eval
     )
-  if d.format == 'imagefolder':
+    where = 'the Fashion-MNIST training split'
+  elif d.format == 'imagefolder':
     train = images_lib.ImageFolderSource(d.dir, 'train')
-    evaluation = images_lib.ImageFolderSource(d.dir, 'val')
+    evaluation = images_lib.ImageFolderSource(
+      d.dir, 'val', classes=train.classes
+    )
+    where = os.path.join(d.dir, 'train')
   else:
     train = tfds.TfdsImageNetSource(d.dir, 'train')
     evaluation = tfds.TfdsImageNetSource(d.dir, 'validation')
-  if config.num_train != len(train):
-    raise ValueError(
-      f'num_train: expected the number of training images in {d.dir!r} '
-      f'({len(train)}; it sets the epoch length and the schedule), got '
-      f'{config.num_train}. Pass --config.num_train={len(train)}.'
-    )
-  return train, evaluation
+    where = f'the TFDS training split in {d.dir}'
+  num_classes = (
+    len(train.classes) if d.format == 'imagefolder' else FIXED_CLASSES[d.format]
+  )
+  found = {'num_train': len(train), 'model.num_classes': num_classes}
+  return train, evaluation, config_lib.from_data(config, found, where=where)
 
 
 def augmented_examples(
@@ -820,17 +843,20 @@ def build_task(
   `Task.evaluators` is `make_evaluator` (whole-split top-1 / top-5, the
   printed line, the grid of augmented examples); `Task.init_params` loads
   `config.init_checkpoint` when one is given (the whole model: a released
-  or earlier ImageNet model has every parameter of this one).
+  or earlier ImageNet model has every parameter of this one). Everything
+  is built from `make_sources`' config (the size and classes found), which
+  is also `Task.config`.
 
   Args:
     config: from `get_config`.
     process_index, process_count: this JAX process and how many there are.
 
   Raises:
-    ValueError: a bad config field (`validate`) or data directory.
+    ValueError: a bad config field (`validate`) or data directory, or a
+      set `num_train` / `model.num_classes` the data does not have.
   """
   validate(config)
-  train, evaluation = make_sources(config)
+  train, evaluation, config = make_sources(config)
   d = config.data
   train_data = data_lib.train_iterator_from_config(
     train,
@@ -857,4 +883,5 @@ def build_task(
       make_evaluator(config, train, evaluation, process_index, process_count)
     ],
     init_params=init_params,
+    config=config,
   )

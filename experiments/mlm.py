@@ -14,7 +14,9 @@ Data (`data.dir`, never downloaded): `data.sources` names the files as
 comma-separated `GLOB=WEIGHT` pairs under `data.dir`, e.g.
 `c4/*.json.gz=0.7,wikipedia/*.jsonl.gz=0.3`; plain `.txt` files (one document
 each) and JSON lines with a `text` field, optionally gzip-compressed. A seeded
-`data.eval_fraction` of the documents is held out.
+`data.eval_fraction` of the documents is held out; a source too small for that
+(e.g. one `.txt` file: one document) holds out that fraction of the end of
+each document's bytes instead (`experiments.data.text.MlmSource`).
 
 Metrics (`make_evaluator`, every `eval_every` steps and at the end): on the
 held-out split, with every chosen word replaced by MASK ids, the masked-byte

@@ -207,6 +207,7 @@ def test_engine_explains_a_total_steps_of_zero_from_a_large_batch():
 
   config = glue.get_config('movie_reviews')  # total_steps from epochs
   config.epochs = 1
+  config.num_train = 100  # as `config.from_data` fills it in
   config.batch_size = config.num_train + 8
   assert config.total_steps == 0
   with pytest.raises(

@@ -97,11 +97,42 @@ def test_image_folder_errors(tmp_path):
   with pytest.raises(ValueError, match=r"data.dir: expected a 'val' directory"):
     images.ImageFolderSource(root, 'val')
   os.makedirs(os.path.join(root, 'train', TENCH))
-  with pytest.raises(ValueError, match=r'expected \*.JPEG images.*found none'):
+  with pytest.raises(ValueError, match=r'expected images \(.jpeg.*found none'):
     images.ImageFolderSource(root, 'train')
-  os.makedirs(os.path.join(root, 'train', 'cats'))
-  with pytest.raises(ValueError, match=r"ILSVRC 2012 wnids.*\['cats'\]"):
-    images.ImageFolderSource(root, 'train')
+
+
+def test_image_folder_any_class_names_take_sorted_labels(tmp_path):
+  root = str(tmp_path)
+  # Made-up names, written out of order; PNG and JPEG files.
+  _write_tree(root, 'train', {'zebra': [('z.JPEG', (0, 0, 255))]})
+  _write_tree(root, 'train', {'cat': [('b.jpg', (255, 0, 0))]})
+  dog = tmp_path / 'train' / 'dog'
+  dog.mkdir()
+  Image.new('RGB', (12, 9), (0, 255, 0)).save(dog / 'a.png')
+  train = images.ImageFolderSource(root, 'train')
+  assert train.classes == ('cat', 'dog', 'zebra')  # K = 3
+  # cat 0, dog 1, zebra 2 (by hand: the names in sorted order).
+  assert train.labels.tolist() == [0, 1, 2]
+  np.testing.assert_allclose(
+    train[1]['image'].reshape(-1, 3).mean(0), (0, 255, 0), atol=1
+  )
+  _write_tree(root, 'val', {'zebra': [('v.JPEG', (0, 0, 255))]})
+  val = images.ImageFolderSource(root, 'val', classes=train.classes)
+  assert val.labels.tolist() == [2]  # the training split's labels
+  # A validation class the training split lacks names both.
+  _write_tree(root, 'val', {'emu': [('e.JPEG', (9, 9, 9))]})
+  with pytest.raises(
+    ValueError, match=r"^data.dir: expected the class folders .*val.*\['emu'\]"
+  ):
+    images.ImageFolderSource(root, 'val', classes=train.classes)
+
+
+def test_class_order_released_for_wnids_sorted_otherwise():
+  wnids = images.imagenet_wnids()
+  # Every folder a wnid (here a subset): the released 1,000-class order.
+  assert images.class_order([TISSUE, TENCH]) == wnids
+  # One other name: the sorted folder names, K = 3.
+  assert images.class_order([TISSUE, 'cats', TENCH]) == ('cats', TENCH, TISSUE)
 
 
 def test_image_folder_corrupt_file_names_file_and_index(tmp_path):

@@ -129,8 +129,9 @@ def test_gzip_and_txt_read_like_plain(tmp_path):
   assert len(a) == len(b)
   for i in range(len(a)):
     np.testing.assert_array_equal(a[i]['ids'], b[i]['ids'])
-  # One .txt file is one document, read in windows of L bytes.
-  body = 'x' * 45
+  # One .txt file is one document, read in windows of L bytes; its last
+  # byte (0.01 x 45 rounds to 0, at least 1) is held out.
+  body = 'x' * 44 + 'y'
   (tmp_path / 'book.txt').write_text(body)
   src = text.MlmSource(
     [str(tmp_path / 'book.txt')],
@@ -139,7 +140,7 @@ def test_gzip_and_txt_read_like_plain(tmp_path):
     eval_fraction=0.01,
     seed=3,
   )
-  assert ''.join(_stream(src)) == body and len(src) == 3
+  assert ''.join(_stream(src)) == body[:44] and len(src) == 3
 
 
 def test_source_pickles_small_and_reads_the_same(tmp_path):
@@ -314,9 +315,37 @@ def test_resolve_sources_errors(tmp_path):
     text.resolve_sources(str(tmp_path), 'wiki.jsonl=-1')
 
 
+def test_single_txt_holds_out_the_end_of_its_bytes(tmp_path):
+  # One document: a draw of documents leaves a split empty, so the last
+  # floor(0.25 x 41 + 0.5) = 10 bytes are held out, the first 31 train.
+  body = ''.join(chr(ord('a') + i % 26) for i in range(41))
+  path = tmp_path / 'book.txt'
+  path.write_text(body)
+  kw = dict(cache_dir=str(tmp_path / 'cache'), seq_len=8, eval_fraction=0.25)
+  train = text.MlmSource([str(path)], split='train', **kw)
+  held = text.MlmSource([str(path)], split='eval', **kw)
+  assert train.split_by == held.split_by == 'bytes'
+  assert _stream(train) == [body[0:8], body[8:16], body[16:24], body[24:31]]
+  assert _stream(held) == [body[31:39], body[39:41]]
+  clone = pickle.loads(pickle.dumps(held))  # as a grain worker reads it
+  np.testing.assert_array_equal(clone[1]['ids'], held[1]['ids'])
+  assert 'held out by bytes' in text.describe(
+    text.MixedSource([held], [1], resolution=1)
+  )
+  # Also a JSON-lines source of one document: its last byte (0.01 x 17
+  # rounds to 0, at least 1) is held out.
+  one = str(tmp_path / 'one.jsonl')
+  _write_jsonl(one, ['only one document'])
+  kw['eval_fraction'] = 0.01
+  assert _stream(text.MlmSource([one], split='eval', **kw)) == ['t']
+  assert ''.join(_stream(text.MlmSource([one], **kw))) == 'only one documen'
+
+
 def test_split_without_documents_raises(tmp_path):
+  # A document of one byte cannot be split by bytes: it stays in 'train'.
   path = str(tmp_path / 'one.jsonl')
-  _write_jsonl(path, ['only one document'])
+  _write_jsonl(path, ['x'])
+  assert len(text.MlmSource([path], cache_dir=str(tmp_path / 'c'))) == 1
   with pytest.raises(ValueError, match="split 'eval'"):
     text.MlmSource(
       [path], cache_dir=str(tmp_path / 'c'), split='eval', eval_fraction=0.01

@@ -20,6 +20,7 @@ import perceiver as P
 from perceiver import byte_transformer
 from perceiver import checkpoints
 from perceiver import train as train_lib
+from perceiver.train import config as config_lib
 from tests import test_train_common as common
 
 # One valid row per task in its published layout (header, row).
@@ -322,12 +323,22 @@ def test_recipe_and_num_train_check(tmp_path):
   c = glue.get_config('RTE')
   assert (c.optimizer.name, c.optimizer.warmup_steps) == ('lamb', 200)
   assert c.optimizer.weight_decay == 0.01 and c.epochs == 10
-  assert c.total_steps == 10 * 2490 // 32
+  assert c.num_train is None and c.total_steps is None  # from the data
+  # RTE's 2,490 training examples give the paper's schedule.
+  found = config_lib.from_data(c, {'num_train': 2490}, where='RTE')
+  assert found.total_steps == 10 * 2490 // 32 == 778
   assert glue.LEARNING_RATES == (1e-4, 5e-5, 2e-5, 1e-5)
   assert glue.BATCH_SIZES == (16, 32, 64)
   _write_glue(tmp_path / 'glue')
   bad = _config(
-    'RTE', **{'data.dir': str(tmp_path / 'glue'), 'data.seq_len': 64}
+    'RTE',
+    **{'data.dir': str(tmp_path / 'glue'), 'data.seq_len': 64},
+    batch_size=4,
   )
-  with pytest.raises(ValueError, match='num_train=8'):
+  task = glue.build_task(bad, 0, 1)  # 8 RTE examples: 10 x 8 // 4 = 20
+  assert (task.config.num_train, task.config.total_steps) == (8, 20)
+  bad.num_train = 9
+  with pytest.raises(
+    ValueError, match=r"^num_train: expected 8 \(found in .*\['RTE'\]\), got 9"
+  ):
     glue.build_task(bad, 0, 1)

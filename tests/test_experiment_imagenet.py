@@ -2,6 +2,7 @@
 `:debug` variant end-to-end through `perceiver.train.train`."""
 
 import contextlib
+import copy
 import functools
 import io
 import json
@@ -17,8 +18,10 @@ from PIL import Image
 from experiments import imagenet
 from perceiver import checkpoints
 from perceiver import presets
+from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train import optim
+from perceiver.train import restore as restore_lib
 from perceiver.train import train
 from tests import test_train_common as common
 
@@ -26,8 +29,9 @@ TENCH, GOLDFISH = 'n01440764', 'n01443537'  # labels 0 and 1
 
 
 def _override(config, **fields):
-  """A copy of a locked config with dotted fields replaced."""
-  config = config.copy_and_resolve_references()
+  """A copy of a locked config with dotted fields replaced (the total_steps
+  expression kept)."""
+  config = copy.deepcopy(config)
   config.unlock()
   for name, value in fields.items():
     *path, last = name.split('.')
@@ -43,10 +47,24 @@ def _override(config, **fields):
 # ---------------------------------------------------------------------------
 
 
+def _debug_model():
+  """The :debug config with the label space its data (Fashion-MNIST) has."""
+  return _override(imagenet.get_config('debug'), **{'model.num_classes': 10})
+
+
 def test_config_a():
   c = imagenet.get_config()
   assert c.batch_size == 1024 and c.epochs == 110
+  assert c.num_train is None and c.model.num_classes is None  # from the data
+  # What ImageNet's reader counts gives the paper's schedule.
+  found = {'num_train': 1_281_167, 'model.num_classes': 1000}
+  c = config_lib.from_data(c, found, where='ImageNet')
   assert c.total_steps == 1_281_167 * 110 // 1024 == 137_625
+  # And Fashion-MNIST's 60,000 the documented 4,687 steps of 128.
+  fm = config_lib.from_data(
+    imagenet.get_config('fashion_mnist'), {'num_train': 60_000}, where='FM'
+  )
+  assert fm.total_steps == 10 * 60_000 // 128 == 4687
   o = c.optimizer
   assert (o.name, o.b1, o.b2, o.eps) == ('lamb', 0.9, 0.999, 1e-6)
   assert (o.base_lr, o.schedule, o.constant_fraction) == (
@@ -93,7 +111,8 @@ def test_variants_use_presets(arg, preset):
   if not arg or arg in imagenet.ARCHITECTURES:
     expected = presets.defaults(preset)
     for name in imagenet._MODEL_FIELDS:
-      assert c.model[name] == expected[name], name
+      if name != 'num_classes':  # None: from the data
+        assert c.model[name] == expected[name], name
 
 
 @pytest.mark.parametrize('arg', ['tiny', 'conv,learned', 'debug,fashion_mnist'])
@@ -236,7 +255,7 @@ def test_per_example_top_k():
 
 
 def test_forward_targets_train_and_eval():
-  config = imagenet.get_config('debug')
+  config = _debug_model()
   forward = imagenet.make_forward(config)
   batch = {
     'image': np.random.default_rng(0).normal(size=(4, 16, 16, 3)),
@@ -308,7 +327,7 @@ def test_imagefolder_task_batches(tmp_path):
   assert set(batch['label'].tolist()) <= {0, 1}
   assert task.eval_data is None  # its evaluator evaluates
   assert [e.name for e in task.evaluators] == ['']
-  _, evaluation = imagenet.make_sources(config)
+  _, evaluation, _ = imagenet.make_sources(config)
   evals = list(imagenet.eval_batches(config, evaluation, 0, 1))
   assert [b['image'].shape for b in evals] == [(4, 16, 16, 3)] * 2
   assert [b['label'].tolist() for b in evals] == [[0, 0, 0, 1], [1, 1, 0, 0]]
@@ -317,7 +336,17 @@ def test_imagefolder_task_batches(tmp_path):
     [1, 1, 0, 0],
   ]
   bad = _override(config, num_train=1000)
-  with pytest.raises(ValueError, match=r'num_train: expected .* \(8;'):
+  with pytest.raises(
+    ValueError, match=r'^num_train: expected 8 \(found in .*train\), got 1000'
+  ):
+    imagenet.build_task(bad, 0, 1)
+  # The synset tree keeps the released 1,000-class space when unset.
+  unset = _override(config, **{'model.num_classes': None})
+  assert imagenet.build_task(unset, 0, 1).config.model.num_classes == 1000
+  bad = _override(config, **{'model.num_classes': 2})
+  with pytest.raises(
+    ValueError, match=r'^model.num_classes: expected 1000 \(found in .*train'
+  ):
     imagenet.build_task(bad, 0, 1)
 
 
@@ -349,7 +378,7 @@ def test_write_image_grid(tmp_path):
 
 @pytest.mark.parametrize('kind', ['npz', 'pickle'])
 def test_load_init_checkpoint(tmp_path, kind):
-  config = imagenet.get_config('debug')
+  config = _debug_model()
   model = imagenet.build_model(config)
   init = jax.jit(functools.partial(model.init, is_training=True))
   params, state = init(
@@ -403,13 +432,13 @@ def debug_run(tmp_path_factory):
 def test_debug_trains_end_to_end(debug_run):
   config, workdir, out, printed = debug_run
   losses = list(out['losses'].values())
-  assert len(losses) == config.total_steps == 8
+  assert len(losses) == 8  # 1 epoch x 256 images // batch 32
   assert np.all(np.isfinite(losses))
   # The top-1 over the 100 eval images (batches of 64 + 36, padded) equals
   # the final model's on all 100 at once, computed here.
   ts = out['train_state']
+  _, evaluation, config = imagenet.make_sources(config)
   forward = imagenet.make_forward(config)
-  _, evaluation = imagenet.make_sources(config)
   records = []
   for index in range(len(evaluation)):
     record = evaluation[index]
@@ -478,3 +507,65 @@ def test_init_checkpoint_directory_without_checkpoint(tmp_path):
     ValueError, match=r'init_checkpoint: .*no complete checkpoint'
   ):
     imagenet.load_init_checkpoint(config)
+
+
+def test_any_class_names_train_with_the_size_and_classes_found(tmp_path):
+  # Made-up classes, written out of order, PNG and JPEG: sorted, ant is 0,
+  # moth 1, zebra 2 (K = 3); 3 + 1 + 2 = 6 training images.
+  rng = np.random.default_rng(0)
+  for split, counts in (('train', (2, 1, 3)), ('val', (1, 1, 1))):
+    for name, count, suffix in zip(
+      ('ant', 'moth', 'zebra'),
+      counts,
+      (
+        'png',
+        'jpg',
+        'JPEG',
+      ),
+    ):
+      folder = tmp_path / split / name
+      folder.mkdir(parents=True)
+      for i in range(count):
+        pixels = rng.integers(0, 256, (18, 20, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f'{i}.{suffix}')
+  config = _debug_config(
+    epochs=2,
+    batch_size=2,
+    eval_batch_size=2,
+    **{
+      'data.format': 'imagefolder',
+      'data.dir': str(tmp_path),
+      'data.preview_examples': 0,
+    },
+  )
+  train_source, evaluation, used = imagenet.make_sources(config)
+  assert train_source.labels.tolist() == [0, 0, 1, 2, 2, 2]
+  assert evaluation.labels.tolist() == [0, 1, 2]
+  workdir = str(tmp_path / 'run')
+  out, printed = _train_printing(config, workdir)
+  assert len(out['losses']) == 6  # 2 epochs x 6 images // batch 2
+  assert (
+    'Training data: num_train=6 (counted in the data), model.num_classes=3 '
+    '(found in the data); total_steps=6 = epochs 2 x num_train 6 // '
+    'batch_size 2.'
+  ) in printed
+  assert 'on 3 images' in printed  # the evaluation of the val split
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  assert (saved['num_train'], saved['total_steps']) == (6, 6)
+  assert saved['model']['num_classes'] == 3
+  # The workdir rebuilds a 3-way classifier.
+  forward, params, state, _ = restore_lib.restore(workdir)
+  images = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  logits, _ = jax.eval_shape(
+    functools.partial(forward.apply, is_training=False),
+    params,
+    state,
+    None,
+    images,
+  )
+  assert logits.shape == (1, 3)
+  # A validation class the training split lacks is refused, naming it.
+  (tmp_path / 'val' / 'emu').mkdir()
+  with pytest.raises(ValueError, match=r"^data.dir: .*\['emu'\]"):
+    imagenet.make_sources(config)

@@ -200,3 +200,78 @@ def test_cluster_size_from_the_environment(environ, size):
   from perceiver.train import distributed  # pylint: disable=g-import-not-at-top
 
   assert distributed.cluster_size(environ) == size
+
+
+def _sized_config(**overrides):
+  """The toy config with an epoch schedule over a training set it does not
+  declare (num_train None until the data gives it)."""
+  c = common.toy_config(**overrides)
+  c.unlock()
+  c.epochs = 1
+  c.num_train = config_lib.placeholder()
+  c.total_steps = (
+    c.get_ref('epochs') * c.get_ref('num_train') // c.get_ref('batch_size')
+  )
+  c.lock()
+  return c
+
+
+def test_from_data_fills_the_unset_size_and_checks_a_set_one():
+  config = _sized_config(batch_size=16)
+  config.epochs = 3
+  assert config.num_train is None and config.total_steps is None
+  config_lib.validate(config, device_count=1)  # waits for the data
+  used = config_lib.from_data(config, {'num_train': 40}, where='the toy set')
+  assert (used.num_train, used.total_steps) == (40, 3 * 40 // 16)  # 7
+  assert config.num_train is None and config.total_steps is None  # a copy
+  assert config_lib.data_summary(config, used) == (
+    'Training data: num_train=40 (counted in the data); total_steps=7 = '
+    'epochs 3 x num_train 40 // batch_size 16.'
+  )
+  config.total_steps = 5  # set explicitly: it wins over the epochs
+  used = config_lib.from_data(config, {'num_train': 40}, where='the toy set')
+  assert (used.num_train, used.total_steps) == (40, 5)
+  assert config_lib.data_summary(config, used).endswith('total_steps=5 (set).')
+  config.num_train = 41
+  with pytest.raises(
+    ValueError,
+    match=r'^num_train: expected 40 \(found in the toy set\), got 41',
+  ):
+    config_lib.from_data(config, {'num_train': 40}, where='the toy set')
+  with pytest.raises(ValueError, match=r"^found: .*got 'num_classes'"):
+    config_lib.from_data(config, {'num_classes': 3}, where='the toy set')
+
+
+def _sized_task(config, process_index, process_count):
+  task = common.build_toy_task(config, process_index, process_count)
+  used = config_lib.from_data(config, {'num_train': 192}, where='toy arrays')
+  return task._replace(config=used)
+
+
+def test_train_follows_the_size_the_task_counted(tmp_path, capsys):
+  workdir = str(tmp_path / 'w')
+  result = loop.train(_sized_config(batch_size=32), _sized_task, workdir)
+  assert sorted(result['losses']) == list(range(1, 7))  # 1 x 192 // 32
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  assert (saved['num_train'], saved['total_steps']) == (192, 6)
+  assert (
+    'Training data: num_train=192 (counted in the data); total_steps=6 = '
+    'epochs 1 x num_train 192 // batch_size 32.'
+  ) in capsys.readouterr().out
+
+
+def test_train_refuses_a_task_config_that_changes_a_set_field(tmp_path):
+  def changes_batch(config, process_index, process_count):
+    task = _sized_task(config, process_index, process_count)
+    used = task.config
+    used.batch_size = 8
+    return task._replace(config=used)
+
+  with pytest.raises(ValueError, match=r"^task.config: .*\['batch_size'\]"):
+    loop.train(_sized_config(), changes_batch, str(tmp_path / 'a'))
+  with pytest.raises(ValueError, match='^total_steps: expected .*got None'):
+    loop.train(_sized_config(), common.build_toy_task, str(tmp_path / 'b'))
+  assert not os.path.exists(tmp_path / 'a') and not os.path.exists(
+    tmp_path / 'b'
+  )

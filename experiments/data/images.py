@@ -1,17 +1,20 @@
-"""ImageNet stored as an image folder, read as a random-access source.
+"""An image folder (ImageNet's or any other), read as a random-access source.
 
 The layout is the one users get from the ILSVRC 2012 archives (the training
 tarball unpacked per class, the validation images re-sorted into class
-folders by the usual script):
+folders by the usual script), or any tree of the same shape:
 
-  DIR/train/<wnid>/*.JPEG
-  DIR/val/<wnid>/*.JPEG
+  DIR/train/<class>/*.JPEG (or .jpg, .png)
+  DIR/val/<class>/*.JPEG
 
-`<wnid>` is a WordNet id such as `n01440764`. Labels follow the released
-models' 1,000-class order (the sorted wnids of `perceiver/imagenet_labels.txt`,
-as in TFDS `imagenet2012`), so a released checkpoint's logit k is the class
-with label k. A tree with fewer classes (a subset) keeps the same labels: its
-labels are a subset of 0..999.
+Labels (`class_order`): when every class folder is an ILSVRC 2012 WordNet id
+such as `n01440764`, the released models' 1,000-class order (the sorted
+wnids of `perceiver/imagenet_labels.txt`, as in TFDS `imagenet2012`), so a
+released checkpoint's logit k is the class with label k; a tree with fewer
+of those classes (a subset) keeps the same labels, a subset of 0..999.
+Otherwise (e.g. `cat/`, `dog/`) label k is the k-th class folder name in
+sorted order, K = the number of class folders. The validation split takes
+the training split's labels (`classes=`).
 
 A record is `{'image': uint8 [H, W, 3], 'label': int32 []}` with the image
 decoded by Pillow and converted to RGB (ILSVRC holds a few greyscale and CMYK
@@ -23,14 +26,14 @@ Shapes: H, W image height and width in pixels.
 import functools
 import io
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 import perceiver
 
-IMAGE_SUFFIXES = ('.jpeg', '.jpg')  # compared lower-case: *.JPEG, *.jpg
+IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png')  # compared lower-case
 _LABELS_PATH = os.path.join(
   os.path.dirname(os.path.abspath(perceiver.__file__)), 'imagenet_labels.txt'
 )
@@ -79,26 +82,49 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
     raise CorruptRecordError(f'{where}: not a decodable image ({e}).') from e
 
 
+def class_order(folders: Sequence[str]) -> Tuple[str, ...]:
+  """The label order of a split whose class folders are `folders`.
+
+  Returns:
+    The 1,000 ILSVRC 2012 wnids (`imagenet_wnids`, the released order) when
+    every folder is one of them, else the sorted folder names.
+  """
+  wnids = imagenet_wnids()
+  if folders and set(folders) <= set(wnids):
+    return wnids
+  return tuple(sorted(folders))
+
+
 class ImageFolderSource:
-  """`DIR/<split>/<wnid>/*.JPEG` as a grain random-access data source.
+  """`DIR/<split>/<class>/*.JPEG` as a grain random-access data source.
 
   The file list is built once (classes in label order, files sorted by name
   within a class), so index i is the same image on every process and run.
   The source holds only paths and labels: it pickles cheaply to grain
-  workers and opens each file when it is read.
+  workers and opens each file when it is read. `classes` is the label
+  order (label k is `classes[k]`; K = `len(classes)`).
   """
 
-  def __init__(self, root: str, split: str, *, field: str = 'data.dir'):
+  def __init__(
+    self,
+    root: str,
+    split: str,
+    *,
+    classes: Optional[Sequence[str]] = None,
+    field: str = 'data.dir',
+  ):
     """Lists the images of one split.
 
     Args:
       root: DIR, the directory holding `train/` and `val/`.
       split: the sub-directory to read, e.g. 'train' or 'val'.
+      classes: the label order, e.g. the training split's `classes` for
+        'val'; None: `class_order` of this split's class folders.
       field: the config field that gave `root`, named in errors.
 
     Raises:
       ValueError: `root` or `root/split` is not a directory, a class folder
-        is not an ILSVRC 2012 wnid, or the split holds no image.
+        is not in `classes`, or the split holds no image.
     """
     if not root or not os.path.isdir(root):
       raise ValueError(
@@ -110,35 +136,38 @@ class ImageFolderSource:
         f'{field}: expected a {split!r} directory inside {root!r} (layout '
         f'DIR/{split}/<wnid>/*.JPEG), got none at {directory!r}.'
       )
-    label_of = {w: i for i, w in enumerate(imagenet_wnids())}
-    classes = sorted(
+    folders = sorted(
       d
       for d in os.listdir(directory)
       if os.path.isdir(os.path.join(directory, d))
     )
-    unknown = [c for c in classes if c not in label_of]
+    self.classes = class_order(folders) if classes is None else tuple(classes)
+    label_of = {name: k for k, name in enumerate(self.classes)}
+    unknown = [name for name in folders if name not in label_of]
     if unknown:
       raise ValueError(
-        f'{field}: expected class folders named by ILSVRC 2012 wnids (e.g. '
-        f'n01440764) in {directory!r}, got {len(unknown)} others: '
+        f'{field}: expected the class folders of {directory!r} to be '
+        f'classes of the training split ({len(self.classes)}: '
+        f'{list(self.classes[:5])}...), got {len(unknown)} others: '
         f'{unknown[:5]}.'
       )
     paths, labels = [], []
-    for wnid in classes:
-      folder = os.path.join(directory, wnid)
-      names = sorted(
+    for name in folders:
+      folder = os.path.join(directory, name)
+      files = sorted(
         n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES)
       )
-      paths.extend(os.path.join(folder, n) for n in names)
-      labels.extend([label_of[wnid]] * len(names))
+      paths.extend(os.path.join(folder, n) for n in files)
+      labels.extend([label_of[name]] * len(files))
     if not paths:
       raise ValueError(
-        f'{field}: expected *.JPEG images in {directory!r}/<wnid>/, found '
-        f'none ({len(classes)} class folders).'
+        f'{field}: expected images ({", ".join(IMAGE_SUFFIXES)}) in '
+        f'{directory!r}/<class>/, found none ({len(folders)} class '
+        'folders).'
       )
+    self.folders = tuple(folders)
     self.paths = tuple(paths)
     self.labels = np.asarray(labels, np.int32)
-    self.classes = tuple(classes)
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -156,6 +185,6 @@ class ImageFolderSource:
 
   def __repr__(self) -> str:
     return (
-      f'ImageFolderSource({len(self.paths)} images, {len(self.classes)} '
-      'classes)'
+      f'ImageFolderSource({len(self.paths)} images in '
+      f'{len(self.folders)} class folders, {len(self.classes)} labels)'
     )

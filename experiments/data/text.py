@@ -28,14 +28,17 @@ to a grain worker carries only paths and settings and reloads them there.
 Sequences (App. F.3: "10 documents concatenated before cropping"). The
 documents of a split are put in a fixed random order (seeded) and taken ten
 at a time; each group's documents are concatenated, joined by one EOS id, and
-the result is cut into consecutive windows of L bytes. Record `i` of the
-source is one window: every byte of a split is in exactly one record, the
-last window of a group is right-padded with PAD (`input_mask` 0 there), and
-no record shares a byte with another. The engine's sampler hands each record
-index of an epoch to exactly one process, so processes never read the same
-bytes in an epoch; records of one group are consecutive indices, so a sampler
-that shards indices into contiguous ranges per process also gives each
-process its own documents (except for the two groups at its range's ends).
+the result is cut into consecutive windows of L bytes (a source whose
+documents are too few to split between training and evaluation, e.g. one
+`.txt` file, splits each document's bytes instead: see `MlmSource`).
+Record `i` of the source is one window: every byte of a split is in exactly
+one record, the last window of a group is right-padded with PAD
+(`input_mask` 0 there), and no record shares a byte with another. The
+engine's sampler hands each record index of an epoch to exactly one process,
+so processes never read the same bytes in an epoch; records of one group are
+consecutive indices, so a sampler that shards indices into contiguous ranges
+per process also gives each process its own documents (except for the two
+groups at its range's ends).
 
 Mixing. `MixedSource` mixes several sources with weights (the paper's 70% C4
 / 30% Wikipedia). Unlike grain's `MapDataset.mix`, whose length stops at the
@@ -266,11 +269,16 @@ class MlmSource:
     split: 'train' or 'eval'.
     eval_fraction: the share of documents held out for 'eval' (each
       document is assigned by a seeded draw, independently of the others).
+      When that draw leaves a split without documents (always so for one
+      document, e.g. a single .txt file), the source is split by bytes
+      instead (`split_by` = 'bytes'): the last floor(eval_fraction x n +
+      0.5) bytes of each document of n bytes (at least 1, at most n - 1)
+      are held out, and the bytes before them are 'train'.
     seed: fixes the held-out documents and the document order.
 
   Raises:
-    ValueError: no files, bad sizes, a split without documents, or any
-      error of `index_file`.
+    ValueError: no files, bad sizes, a split without documents (a source
+      whose documents have a byte each), or any error of `index_file`.
   """
 
   def __init__(
@@ -317,17 +325,37 @@ class MlmSource:
     """Indexes (or loads the indexes of) the files; builds the record table."""
     self._indexes = [index_file(f, self.cache_dir) for f in self.files]
     self.num_empty_documents = int(sum(ix['empty'] for ix in self._indexes))
+    held_out = [
+      np.random.default_rng([self.seed, f, 0]).random(len(ix['lengths']))
+      < self.eval_fraction
+      for f, ix in enumerate(self._indexes)
+    ]
+    drawn = np.concatenate(held_out)
+    by_bytes = drawn.size > 0 and (drawn.all() or not drawn.any())
+    self.split_by = 'bytes' if by_bytes else 'documents'
+    evaluation = self.split == 'eval'
+    # Per file: where each document's bytes of this split start in its
+    # text, and how many there are (0: not in this split).
+    self._begin, self._size = [], []
     group_file, group_docs, group_len = [], [], []
     k = self.docs_per_sequence
     for f, ix in enumerate(self._indexes):
-      n = len(ix['lengths'])
-      held_out = np.random.default_rng([self.seed, f, 0]).random(n)
-      held_out = held_out < self.eval_fraction
-      docs = np.flatnonzero(held_out if self.split == 'eval' else ~held_out)
+      full = ix['lengths']
+      if by_bytes:
+        tail = np.floor(full * self.eval_fraction + 0.5).astype(np.int64)
+        tail = np.minimum(np.maximum(tail, 1), full - 1)
+        begin = full - tail if evaluation else np.zeros_like(full)
+        size = tail if evaluation else full - tail
+      else:
+        begin = np.zeros_like(full)
+        size = np.where(held_out[f] == evaluation, full, 0)
+      self._begin.append(begin)
+      self._size.append(size)
+      docs = np.flatnonzero(size > 0)
       docs = np.random.default_rng([self.seed, f, 1]).permutation(docs)
       pad = (-len(docs)) % k
       table = np.concatenate([docs, np.full(pad, -1, np.int64)]).reshape(-1, k)
-      lengths = np.where(table >= 0, ix['lengths'][np.maximum(table, 0)], 0)
+      lengths = np.where(table >= 0, size[np.maximum(table, 0)], 0)
       separators = np.maximum((table >= 0).sum(1) - 1, 0)
       group_file.append(np.full(len(table), f, np.int32))
       group_docs.append(table)
@@ -398,7 +426,7 @@ class MlmSource:
       raise IndexError(f'index: expected an integer in [0, {n}), got {index}.')
     g = int(np.searchsorted(self._first_record, index, side='right') - 1)
     f = int(self._group_file[g])
-    lengths = self._indexes[f]['lengths']
+    lengths, begins = self._size[f], self._begin[f]
     a = (index - int(self._first_record[g])) * self.seq_len
     b = min(a + self.seq_len, int(self._group_len[g]))
     ids_L = np.full(self.seq_len, TOKENIZER.pad_token, np.int32)
@@ -409,7 +437,8 @@ class MlmSource:
       stop = start + int(lengths[doc])
       lo, hi = max(a, start), min(b, stop)
       if lo < hi:
-        text = self._read(f, int(doc), lo - start, hi - start)
+        skip = int(begins[doc]) - start
+        text = self._read(f, int(doc), lo + skip, hi + skip)
         ids_L[lo - a : hi - a] = TOKENIZER.to_int(text)
       if a <= stop < b:  # the separator after this document
         ids_L[stop - a] = TOKENIZER.eos_token
@@ -714,7 +743,8 @@ def build_sources(
 
 
 def describe(source: MixedSource) -> str:
-  """A one-line summary: records per source and empty documents skipped."""
+  """A one-line summary: records per source, empty documents skipped and
+  whether a source is held out by bytes (`MlmSource.split_by`)."""
   parts = []
   for s, c in zip(source.sources, source.counts):
     parts.append(
@@ -725,6 +755,7 @@ def describe(source: MixedSource) -> str:
         if s.num_empty_documents
         else ''
       )
+      + (', held out by bytes' if s.split_by == 'bytes' else '')
       + ')'
     )
   return f'{len(source)} records: ' + '; '.join(parts)

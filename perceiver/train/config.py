@@ -9,12 +9,25 @@ start of the experiments that have one (their `Task.init_params`); the
 others refuse a path.
 `validate(config, ...)` rejects bad or inconsistent values before anything
 is compiled, with a `ValueError` naming the field, the expected and what came.
+
+The data's size is discovered, not declared: an experiment whose schedule
+follows its data leaves `num_train` (and e.g. `model.num_classes`) as
+`placeholder` fields, None until known, and derives `total_steps = epochs x
+num_train // batch_size` from them (a `FieldReference` expression, None
+while `num_train` is). Its `build_task` counts the training split and
+returns `from_data(config, {'num_train': n, ...}, where=...)` as
+`Task.config`, which the engine runs with from then on (`data_summary`
+says where each value came from). A value the user set wins: an explicit
+`total_steps` replaces the expression, and a set `num_train` must equal
+what the reader counted.
 """
 
+import copy
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import ml_collections
+from ml_collections import config_dict
 
 from perceiver import validation
 from perceiver.train import optim
@@ -116,7 +129,7 @@ DESCRIPTIONS = {
 # Fields several experiments add, with the same meaning.
 COMMON_DESCRIPTIONS = {
   'epochs': 'passes over the training split (total_steps follows from it)',
-  'num_train': 'number of training examples used',
+  'num_train': 'number of training examples used (None: counted in the data)',
   'data.dir': 'directory of the dataset',
   'data.label_smoothing': 'label smoothing of the cross-entropy',
   'data.image_size': 'side of the (square) images, in pixels',
@@ -139,7 +152,7 @@ COMMON_DESCRIPTIONS = {
   'model.embed_init_scale': 'init stddev of the byte table, also the tied '
   'output layer (released: 1.0)',
   'model.num_bands': 'Fourier position-encoding bands per axis',
-  'model.num_classes': 'number of output classes',
+  'model.num_classes': 'number of output classes (None: found in the data)',
   'model.image_size': 'side of the input images, in pixels',
   'model.decoder_num_channels': 'channels of the decoder query',
   'model.attention_impl': "self-attention kernel: 'reference' or another "
@@ -232,6 +245,108 @@ def _field_positive_int(
     raise ValueError(f'{prefix}{name}: expected {what} integer, got {value!r}.')
 
 
+def placeholder() -> ml_collections.FieldReference:
+  """An integer field left None until the data gives it (`from_data`); the
+  command line can still set it (`--config.num_train=1000`)."""
+  return config_dict.placeholder(int)
+
+
+def from_data(
+  config: ml_collections.ConfigDict,
+  found: Mapping[str, int],
+  *,
+  where: str,
+) -> ml_collections.ConfigDict:
+  """A copy of `config` with the values its data gave filled in.
+
+  An experiment calls it in `build_task` once its readers have counted the
+  training data, e.g. `found={'num_train': len(train), 'model.num_classes':
+  k}`, and returns the copy as `Task.config`. A field that is None takes
+  the found value, and the fields computed from it follow (`total_steps =
+  epochs x num_train // batch_size`, unless `total_steps` was set); a field
+  already set must equal the found value. `config` itself is not changed.
+
+  Args:
+    config: the run's config (locked or not).
+    found: {dotted field name: value the data gave}; every name must be a
+      field of `config`.
+    where: what was counted (e.g. the training directory), for the message.
+
+  Returns:
+    The copy, with `config`'s lock state.
+
+  Raises:
+    ValueError: a set field different from the found value (naming the
+      field, both values and `where`), or a name that is not a field.
+  """
+  out = copy.deepcopy(config)
+  fields = flat_fields(out)
+  for name, value in found.items():
+    if name not in fields:
+      raise ValueError(
+        f'found: expected fields of the config, got {name!r} (from {where}).'
+      )
+    if fields[name] is None:
+      *path, last = name.split('.')
+      section = out
+      for part in path:
+        section = section[part]
+      section[last] = value
+    elif fields[name] != value:
+      raise ValueError(
+        f'{name}: expected {value} (found in {where}), got {fields[name]}; '
+        f'leave {name} unset to take it from the data.'
+      )
+  return out
+
+
+def data_summary(
+  given: ml_collections.ConfigDict, used: ml_collections.ConfigDict
+) -> str:
+  """One line saying where `num_train` and `total_steps` came from.
+
+  Args:
+    given: the config as the user gave it.
+    used: the config the run uses (`Task.config`, or `given`).
+
+  Returns:
+    E.g. 'Training data: num_train=18 (counted in the data), model.
+    num_classes=3 (found in the data); total_steps=5 = epochs 10 x
+    num_train 18 // batch_size 32.': num_train '(counted in the data)' or
+    '(set)', then every other field the data filled in; total_steps with
+    the expression it equals, or '(set)'. '' for a config without
+    num_train.
+  """
+  if 'num_train' not in used:
+    return ''
+  before, after = flat_fields(given), flat_fields(used)
+  filled = [
+    n
+    for n in sorted(after)
+    if before.get(n) is None
+    and after[n] is not None
+    and n not in ('num_train', 'total_steps')
+  ]
+
+  def origin(name):
+    if before.get(name) is not None:
+      return 'set'
+    return 'counted in the data' if name == 'num_train' else 'found in the data'
+
+  parts = [f'{n}={after[n]} ({origin(n)})' for n in ['num_train'] + filled]
+  steps = f'total_steps={used.total_steps}'
+  if 'epochs' in used and used.total_steps == (
+    used.epochs * used.num_train // used.batch_size
+  ):
+    steps += (
+      f' = epochs {used.epochs} x num_train {used.num_train} // '
+      f'batch_size {used.batch_size}'
+    )
+  else:
+    steps += ' (set)'
+  return f'Training data: {", ".join(parts)}; {steps}.'
+
+
 def _check_derived_total_steps(config) -> None:
   """Explains a total_steps of 0 derived from a batch larger than the data
   (experiments with `epochs` and `num_train` fields)."""
@@ -245,13 +360,23 @@ def _check_derived_total_steps(config) -> None:
     )
 
 
+def _pending_data_size(config: ml_collections.ConfigDict) -> bool:
+  """Whether `total_steps` waits for the data: it and `num_train` are None
+  (the task's `from_data` fills them in)."""
+  return config.total_steps is None and config.get('num_train', 0) is None
+
+
 def validate(
   config: ml_collections.ConfigDict,
   *,
   device_count: int,
   process_count: int = 1,
 ) -> None:
-  """Checks the engine's fields; raises ValueError naming the bad one."""
+  """Checks the engine's fields; raises ValueError naming the bad one.
+
+  A `total_steps` of None passes while `num_train` is None too (see
+  `_pending_data_size`); the engine checks the task's config again.
+  """
   for name in ('seed',):
     if not isinstance(config[name], int) or isinstance(config[name], bool):
       raise ValueError(f'{name}: expected an integer, got {config[name]!r}.')
@@ -266,6 +391,8 @@ def validate(
     'fsdp',
   ):
     if name == 'total_steps':
+      if _pending_data_size(config):
+        continue
       _check_derived_total_steps(config)
     _field_positive_int(config, name)
   _field_positive_int(config, 'eval_every', allow_zero=True)

@@ -5,6 +5,10 @@ process (call `distributed.initialize` first on multi-host jobs):
 
 1. check the config (before compiling anything);
 2. build the mesh, the task (model + this process's data) and the optimizer;
+   from then on the run uses the task's config (`Task.config`: the
+   training set's size and what follows from it, as the task's readers
+   found them; see `config.from_data`), and says where `num_train` and
+   `total_steps` came from;
 3. compare the config with the workdir's checkpoints before writing
    anything there (`check_workdir`): checkpoints made for other parameter
    shapes are refused (a ValueError naming the parameter and both shapes;
@@ -375,6 +379,41 @@ def jit_steps(config: ml_collections.ConfigDict, task: Task, mesh) -> Steps:
   return Steps(train_step, eval_step, init_fn, abstract, shardings, optimizer)
 
 
+def task_config(
+  config: ml_collections.ConfigDict, task: Task, devices: list
+) -> ml_collections.ConfigDict:
+  """The config the run uses: `task.config` (checked like `config`) or
+  `config`; prints `config.data_summary` of it.
+
+  Raises:
+    ValueError: `task.config` changes a field that was set (not None), or
+      `total_steps` is still None (the task reported no `num_train`).
+  """
+  used = config if task.config is None else task.config
+  given, now = config_lib.flat_fields(config), config_lib.flat_fields(used)
+  changed = sorted(set(given) ^ set(now)) or [
+    n for n in sorted(given) if given[n] is not None and given[n] != now[n]
+  ]
+  if changed:
+    raise ValueError(
+      f'task.config: expected the fields of the config with only None '
+      f'ones filled in, got other fields or changed values: {changed}.'
+    )
+  if used.total_steps is None:
+    raise ValueError(
+      'total_steps: expected a positive integer, or num_train from the '
+      "task's data (Task.config, see config.from_data), got None."
+    )
+  if task.config is not None:
+    config_lib.validate(
+      used, device_count=len(devices), process_count=jax.process_count()
+    )
+  summary = config_lib.data_summary(config, used)
+  if summary:
+    _say(summary)
+  return used
+
+
 def _compile_step(train_step, ts, batch, run_timer) -> float:
   """Compiles the train step for (ts, batch) before its first call (which
   then finds it in JAX's compilation cache: tracing it again is the only
@@ -430,6 +469,7 @@ def train(
 
   mesh = mesh_lib.make_mesh(config.fsdp, devices)
   task = build_task(config, jax.process_index(), jax.process_count())
+  config = task_config(config, task, devices)
   data_lib.check_batch_keys(task.example_batch, 'task.example_batch')
   if config.get('init_checkpoint') and task.init_params is None:
     raise ValueError(

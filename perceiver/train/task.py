@@ -14,6 +14,7 @@ from typing import (
 
 import haiku as hk
 import jax
+import ml_collections
 
 from perceiver.train.evaluation import Evaluator
 
@@ -63,6 +64,12 @@ class Task(NamedTuple):
       returned leaf has the initialised leaf's shape and dtype, then
       initialises the optimizer from the returned parameters. None: start
       from `config.seed`.
+    config: the run's config with what the data decided filled in
+      (`perceiver.train.config.from_data`: `num_train` as the reader
+      counted it, `total_steps` following from it, e.g. `model.num_classes`
+      from the class folders); the engine runs with it from then on
+      (schedule, `config.json`, resume checks) and may only see fields that
+      were None change. None: the config `build_task` was given.
   """
 
   forward: hk.TransformedWithState
@@ -72,3 +79,4 @@ class Task(NamedTuple):
   eval_data: Optional[Callable[[], Iterable[Dict[str, Any]]]] = None
   evaluators: Sequence[Evaluator] = ()
   init_params: Optional[Callable[[Any, Any], Tuple[Any, Any]]] = None
+  config: Optional[ml_collections.ConfigDict] = None
