@@ -155,7 +155,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   )
   c.log_every = 100
   c.checkpoint_every = 5000
-  # Evaluation is `Task.evaluate` (tiled, any size; see `evaluate`): 0 = at
+  # Evaluation is one custom evaluator (tiled, any size; see `evaluate`): 0 = at
   # the end only. Each evaluation scores `data.num_eval` synthetic pairs per
   # curriculum stage, the motorcycle pair and, when their directories are
   # set, the first `data.max_eval_pairs` pairs of each Sintel pass and of
