@@ -12,7 +12,7 @@ CONFIG ?= experiments/digits.py
 # Extra flags, e.g. make train ARGS='--config.total_steps=100'.
 ARGS ?=
 PYTEST_ARGS ?= -n 2 --durations=10
-LINT_PATHS ?= perceiver experiments tests setup.py
+LINT_PATHS ?= perceiver experiments benchmarks tests setup.py
 # House style (shared/STYLE.md): 2-space indent, 80 columns, single quotes.
 RUFF_CONFIG := --config 'indent-width = 2' --config 'line-length = 80' \
 	--config "format.quote-style = 'single'"

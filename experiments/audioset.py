@@ -371,22 +371,15 @@ def make_evaluator(
   )
 
 
-def build_task(config, process_index: int, process_count: int) -> Task:
-  """Model, loss, this process's share of the AudioSet clips and mAP."""
-  validate(config)
-  train, train_ops, held_out, eval_ops, _ = make_sources(config)
+def compile_task(config) -> Task:
+  """The model and loss without data (`--compile_only`; `build_task` adds
+  the data): `example_batch` has the clips' keys, dtypes and shapes."""
   d, m = config.data, config.model
   samples = d.num_frames * d.audio_rate // d.fps
-  forward = make_forward(m, d)
-  eval_data = lambda: data_lib.eval_batches_from_config(
-    held_out, config, process_index, process_count, ops=eval_ops
-  )
   return Task(
-    forward=forward,
+    forward=make_forward(m, d),
     per_example=per_example,
-    train_data=data_lib.train_iterator_from_config(
-      train, config, process_index, process_count, ops=train_ops
-    ),
+    train_data=None,
     example_batch={
       'image': np.zeros(
         (2, d.num_frames, d.image_size, d.image_size, 3), np.uint8
@@ -395,5 +388,19 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       'label': np.zeros((2, m.num_classes), np.float32),
       'index': np.zeros((2,), np.int32),
     },
-    evaluators=[make_evaluator(eval_data, d.eval_windows)],
+  )
+
+
+def build_task(config, process_index: int, process_count: int) -> Task:
+  """Model, loss, this process's share of the AudioSet clips and mAP."""
+  validate(config)
+  train, train_ops, held_out, eval_ops, _ = make_sources(config)
+  eval_data = lambda: data_lib.eval_batches_from_config(
+    held_out, config, process_index, process_count, ops=eval_ops
+  )
+  return compile_task(config)._replace(
+    train_data=data_lib.train_iterator_from_config(
+      train, config, process_index, process_count, ops=train_ops
+    ),
+    evaluators=[make_evaluator(eval_data, config.data.eval_windows)],
   )

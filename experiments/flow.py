@@ -1069,6 +1069,24 @@ def make_evaluator(config) -> evaluation.Evaluator:
   )
 
 
+def compile_task(config) -> Task:
+  """The model and EPE loss without data (`--compile_only`; `build_task`
+  adds the data): `example_batch` has the training pairs' keys, dtypes and
+  shapes (the model's `image_size`)."""
+  height, width = config.model.image_size
+  return Task(
+    forward=make_forward(config.model),
+    per_example=per_example,
+    train_data=None,
+    example_batch={
+      'frame1': np.zeros((2, height, width, 3), np.uint8),
+      'frame2': np.zeros((2, height, width, 3), np.uint8),
+      'flow': np.zeros((2, height, width, 2), np.float32),
+      'valid': np.ones((2, height, width), bool),
+    },
+  )
+
+
 def build_task(config, process_index: int, process_count: int) -> Task:
   """Model, EPE loss, this process's training pairs and the hooks.
 
@@ -1079,24 +1097,17 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   first ones.
   """
   validate(config)
-  train_data = data_lib.train_iterator_from_config(
-    train_source(config),
-    config,
-    process_index,
-    process_count,
-    ops=train_ops(config),
-  )
-  held_out = next(iter(held_out_sets(config).values()))
-  examples = [held_out[0], held_out[min(1, len(held_out) - 1)]]
-  example_batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
   init_params = None
   if config.init_checkpoint:
     init_params = lambda params, state: load_init_checkpoint(config)
-  return Task(
-    forward=make_forward(config.model),
-    per_example=per_example,
-    train_data=train_data,
-    example_batch=example_batch,
+  return compile_task(config)._replace(
+    train_data=data_lib.train_iterator_from_config(
+      train_source(config),
+      config,
+      process_index,
+      process_count,
+      ops=train_ops(config),
+    ),
     evaluators=[make_evaluator(config)],
     init_params=init_params,
   )

@@ -386,6 +386,28 @@ def source(config, task: str, split: str) -> glue_data.GlueSource:
   )
 
 
+def compile_task(config) -> Task:
+  """The model and loss without data (`--compile_only`; `build_task` adds
+  the data): `example_batch` has the records' keys, dtypes and shapes
+  ([data.seq_len] bytes)."""
+  seq_len = config.data.seq_len
+  ids = np.zeros((2, seq_len), np.int32)
+  return Task(
+    forward=make_forward(config),
+    per_example=functools.partial(per_example, tasks=tasks_of(config)),
+    train_data=None,
+    example_batch={
+      'inputs': ids,
+      'input_mask': np.ones_like(ids),
+      'label': np.zeros((2,), np.int32),
+      'score': np.zeros((2,), np.float32),
+      'task': np.zeros((2,), np.int32),
+      'index': np.zeros((2,), np.int64),
+    },
+    config=config,
+  )
+
+
 def build_task(config, process_index: int, process_count: int) -> Task:
   """The fine-tuning model, its loss, this process's training rows, the dev
   evaluation and the warm start of the encoder from `init_checkpoint`;
@@ -412,16 +434,12 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       flush=True,
     )
     mlm.print_flops(config)
-  return Task(
-    forward=make_forward(config),
-    per_example=functools.partial(per_example, tasks=tasks),
+  return compile_task(config)._replace(
     train_data=data_lib.train_iterator_from_config(
       train, config, process_index, process_count
     ),
-    example_batch={k: np.stack([v, v]) for k, v in train[0].items()},
     evaluators=make_evaluators(config, process_index, process_count),
     init_params=mlm.init_params_hook(config, must_load=is_encoder_module),
-    config=config,
   )
 
 

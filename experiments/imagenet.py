@@ -120,6 +120,10 @@ FIXED_CLASSES = {
   'fashion_mnist': fashion_mnist.NUM_CLASSES,
 }
 PREVIEW_FILE = 'augmented_examples.png'
+# ImageNet-1k (ILSVRC 2012): training images and classes, what
+# `compile_task` assumes where the config leaves them to the data.
+IMAGENET_TRAIN_IMAGES = 1_281_167
+IMAGENET_CLASSES = 1000
 _MODEL_FIELDS = tuple(
   k
   for k in presets.defaults('imagenet_fourier')
@@ -835,6 +839,38 @@ def _read_options(
   return None
 
 
+def _model_task(config: ml_collections.ConfigDict) -> Task:
+  """The model and loss of a config whose sizes are known."""
+  size = config.data.image_size
+  return Task(
+    forward=make_forward(config),
+    per_example=per_example,
+    train_data=None,
+    example_batch={
+      'image': np.zeros((2, size, size, 3), np.float32),
+      'label': np.zeros((2,), np.int32),
+    },
+    config=config,
+  )
+
+
+def compile_task(config: ml_collections.ConfigDict) -> Task:
+  """The model and loss without data (`--compile_only`): the training
+  batch's keys, dtypes and shapes, with ImageNet-1k's 1,281,167 images and
+  1,000 classes where the config leaves them to the data (`Task.config`)."""
+  found = {
+    k: v
+    for k, v in (
+      ('num_train', IMAGENET_TRAIN_IMAGES),
+      ('model.num_classes', IMAGENET_CLASSES),
+    )
+    if config_lib.flat_fields(config)[k] is None
+  }
+  return _model_task(
+    config_lib.from_data(config, found, where='ImageNet-1k (compile only)')
+  )
+
+
 def build_task(
   config: ml_collections.ConfigDict, process_index: int, process_count: int
 ) -> Task:
@@ -866,22 +902,13 @@ def build_task(
     ops=_engine_ops(train_ops(d)),
     read_options=_read_options(d),
   )
-  size = d.image_size
-  example_batch = {
-    'image': np.zeros((2, size, size, 3), np.float32),
-    'label': np.zeros((2,), np.int32),
-  }
   init_params = None
   if config.init_checkpoint:
     init_params = lambda params, state: load_init_checkpoint(config)
-  return Task(
-    forward=make_forward(config),
-    per_example=per_example,
+  return _model_task(config)._replace(
     train_data=train_data,
-    example_batch=example_batch,
     evaluators=[
       make_evaluator(config, train, evaluation, process_index, process_count)
     ],
     init_params=init_params,
-    config=config,
   )

@@ -240,7 +240,10 @@ def _compile_only(config_path: str, workdir: str) -> None:
     )
   task = experiment.compile_task(_CONFIG.value)
   report = aot.compile_report(
-    _CONFIG.value, task, _TOPOLOGY.value, num_slices=_NUM_SLICES.value
+    task.config or _CONFIG.value,
+    task,
+    _TOPOLOGY.value,
+    num_slices=_NUM_SLICES.value,
   )
   report['experiment'] = config_flags.get_config_filename(flags.FLAGS['config'])
   os.makedirs(workdir, exist_ok=True)

@@ -673,6 +673,32 @@ def train_ops(config) -> tuple:
   )
 
 
+def compile_task(config) -> Task:
+  """The model and loss without data (`--compile_only`; `build_task` adds
+  the data and the counted unigram): `example_batch` has the masked
+  records' keys, dtypes and shapes ([data.seq_len] bytes)."""
+  seq_len = config.data.seq_len
+  ids = np.zeros((2, seq_len), np.int32)
+  return Task(
+    forward=make_forward(config),
+    per_example=functools.partial(
+      per_example,
+      unigram_logp_V=np.full(
+        text_data.TOKENIZER.vocab_size,
+        -np.log(text_data.TOKENIZER.vocab_size),
+        np.float32,
+      ),
+    ),
+    train_data=None,
+    example_batch={
+      'inputs': ids,
+      'input_mask': np.ones_like(ids),
+      'targets': ids,
+      'target_mask': np.zeros((2, seq_len), np.float32),
+    },
+  )
+
+
 def build_task(config, process_index: int, process_count: int) -> Task:
   """The MLM model, its loss, this process's share of the corpus, the
   held-out evaluation and the warm start from `init_checkpoint`."""
@@ -691,14 +717,9 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     process_count,
     ops=train_ops(config),
   )
-  example = text_data.mask_whole_words_fixed(
-    train[0], seed=config.seed, mask_fraction=config.data.mask_fraction
-  )
-  return Task(
-    forward=make_forward(config),
+  return compile_task(config)._replace(
     per_example=functools.partial(per_example, unigram_logp_V=unigram),
     train_data=train_data,
-    example_batch={k: np.stack([v, v]) for k, v in example.items()},
     evaluators=[
       make_evaluator(config, held_out, unigram, process_index, process_count)
     ],

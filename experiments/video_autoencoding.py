@@ -613,31 +613,38 @@ def example_batch(m) -> Dict[str, np.ndarray]:
   }
 
 
+def compile_task(config) -> Task:
+  """The model and losses without data (`--compile_only`; `build_task`
+  adds the data): `example_batch` has the clips' keys, dtypes and shapes."""
+  loss = config.loss
+  return Task(
+    forward=make_forward(config.model, loss),
+    per_example=functools.partial(
+      per_example,
+      video_weight=loss.video_weight,
+      audio_weight=loss.audio_weight,
+      label_weight=loss.label_weight,
+    ),
+    train_data=None,
+    example_batch=example_batch(config.model),
+  )
+
+
 def build_task(config, process_index: int, process_count: int) -> Task:
   """Model, loss, this process's share of the clips and the evaluation."""
   validate(config)
   train, train_ops, held_out, eval_ops = make_sources(config)
-  d = config.data
-  train_data = data_lib.train_iterator_from_config(
-    train, config, process_index, process_count, ops=train_ops
-  )
   eval_data = lambda: data_lib.eval_batches_from_config(
     held_out, config, process_index, process_count, ops=eval_ops
   )
-  loss = config.loss
-  forward = make_forward(config.model, loss)
-  losses = functools.partial(
-    per_example,
-    video_weight=loss.video_weight,
-    audio_weight=loss.audio_weight,
-    label_weight=loss.label_weight,
-  )
-  return Task(
-    forward=forward,
-    per_example=losses,
-    train_data=train_data,
-    example_batch=example_batch(config.model),
-    evaluators=[make_evaluator(losses, eval_data, d.audio_rate)],
+  task = compile_task(config)
+  return task._replace(
+    train_data=data_lib.train_iterator_from_config(
+      train, config, process_index, process_count, ops=train_ops
+    ),
+    evaluators=[
+      make_evaluator(task.per_example, eval_data, config.data.audio_rate)
+    ],
   )
 
 

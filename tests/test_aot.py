@@ -8,6 +8,8 @@ the libtpu wheel (requirements-test.txt installs it on both Pythons); where
 it is missing they skip, saying so.
 """
 
+import functools
+import importlib
 import importlib.util
 import json
 import os
@@ -268,15 +270,42 @@ def test_compile_only_command_writes_the_report(tmp_path):
   assert "got 'v4:3x3x3'" in bad.stderr and 'v4:2x2x2' in bad.stderr
 
 
-def test_digits_compile_task_has_the_training_batch_spec():
-  from experiments import digits
+@pytest.mark.parametrize(
+  'name', ['digits', 'imagenet', 'mlm', 'glue', 'flow', 'video_autoencoding']
+)
+def test_compile_task_has_the_training_batch_spec(name):
+  # What --compile_only compiles without data is what training is fed: the
+  # keys, dtypes and per-example shapes of a real `:debug` batch, and the
+  # same model (equal parameter shapes from either example batch).
+  experiment = importlib.import_module(f'experiments.{name}')
+  config = experiment.get_config('debug')
+  task = experiment.build_task(config, 0, 1)
+  # (with the sizes the data gave, where the config leaves them to it)
+  spec_task = experiment.compile_task(task.config or config)
+  batch = next(task.train_data)
+  assert {
+    k: (v.dtype, v.shape[1:]) for k, v in spec_task.example_batch.items()
+  } == {k: (v.dtype, v.shape[1:]) for k, v in batch.items()}
 
-  config = digits.get_config('debug')
-  spec = digits.compile_task(config).example_batch
-  batch = next(digits.build_task(config, 0, 1).train_data)
-  assert {k: (v.dtype, v.shape[1:]) for k, v in spec.items()} == {
-    k: (v.dtype, v.shape[1:]) for k, v in batch.items()
-  }
+  def shapes(t):
+    init = functools.partial(t.forward.init, is_training=True)
+    params = jax.eval_shape(init, jax.random.PRNGKey(0), t.example_batch)
+    return jax.tree.map(lambda x: (x.shape, x.dtype), params)
+
+  assert shapes(spec_task) == shapes(task)
+
+
+def test_imagenet_compile_task_assumes_imagenet_1k():
+  from experiments import imagenet
+
+  config = imagenet.get_config('conv')
+  assert config.num_train is None and config.model.num_classes is None
+  compiled = imagenet.compile_task(config).config
+  # 110 epochs of 1,281,167 images in steps of 1024 (App. A).
+  assert compiled.num_train == 1_281_167
+  assert compiled.model.num_classes == 1000
+  assert compiled.total_steps == 110 * 1_281_167 // 1024 == 137_625
+  assert config.num_train is None  # the caller's config is not changed
 
 
 def test_run_timer_goodput_by_hand():

@@ -1,0 +1,1 @@
+"""Measurements of the library and its experiments (see each module)."""

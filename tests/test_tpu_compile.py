@@ -1,0 +1,85 @@
+"""benchmarks.tpu_compile: the smallest TPU slice where a config fits."""
+
+import json
+
+import pytest
+
+from benchmarks import tpu_compile
+from perceiver.train import aot
+from tests.test_aot import needs_libtpu
+
+
+def test_shapes_by_size_orders_by_chip_count():
+  shapes = tpu_compile.shapes_by_size('v5e')
+  assert shapes[0] == 'v5e:1x1' and set(shapes) == {
+    t for t in aot.known_topologies() if t.startswith('v5e:')
+  }
+  counts = [tpu_compile._chips(t) for t in shapes]
+  assert counts == sorted(counts)
+
+
+def test_table_rows_by_hand():
+  fit = dict(
+    topology='v5e:2x2',
+    devices=4,
+    batch_size=1024,
+    memory=3 * 2**30,
+    hbm=16 * 2**30,
+    step_flops=2.5e12,
+    roofline_s=0.0125,
+    examples_per_s=81920.0,
+    compile_s=42.0,
+    fits=True,
+  )
+  text = tpu_compile.table(
+    [
+      ('mlm', 'v5e', fit, [fit]),
+      ('flow', 'v4', None, [dict(topology='v4:2x2x2')]),
+    ]
+  )
+  rows = text.splitlines()
+  assert rows[2] == (
+    '| mlm | 1024 | v5e | v5e:2x2 (4 devices) | 3.0 / 16.0 | 2.50 | 12.5 '
+    '| 81920 | 42 |'
+  )
+  assert rows[3] == '| flow | | v4 | none up to v4:2x2x2 | | | | | |'
+
+
+def test_bad_arguments_name_the_flag():
+  with pytest.raises(ValueError, match='--only: expected names among'):
+    tpu_compile.load_config('resnet', {})
+  with pytest.raises(ValueError, match="--set: 'data.nope' is not a field"):
+    tpu_compile.load_config('flow', {'data.nope': 1})
+  with pytest.raises(ValueError, match='--chips: expected chips among'):
+    tpu_compile.main(['--chips=v9', '--only=flow'])
+  with pytest.raises(ValueError, match='--set: expected KEY=VALUE'):
+    tpu_compile.main(['--set=fsdp', '--only=flow'])
+
+
+@needs_libtpu
+def test_smallest_fit_compiles_and_caches(tmp_path, monkeypatch):
+  # digits :debug (batch 64) on v5e: the smallest shape that libtpu lays
+  # out divides the batch and fits, so it is the answer; a second run reads
+  # the cache and compiles nothing.
+  monkeypatch.setitem(tpu_compile.CONFIGS, 'digits_debug', ('digits', 'debug'))
+  cache, out = tmp_path / 'cache.json', tmp_path / 'table.md'
+  args = [
+    '--only=digits_debug',
+    '--chips=v5e',
+    '--no-table_8',
+    f'--cache={cache}',
+    f'--out={out}',
+  ]
+  tpu_compile.main(args)
+  entries = json.loads(cache.read_text())
+  assert len(entries) == 1
+  (summary,) = entries.values()
+  assert summary['topology'] in ('v5e:1x1', 'v5e:2x2') and summary['fits']
+  assert summary['memory'] <= summary['hbm'] and summary['step_flops'] > 0
+  n = summary['devices']
+  row = f'| digits_debug | 64 | v5e | {summary["topology"]} ({n} devices) |'
+  assert row in out.read_text()
+  calls = []
+  monkeypatch.setattr(aot, 'compile_report', lambda *a, **k: calls.append(1))
+  tpu_compile.main(args)
+  assert not calls
