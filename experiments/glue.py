@@ -44,7 +44,7 @@ must match), total_steps = epochs x num_train / batch_size unless
   (pass `--config.init_checkpoint=runs/mlm` to start from that run); its
   records are as long as that model's position table (32 bytes), so each
   sentence is cut to its first bytes (`data.truncate`; the count is printed:
-  96% of the training sentences, median length 109 bytes); prints
+  95% of the training sentences, median length 109 bytes); prints
   `dev accuracy: NN.N%` at the end.
 * `:debug`: a tiny model, 3 steps on the vendored sentences.
 
