@@ -198,8 +198,9 @@ def test_build_forward_is_the_model_build_task_trains(name):
   batch = task.example_batch
   try:
     variables, outputs = _abstract_model(task.forward, batch)
+    # The run's config.json holds `Task.config` (the sizes the data gave).
     got = _abstract_model(
-      experiment.build_forward(config),
+      experiment.build_forward(task.config or config),
       batch[input_key] if input_key else batch,
     )
   finally:
