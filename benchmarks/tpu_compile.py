@@ -265,7 +265,8 @@ def main(argv=None):
         continue
       s = compile_one(name, overrides, TABLE_8_TOPOLOGY, cache)
       save()
-      print(_line(name, 'v3', s), flush=True)
+      if s is not None:
+        print(_line(name, 'v3', s), flush=True)
       if s is None or 'error' in s:
         lines.append(f'| {name} | {TABLE_8[name]} | does not fit | |')
         continue

@@ -290,8 +290,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.eval_every = 500
     c.optimizer.name = 'adamw'
     c.optimizer.base_lr = 1e-3
-    # Constant: from scratch the model sits at zero flow for its first
-    # ~1,500 steps; a cosine from step 0 has decayed by then.
+    # Constant: learning starts after a plateau at zero flow, by which time
+    # a cosine from step 0 has largely decayed (docs/results/flow.md).
     c.optimizer.schedule = 'constant'
     c.optimizer.weight_decay = 1e-4
     c.optimizer.clip_norm = 1.0

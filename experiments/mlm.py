@@ -155,23 +155,20 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.optimizer.clip_norm = 1.0
   if arg == 'local':
     # What `:local` changes from the paper's config, each for a reason
-    # measured on this machine (docs/results/mlm.md, 2026-12-07):
+    # measured on this machine (the runs: docs/results/mlm.md):
     # - 32-byte records (paper: 2,048): learning where to read (routing
     #   through the learned positions and the latents) is what is slow; at
-    #   128 or 512 bytes the held-out ratio stays near 1.0 for the whole
-    #   budget (512 bytes: 0.995 after 1,200 steps; 128 bytes reached in a
-    #   32-64-128 length curriculum: 0.978 after 3,000), at 32 it reaches
-    #   0.84.
+    #   128 and 512 bytes the held-out ratio stayed near the unigram's for
+    #   the whole budget, at 32 it leaves it.
     # - 32 latents of 128 channels, 4 self-attention layers of 4 heads:
     #   CPU-sized; one latent per byte at this length.
     # - AdamW at 1e-3 with 100 warm-up steps (paper: LAMB at 1.25e-3 with
-    #   1,000): LAMB at 1e-3 was slower in the outside diagnosis of issue 27
-    #   (0.954 against AdamW's 0.940 after 1,000 steps).
+    #   1,000): LAMB was slower in issue 27's diagnosis.
     # - The byte table at stddev 0.02 (`model.embed_init_scale`; paper: 1.0):
-    #   the table is also the tied output layer; at 1.0 a model of this size
-    #   starts at ~37 nats and does not train (see docs/results/mlm.md).
-    # - Batch 64, 3,000 steps, a held-out evaluation of 2,000 records every
-    #   250 steps: 15 minutes on the 2-core machine.
+    #   the table is also the tied output layer, and at 1.0 a model of this
+    #   size starts at a loss far above ln(262) and does not train.
+    # - Batch 64, 3,000 steps, 2,000 held-out records every 250 steps: sized
+    #   for 30 minutes on 2 CPU cores.
     c.batch_size = 64
     c.total_steps = 3000
     c.log_every = 50

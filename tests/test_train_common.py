@@ -272,17 +272,27 @@ def launch_main(args, *, num_processes=1, devices=1, timeout=400):
   return results
 
 
-def run_main(*args, timeout=600):
-  """`python -m experiments.main ARGS` on CPU: the CompletedProcess, with
-  stdout and stderr apart (for exit statuses and messages)."""
+def run_python(args, *, devices=None, timeout=600):
+  """`python ARGS` from the repository root on CPU, with `devices` fake CPU
+  devices when given (XLA fixes the count at start-up, hence a process):
+  the CompletedProcess, with stdout and stderr apart."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  if devices is not None:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   return subprocess.run(
-    [sys.executable, '-m', 'experiments.main', *args],
+    [sys.executable, *args],
     cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=timeout,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    env=env,
   )
+
+
+def run_main(*args, timeout=600):
+  """`python -m experiments.main ARGS` on CPU (`run_python`), for exit
+  statuses and messages."""
+  return run_python(['-m', 'experiments.main', *args], timeout=timeout)
 
 
 def snapshot(workdir):

@@ -10,7 +10,6 @@ BatchNorm, and saves the losses and parameters for the test to compare.
 import fcntl
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -94,19 +93,9 @@ def _worker(out_dir):
 
 
 def _run_worker(out):
-  env = dict(
-    os.environ,
-    XLA_FLAGS='--xla_force_host_platform_device_count=8',
-    JAX_PLATFORMS='cpu',
-  )
-  proc = subprocess.run(
-    [sys.executable, '-m', 'tests.test_train_devices', out],
-    env=env,
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  from tests import test_train_common as common  # pylint: disable=g-import-not-at-top
+
+  proc = common.run_python(['-m', 'tests.test_train_devices', out], devices=8)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 

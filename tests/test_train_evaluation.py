@@ -9,7 +9,6 @@ global batch does not divide).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -161,23 +160,11 @@ def test_evaluators_in_a_run_match_one_device(tmp_path, capsys):
 
 def test_rows_on_eight_devices_equal_one_device(tmp_path):
   # 8 fake devices in a subprocess (the device count is fixed at start-up).
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS='--xla_force_host_platform_device_count=8',
-  )
   code = (
     'import sys; from tests import test_train_evaluation as t; '
     't._single_process_worker(sys.argv[1])'
   )
-  run = subprocess.run(
-    [sys.executable, '-c', code, str(tmp_path)],
-    env=env,
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  run = common.run_python(['-c', code, str(tmp_path)], devices=8, timeout=300)
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   assert run.stdout.count(f'{REPORT}: top-1 ') == 1
   _check_saved(str(tmp_path))
@@ -206,12 +193,6 @@ def _check_saved(out_dir):
   _check(out_dir, saved['params'], saved['state'], saved['eval'])
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _two_process_worker(out_dir, process_id, port):
   from perceiver.train import distributed  # pylint: disable=g-import-not-at-top
 
@@ -226,7 +207,7 @@ def test_two_processes_with_eight_devices_gather_every_row(tmp_path):
     JAX_PLATFORMS='cpu',
     XLA_FLAGS='--xla_force_host_platform_device_count=4',
   )
-  port = _free_port()
+  port = common.free_port()
   code = (
     'import sys; from tests import test_train_evaluation as t; '
     't._two_process_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))'
