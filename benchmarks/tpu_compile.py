@@ -10,7 +10,9 @@ engine's real training step (`perceiver.train.aot.compile_report`: the
 experiment's `compile_task`, the config's precision, FSDP, remat and
 accumulation, the trainer's shardings) is compiled ahead of time for the
 chip's single-slice shapes in increasing size, until one fits its HBM;
-shapes whose device count does not divide the batch are skipped. A
+shapes whose device count does not divide the batch are skipped, and so are
+shapes that a cached out-of-memory compile of the same configuration rules
+out (`predicted_oom`). A
 configuration that fits no shape up to `--max_devices` is reported as such
 (a finding: it needs FSDP, remat or accumulation; rerun with
 `--set=fsdp=True` or `--set=accumulation_steps=4` to check). Beside it, the
@@ -27,6 +29,7 @@ import importlib
 import json
 import math
 import os
+import re
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -44,7 +47,9 @@ CONFIGS: Dict[str, Tuple[str, str]] = {
   'video_autoencoding': ('video_autoencoding', ''),
   'audioset': ('audioset', ''),
 }
-CHIPS = ('v4', 'v5e', 'v5p', 'v6e')
+# Column order; v5p first: its large HBM finds each configuration's need in
+# the fewest compiles, which then prunes the smaller chips' searches.
+CHIPS = ('v5p', 'v6e', 'v4', 'v5e')
 # Paper Table 8: ImageNet train steps/s on 64 TPUv3 (Perceiver IO rows).
 TABLE_8 = {
   'imagenet_fourier': 4.85,
@@ -149,6 +154,51 @@ def compile_one(
   return summary
 
 
+# XLA's compile-time HBM check: "... the total memory required for HLO
+# temporaries (143.91G) exceeds available HBM (95.73G) ...".
+_OOM = re.compile(
+  r'temporaries \(([0-9.]+)G\) exceeds available HBM \(([0-9.]+)G\)'
+)
+
+
+def predicted_oom(
+  name: str,
+  overrides: Dict[str, Any],
+  topology: str,
+  cache: Dict[str, Any],
+) -> Optional[str]:
+  """Why `name` cannot fit `topology`, judged from cached compiles, or None.
+
+  A data-parallel step's temporaries hold the per-device share of the
+  batch's activations plus buffers that do not shrink with more devices, so
+  a cached compile that needed T temporaries on D devices needs at least
+  T * D / D' on D' devices. When that exceeds the available HBM of
+  `topology`'s devices (the failed compile's available HBM scaled by the
+  ratio of the two chips' per-device HBM), compiling cannot succeed.
+  """
+  chip = aot.CHIPS[topology.split(':')[0]]
+  devices = _chips(topology) * chip.devices_per_chip
+  for key, summary in cache.items():
+    cached_name, cached_overrides, cached_topology = json.loads(key)
+    match = _OOM.search(summary.get('error', ''))
+    if cached_name != name or cached_overrides != overrides or not match:
+      continue
+    cached_chip = aot.CHIPS[cached_topology.split(':')[0]]
+    need = float(match.group(1)) * summary['devices'] / devices
+    available = (
+      float(match.group(2))
+      * aot.per_device(chip)['hbm_bytes']
+      / aot.per_device(cached_chip)['hbm_bytes']
+    )
+    if need > available:
+      return (
+        f'needs at least {need:.1f}G of temporaries per device (from '
+        f'{match.group(1)}G on {cached_topology}), {available:.1f}G '
+        'available'
+      )
+  return None
+
+
 def smallest_fit(
   name: str,
   overrides: Dict[str, Any],
@@ -162,6 +212,11 @@ def smallest_fit(
   for topology in shapes_by_size(chip):
     if _chips(topology) * aot.CHIPS[chip].devices_per_chip > max_devices:
       break
+    reason = predicted_oom(name, overrides, topology, cache)
+    if reason is not None:
+      print(f'{name} {topology}: skipped, {reason}', flush=True)
+      tried.append(dict(topology=topology, fits=False, skipped=reason))
+      continue
     summary = compile_one(name, overrides, topology, cache)
     if summary is None:
       continue
@@ -247,12 +302,15 @@ def main(argv=None):
 
   rows = []
   names = args.only.split(',')
-  for name in names:
-    for chip in chips:
+  # Chip by chip, so that an interrupted run leaves whole columns, and each
+  # chip's out-of-memory compiles prune the next chips' searches.
+  for chip in chips:
+    for name in names:
       fit, tried = smallest_fit(
         name, overrides, chip, cache, args.max_devices, save
       )
       rows.append((name, chip, fit, tried))
+  rows.sort(key=lambda row: names.index(row[0]))
   text = [table(rows)]
   if args.table_8:
     lines = [

@@ -83,3 +83,26 @@ def test_smallest_fit_compiles_and_caches(tmp_path, monkeypatch):
   monkeypatch.setattr(aot, 'compile_report', lambda *a, **k: calls.append(1))
   tpu_compile.main(args)
   assert not calls
+
+
+def test_predicted_oom_scales_a_cached_failure_by_hand():
+  # 143.91G of temporaries on 4 v5p devices (95.73G available): on 8 v5p
+  # devices at least 71.96G, which may fit; on 32 v5e devices at least
+  # 17.99G against 95.73 * 16e9 / (95 * 2**30) = 15.02G, which cannot.
+  error = (
+    'RESOURCE_EXHAUSTED: ... the total memory required for HLO temporaries '
+    '(143.91G) exceeds available HBM (95.73G). HLO module: jit_step.'
+  )
+  key = json.dumps(['imagenet_conv', {}, 'v5p:2x2x1'], sort_keys=True)
+  cache = {key: dict(devices=4, fits=False, error=error)}
+  predict = tpu_compile.predicted_oom
+  assert predict('imagenet_conv', {}, 'v5p:2x2x2', cache) is None
+  reason = predict('imagenet_conv', {}, 'v5e:4x8', cache)
+  assert reason == (
+    'needs at least 18.0G of temporaries per device (from 143.91G on '
+    'v5p:2x2x1), 15.0G available'
+  )
+  assert predict('imagenet_conv', {}, 'v5e:8x8', cache) is None
+  # Another configuration or other overrides: no evidence.
+  assert predict('imagenet_fourier', {}, 'v5e:4x8', cache) is None
+  assert predict('imagenet_conv', {'fsdp': True}, 'v5e:4x8', cache) is None
