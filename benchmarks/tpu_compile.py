@@ -212,7 +212,10 @@ def smallest_fit(
   for topology in shapes_by_size(chip):
     if _chips(topology) * aot.CHIPS[chip].devices_per_chip > max_devices:
       break
-    reason = predicted_oom(name, overrides, topology, cache)
+    key = json.dumps([name, overrides, topology], sort_keys=True)
+    reason = None if key in cache else predicted_oom(
+      name, overrides, topology, cache
+    )
     if reason is not None:
       print(f'{name} {topology}: skipped, {reason}', flush=True)
       tried.append(dict(topology=topology, fits=False, skipped=reason))
