@@ -236,6 +236,22 @@ def test_a_model_too_big_for_the_chip_is_reported_as_not_fitting():
 
 
 @needs_libtpu
+def test_an_eval_batch_the_slice_does_not_divide_skips_only_the_eval_step():
+  # 10 over 4 devices does not divide: the training step still compiles
+  # (as ImageNet's eval batch of 1,000 on any slice of 16 or more devices).
+  r = aot.compile_report(
+    mlp_config(batch_size=64, eval_batch_size=10), mlp_task(), 'v5e:2x2'
+  )
+  assert r['eval'] == {
+    'skipped': 'eval_batch_size 10 is not a multiple of the 4 devices'
+  }
+  assert r['train']['fits'] and r['train']['flops'] > 0
+  # The training batch is still checked.
+  with pytest.raises(ValueError, match='batch_size'):
+    aot.compile_report(mlp_config(batch_size=66), mlp_task(), 'v5e:2x2')
+
+
+@needs_libtpu
 def test_compile_only_command_writes_the_report(tmp_path):
   """The digits :debug config through experiments.main on a v4 slice."""
   cmd = [
