@@ -157,8 +157,10 @@ def compile_one(
 # XLA's compile-time HBM check: "... the total memory required for HLO
 # temporaries (143.91G) exceeds available HBM (95.73G) ...".
 _OOM = re.compile(
-  r'temporaries \(([0-9.]+)G\) exceeds available HBM \(([0-9.]+)G\)'
+  r'temporaries \(([0-9.]+)([MGT])\) exceeds available HBM '
+  r'\(([0-9.]+)([MGT])\)'
 )
+_UNIT = {'M': 1e-3, 'G': 1.0, 'T': 1e3}
 
 
 def predicted_oom(
@@ -184,16 +186,18 @@ def predicted_oom(
     if cached_name != name or cached_overrides != overrides or not match:
       continue
     cached_chip = aot.CHIPS[cached_topology.split(':')[0]]
-    need = float(match.group(1)) * summary['devices'] / devices
+    required, unit, hbm, hbm_unit = match.groups()
+    need = float(required) * _UNIT[unit] * summary['devices'] / devices
     available = (
-      float(match.group(2))
+      float(hbm)
+      * _UNIT[hbm_unit]
       * aot.per_device(chip)['hbm_bytes']
       / aot.per_device(cached_chip)['hbm_bytes']
     )
     if need > available:
       return (
         f'needs at least {need:.1f}G of temporaries per device (from '
-        f'{match.group(1)}G on {cached_topology}), {available:.1f}G '
+        f'{required}{unit} on {cached_topology}), {available:.1f}G '
         'available'
       )
   return None
@@ -213,8 +217,8 @@ def smallest_fit(
     if _chips(topology) * aot.CHIPS[chip].devices_per_chip > max_devices:
       break
     key = json.dumps([name, overrides, topology], sort_keys=True)
-    reason = None if key in cache else predicted_oom(
-      name, overrides, topology, cache
+    reason = (
+      None if key in cache else predicted_oom(name, overrides, topology, cache)
     )
     if reason is not None:
       print(f'{name} {topology}: skipped, {reason}', flush=True)

@@ -103,6 +103,13 @@ def test_predicted_oom_scales_a_cached_failure_by_hand():
     'v5p:2x2x1), 15.0G available'
   )
   assert predict('imagenet_conv', {}, 'v5e:8x8', cache) is None
+  # XLA writes larger sizes in T: 1.41T on 4 devices is 176.25G on 32.
+  key = json.dumps(['flow', {}, 'v5p:2x2x1'], sort_keys=True)
+  cache[key] = dict(devices=4, error=error.replace('143.91G', '1.41T'))
+  assert predict('flow', {}, 'v5p:2x4x4', cache) == (
+    'needs at least 176.2G of temporaries per device (from 1.41T on '
+    'v5p:2x2x1), 95.7G available'
+  )
   # Another configuration or other overrides: no evidence.
   assert predict('imagenet_fourier', {}, 'v5e:4x8', cache) is None
   assert predict('imagenet_conv', {'fsdp': True}, 'v5e:4x8', cache) is None
