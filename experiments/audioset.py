@@ -60,8 +60,7 @@ NUM_CLASSES = 527
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The App. C config (raw audio + video); `arg='debug'` shrinks it."""
-  if arg not in ('', 'debug'):
-    raise ValueError(f'config: expected variant "" or "debug", got {arg!r}.')
+  arg = config_lib.variant(arg, ('', 'debug'), what='audioset')
   c = config_lib.base_config()
   c.batch_size = 512  # not in the paper
   c.total_steps = 100 * 1_800_000 // 512  # 100 epochs (App. C)
@@ -106,10 +105,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg == 'debug':
     c.batch_size = 2
     c.total_steps = 2
-    c.log_every = 1
+    config_lib.quick_test(c)
     c.checkpoint_every = 2
     c.eval_batch_size = 2
-    c.progress_bar = c.tensorboard = c.plot_curves = False
     c.data.update(num_frames=4, eval_windows=3, image_size=16)
     c.model.update(
       num_classes=3,

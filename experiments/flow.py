@@ -141,10 +141,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   paper's augmentation-off phase); `:local` runs the same stages at CPU
   scale.
   """
-  if arg not in VARIANTS:
-    raise ValueError(
-      f'config: expected a variant among {VARIANTS}, got {arg!r}.'
-    )
+  arg = config_lib.variant(arg, VARIANTS, what='flow')
   c = config_lib.base_config()
   c.seed = 0
   c.batch_size = 512
@@ -319,7 +316,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.num_train = 16
     c.epochs = 1
     c.batch_size = 4
-    c.log_every = 1
+    config_lib.quick_test(c)
     c.checkpoint_every = 2
     c.eval_every = 0  # at the end only
     c.model.z_index_dim = 8

@@ -114,6 +114,11 @@ def is_encoder_module(module: str) -> bool:
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """`arg`: a GLUE task name, 'multitask', 'movie_reviews' or 'debug'."""
+  arg = config_lib.variant(
+    arg,
+    ('',) + tuple(glue_data.TASKS) + ('multitask', 'movie_reviews', 'debug'),
+    what='glue',
+  )
   c = config_lib.base_config()
   c.seed = 0
   c.batch_size = 32
@@ -166,20 +171,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     if arg == 'debug':
       c.total_steps = 3  # replaces epochs x num_train / batch_size
       c.batch_size = 8
-      c.log_every = 1
+      config_lib.quick_test(c)
       c.checkpoint_every = 3
       c.optimizer.warmup_steps = 1
       c.data.seq_len = 64
       c.data.truncate = True
       c.model.update(mlm.get_config('debug').model)
-      c.progress_bar = False
-      c.tensorboard = False
-      c.plot_curves = False
-  elif arg:
-    raise ValueError(
-      f'config: expected a GLUE task {list(glue_data.TASKS)}, "multitask", '
-      f'"movie_reviews" or "debug", got {arg!r}.'
-    )
   c.lock()
   return c
 

@@ -133,15 +133,15 @@ _MODEL_FIELDS = tuple(
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Config A; `arg` picks variants (see the module docstring)."""
-  parts = [p for p in arg.split(',') if p] if arg else []
+  scales = ('debug', 'fashion_mnist')
+  parts = config_lib.variants(
+    arg,
+    tuple(ARCHITECTURES) + scales,
+    what='imagenet',
+    exclusive=(tuple(ARCHITECTURES), scales),
+  )
   arch = [p for p in parts if p in ARCHITECTURES]
-  scale = [p for p in parts if p in ('debug', 'fashion_mnist')]
-  unknown = [p for p in parts if p not in arch and p not in scale]
-  if unknown or len(arch) > 1 or len(scale) > 1:
-    raise ValueError(
-      'config: expected at most one of fourier/conv/learned and at most one '
-      f'of debug/fashion_mnist, comma-separated, got {arg!r}.'
-    )
+  scale = [p for p in parts if p in scales]
   c = config_lib.base_config()
   c.seed = 0
   c.batch_size = 1024
@@ -266,7 +266,7 @@ def _debug(c: ml_collections.ConfigDict) -> None:
   """A tiny model on 256 vendored Fashion-MNIST images, 8 steps."""
   c.batch_size = 32
   c.epochs = 1
-  c.log_every = 2
+  config_lib.quick_test(c, log_every=2)
   c.checkpoint_every = 4
   c.eval_batch_size = 64
   c.optimizer.base_lr = 1e-3

@@ -93,6 +93,7 @@ TRANSFORMER_FIELDS = ('d_model', 'num_layers', 'num_heads', 'widening_factor')
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The paper's MLM config; `arg` in {'', 'local', 'debug'}."""
+  arg = config_lib.variant(arg, ('', 'local', 'debug'), what='mlm')
   c = config_lib.base_config()
   c.seed = 0
   c.batch_size = 2048
@@ -197,7 +198,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   elif arg == 'debug':
     c.batch_size = 4
     c.total_steps = 3
-    c.log_every = 1
+    config_lib.quick_test(c)
     c.checkpoint_every = 3
     c.eval_batch_size = 8
     c.optimizer.warmup_steps = 1
@@ -213,13 +214,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       qk_channels=16,
     )
     c.model.transformer.update(dict(d_model=16, num_layers=2, num_heads=2))
-    c.progress_bar = False
-    c.tensorboard = False
-    c.plot_curves = False
-  elif arg:
-    raise ValueError(
-      f'config: expected variant "", "local" or "debug", got {arg!r}.'
-    )
   c.lock()
   return c
 

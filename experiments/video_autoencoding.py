@@ -86,9 +86,12 @@ EXPERIMENT_MODEL_FIELDS = ('eval_chunk_size', 'audio_gain')
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The paper's config; `arg` is a comma-separated list of VARIANTS."""
-  variants = [v for v in arg.split(',') if v]
-  for v in variants:
-    validation.check_choice('config variant', v, VARIANTS)
+  variants = config_lib.variants(
+    arg,
+    VARIANTS,
+    what='video_autoencoding',
+    exclusive=(('latents784', 'latents392', 'latents196'), ('debug', 'local')),
+  )
   c = config_lib.base_config()
   c.seed = 0
   c.batch_size = 1024  # App. I
@@ -163,11 +166,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if 'debug' in variants:
     c.batch_size = 2
     c.total_steps = 2
-    c.log_every = 1
+    config_lib.quick_test(c)
     c.checkpoint_every = 2
     c.eval_batch_size = 2
-    c.tensorboard = False
-    c.plot_curves = False
     c.data.clip_train_starts = (0, 3)
     c.data.clip_eval_starts = (100, 116)
     m.update(

@@ -134,7 +134,7 @@ def test_missing_config_file_and_unknown_variant(tmp_path):
   proc = common.run_main(
     '--config=experiments/digits.py:nope', f'--workdir={tmp_path}'
   )
-  _assert_user_error(proc, 'config: expected variant')
+  _assert_user_error(proc, 'config: expected a variant of digits among')
 
 
 def test_verbose_shows_the_traceback(tmp_path):

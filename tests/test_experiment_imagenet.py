@@ -115,9 +115,16 @@ def test_variants_use_presets(arg, preset):
         assert c.model[name] == expected[name], name
 
 
-@pytest.mark.parametrize('arg', ['tiny', 'conv,learned', 'debug,fashion_mnist'])
-def test_bad_variant(arg):
-  with pytest.raises(ValueError, match='config: expected at most one'):
+@pytest.mark.parametrize(
+  'arg,match',
+  [
+    ('tiny', 'config: expected variants of imagenet among'),
+    ('conv,learned', 'config: expected at most one of'),
+    ('debug,fashion_mnist', 'config: expected at most one of'),
+  ],
+)
+def test_bad_variant(arg, match):
+  with pytest.raises(ValueError, match=match):
     imagenet.get_config(arg)
 
 

@@ -324,8 +324,10 @@ def test_config_variants(arg, latents, label_weight):
 
 
 def test_config_errors():
-  with pytest.raises(ValueError, match='config variant: expected one of'):
+  with pytest.raises(ValueError, match='config: expected variants of video'):
     vae.get_config('latents100')
+  with pytest.raises(ValueError, match='config: expected at most one of'):
+    vae.get_config('debug,local')
   c = vae.get_config('debug')
   c.unlock()
   c.model.audio_samples = 1000

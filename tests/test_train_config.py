@@ -275,3 +275,40 @@ def test_train_refuses_a_task_config_that_changes_a_set_field(tmp_path):
   assert not os.path.exists(tmp_path / 'a') and not os.path.exists(
     tmp_path / 'b'
   )
+
+
+def test_variant_returns_a_listed_variant_and_names_the_choices():
+  assert config_lib.variant('debug', ('', 'debug'), what='x') == 'debug'
+  assert config_lib.variant('', ('', 'debug'), what='x') == ''
+  with pytest.raises(
+    ValueError,
+    match=r"config: expected a variant of x among \['', 'debug'\], got 'dbg'",
+  ):
+    config_lib.variant('dbg', ('', 'debug'), what='x')
+
+
+def test_variants_split_check_and_keep_one_of_each_group():
+  choices = ('a', 'b', 'debug', 'local')
+  kw = dict(what='x', exclusive=(('a', 'b'), ('debug', 'local')))
+  assert config_lib.variants('', choices, **kw) == []
+  assert config_lib.variants('b,debug', choices, **kw) == ['b', 'debug']
+  with pytest.raises(ValueError, match=r"variants of x among .*got 'b,c'"):
+    config_lib.variants('b,c', choices, **kw)
+  with pytest.raises(
+    ValueError, match=r"at most one of \['a', 'b'\] .* of x, got 'a,b'"
+  ):
+    config_lib.variants('a,b', choices, **kw)
+
+
+def test_quick_test_turns_the_displays_off_and_logs_every_step():
+  c = config_lib.base_config()
+  assert c.progress_bar and c.tensorboard and c.plot_curves
+  config_lib.quick_test(c)
+  assert (c.log_every, c.progress_bar, c.tensorboard, c.plot_curves) == (
+    1,
+    False,
+    False,
+    False,
+  )
+  config_lib.quick_test(c, log_every=2)
+  assert c.log_every == 2

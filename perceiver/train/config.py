@@ -24,7 +24,7 @@ what the reader counted.
 
 import copy
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
 from ml_collections import config_dict
@@ -164,6 +164,75 @@ COMMON_DESCRIPTIONS = {
   'model.scan_layers': 'compile the repeated self-attention layers once '
   '(jax.lax.scan)',
 }
+
+
+def variant(arg: str, choices: Sequence[str], *, what: str) -> str:
+  """`arg`, the variant of `--config=FILE:arg`, checked against `choices`.
+
+  Args:
+    arg: the text after the colon ('' for none).
+    choices: the variants the experiment has, '' among them.
+    what: the experiment, for the message (e.g. 'digits').
+
+  Returns:
+    `arg`.
+
+  Raises:
+    ValueError: `arg` not among `choices`, naming the experiment and them.
+  """
+  if arg not in tuple(choices):
+    raise ValueError(
+      f'config: expected a variant of {what} among {list(choices)}, '
+      f'got {arg!r}.'
+    )
+  return arg
+
+
+def variants(
+  arg: str,
+  choices: Sequence[str],
+  *,
+  what: str,
+  exclusive: Sequence[Sequence[str]] = (),
+) -> List[str]:
+  """The comma-separated variants of `arg`, each checked against `choices`.
+
+  Args:
+    arg: the text after the colon, e.g. 'conv,debug' ('' for none).
+    choices: the variants the experiment has.
+    what: the experiment, for the message (e.g. 'imagenet').
+    exclusive: groups of variants of which at most one may be given.
+
+  Returns:
+    The variants, in the order given.
+
+  Raises:
+    ValueError: a variant not among `choices`, or two of one `exclusive`
+      group, naming the experiment and the choices.
+  """
+  parts = [p for p in arg.split(',') if p]
+  if any(p not in tuple(choices) for p in parts):
+    raise ValueError(
+      f'config: expected variants of {what} among {list(choices)}, '
+      f'comma-separated, got {arg!r}.'
+    )
+  for group in exclusive:
+    if len([p for p in parts if p in group]) > 1:
+      raise ValueError(
+        f'config: expected at most one of {list(group)} in the variants of '
+        f'{what}, got {arg!r}.'
+      )
+  return parts
+
+
+def quick_test(c: ml_collections.ConfigDict, *, log_every: int = 1) -> None:
+  """Sets the engine fields of a `:debug` run (a test of seconds): every
+  `log_every` steps a training record, and no progress bar, TensorBoard
+  events or training_curves.png (seconds of imports and drawing)."""
+  c.log_every = log_every
+  c.progress_bar = False
+  c.tensorboard = False
+  c.plot_curves = False
 
 
 def flat_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
