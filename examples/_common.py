@@ -9,46 +9,27 @@ finishes in seconds and shows only that the plumbing works.
 import argparse
 import time
 
+from perceiver import presets
 from perceiver import tasks
 
-# Tiny configurations (preset size fields) for runs without a checkpoint.
+# Tiny configurations for runs without a checkpoint: `presets.TINY`'s latent
+# sizes and each script's input sizes.
 SMALL = {
-  'imagenet': dict(
-    image_size=32,
-    num_classes=1000,
-    z_index_dim=8,
-    num_z_channels=32,
-    num_blocks=1,
-    num_self_attends_per_block=1,
-    num_self_attend_heads=2,
-    num_bands=4,
+  'imagenet': presets.tiny(
+    'imagenet_conv', image_size=32, num_classes=1000, num_bands=4
   ),
-  'language_mlm': dict(
-    max_seq_len=128,
-    d_model=32,
-    z_index_dim=8,
-    num_z_channels=32,
-    num_self_attends_per_block=1,
-    num_heads=2,
-    qk_channels=16,
+  'language_mlm': presets.tiny(
+    'language_mlm', max_seq_len=128, d_model=32, qk_channels=16
   ),
-  'optical_flow': dict(
-    image_size=(24, 32),
-    z_index_dim=8,
-    num_z_channels=32,
-    num_self_attends_per_block=1,
-    num_self_attend_heads=2,
-    num_bands=4,
+  'optical_flow': presets.tiny(
+    'optical_flow', image_size=(24, 32), num_bands=4
   ),
-  'video_autoencoding': dict(
+  'video_autoencoding': presets.tiny(
+    'video_autoencoding',
     num_frames=2,
     image_size=16,
     audio_samples=64,
     num_classes=700,
-    z_index_dim=8,
-    num_z_channels=32,
-    num_self_attends_per_block=1,
-    num_self_attend_heads=2,
     image_bands=4,
     audio_bands=4,
   ),

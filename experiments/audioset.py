@@ -49,6 +49,7 @@ import optax
 
 import perceiver as P
 from perceiver import io_processors as io
+from perceiver import presets
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
@@ -109,14 +110,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.checkpoint_every = 2
     c.eval_batch_size = 2
     c.data.update(num_frames=4, eval_windows=3, image_size=16)
+    # Its encoder's fields are the video_autoencoding preset's.
     c.model.update(
+      presets.tiny('video_autoencoding'),
       num_classes=3,
       image_bands=2,
       audio_bands=4,
-      z_index_dim=8,
-      num_z_channels=16,
-      num_self_attends_per_block=1,
-      num_self_attend_heads=2,
       decoder_channels=16,
     )
   c.lock()

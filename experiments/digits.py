@@ -34,6 +34,7 @@ import optax
 
 import perceiver
 from perceiver import io_processors
+from perceiver import presets
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
@@ -104,10 +105,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.checkpoint_every = 4
     c.eval_batch_size = 256
     c.model.num_channels = 8
-    c.model.num_latents = 8
-    c.model.num_z_channels = 16
-    c.model.num_self_attends_per_block = 1
-    c.model.num_self_attend_heads = 2
+    tiny = presets.TINY
+    c.model.num_latents = tiny['z_index_dim']
+    c.model.num_z_channels = tiny['num_z_channels']
+    c.model.num_self_attends_per_block = tiny['num_self_attends_per_block']
+    c.model.num_self_attend_heads = tiny['num_self_attend_heads']
     c.model.decoder_num_channels = 16
     c.model.num_bands = 4
   c.lock()

@@ -319,11 +319,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config_lib.quick_test(c)
     c.checkpoint_every = 2
     c.eval_every = 0  # at the end only
-    c.model.z_index_dim = 8
-    c.model.num_z_channels = 16
-    c.model.num_self_attends_per_block = 1
-    c.model.num_self_attend_heads = 2
-    c.model.num_bands = 4
+    c.model.update(presets.tiny('optical_flow', num_bands=4))
     c.data.num_eval = 2
     c.data.num_pngs = 1
     # One tile per call: a single compiled shape for every set (compiling,

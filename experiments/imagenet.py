@@ -282,13 +282,7 @@ def _debug(c: ml_collections.ConfigDict) -> None:
   d.mean = (fashion_mnist.MEAN,) * 3
   d.std = (fashion_mnist.STD,) * 3
   d.preview_examples = 8
-  m = c.model
-  m.z_index_dim = 8
-  m.num_z_channels = 16
-  m.num_blocks = 1
-  m.num_self_attends_per_block = 1
-  m.num_self_attend_heads = 2
-  m.num_bands = 4
+  c.model.update(presets.tiny(c.model.preset, num_bands=4))
 
 
 # ---------------------------------------------------------------------------

@@ -172,13 +172,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.data.clip_train_starts = (0, 3)
     c.data.clip_eval_starts = (100, 116)
     m.update(
+      presets.tiny('video_autoencoding'),
       num_frames=4,
       image_size=16,
       audio_samples=4 * 1920,
-      z_index_dim=8,
-      num_z_channels=16,
-      num_self_attends_per_block=1,
-      num_self_attend_heads=2,
       image_bands=2,
       audio_bands=4,
       label_query_channels=16,

@@ -131,6 +131,20 @@ _DEFAULTS: Dict[str, Dict[str, Any]] = {
 }
 
 
+# A test-sized model's latent array and latent attention, the one tiny size
+# of the tests, the example scripts without a checkpoint and every
+# experiment's `:debug`: N = 8 latents of D = 16 channels, one block of one
+# self-attention layer with 2 heads. `tiny(name)` gives them as preset
+# `name`'s fields; input sizes stay with each caller.
+TINY = dict(
+  z_index_dim=8,
+  num_z_channels=16,
+  num_blocks=1,
+  num_self_attends_per_block=1,
+  num_self_attend_heads=2,
+)
+
+
 def _family(name: str) -> str:
   return 'imagenet' if name.startswith('imagenet') else name
 
@@ -164,6 +178,33 @@ def _config(name: str, overrides) -> Dict[str, Any]:
       'embed_init_scale', cfg['embed_init_scale']
     )
   return cfg
+
+
+def tiny(name: str, **changes) -> Dict[str, Any]:
+  """`TINY` as overrides of preset `name`, updated with `changes`.
+
+  `build(name, **tiny(name, image_size=16))` is a test-sized model. The
+  language_mlm preset calls the heads `num_heads` and has one block; the
+  other non-ImageNet presets have one block too (no `num_blocks` field).
+
+  Args:
+    name: one of PRESETS.
+    **changes: fields of the preset (e.g. input sizes, or a latent size a
+      caller needs to differ from TINY).
+
+  Returns:
+    {field: value}, every field one of `defaults(name)`.
+
+  Raises:
+    ValueError: an unknown `name` or field.
+  """
+  validation.check_choice('name', name, PRESETS)
+  out = {k: v for k, v in TINY.items() if k in _DEFAULTS[_family(name)]}
+  if name == 'language_mlm':
+    out['num_heads'] = TINY['num_self_attend_heads']
+  out.update(changes)
+  _config(name, out)  # raises on an unknown field
+  return out
 
 
 def example_inputs(name: str, batch: int = 1, **overrides):

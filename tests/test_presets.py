@@ -298,3 +298,20 @@ def test_mlm_embed_init_scale_sets_the_table_and_keeps_the_tree():
   # much smaller logits (the decoder's output also depends on the table).
   assert trees[0.02][1] < trees[1.0][1] / 10
   assert presets.defaults('language_mlm')['embed_init_scale'] == 1.0
+
+
+@pytest.mark.parametrize('name', presets.PRESETS)
+def test_tiny_names_the_tiny_sizes_as_the_presets_fields(name):
+  out = presets.tiny(name)
+  assert out['z_index_dim'] == 8 and out['num_z_channels'] == 16
+  assert out['num_self_attends_per_block'] == 1
+  heads = 'num_heads' if name == 'language_mlm' else 'num_self_attend_heads'
+  assert out[heads] == 2
+  assert ('num_blocks' in out) == name.startswith('imagenet')
+  assert set(out) <= set(presets.defaults(name))
+  assert presets.tiny(name, z_index_dim=4)['z_index_dim'] == 4
+
+
+def test_tiny_rejects_an_unknown_field():
+  with pytest.raises(ValueError, match='unknown'):
+    presets.tiny('optical_flow', num_blocks=2)

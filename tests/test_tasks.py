@@ -22,42 +22,19 @@ from perceiver import tasks
 from perceiver.bytes_tokenizer import BytesTokenizer
 
 TINY = {
-  'language_mlm': dict(
-    max_seq_len=64,
-    d_model=32,
-    z_index_dim=4,
-    num_z_channels=32,
-    num_self_attends_per_block=1,
-    num_heads=2,
-    qk_channels=16,
+  'language_mlm': presets.tiny(
+    'language_mlm', max_seq_len=64, d_model=32, qk_channels=16
   ),
-  'imagenet_conv': dict(
-    image_size=16,
-    num_classes=10,
-    z_index_dim=4,
-    num_z_channels=16,
-    num_blocks=1,
-    num_self_attends_per_block=1,
-    num_self_attend_heads=2,
-    num_bands=2,
+  'imagenet_conv': presets.tiny(
+    'imagenet_conv', image_size=16, num_classes=10, num_bands=2
   ),
-  'optical_flow': dict(
-    image_size=(8, 12),
-    z_index_dim=4,
-    num_z_channels=16,
-    num_self_attends_per_block=1,
-    num_self_attend_heads=2,
-    num_bands=2,
-  ),
-  'video_autoencoding': dict(
+  'optical_flow': presets.tiny('optical_flow', image_size=(8, 12), num_bands=2),
+  'video_autoencoding': presets.tiny(
+    'video_autoencoding',
     num_frames=2,
     image_size=8,
     audio_samples=32,
     num_classes=5,
-    z_index_dim=4,
-    num_z_channels=16,
-    num_self_attends_per_block=1,
-    num_self_attend_heads=2,
     image_bands=2,
     audio_bands=2,
   ),
