@@ -380,14 +380,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # ---------------------------------------------------------------------------
 
 
+def model_overrides(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The `presets.build(config.model.preset, **overrides)` of a config:
+  the model's fields at `config.data.image_size`."""
+  m = config.model
+  return dict(
+    {k: m[k] for k in _MODEL_FIELDS}, image_size=config.data.image_size
+  )
+
+
 def build_model(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
   """The preset `config.model.preset` at `config.data.image_size`."""
-  m = config.model
-  return presets.build(
-    m.preset,
-    image_size=config.data.image_size,
-    **{k: m[k] for k in _MODEL_FIELDS},
-  )
+  return presets.build(config.model.preset, **model_overrides(config))
 
 
 def build_forward(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
