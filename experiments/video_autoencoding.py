@@ -351,7 +351,7 @@ def augment_audio(key, audio, max_log_gain: float):
   return audio.astype(jnp.float32) * sign * jnp.exp(log_gain)
 
 
-def preset_overrides(m) -> Dict[str, object]:
+def model_overrides(m) -> Dict[str, object]:
   """The `presets.build('video_autoencoding', **overrides)` of `model`."""
   return {k: v for k, v in m.items() if k not in EXPERIMENT_MODEL_FIELDS}
 
@@ -377,7 +377,7 @@ def make_forward(m, loss) -> hk.TransformedWithState:
   [B, 16 Sa] (eval: [B, A, 1]), 'label' logits [B, C], and 'image_target' /
   'audio_target', the inputs at the same points in the same layout.
   """
-  net = presets.build('video_autoencoding', **preset_overrides(m))
+  net = presets.build('video_autoencoding', **model_overrides(m))
   spp = m.samples_per_patch
   num_patches = m.audio_samples // spp
   num_pixels = m.num_frames * m.image_size**2

@@ -63,7 +63,7 @@ def test_model_is_the_preset():
   forward = vae.make_forward(as_cfg(m), loss)
   batch = random_batch(m)
   params, state = init_params(forward, batch)
-  preset = presets.build('video_autoencoding', **vae.preset_overrides(m))
+  preset = presets.build('video_autoencoding', **vae.model_overrides(m))
   inputs = vae.model_inputs(batch, m['num_classes'])
   p2 = jax.eval_shape(
     lambda x: preset.init(jax.random.PRNGKey(1), x, is_training=False)[0],
@@ -227,7 +227,7 @@ def test_audio_gain_scales_what_the_model_reads_not_the_units():
   batch = random_batch(m)
   batch['audio'] *= 0.01  # a quiet track
   params, state = init_params(forward, batch)
-  preset = presets.build('video_autoencoding', **vae.preset_overrides(m))
+  preset = presets.build('video_autoencoding', **vae.model_overrides(m))
   loud = dict(batch, audio=batch['audio'] * gain)
   theirs, _ = jax.jit(
     lambda x: preset.apply(params, state, None, x, is_training=False)
