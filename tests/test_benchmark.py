@@ -14,17 +14,10 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
+from perceiver import presets
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
-TINY = dict(
-  image_size=8,
-  num_classes=10,
-  z_index_dim=8,
-  num_z_channels=32,
-  num_blocks=1,
-  num_self_attends_per_block=1,
-  num_self_attend_heads=2,
-)
+TINY = presets.tiny('imagenet_fourier', image_size=8, num_classes=10)
 
 
 @pytest.fixture(scope='module')
