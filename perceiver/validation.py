@@ -6,6 +6,7 @@ instead of deep inside a matmul.
 """
 
 import numbers
+import re
 from typing import Any, Optional, Sequence
 
 
@@ -79,3 +80,18 @@ def check_probability(name: str, value: Any) -> None:
     or not 0.0 <= value < 1.0
   ):
     raise ValueError(f'{name}: expected a rate in [0, 1), got {value!r}.')
+
+
+def check_regexes(name: str, value: Any) -> None:
+  """Raises unless `value` is a tuple or list of valid regular expressions."""
+  if isinstance(value, str) or not isinstance(value, (tuple, list)):
+    raise ValueError(
+      f'{name}: expected a tuple of regular expressions, got {value!r}.'
+    )
+  for pattern in value:
+    try:
+      re.compile(pattern)
+    except (TypeError, re.error) as e:
+      raise ValueError(
+        f'{name}: expected regular expressions, got {pattern!r} ({e}).'
+      ) from e

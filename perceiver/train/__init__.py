@@ -25,6 +25,8 @@ a named device mesh, optax and orbax:
                   gathers from every process, reports and logs
   loop.py         train(): restore or warm-start, step, log, checkpoint,
                   evaluate (or only evaluate: eval_only)
+  warm_start.py   init_checkpoint of any kind merged into the fresh model
+                  (the init_params hook; init_must_load)
   restore.py      use a trained model: restore(workdir) -> (forward,
                   params, state, config) with predict(); export to .npz
 """

@@ -5,8 +5,9 @@
 fields to the `data` section (keeping the loader's: `data.worker_count`,
 `data.prefetch`, `data.skip_corrupt`, which `data.train_iterator_from_config`
 and `data.eval_batches_from_config` read). `init_checkpoint` is the warm
-start of the experiments that have one (their `Task.init_params`); the
-others refuse a path.
+start of the experiments that have one (their `Task.init_params`, made by
+`warm_start.init_params_hook`), `init_must_load` the modules it must
+provide; the others refuse a path.
 `validate(config, ...)` rejects bad or inconsistent values before anything
 is compiled, with a `ValueError` naming the field, the expected and what came.
 
@@ -59,6 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   # fresh start (never on a resume), through the task's `init_params`; ''
   # for none. An experiment whose task cannot warm-start refuses a path.
   c.init_checkpoint = ''
+  # Regular expressions over module names (each matching a whole name): the
+  # modules that must load from init_checkpoint (their leaves missing or
+  # mis-shaped there is an error); the other modules' leaves load when the
+  # checkpoint has them and stay fresh otherwise. Default: every module.
+  c.init_must_load = ('.*',)
   # Evaluate the workdir's latest checkpoint (or the task's warm start, e.g.
   # a released checkpoint given as init_checkpoint) and stop: no training
   # step, no checkpoint written.
@@ -102,7 +108,10 @@ DESCRIPTIONS = {
   'tensorboard': 'also write TensorBoard events to <workdir>/tensorboard',
   'plot_curves': 'write training_curves.png at the end of a run',
   'init_checkpoint': 'warm start: a workdir or checkpoint whose parameters '
-  "initialise the model ('' for none)",
+  "initialise the model ('' for none): a workdir, a checkpoint directory, "
+  'an .npz of perceiver.checkpoints.save or a released pickle',
+  'init_must_load': 'regular expressions over module names: the modules '
+  'that must load from init_checkpoint (the others may stay fresh)',
   'eval_only': "evaluate the workdir's latest checkpoint (or the warm "
   'start) and stop, without training',
   'optimizer.name': "'lamb' or 'adamw' (both after global-norm clipping)",
@@ -467,6 +476,7 @@ def validate(
   _field_positive_int(config, 'eval_every', allow_zero=True)
   validation.check_choice('precision', config.precision, PRECISIONS)
   validation.check_choice('nonfinite', config.nonfinite, NONFINITE_POLICIES)
+  validation.check_regexes('init_must_load', config.init_must_load)
   if device_count % config.fsdp:
     raise ValueError(
       f'fsdp: expected a divisor of the device count '
