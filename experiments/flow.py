@@ -40,8 +40,8 @@ and full-strength augmentation all run long.
 Departure from the paper, forced by the engine's data contract:
 - The paper's last phase (augmentation off, every pair fed forward and
   reversed) is a separate run, `:final`, started from the main run's
-  parameters: `--config.init_checkpoint=<.npz of perceiver.checkpoints.save
-  or the released pickle>`.
+  parameters: `--config.init_checkpoint=<its workdir, an .npz of
+  perceiver.checkpoints.save or the released pickle>`.
 
 Evaluation (`make_evaluator`, every `eval_every` steps and at the end) is
 tiled (overlapping tiles of the model's size, min overlap 20, pyramid
@@ -91,7 +91,7 @@ Variants:
 
 import functools
 import os
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 import haiku as hk
 import jax
@@ -103,7 +103,6 @@ from scipy import ndimage
 from experiments.data import autoflow
 from experiments.data import flow as flow_data
 from experiments.data import flow_augment
-from perceiver import checkpoints
 from perceiver import conv_flow
 from perceiver import presets
 from perceiver import tasks
@@ -111,6 +110,7 @@ from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train import evaluation
+from perceiver.train import warm_start
 from perceiver.train.task import Task
 
 # Shapes: B batch, H, W frame size (the model's tile size), 2 frames or flow
@@ -165,7 +165,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # set. The engine still checks this field against the device count, so it
   # follows the batch size (a multiple of it).
   c.eval_batch_size = c.get_ref('batch_size')
-  # init_checkpoint: official .pystate/.pickle or our .npz; ':final' needs one.
+  # init_checkpoint: the released .pystate/.pickle, our .npz or a workdir;
+  # ':final' needs one.
 
   c.optimizer.name = 'lamb'
   c.optimizer.base_lr = 4e-4
@@ -941,39 +942,6 @@ def evaluate(
   return results
 
 
-def load_init_checkpoint(config) -> Tuple[Any, Any]:
-  """(params, state) from `config.init_checkpoint`.
-
-  Args:
-    config: a config of this file; `init_checkpoint` is a released
-      optical-flow pickle (.pystate / .pickle) or an .npz of
-      `perceiver.checkpoints.save`.
-
-  Returns:
-    Host numpy (params, state) trees of the configured model, float32.
-
-  Raises:
-    ValueError: no such file; `perceiver.checkpoints.CheckpointError` (a
-      ValueError) listing every missing, extra or mis-shaped entry when the
-      checkpoint does not fit `config.model`.
-  """
-  path = config.init_checkpoint
-  if not os.path.isfile(path):
-    raise ValueError(
-      f'init_checkpoint: expected an existing checkpoint file, got {path!r}.'
-    )
-  overrides = {
-    k: v
-    for k, v in model_overrides(config.model).items()
-    if v != presets.defaults('optical_flow')[k]
-  }
-  if path.endswith('.npz'):
-    loaded = checkpoints.load(path, 'optical_flow', **overrides)
-  else:
-    loaded = checkpoints.load_official(path, 'optical_flow', **overrides)
-  return jax.device_get(loaded)
-
-
 # ---------------------------------------------------------------------------
 # The engine's entry point.
 # ---------------------------------------------------------------------------
@@ -1026,10 +994,10 @@ def validate(config) -> None:
       raise ValueError(
         f'data.{name}: expected a non-negative integer, got {d[name]!r}.'
       )
-  if config.init_checkpoint and not os.path.isfile(config.init_checkpoint):
+  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
     raise ValueError(
-      'init_checkpoint: expected an existing checkpoint file, got '
-      f'{config.init_checkpoint!r}.'
+      'init_checkpoint: expected an existing checkpoint file or directory, '
+      f'got {config.init_checkpoint!r}.'
     )
 
 
@@ -1090,9 +1058,9 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   first ones.
   """
   validate(config)
-  init_params = None
-  if config.init_checkpoint:
-    init_params = lambda params, state: load_init_checkpoint(config)
+  init_params = warm_start.init_params_hook(
+    config, preset='optical_flow', overrides=model_overrides(config.model)
+  )
   return compile_task(config)._replace(
     train_data=data_lib.train_iterator_from_config(
       train_source(config),

@@ -59,8 +59,9 @@ for one classification task, `dev accuracy: NN.N%`.
 Warm start (`Task.init_params`, on a fresh start only):
 `--config.init_checkpoint` takes an MLM run of `experiments/mlm.py` (its
 workdir or a checkpoint directory), an `.npz` of `perceiver.checkpoints.save`
-or the released `language_perceiver_io_bytes.pickle`. The encoder modules
-must load; every other leaf with the same name and shape is loaded too (the
+or the released `language_perceiver_io_bytes.pickle`
+(`perceiver.train.warm_start`). The encoder modules (`init_must_load`:
+`ENCODER_MODULES`) must load; every other leaf with the same name and shape is loaded too (the
 decoder's attention), and the rest keeps its fresh initialisation (the task
 queries, task tokens and heads); the printed `Warm start` line lists them.
 """
@@ -88,6 +89,7 @@ from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train import evaluation
+from perceiver.train import warm_start
 from perceiver.train.task import Task
 
 MODES = ('single', 'shared_token', 'task_tokens', 'task_queries')
@@ -105,11 +107,14 @@ DESCRIPTIONS = {
 }
 
 
-def is_encoder_module(module: str) -> bool:
-  """The modules that must come from init_checkpoint when one is given."""
-  return module in ('embed', 'trainable_position_encoding') or (
-    module.startswith(('perceiver_encoder/', 'byte_transformer_encoder/'))
-  )
+# The modules that must come from init_checkpoint (`init_must_load`): the
+# byte embedding, the input positions and the encoder of either model.
+ENCODER_MODULES = (
+  'embed',
+  'trainable_position_encoding',
+  'perceiver_encoder/.*',
+  'byte_transformer_encoder/.*',
+)
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -121,6 +126,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   )
   c = config_lib.base_config()
   c.seed = 0
+  c.init_must_load = ENCODER_MODULES  # the head and task queries may be fresh
   c.batch_size = 32
   c.epochs = 10
   # None: the training examples found (e.g. 2,490 for RTE: 778 steps).
@@ -436,7 +442,11 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       train, config, process_index, process_count
     ),
     evaluators=make_evaluators(config, process_index, process_count),
-    init_params=mlm.init_params_hook(config, must_load=is_encoder_module),
+    init_params=warm_start.init_params_hook(
+      config,
+      preset=mlm.released_preset(config),
+      overrides=mlm.preset_overrides(config),
+    ),
   )
 
 

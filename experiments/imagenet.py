@@ -67,8 +67,8 @@ also writes a grid of augmented (and mixed) training examples to
 
 `--config.init_checkpoint=PATH` starts from a released checkpoint
 (`imagenet_{conv_preprocessing, fourier_position_encoding,
-learned_position_encoding}.pystate`, read by
-`perceiver.checkpoints.load_official`), an .npz of
+learned_position_encoding}.pystate`, read as `model.preset` by
+`perceiver.train.warm_start`), an .npz of
 `perceiver.checkpoints.save`, or a workdir's latest checkpoint
 (`Task.init_params`); with `--config.eval_only=True` the run only
 evaluates it, e.g. a released model on a user's validation set:
@@ -98,14 +98,13 @@ from experiments.data import image_ops
 from experiments.data import images as images_lib
 from experiments.data import randaugment
 from experiments.data import tfds
-from perceiver import checkpoints
 from perceiver import presets
 from perceiver import tasks
 from perceiver import validation
-from perceiver.train import checkpoint as checkpoint_lib
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train import evaluation as evaluation_lib
+from perceiver.train import warm_start
 from perceiver.train.task import Task
 
 ARCHITECTURES = {
@@ -726,44 +725,6 @@ def write_image_grid(
   return path
 
 
-def load_init_checkpoint(
-  config: ml_collections.ConfigDict,
-) -> Tuple[Dict[str, Dict[str, np.ndarray]], Dict[str, Dict[str, np.ndarray]]]:
-  """(params, state) of `config.init_checkpoint` for `build_model(config)`.
-
-  The file or directory can be
-  - a released pickle (`imagenet_*.pystate`; `checkpoints.load_official`),
-  - an .npz written by `perceiver.checkpoints.save`,
-  - an engine checkpoint (a workdir, its `checkpoints` directory or one
-    `<step>` directory: the newest one there; its parameters and model
-    state, not its optimizer state).
-  Files are checked against the preset at this config's sizes; the engine
-  checks every leaf of all three against the initialised model.
-
-  Returns:
-    Host trees {module: {name: np.ndarray}} (params, state).
-
-  Raises:
-    perceiver.checkpoints.CheckpointError: unreadable file, or one that does
-      not fit the model (each missing, extra or mis-shaped entry listed).
-    ValueError: a directory without an engine checkpoint.
-  """
-  m = config.model
-  path = config.init_checkpoint
-  overrides = dict(
-    image_size=config.data.image_size, **{k: m[k] for k in _MODEL_FIELDS}
-  )
-  if os.path.isdir(path):
-    params, state = checkpoint_lib.load_variables(
-      path, arg_name='init_checkpoint'
-    )
-  elif path.endswith('.npz'):
-    params, state = checkpoints.load(path, m.preset, **overrides)
-  else:
-    params, state = checkpoints.load_official(path, m.preset, **overrides)
-  return jax.tree.map(np.asarray, (dict(params), dict(state)))
-
-
 def make_evaluator(
   config: ml_collections.ConfigDict,
   train,
@@ -900,9 +861,9 @@ def build_task(
     ops=_engine_ops(train_ops(d)),
     read_options=_read_options(d),
   )
-  init_params = None
-  if config.init_checkpoint:
-    init_params = lambda params, state: load_init_checkpoint(config)
+  init_params = warm_start.init_params_hook(
+    config, preset=config.model.preset, overrides=model_overrides(config)
+  )
   return _model_task(config)._replace(
     train_data=train_data,
     evaluators=[

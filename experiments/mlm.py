@@ -29,11 +29,11 @@ training records, plus their ratio; logged as `eval/masked_accuracy`,
   held-out masked bytes: N; model accuracy A%, B bits/byte; unigram accuracy
   U%, V bits/byte; ratio B/V
 
-`--config.init_checkpoint=PATH` (`Task.init_params`, on a fresh start only)
-starts from the released `language_perceiver_io_bytes.pickle` (via
-`perceiver.checkpoints.load_official`), an `.npz` of
-`perceiver.checkpoints.save`, or a workdir / checkpoint directory of this
-engine; every parameter must fit.
+`--config.init_checkpoint=PATH` (`Task.init_params`, on a fresh start only;
+`perceiver.train.warm_start`) starts from the released
+`language_perceiver_io_bytes.pickle` (read as the `language_mlm` preset), an
+`.npz` of `perceiver.checkpoints.save`, or a workdir / checkpoint directory
+of this engine; every parameter must fit (`init_must_load`: every module).
 
 Model (`model.arch`): 'perceiver' (the default, above) or 'transformer',
 the paper's byte-level baseline (Table 1, "BERT (matching FLOPs)";
@@ -54,7 +54,7 @@ addresses and Moby-Dick, `experiments/data/english_prose`; minutes on a CPU),
 
 import functools
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import grain
 import haiku as hk
@@ -65,13 +65,12 @@ import numpy as np
 
 from experiments.data import text as text_data
 from perceiver import byte_transformer
-from perceiver import checkpoints
 from perceiver import presets
 from perceiver import validation
-from perceiver.train import checkpoint as checkpoint_lib
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train import evaluation
+from perceiver.train import warm_start
 from perceiver.train.task import Task
 
 VENDORED_PROSE = os.path.join(
@@ -226,6 +225,13 @@ def preset_overrides(config) -> Dict[str, Any]:
     attention_impl=m.attention_impl,
     cross_attention_impl=m.cross_attention_impl,
   )
+
+
+def released_preset(config) -> Optional[str]:
+  """The preset a released pickle is read as for this config's model:
+  'language_mlm' (the released Perceiver IO), None for the byte Transformer
+  (no released checkpoint fits it: `init_checkpoint` must be ours)."""
+  return None if config.model.arch == 'transformer' else 'language_mlm'
 
 
 def transformer_overrides(config) -> Dict[str, Any]:
@@ -438,141 +444,6 @@ def summarize(sums: Dict[str, float]) -> Dict[str, float]:
 
 
 # ---------------------------------------------------------------------------
-# Starting from a checkpoint (`Task.init_params`).
-# ---------------------------------------------------------------------------
-
-Params = Dict[str, Dict[str, np.ndarray]]
-
-
-def load_params(path: str, **overrides) -> Params:
-  """The parameters of an MLM checkpoint, as host numpy arrays.
-
-  Args:
-    path: the released `language_perceiver_io_bytes.pickle` (`.pickle` /
-      `.pkl`, read by `perceiver.checkpoints.load_official` and checked
-      against the `language_mlm` preset built with `overrides`), an `.npz`
-      of `perceiver.checkpoints.save`, or an engine checkpoint: a workdir,
-      its `checkpoints/` folder (the newest complete step is read) or one
-      `checkpoints/<step>` folder.
-    **overrides: `presets.build('language_mlm', ...)` fields the pickle
-      must fit (`preset_overrides(config)`).
-
-  Returns:
-    {module: {name: array}}.
-
-  Raises:
-    perceiver.checkpoints.CheckpointError: an unreadable or misfitting file.
-    ValueError: a directory without an engine checkpoint.
-  """
-  if path.endswith(('.pickle', '.pkl')):
-    params, _ = checkpoints.load_official(path, 'language_mlm', **overrides)
-  elif path.endswith('.npz'):
-    params, _ = checkpoints.load(path)
-  else:
-    params, _ = checkpoint_lib.load_variables(path, arg_name='init_checkpoint')
-  return jax.tree.map(np.asarray, params)
-
-
-def merge_params(
-  params: Params, loaded: Params, *, must_load: Callable[[str], bool]
-) -> Tuple[Params, List[str], List[str]]:
-  """`params` with every leaf that `loaded` has under its name and shape.
-
-  Args:
-    params: the freshly initialised model, {module: {name: array}}.
-    loaded: a checkpoint's parameters (`load_params`).
-    must_load: which modules must come from `loaded` (a missing or
-      mis-shaped leaf there is an error).
-
-  Returns:
-    (merged params, in `params`' dtypes; 'module/name' of the leaves kept
-    fresh; 'module/name' of the checkpoint's leaves not used).
-
-  Raises:
-    ValueError: a `must_load` leaf missing from `loaded` or of another shape
-      there (all such leaves are listed).
-  """
-  merged, fresh, problems = {}, [], []
-  for module, values in params.items():
-    merged[module] = {}
-    for name, value in values.items():
-      src = loaded.get(module, {}).get(name)
-      if src is not None and np.shape(src) == np.shape(value):
-        merged[module][name] = np.asarray(src, np.asarray(value).dtype)
-        continue
-      merged[module][name] = value
-      fresh.append(f'{module}/{name}')
-      if must_load(module):
-        got = 'missing' if src is None else f'shape {list(np.shape(src))}'
-        problems.append(
-          f'{module}/{name} (expected shape {list(np.shape(value))}, {got})'
-        )
-  if problems:
-    raise ValueError(
-      f'init_checkpoint: {len(problems)} parameter(s) the model must load '
-      f'do not fit the checkpoint: {problems[:10]}.'
-    )
-  unused = sorted(
-    f'{m}/{n}'
-    for m, vs in loaded.items()
-    for n in vs
-    if n not in params.get(m, {})
-  )
-  return merged, fresh, unused
-
-
-def init_params_hook(
-  config, *, must_load: Callable[[str], bool] = lambda module: True
-) -> Optional[Callable[[Any, Any], Tuple[Any, Any]]]:
-  """`Task.init_params` loading `config.init_checkpoint` (None if unset).
-
-  The checkpoint is read when the engine calls the hook (a fresh start
-  only, never a resume). Process 0 prints which leaves were loaded, kept
-  fresh and not used.
-
-  Args:
-    config: an MLM or GLUE config (`init_checkpoint`, the model sizes).
-    must_load: see `merge_params` (default: every module: continuing
-      pre-training needs the whole model).
-
-  Returns:
-    `(params, state) -> (params, state)` on host numpy trees (the state is
-    passed through: the language models have none), or None.
-
-  Raises:
-    ValueError: the released pickle (a Perceiver) for
-      `model.arch='transformer'`.
-    (when called) as `load_params` and `merge_params`.
-  """
-  path = config.init_checkpoint
-  if not path:
-    return None
-  if config.model.arch == 'transformer' and path.endswith(('.pickle', '.pkl')):
-    raise ValueError(
-      f"init_checkpoint: with model.arch='transformer' expected a workdir, "
-      f'checkpoint directory or .npz of this engine (a .pickle is the '
-      f'released Perceiver IO), got {path!r}.'
-    )
-  overrides = preset_overrides(config)
-
-  def init_params(params, state):
-    merged, fresh, unused = merge_params(
-      params, load_params(path, **overrides), must_load=must_load
-    )
-    if jax.process_index() == 0:
-      count = sum(len(v) for v in params.values())
-      print(
-        f'Warm start from {path}: {count - len(fresh)}/{count} parameters '
-        f'loaded; kept fresh: {fresh or "none"}; checkpoint entries not '
-        f'used: {unused or "none"}.',
-        flush=True,
-      )
-    return merged, state
-
-  return init_params
-
-
-# ---------------------------------------------------------------------------
 # Data, task and evaluation.
 # ---------------------------------------------------------------------------
 
@@ -713,5 +584,7 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     evaluators=[
       make_evaluator(config, held_out, unigram, process_index, process_count)
     ],
-    init_params=init_params_hook(config),
+    init_params=warm_start.init_params_hook(
+      config, preset=released_preset(config), overrides=preset_overrides(config)
+    ),
   )

@@ -23,6 +23,7 @@ from perceiver.train import data as data_lib
 from perceiver.train import optim
 from perceiver.train import restore as restore_lib
 from perceiver.train import train
+from perceiver.train import warm_start
 from tests import test_train_common as common
 
 TENCH, GOLDFISH = 'n01440764', 'n01443537'  # labels 0 and 1
@@ -383,8 +384,17 @@ def test_write_image_grid(tmp_path):
   assert (grid[:2] == 255).all() and (grid[8:12, 8:12] == 255).all()
 
 
+def _hook(config):
+  """ImageNet's `Task.init_params` (`build_task` without reading data)."""
+  return warm_start.init_params_hook(
+    config,
+    preset=config.model.preset,
+    overrides=imagenet.model_overrides(config),
+  )
+
+
 @pytest.mark.parametrize('kind', ['npz', 'pickle'])
-def test_load_init_checkpoint(tmp_path, kind):
+def test_warm_start_from_a_file(tmp_path, kind, capsys):
   config = _debug_model()
   model = imagenet.build_model(config)
   init = jax.jit(functools.partial(model.init, is_training=True))
@@ -400,8 +410,10 @@ def test_load_init_checkpoint(tmp_path, kind):
       pickle.dump(jax.tree.map(np.asarray, params), f)
   config = _override(config, init_checkpoint=path)
   imagenet.validate(config)
-  loaded, _ = imagenet.load_init_checkpoint(config)
+  fresh = jax.tree.map(np.zeros_like, jax.device_get((params, state)))
+  loaded, _ = _hook(config)(*fresh)
   jax.tree.map(np.testing.assert_array_equal, loaded, params)
+  assert 'kept fresh: none' in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------
@@ -513,7 +525,7 @@ def test_init_checkpoint_directory_without_checkpoint(tmp_path):
   with pytest.raises(
     ValueError, match=r'init_checkpoint: .*no complete checkpoint'
   ):
-    imagenet.load_init_checkpoint(config)
+    _hook(config)({}, {})
 
 
 def test_any_class_names_train_with_the_size_and_classes_found(tmp_path):

@@ -23,6 +23,7 @@ from experiments.data import text as text_data
 from perceiver import checkpoints
 from perceiver import train as train_lib
 from perceiver.train import checkpoint as checkpoint_lib
+from perceiver.train import warm_start
 from tests import test_train_common as common
 
 EVAL_KEYS = {
@@ -46,6 +47,20 @@ def _debug_config(cache_dir, **fields):
     target[last] = value
   c.lock()
   return c
+
+
+def _hook(config):
+  """The MLM task's `init_params` (`build_task` without reading data)."""
+  return warm_start.init_params_hook(
+    config,
+    preset=mlm.released_preset(config),
+    overrides=mlm.preset_overrides(config),
+  )
+
+
+def _encoder_module(config, module):
+  """Whether GLUE's `init_must_load` makes `module` load."""
+  return warm_start.must_load(module, config.init_must_load)
 
 
 @pytest.fixture(scope='module')
@@ -145,7 +160,7 @@ def test_debug_run_evaluates_through_the_hook(mlm_run):
   'form',
   ['workdir', 'relative_workdir', 'checkpoints', 'step', 'npz', 'pickle'],
 )
-def test_load_params_reads_every_checkpoint_form(
+def test_warm_start_reads_every_checkpoint_form(
   mlm_run, tmp_path, form, monkeypatch
 ):
   config, result, _, workdir = mlm_run
@@ -165,19 +180,21 @@ def test_load_params_reads_every_checkpoint_form(
   elif form == 'pickle':  # the released layout: a dict of numpy arrays
     with open(path, 'wb') as f:
       pickle.dump(params, f)
-  loaded = mlm.load_params(path, **mlm.preset_overrides(config))
+  loaded, _ = warm_start.load(
+    path, preset='language_mlm', **mlm.preset_overrides(config)
+  )
   assert jax.tree.structure(loaded) == jax.tree.structure(params)
   for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
     assert isinstance(got, np.ndarray)
     np.testing.assert_array_equal(got, want)
 
 
-def test_init_params_hook_continues_from_the_run(mlm_run, capsys):
+def test_the_warm_start_continues_from_the_run(mlm_run, capsys):
   config, result, _, workdir = mlm_run
   params = jax.device_get(result['train_state'].params)
   config = _debug_config(config.data.cache_dir, init_checkpoint=workdir)
   fresh = jax.tree.map(np.zeros_like, params)
-  got, state = mlm.init_params_hook(config)(fresh, {})
+  got, state = _hook(config)(fresh, {})
   jax.tree.map(np.testing.assert_array_equal, got, params)
   assert state == {}
   count = sum(len(v) for v in params.values())
@@ -193,8 +210,8 @@ def test_init_params_hook_continues_from_the_run(mlm_run, capsys):
   big.unlock()
   big.model.d_model = 32
   with pytest.raises(checkpoints.CheckpointError, match='does not fit'):
-    mlm.init_params_hook(big)(fresh, {})
-  assert mlm.init_params_hook(_debug_config(config.data.cache_dir)) is None
+    _hook(big)(fresh, {})
+  assert _hook(_debug_config(config.data.cache_dir)) is None
 
 
 def test_checkpoint_warm_starts_a_glue_debug_run(mlm_run, tmp_path, capsys):
@@ -224,7 +241,7 @@ def test_checkpoint_warm_starts_a_glue_debug_run(mlm_run, tmp_path, capsys):
         fresh.append(f'{module}/{name}')
   # The encoder (embed, positions, latents, cross- and self-attention) and
   # the decoder's attention load; the task query and the head stay fresh.
-  assert sum(map(glue.is_encoder_module, params)) == 2 + 1 + 9 + 8
+  assert sum(_encoder_module(config, m) for m in params) == 2 + 1 + 9 + 8
   assert fresh == [
     'basic_decoder/~/trainable_position_encoding/pos_embs',
     'head_sst2/linear/b',
@@ -259,36 +276,6 @@ def test_checkpoint_warm_starts_a_glue_debug_run(mlm_run, tmp_path, capsys):
   assert result['eval']['eval/SST-2/loss'] == pytest.approx(
     -np.mean(logp[np.arange(len(dev)), batch['label']]), rel=1e-5
   )
-
-
-def test_load_params_rejects_a_directory_without_checkpoint(tmp_path):
-  with pytest.raises(ValueError, match='init_checkpoint: .*no complete'):
-    mlm.load_params(str(tmp_path))
-
-
-def test_merge_params_against_hand_built_trees():
-  f32 = np.float32
-  params = {
-    'enc': {'w': np.zeros((2, 3), f32), 'b': np.zeros(3, f32)},
-    'head': {'w': np.ones((3, 1), f32)},
-  }
-  loaded = {
-    'enc': {'w': np.full((2, 3), 2.0), 'b': np.full(3, 3.0), 'x': np.ones(1)},
-    'head': {'w': np.full((3, 2), 4.0)},  # another shape: kept fresh
-    'old': {'q': np.ones(2)},
-  }
-  merged, fresh, unused = mlm.merge_params(
-    params, loaded, must_load=lambda m: m == 'enc'
-  )
-  np.testing.assert_array_equal(merged['enc']['w'], np.full((2, 3), 2.0))
-  assert merged['enc']['w'].dtype == f32  # cast to the model's dtype
-  np.testing.assert_array_equal(merged['enc']['b'], np.full(3, 3.0))
-  np.testing.assert_array_equal(merged['head']['w'], np.ones((3, 1)))
-  assert fresh == ['head/w']
-  assert unused == ['enc/x', 'old/q']
-  del loaded['enc']['b']
-  with pytest.raises(ValueError, match=r'2 parameter.*enc/b.*head/w.*\[3, 2\]'):
-    mlm.merge_params(params, loaded, must_load=lambda m: True)
 
 
 def test_per_example_and_summarize_against_hand_counts():
@@ -419,7 +406,7 @@ def test_glue_warm_starts_the_transformer_encoder(transformer_runs):
   mlm_dir, _, glue_dir, out = transformer_runs
   mlm_params, _ = checkpoint_lib.load_variables(mlm_dir)
   params, _ = checkpoint_lib.load_variables(glue_dir)
-  encoder = [m for m in params if glue.is_encoder_module(m)]
+  encoder = [m for m in params if _encoder_module(glue.get_config(), m)]
   # embed, positions, 2 layers x 8 modules, the final LayerNorm.
   assert len(encoder) == 2 + 2 * 8 + 1
   for module in encoder:
@@ -434,7 +421,7 @@ def test_glue_warm_starts_the_transformer_encoder(transformer_runs):
   assert re.search(r'dev accuracy: [\d.]+%', out), out
 
 
-def test_init_params_hook_refuses_the_released_pickle_for_the_transformer(
+def test_the_warm_start_refuses_the_released_pickle_for_the_transformer(
   tmp_path,
 ):
   path = tmp_path / 'language_perceiver_io_bytes.pickle'
@@ -442,8 +429,8 @@ def test_init_params_hook_refuses_the_released_pickle_for_the_transformer(
   config = _debug_config(
     tmp_path, **{'model.arch': 'transformer', 'init_checkpoint': str(path)}
   )
-  with pytest.raises(ValueError, match='init_checkpoint: with model.arch='):
-    mlm.init_params_hook(config)
+  with pytest.raises(ValueError, match='no released checkpoint fits'):
+    _hook(config)
 
 
 def test_forward_flops_match_table_1_and_the_local_sizes_are_matched():
