@@ -1031,9 +1031,11 @@ def make_evaluator(config) -> evaluation.Evaluator:
 
 
 def compile_task(config) -> Task:
-  """The model and EPE loss without data (`--compile_only`; `build_task`
-  adds the data): `example_batch` has the training pairs' keys, dtypes and
-  shapes (the model's `image_size`)."""
+  """The model, EPE loss and warm start without data (`--compile_only`;
+  `build_task` adds the data): `example_batch` has the training pairs'
+  keys, dtypes and shapes (the model's `image_size`); `init_params` loads
+  `config.init_checkpoint` (`perceiver.train.warm_start`) when one is
+  given."""
   height, width = config.model.image_size
   return Task(
     forward=make_forward(config.model),
@@ -1045,6 +1047,9 @@ def compile_task(config) -> Task:
       'flow': np.zeros((2, height, width, 2), np.float32),
       'valid': np.ones((2, height, width), bool),
     },
+    init_params=warm_start.init_params_hook(
+      config, preset='optical_flow', overrides=model_overrides(config.model)
+    ),
   )
 
 
@@ -1053,14 +1058,10 @@ def build_task(config, process_index: int, process_count: int) -> Task:
 
   `Task.evaluators` is `make_evaluator` (`evaluate` on every process;
   process 0 prints the EPE lines and writes the PNGs to the workdir);
-  `Task.init_params` loads `config.init_checkpoint` when one is given.
-  There is no `eval_data`: the held-out synthetic sets are `evaluate`'s
-  first ones.
+  `Task.init_params` is `compile_task`'s. There is no `eval_data`: the
+  held-out synthetic sets are `evaluate`'s first ones.
   """
   validate(config)
-  init_params = warm_start.init_params_hook(
-    config, preset='optical_flow', overrides=model_overrides(config.model)
-  )
   return compile_task(config)._replace(
     train_data=data_lib.train_iterator_from_config(
       train_source(config),
@@ -1070,5 +1071,4 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       ops=train_ops(config),
     ),
     evaluators=[make_evaluator(config)],
-    init_params=init_params,
   )

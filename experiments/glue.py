@@ -61,9 +61,10 @@ Warm start (`Task.init_params`, on a fresh start only):
 workdir or a checkpoint directory), an `.npz` of `perceiver.checkpoints.save`
 or the released `language_perceiver_io_bytes.pickle`
 (`perceiver.train.warm_start`). The encoder modules (`init_must_load`:
-`ENCODER_MODULES`) must load; every other leaf with the same name and shape is loaded too (the
-decoder's attention), and the rest keeps its fresh initialisation (the task
-queries, task tokens and heads); the printed `Warm start` line lists them.
+`ENCODER_MODULES`, of either `model.arch`) must load; every other leaf with
+the same name and shape is loaded too (the decoder's attention), and the
+rest keeps its fresh initialisation (the task queries, task tokens and
+heads); the printed `Warm start` line lists them.
 """
 
 import copy
@@ -390,9 +391,10 @@ def source(config, task: str, split: str) -> glue_data.GlueSource:
 
 
 def compile_task(config) -> Task:
-  """The model and loss without data (`--compile_only`; `build_task` adds
-  the data): `example_batch` has the records' keys, dtypes and shapes
-  ([data.seq_len] bytes)."""
+  """The model, loss and warm start without data (`--compile_only`;
+  `build_task` adds the data): `example_batch` has the records' keys, dtypes
+  and shapes ([data.seq_len] bytes); `init_params` loads the encoder from
+  `config.init_checkpoint` (`init_must_load`) when one is given."""
   seq_len = config.data.seq_len
   ids = np.zeros((2, seq_len), np.int32)
   return Task(
@@ -408,6 +410,11 @@ def compile_task(config) -> Task:
       'index': np.zeros((2,), np.int64),
     },
     config=config,
+    init_params=warm_start.init_params_hook(
+      config,
+      preset=mlm.released_preset(config),
+      overrides=mlm.preset_overrides(config),
+    ),
   )
 
 
@@ -442,11 +449,6 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       train, config, process_index, process_count
     ),
     evaluators=make_evaluators(config, process_index, process_count),
-    init_params=warm_start.init_params_hook(
-      config,
-      preset=mlm.released_preset(config),
-      overrides=mlm.preset_overrides(config),
-    ),
   )
 
 

@@ -799,7 +799,9 @@ def _read_options(
 
 
 def _model_task(config: ml_collections.ConfigDict) -> Task:
-  """The model and loss of a config whose sizes are known."""
+  """The model, loss and warm start (`config.init_checkpoint`, read as
+  `model.preset` at this config's sizes) of a config whose sizes are
+  known."""
   size = config.data.image_size
   return Task(
     forward=make_forward(config),
@@ -810,6 +812,9 @@ def _model_task(config: ml_collections.ConfigDict) -> Task:
       'label': np.zeros((2,), np.int32),
     },
     config=config,
+    init_params=warm_start.init_params_hook(
+      config, preset=config.model.preset, overrides=model_overrides(config)
+    ),
   )
 
 
@@ -861,13 +866,9 @@ def build_task(
     ops=_engine_ops(train_ops(d)),
     read_options=_read_options(d),
   )
-  init_params = warm_start.init_params_hook(
-    config, preset=config.model.preset, overrides=model_overrides(config)
-  )
   return _model_task(config)._replace(
     train_data=train_data,
     evaluators=[
       make_evaluator(config, train, evaluation, process_index, process_count)
     ],
-    init_params=init_params,
   )

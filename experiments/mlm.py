@@ -535,9 +535,10 @@ def train_ops(config) -> tuple:
 
 
 def compile_task(config) -> Task:
-  """The model and loss without data (`--compile_only`; `build_task` adds
-  the data and the counted unigram): `example_batch` has the masked
-  records' keys, dtypes and shapes ([data.seq_len] bytes)."""
+  """The model, loss and warm start without data (`--compile_only`;
+  `build_task` adds the data and the counted unigram): `example_batch` has
+  the masked records' keys, dtypes and shapes ([data.seq_len] bytes);
+  `init_params` loads `config.init_checkpoint` when one is given."""
   seq_len = config.data.seq_len
   ids = np.zeros((2, seq_len), np.int32)
   return Task(
@@ -557,12 +558,16 @@ def compile_task(config) -> Task:
       'targets': ids,
       'target_mask': np.zeros((2, seq_len), np.float32),
     },
+    init_params=warm_start.init_params_hook(
+      config, preset=released_preset(config), overrides=preset_overrides(config)
+    ),
   )
 
 
 def build_task(config, process_index: int, process_count: int) -> Task:
   """The MLM model, its loss, this process's share of the corpus, the
-  held-out evaluation and the warm start from `init_checkpoint`."""
+  held-out evaluation; the warm start from `init_checkpoint` is
+  `compile_task`'s."""
   validate(config)
   train = sources(config, 'train')
   held_out = sources(config, 'eval')
@@ -584,7 +589,4 @@ def build_task(config, process_index: int, process_count: int) -> Task:
     evaluators=[
       make_evaluator(config, held_out, unigram, process_index, process_count)
     ],
-    init_params=warm_start.init_params_hook(
-      config, preset=released_preset(config), overrides=preset_overrides(config)
-    ),
   )

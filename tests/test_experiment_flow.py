@@ -26,7 +26,6 @@ from perceiver import checkpoints
 from perceiver import presets
 from perceiver import train as train_lib
 from perceiver.train import data as data_lib
-from perceiver.train import warm_start
 
 LINE = re.compile(
   r'EPE: \d+\.\d\d \(zero flow: \d+\.\d\d(, [a-z ]+: \d+\.\d\d)*\)'
@@ -550,27 +549,18 @@ def test_init_checkpoint_released_pickle_and_misfit(debug_run, tmp_path):
   config = config.unlock()
   config.init_checkpoint = path
   fresh = jax.tree.map(np.zeros_like, plain)
-  params, state = _hook(config)(fresh, {})
+  params, state = flow.compile_task(config).init_params(fresh, {})
   jax.tree.map(np.testing.assert_array_equal, params, plain)
   assert state == {}
   # A checkpoint of another model size is refused, naming the parameter.
   config.model.num_z_channels = 32
   with pytest.raises(checkpoints.CheckpointError, match='mis-shaped params'):
-    _hook(config)(fresh, {})
+    flow.compile_task(config).init_params(fresh, {})
   config.init_checkpoint = str(tmp_path / 'missing.npz')
   with pytest.raises(ValueError, match='init_checkpoint.*missing.npz'):
-    _hook(config)(fresh, {})
+    flow.compile_task(config).init_params(fresh, {})
   with pytest.raises(ValueError, match='init_checkpoint.*missing.npz'):
     flow.validate(config)
-
-
-def _hook(config):
-  """The flow task's `Task.init_params`, as `build_task` makes it."""
-  return warm_start.init_params_hook(
-    config,
-    preset='optical_flow',
-    overrides=flow.model_overrides(config.model),
-  )
 
 
 def _write_sintel(root, flow_HW2, frames):

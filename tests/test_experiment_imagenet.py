@@ -23,7 +23,6 @@ from perceiver.train import data as data_lib
 from perceiver.train import optim
 from perceiver.train import restore as restore_lib
 from perceiver.train import train
-from perceiver.train import warm_start
 from tests import test_train_common as common
 
 TENCH, GOLDFISH = 'n01440764', 'n01443537'  # labels 0 and 1
@@ -384,15 +383,6 @@ def test_write_image_grid(tmp_path):
   assert (grid[:2] == 255).all() and (grid[8:12, 8:12] == 255).all()
 
 
-def _hook(config):
-  """ImageNet's `Task.init_params` (`build_task` without reading data)."""
-  return warm_start.init_params_hook(
-    config,
-    preset=config.model.preset,
-    overrides=imagenet.model_overrides(config),
-  )
-
-
 @pytest.mark.parametrize('kind', ['npz', 'pickle'])
 def test_warm_start_from_a_file(tmp_path, kind, capsys):
   config = _debug_model()
@@ -411,7 +401,7 @@ def test_warm_start_from_a_file(tmp_path, kind, capsys):
   config = _override(config, init_checkpoint=path)
   imagenet.validate(config)
   fresh = jax.tree.map(np.zeros_like, jax.device_get((params, state)))
-  loaded, _ = _hook(config)(*fresh)
+  loaded, _ = imagenet.compile_task(config).init_params(*fresh)
   jax.tree.map(np.testing.assert_array_equal, loaded, params)
   assert 'kept fresh: none' in capsys.readouterr().out
 
@@ -525,7 +515,7 @@ def test_init_checkpoint_directory_without_checkpoint(tmp_path):
   with pytest.raises(
     ValueError, match=r'init_checkpoint: .*no complete checkpoint'
   ):
-    _hook(config)({}, {})
+    imagenet.compile_task(config).init_params({}, {})
 
 
 def test_any_class_names_train_with_the_size_and_classes_found(tmp_path):

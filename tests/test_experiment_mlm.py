@@ -49,15 +49,6 @@ def _debug_config(cache_dir, **fields):
   return c
 
 
-def _hook(config):
-  """The MLM task's `init_params` (`build_task` without reading data)."""
-  return warm_start.init_params_hook(
-    config,
-    preset=mlm.released_preset(config),
-    overrides=mlm.preset_overrides(config),
-  )
-
-
 def _encoder_module(config, module):
   """Whether GLUE's `init_must_load` makes `module` load."""
   return warm_start.must_load(module, config.init_must_load)
@@ -194,7 +185,7 @@ def test_the_warm_start_continues_from_the_run(mlm_run, capsys):
   params = jax.device_get(result['train_state'].params)
   config = _debug_config(config.data.cache_dir, init_checkpoint=workdir)
   fresh = jax.tree.map(np.zeros_like, params)
-  got, state = _hook(config)(fresh, {})
+  got, state = mlm.compile_task(config).init_params(fresh, {})
   jax.tree.map(np.testing.assert_array_equal, got, params)
   assert state == {}
   count = sum(len(v) for v in params.values())
@@ -210,8 +201,10 @@ def test_the_warm_start_continues_from_the_run(mlm_run, capsys):
   big.unlock()
   big.model.d_model = 32
   with pytest.raises(checkpoints.CheckpointError, match='does not fit'):
-    _hook(big)(fresh, {})
-  assert _hook(_debug_config(config.data.cache_dir)) is None
+    mlm.compile_task(big).init_params(fresh, {})
+  assert (
+    mlm.compile_task(_debug_config(config.data.cache_dir)).init_params is None
+  )
 
 
 def test_checkpoint_warm_starts_a_glue_debug_run(mlm_run, tmp_path, capsys):
@@ -430,7 +423,7 @@ def test_the_warm_start_refuses_the_released_pickle_for_the_transformer(
     tmp_path, **{'model.arch': 'transformer', 'init_checkpoint': str(path)}
   )
   with pytest.raises(ValueError, match='no released checkpoint fits'):
-    _hook(config)
+    mlm.compile_task(config)
 
 
 def test_forward_flops_match_table_1_and_the_local_sizes_are_matched():
