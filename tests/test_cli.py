@@ -118,12 +118,27 @@ def test_field_comments_of_assignments_and_sections():
       ('model.num_self_attend_heads: expected a divisor',),
     ),
     (('--config.optimizer.name=sgd',), ('optimizer.name: expected one of',)),
+    # A tuple field parsed element by element: the second is not a pattern.
+    (
+      ("--config.init_must_load=('embed', '(')",),
+      ("init_must_load: expected regular expressions, got '('",),
+    ),
   ],
 )
 def test_user_errors_are_short_and_exit_with_status_2(tmp_path, args, parts):
   proc = common.run_main(DEBUG, f'--workdir={tmp_path / "w"}', *args)
   _assert_user_error(proc, *parts)
   assert not os.path.exists(tmp_path / 'w')
+
+
+def test_a_tuple_field_takes_a_python_tuple():
+  proc = common.run_main(
+    DEBUG,
+    "--config.init_must_load=('embed', 'perceiver_encoder/.*')",
+    '--help_config',
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "init_must_load = ('embed', 'perceiver_encoder/.*')" in proc.stdout
 
 
 def test_missing_config_file_and_unknown_variant(tmp_path):
