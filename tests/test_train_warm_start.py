@@ -20,15 +20,9 @@ from tests import test_train_common as common
 
 f32 = np.float32
 # A language_mlm model small enough to build in a test (the released
-# pickle's kind).
-MLM_SIZES = dict(
-  d_model=16,
-  z_index_dim=8,
-  num_z_channels=32,
-  num_self_attends_per_block=1,
-  num_heads=2,
-  qk_channels=16,
-  max_seq_len=64,
+# pickle's kind), at the MLM :debug sizes.
+MLM_SIZES = presets.tiny(
+  'language_mlm', d_model=16, num_z_channels=32, qk_channels=16, max_seq_len=64
 )
 
 
