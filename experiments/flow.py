@@ -54,8 +54,8 @@ clean/final (`data.sintel_dir`) and KITTI 2015 (`data.kitti_dir`). Process 0
 prints one line per set, with baselines computed in the same evaluation:
 zero flow, the per-pair mean flow (an oracle: the true flow's mean over the
 pair's valid pixels, everywhere) and, on the procedural sets, classical
-block matching (`block_match`: 7 x 7 windows, exhaustive integer search
-over +-`data.block_match_radius` px),
+block matching (`experiments/data/flow_metrics.block_match`: 7 x 7
+windows, exhaustive integer search over +-`data.block_match_radius` px),
 
   synthetic_full (128 pairs) EPE: N.NN (zero flow: N.NN, mean flow: N.NN,
     block matching: N.NN), Fl-all: P.P%
@@ -91,18 +91,18 @@ Variants:
 
 import functools
 import os
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Optional
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from scipy import ndimage
 
 from experiments.data import autoflow
 from experiments.data import flow as flow_data
 from experiments.data import flow_augment
+from experiments.data import flow_metrics
 from perceiver import conv_flow
 from perceiver import presets
 from perceiver import tasks
@@ -121,9 +121,6 @@ SOURCES = ('procedural', 'autoflow', 'chairs')
 VARIANTS = ('', 'final', 'local', 'debug')
 # model.arch: the paper's Perceiver IO, or the convolutional control.
 ARCHS = ('perceiver', 'conv')
-# KITTI's outlier: end-point error > 3 px and > 5% of the true flow's length.
-FL_ABS_PX, FL_REL = 3.0, 0.05
-_EPS = 1e-12  # under the EPE's square root: a finite gradient at zero error
 
 
 def _scene(**ranges) -> Dict[str, Any]:
@@ -331,7 +328,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
 
 # ---------------------------------------------------------------------------
-# Model, loss and metrics.
+# Model and loss.
 # ---------------------------------------------------------------------------
 
 
@@ -403,116 +400,16 @@ def build_forward(config) -> hk.TransformedWithState:
 
 
 def per_example(flow_pred, batch) -> Dict[str, jax.Array]:
-  """Average end-point error over each example's valid pixels, [B].
+  """The loss: the average end-point error over each example's valid
+  pixels, [B] (`flow_metrics.epe_per_example`).
 
   Returns 'loss' (= 'epe'), 'zero_flow_epe' (the EPE of predicting no
   motion) and 'fl' (KITTI's outlier share), each float32 [B].
   """
-  valid = batch['valid'].astype(jnp.float32)  # [B, H, W]
-  count = jnp.maximum(valid.sum((1, 2)), 1.0)
-  gt = batch['flow'].astype(jnp.float32)
-  sq = jnp.sum(jnp.square(flow_pred.astype(jnp.float32) - gt), -1)
-  epe = jnp.sqrt(sq + _EPS)  # [B, H, W]
-  mag = jnp.sqrt(jnp.sum(jnp.square(gt), -1))
-  outlier = (epe > FL_ABS_PX) & (epe > FL_REL * mag)
-  mean = lambda x: jnp.sum(x * valid, (1, 2)) / count
-  loss = mean(epe)
-  return {
-    'loss': loss,
-    'epe': loss,
-    'zero_flow_epe': mean(mag),
-    'fl': mean(outlier.astype(jnp.float32)),
-  }
-
-
-def flow_errors(pred_HW2, gt_HW2, valid_HW) -> Dict[str, float]:
-  """Sums over the valid pixels of one pair, for pixel-weighted averages.
-
-  Returns:
-    {'epe': sum of |pred - gt|, 'zero': sum of |gt| (zero-flow EPE), 'fl':
-    number of outliers (> 3 px and > 5%), 'count': valid pixels}.
-  """
-  pred = np.asarray(pred_HW2, np.float64)
-  gt = np.asarray(gt_HW2, np.float64)
-  if pred.shape != gt.shape:
-    raise ValueError(f'pred: expected shape {gt.shape}, got {pred.shape}.')
-  valid = np.asarray(valid_HW, bool)
-  epe = np.linalg.norm(pred - gt, axis=-1)[valid]
-  mag = np.linalg.norm(gt, axis=-1)[valid]
-  return {
-    'epe': float(epe.sum()),
-    'zero': float(mag.sum()),
-    'fl': float(((epe > FL_ABS_PX) & (epe > FL_REL * mag)).sum()),
-    'count': float(valid.sum()),
-  }
-
-
-def mean_flow(record: Mapping[str, np.ndarray]) -> np.ndarray:
-  """The per-pair mean-flow oracle: the true flow's mean over the pair's
-  valid pixels, predicted at every pixel, float64 [H, W, 2] (zeros when no
-  pixel is valid). It reads the ground truth: a bound on what one global
-  motion per pair can score, not a method."""
-  valid = np.asarray(record['valid'], bool)
-  flow = np.asarray(record['flow'], np.float64)
-  mean = flow[valid].mean(0) if valid.any() else np.zeros(2)
-  return np.broadcast_to(mean, flow.shape)
-
-
-def block_match(
-  frame1_HW3, frame2_HW3, *, radius: int = 7, window: int = 7
-) -> np.ndarray:
-  """Classical block matching: for every frame-1 pixel, the integer motion
-  (u, v) in [-radius, radius]^2 whose window x window block of frame 2
-  around (x + u, y + v) has the least sum of squared RGB differences to the
-  block around (x, y).
-
-  Exhaustive: one vectorised cost image per displacement (a box filter of
-  the squared differences, `scipy.ndimage.uniform_filter`, edge-replicated
-  at the image borders). Ties go to the shortest motion (zero first), so a
-  textureless block stays still.
-
-  Args:
-    frame1_HW3, frame2_HW3: uint8 or float [H, W, 3] (any channel count C,
-      the same in both).
-    radius: the largest motion searched, pixels per axis (>= 0).
-    window: the block side, pixels (odd, >= 1).
-
-  Returns:
-    float32 [H, W, 2] flow (u along x, v along y), integer pixels.
-
-  Raises:
-    ValueError: frames of different shapes, a negative radius or an even
-      or non-positive window.
-  """
-  f1 = np.asarray(frame1_HW3, np.float32)
-  f2 = np.asarray(frame2_HW3, np.float32)
-  if f1.shape != f2.shape or f1.ndim != 3:
-    raise ValueError(
-      f'frame2_HW3: expected the shape of frame1_HW3 {f1.shape} ([H, W, C]), '
-      f'got {f2.shape}.'
-    )
-  if not isinstance(radius, (int, np.integer)) or radius < 0:
-    raise ValueError(f'radius: expected an integer >= 0, got {radius!r}.')
-  if not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
-    raise ValueError(f'window: expected an odd integer >= 1, got {window!r}.')
-  h, w = f1.shape[:2]
-  r = int(radius)
-  padded = np.pad(f2, ((r, r), (r, r), (0, 0)), mode='edge')
-  moves = sorted(
-    ((u, v) for v in range(-r, r + 1) for u in range(-r, r + 1)),
-    key=lambda m: m[0] ** 2 + m[1] ** 2,
+  metrics = flow_metrics.epe_per_example(
+    flow_pred, batch['flow'], batch['valid']
   )
-  best = np.full((h, w), np.inf, np.float32)
-  flow = np.zeros((h, w, 2), np.float32)
-  for u, v in moves:
-    moved = padded[r + v : r + v + h, r + u : r + u + w]
-    cost = ndimage.uniform_filter(
-      np.square(f1 - moved).sum(-1), size=window, mode='nearest'
-    )
-    better = cost < best
-    best = np.where(better, cost, best)
-    flow[better] = (u, v)
-  return flow
+  return {'loss': metrics['epe'], **metrics}
 
 
 # ---------------------------------------------------------------------------
@@ -571,26 +468,6 @@ def curriculum(config) -> Optional[autoflow.Curriculum]:
   return autoflow.Curriculum(stages)
 
 
-class _Slice:
-  """Records [start, start + n) of a generator, under `scene` (None: the
-  generator's); the held-out procedural pairs are indices after the
-  training ones: disjoint by construction."""
-
-  def __init__(self, generator, start: int, n: int, scene=None):
-    self._generator, self._start, self._n = generator, start, n
-    self._scene = scene
-
-  def __len__(self):
-    return self._n
-
-  def __getitem__(self, index):
-    if not 0 <= index < self._n:
-      raise IndexError(f'index: expected [0, {self._n}), got {index}.')
-    out = self._generator.render(self._start + int(index), self._scene)
-    del out['occluded']
-    return out
-
-
 def train_source(config):
   """The training pairs of `config.data.source`; procedural pairs under a
   curriculum are scene indices, rendered by the first of `train_ops`."""
@@ -598,7 +475,9 @@ def train_source(config):
   if d.source == 'procedural' and curriculum(config) is not None:
     source = autoflow.SceneIndices(config.num_train)
   elif d.source == 'procedural':
-    source = _Slice(_generator(config, config.num_train), 0, config.num_train)
+    source = autoflow.GeneratorSlice(
+      _generator(config, config.num_train), start=0, num_pairs=config.num_train
+    )
   elif d.source == 'autoflow':
     source = flow_data.AutoFlowSource(d.dir, arg_name='data.dir')
   else:
@@ -608,7 +487,7 @@ def train_source(config):
   return source
 
 
-def held_out_sets(config) -> Dict[str, _Slice]:
+def held_out_sets(config) -> Dict[str, autoflow.GeneratorSlice]:
   """Set name -> `data.num_eval` procedural pairs after the training
   indices: one set per curriculum stage, `synthetic_<stage>` at the stage's
   scene, or `synthetic` at the `data.*` scene with the curriculum off."""
@@ -616,9 +495,13 @@ def held_out_sets(config) -> Dict[str, _Slice]:
   generator = _generator(config, start + n)
   schedule = curriculum(config)
   if schedule is None:
-    return {'synthetic': _Slice(generator, start, n)}
+    return {
+      'synthetic': autoflow.GeneratorSlice(generator, start=start, num_pairs=n)
+    }
   return {
-    f'synthetic_{s.name}': _Slice(generator, start, n, s.scene)
+    f'synthetic_{s.name}': autoflow.GeneratorSlice(
+      generator, start=start, num_pairs=n, scene=s.scene
+    )
     for s in schedule.stages
   }
 
@@ -709,115 +592,6 @@ def train_ops(config) -> list:
 # ---------------------------------------------------------------------------
 
 
-def evaluate_pairs(
-  predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
-  pairs: Iterable[Mapping[str, np.ndarray]],
-  name: str,
-  *,
-  compared: Optional[Mapping[str, float]] = None,
-  pngs: Optional[Dict[str, np.ndarray]] = None,
-  num_pngs: int = 0,
-  say: Callable[[str], None] = print,
-) -> Dict[str, float]:
-  """EPE (pixel-weighted over valid pixels), zero-flow EPE and Fl-all,
-  beside baselines' EPEs on the same pairs.
-
-  Prints `<name> (<n> pairs) EPE: N.NN (zero flow: N.NN[, <baseline>:
-  N.NN]...), Fl-all: P%` (a baseline's name with spaces for underscores)
-  and adds the colour-wheel images `flow_<name>_<i>_{pred,gt}.png` (same
-  colour scale) of the first `num_pngs` pairs to `pngs`.
-
-  Args:
-    predict: (frame1, frame2) -> flow [H, W, 2], the model.
-    pairs: records {'frame1', 'frame2', 'flow', 'valid'}.
-    name: the set's name.
-    compared: baseline name -> its EPE on these pairs (`baseline_epes`).
-    pngs: file name -> RGB uint8 [H, W, 3] (`tasks.flow_to_color`), for
-      `write_pngs`; None: no images.
-
-  Returns:
-    {'<name>/epe', '<name>/zero_flow_epe', '<name>/fl_all' (a fraction),
-    '<name>/<baseline>_epe' per baseline of `compared`}.
-  """
-  compared = dict(compared or {})
-  totals = dict(epe=0.0, zero=0.0, fl=0.0, count=0.0)
-  n = 0
-  for i, record in enumerate(pairs):
-    pred = predict(record['frame1'], record['frame2'])
-    for k, v in flow_errors(pred, record['flow'], record['valid']).items():
-      totals[k] += v
-    if pngs is not None and i < num_pngs:
-      gt = np.where(record['valid'][..., None], record['flow'], 0.0)
-      scale = max(float(np.linalg.norm(gt, axis=-1).max()), 1e-6)
-      for kind, flow_HW2 in (('pred', pred), ('gt', gt)):
-        pngs[f'flow_{name}_{i}_{kind}.png'] = tasks.flow_to_color(
-          flow_HW2, scale
-        )
-    n += 1
-  if not totals['count']:
-    raise ValueError(f'{name}: no valid pixels to evaluate.')
-  out = {
-    f'{name}/epe': totals['epe'] / totals['count'],
-    f'{name}/zero_flow_epe': totals['zero'] / totals['count'],
-    f'{name}/fl_all': totals['fl'] / totals['count'],
-  }
-  out.update({f'{name}/{b}_epe': float(v) for b, v in compared.items()})
-  beside = ''.join(
-    f', {b.replace("_", " ")}: {v:.2f}' for b, v in compared.items()
-  )
-  say(
-    f'{name} ({n} pairs) EPE: {out[f"{name}/epe"]:.2f} (zero flow: '
-    f'{out[f"{name}/zero_flow_epe"]:.2f}{beside}), Fl-all: '
-    f'{100 * out[f"{name}/fl_all"]:.1f}%'
-  )
-  return out
-
-
-def write_pngs(pngs: Mapping[str, np.ndarray], workdir: str) -> None:
-  """Writes each RGB image of `pngs` (`evaluate_pairs`) to
-  `<workdir>/<file name>`."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  for name, rgb in pngs.items():
-    Image.fromarray(rgb, mode='RGB').save(
-      os.path.join(workdir, name), format='PNG'
-    )
-
-
-def baseline_epes(
-  pairs: Iterable[Mapping[str, np.ndarray]],
-  baselines: Mapping[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]],
-) -> Dict[str, float]:
-  """The EPE (pixel-weighted over valid pixels, as `evaluate_pairs`) of
-  each baseline on `pairs`.
-
-  Args:
-    pairs: records {'frame1', 'frame2', 'flow', 'valid'}.
-    baselines: name -> (record -> flow [H, W, 2]), e.g. `mean_flow`.
-
-  Returns:
-    {name: EPE}.
-
-  Raises:
-    ValueError: no valid pixel in `pairs`.
-  """
-  totals = dict.fromkeys(baselines, 0.0)
-  count = 0.0
-  for record in pairs:
-    for b, fn in baselines.items():
-      errors = flow_errors(fn(record), record['flow'], record['valid'])
-      totals[b] += errors['epe']
-    count += float(np.sum(record['valid']))
-  if not count:
-    raise ValueError('pairs: no valid pixels to evaluate the baselines on.')
-  return {b: v / count for b, v in totals.items()}
-
-
-def _first(source, limit: int):
-  n = len(source) if not limit else min(limit, len(source))
-  return (source[i] for i in range(n))
-
-
 def evaluate(
   config,
   params,
@@ -829,13 +603,14 @@ def evaluate(
 ) -> Dict[str, float]:
   """Scores a model on every configured evaluation set, at full size.
 
-  Each pair goes through `perceiver.tasks.optical_flow` (tiles of the
-  model's size, min overlap 20, pyramid-weighted stitching; smaller frames
-  are edge-padded): the held-out procedural sets of `held_out_sets` (one
-  tile per pair, so one tile per model call; scored beside the mean-flow
-  oracle and, with `data.block_match_radius`, block matching), the real
-  motorcycle pair (beside the mean-flow oracle), then the
-  first `data.max_eval_pairs` (0: all) pairs of MPI-Sintel clean and final
+  The sets are scored by `flow_metrics.score_sets`, each pair through
+  `perceiver.tasks.optical_flow` (tiles of the model's size, min overlap
+  20, pyramid-weighted stitching; smaller frames are edge-padded): the
+  held-out procedural sets of `held_out_sets` (one tile per pair, so one
+  tile per model call; scored beside the mean-flow oracle and, with
+  `data.block_match_radius`, block matching), the real motorcycle pair
+  (beside the mean-flow oracle), then the first `data.max_eval_pairs` (0:
+  all) pairs of MPI-Sintel clean and final
   and of KITTI 2015 when their directories are set (`data.eval_tile_batch`
   tiles per model call). The model is the cached preset of
   `perceiver.tasks`, so repeated evaluations compile nothing new.
@@ -849,8 +624,8 @@ def evaluate(
       baselines' EPEs are computed at the first and read from it after
       (None: computed every time).
     pngs: receives `flow_<set>_<i>_{pred,gt}.png` of the first
-      `data.num_pngs` pairs of each set (`evaluate_pairs`); None: no
-      images.
+      `data.num_pngs` pairs of each set (`flow_metrics.evaluate_pairs`);
+      None: no images.
 
   Returns:
     {'<set>/epe', '<set>/zero_flow_epe', '<set>/mean_flow_epe',
@@ -874,72 +649,41 @@ def evaluate(
       overrides=overrides,
     )
 
-  oracle = dict(mean_flow=mean_flow)
+  oracle = dict(mean_flow=flow_metrics.mean_flow)
   synthetic = dict(oracle)
   if d.block_match_radius:
-    synthetic['block_matching'] = lambda r: block_match(
+    synthetic['block_matching'] = lambda r: flow_metrics.block_match(
       r['frame1'],
       r['frame2'],
       radius=d.block_match_radius,
       window=d.block_match_window,
     )
-
-  def baselines(name, pairs, fns):
-    if cache is None:
-      return baseline_epes(pairs, fns)
-    if name not in cache:
-      cache[name] = baseline_epes(pairs, fns)
-    return cache[name]
-
-  common = dict(pngs=pngs, num_pngs=d.num_pngs, say=say)
   predict = predictor(d.eval_tile_batch)
-  results = {}
-  for name, pairs in held_out_sets(config).items():
-    compared = baselines(name, _first(pairs, 0), synthetic)
-    results.update(
-      evaluate_pairs(
-        predictor(1), _first(pairs, 0), name, compared=compared, **common
-      )
-    )
-  for factor in d.motorcycle_downscales:
-    name = 'motorcycle' if factor == 1 else f'motorcycle_down{factor}'
-    motorcycle = [flow_data.downscale(flow_data.load_motorcycle(), factor)]
-    results.update(
-      evaluate_pairs(
-        predict,
-        motorcycle,
-        name,
-        compared=baselines(name, motorcycle, oracle),
-        **common,
-      )
-    )
-  if d.sintel_dir:
-    for dstype in flow_data.SINTEL_PASSES:
-      source = flow_data.SintelSource(
-        d.sintel_dir, dstype=dstype, arg_name='data.sintel_dir'
-      )
-      name = f'sintel_{dstype}'
-      results.update(
-        evaluate_pairs(
-          predict,
-          _first(source, d.max_eval_pairs),
-          name,
-          compared=baselines(name, _first(source, d.max_eval_pairs), oracle),
-          **common,
+
+  def sets():  # in order, each source opened when its turn comes
+    for name, pairs in held_out_sets(config).items():
+      yield flow_metrics.EvalSet(name, pairs, predictor(1), synthetic)
+    for factor in d.motorcycle_downscales:
+      name = 'motorcycle' if factor == 1 else f'motorcycle_down{factor}'
+      pair = flow_data.downscale(flow_data.load_motorcycle(), factor)
+      yield flow_metrics.EvalSet(name, [pair], predict, oracle)
+    if d.sintel_dir:
+      for dstype in flow_data.SINTEL_PASSES:
+        source = flow_data.SintelSource(
+          d.sintel_dir, dstype=dstype, arg_name='data.sintel_dir'
         )
+        yield flow_metrics.EvalSet(
+          f'sintel_{dstype}', source, predict, oracle, d.max_eval_pairs
+        )
+    if d.kitti_dir:
+      source = flow_data.KittiSource(d.kitti_dir, arg_name='data.kitti_dir')
+      yield flow_metrics.EvalSet(
+        'kitti', source, predict, oracle, d.max_eval_pairs
       )
-  if d.kitti_dir:
-    source = flow_data.KittiSource(d.kitti_dir, arg_name='data.kitti_dir')
-    results.update(
-      evaluate_pairs(
-        predict,
-        _first(source, d.max_eval_pairs),
-        'kitti',
-        compared=baselines('kitti', _first(source, d.max_eval_pairs), oracle),
-        **common,
-      )
-    )
-  return results
+
+  return flow_metrics.score_sets(
+    sets(), cache=cache, pngs=pngs, num_pngs=d.num_pngs, say=say
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -1026,7 +770,9 @@ def make_evaluator(config) -> evaluation.Evaluator:
     run=run,
     reduce=lambda rows: rows['metrics'],
     report=lambda metrics, rows: '\n'.join(rows['lines']),
-    artifacts=lambda metrics, rows, workdir: write_pngs(rows['pngs'], workdir),
+    artifacts=lambda metrics, rows, workdir: flow_metrics.write_pngs(
+      rows['pngs'], workdir
+    ),
   )
 
 

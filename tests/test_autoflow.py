@@ -136,6 +136,30 @@ def test_generator_index_out_of_range():
     autoflow.AutoFlowGenerator(2, size=SIZE)[2]
 
 
+def test_generator_slice_is_the_generators_pairs_from_start():
+  gen = autoflow.AutoFlowGenerator(5, size=SIZE, seed=3)
+  scene = autoflow.make_scene(max_layers=0, max_motion=2.0)
+  plain = autoflow.GeneratorSlice(gen, start=3, num_pairs=2)
+  staged = pickle.loads(
+    pickle.dumps(
+      autoflow.GeneratorSlice(gen, start=3, num_pairs=2, scene=scene)
+    )
+  )
+  assert len(plain) == len(staged) == 2
+  for i in range(2):
+    direct = gen.render(3 + i, scene)
+    assert set(staged[i]) == {'frame1', 'frame2', 'flow', 'valid'}
+    for k in staged[i]:
+      np.testing.assert_array_equal(staged[i][k], direct[k])
+      np.testing.assert_array_equal(plain[i][k], gen[3 + i][k])
+  with pytest.raises(IndexError, match=r'index.*\[0, 2\), got 2'):
+    plain[2]
+  with pytest.raises(ValueError, match='num_pairs: expected at most 2'):
+    autoflow.GeneratorSlice(gen, start=3, num_pairs=3)
+  with pytest.raises(ValueError, match='start'):
+    autoflow.GeneratorSlice(gen, start=-1, num_pairs=1)
+
+
 # ---------------------------------------------------------------------------
 # Curriculum
 # ---------------------------------------------------------------------------

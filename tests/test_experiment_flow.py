@@ -1,5 +1,6 @@
-"""The optical-flow experiment: config, loss and metrics against hand
-references, tiled evaluation, and `:debug` trained end to end through
+"""The optical-flow experiment: config, curriculum and held-out sets, the
+tiled evaluation of every set (the metrics and baselines themselves:
+test_flow_metrics.py), and `:debug` trained end to end through
 `perceiver.train.train` with its hooks (its evaluator: printed EPE lines,
 PNGs, result.json; `Task.init_params`: a warm start from our .npz and from a
 released-format pickle)."""
@@ -22,6 +23,7 @@ from PIL import Image
 from experiments import flow
 from experiments.data import autoflow
 from experiments.data import flow as flow_data
+from experiments.data import flow_metrics
 from perceiver import checkpoints
 from perceiver import presets
 from perceiver import train as train_lib
@@ -163,63 +165,6 @@ def test_training_ops_at_the_start_give_translations_unaugmented():
     assert any(np.array_equal(record['frame1'], f) for f in frames)
 
 
-def _naive_block_match(frame1, frame2, radius, window):
-  """Per-pixel loops: the displacement of least SSD over the window, the
-  shortest move first on ties; a window pixel outside the image is the
-  nearest inside one, and frame 2 outside the image is its nearest pixel."""
-  h, w = frame1.shape[:2]
-  half = window // 2
-  f1, f2 = frame1.astype(float), frame2.astype(float)
-  clip_y = lambda y: min(max(y, 0), h - 1)
-  clip_x = lambda x: min(max(x, 0), w - 1)
-  moves = sorted(
-    [
-      (u, v)
-      for v in range(-radius, radius + 1)
-      for u in range(-radius, radius + 1)
-    ],
-    key=lambda m: m[0] ** 2 + m[1] ** 2,
-  )
-  out = np.zeros((h, w, 2))
-  for y in range(h):
-    for x in range(w):
-      best = np.inf
-      for u, v in moves:
-        cost = 0.0
-        for dy in range(-half, half + 1):
-          for dx in range(-half, half + 1):
-            py, px = clip_y(y + dy), clip_x(x + dx)
-            diff = f1[py, px] - f2[clip_y(py + v), clip_x(px + u)]
-            cost += float(np.sum(diff**2))
-        if cost < best:
-          best, out[y, x] = cost, (u, v)
-  return out
-
-
-def test_block_matching_recovers_an_integer_translation():
-  rng = np.random.default_rng(0)
-  scene = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
-  frame1 = scene[10:30, 10:40]
-  u, v = 3, -2  # frame-1 pixel (x, y) is at (x + 3, y - 2) in frame 2
-  frame2 = scene[10 - v : 30 - v, 10 - u : 40 - u]
-  got = flow.block_match(frame1, frame2, radius=4, window=5)
-  inner = got[2:-2, 5:-5]  # windows inside both frames
-  np.testing.assert_array_equal(inner, np.broadcast_to([u, v], inner.shape))
-  # Everywhere, borders included, the naive search agrees.
-  naive = _naive_block_match(frame1[:12, :14], frame2[:12, :14], 3, 3)
-  np.testing.assert_array_equal(
-    flow.block_match(frame1[:12, :14], frame2[:12, :14], radius=3, window=3),
-    naive,
-  )
-  # A flat pair: every move ties, the shortest (none) wins.
-  flat = np.full((8, 8, 3), 7, np.uint8)
-  assert not flow.block_match(flat, flat, radius=2, window=3).any()
-  with pytest.raises(ValueError, match='window'):
-    flow.block_match(frame1, frame2, window=4)
-  with pytest.raises(ValueError, match='frame2_HW3'):
-    flow.block_match(frame1, frame2[1:])
-
-
 def test_unknown_variant_and_missing_dir_are_errors():
   with pytest.raises(ValueError, match='variant'):
     flow.get_config('fast')
@@ -242,55 +187,6 @@ def test_bad_eval_fields_name_the_field(field, value):
   c.data[field] = value
   with pytest.raises(ValueError, match=f'data.{field}'):
     flow.validate(c)
-
-
-def _naive_metrics(pred, gt, valid):
-  """Per-pixel loops: EPE, zero-flow EPE and KITTI outliers."""
-  epe = zero = fl = n = 0.0
-  for y in range(gt.shape[0]):
-    for x in range(gt.shape[1]):
-      if not valid[y, x]:
-        continue
-      du, dv = pred[y, x] - gt[y, x]
-      e = (du * du + dv * dv) ** 0.5
-      m = (gt[y, x, 0] ** 2 + gt[y, x, 1] ** 2) ** 0.5
-      epe, zero, n = epe + e, zero + m, n + 1
-      fl += e > 3 and e > 0.05 * m
-  return epe / n, zero / n, fl / n
-
-
-def test_per_example_and_flow_errors_match_a_naive_loop():
-  rng = np.random.default_rng(0)
-  gt = rng.normal(scale=6, size=(2, 5, 7, 2)).astype(np.float32)
-  pred = gt + rng.normal(scale=3, size=gt.shape).astype(np.float32)
-  valid = rng.random((2, 5, 7)) > 0.3
-  out = flow.per_example(jnp.asarray(pred), {'flow': gt, 'valid': valid})
-  for b in range(2):
-    epe, zero, fl = _naive_metrics(pred[b], gt[b], valid[b])
-    np.testing.assert_allclose(out['loss'][b], epe, rtol=1e-5)
-    np.testing.assert_allclose(out['zero_flow_epe'][b], zero, rtol=1e-5)
-    np.testing.assert_allclose(out['fl'][b], fl, rtol=1e-6)
-    sums = flow.flow_errors(pred[b], gt[b], valid[b])
-    np.testing.assert_allclose(sums['epe'] / sums['count'], epe, rtol=1e-6)
-    np.testing.assert_allclose(sums['fl'] / sums['count'], fl)
-
-
-def test_kitti_outlier_needs_both_thresholds():
-  gt = np.array([[[100.0, 0.0], [10.0, 0.0], [1.0, 0.0]]])
-  pred = np.array([[[104.0, 0.0], [14.0, 0.0], [2.0, 0.0]]])
-  sums = flow.flow_errors(pred, gt, np.ones((1, 3), bool))
-  # 4 px on 100 (4% < 5%): no; 4 px on 10: yes; 1 px: no (< 3 px).
-  assert sums['fl'] == 1.0
-
-
-def test_epe_gradient_is_finite_at_zero_error():
-  gt = np.zeros((1, 2, 2, 2), np.float32)
-  grad = jax.grad(
-    lambda p: flow.per_example(p, {'flow': gt, 'valid': np.ones((1, 2, 2))})[
-      'loss'
-    ].sum()
-  )(jnp.zeros_like(gt))
-  assert np.isfinite(np.asarray(grad)).all()
 
 
 def test_forward_has_the_released_parameter_tree():
@@ -317,46 +213,6 @@ def test_forward_has_the_released_parameter_tree():
   ) == (
     jax.tree.map(lambda a: a.shape, hk.data_structures.to_mutable_dict(theirs))
   )
-
-
-def test_evaluate_pairs_oracle_and_zero(tmp_path):
-  record = flow_data.load_motorcycle()
-  oracle = lambda f1, f2: record['flow']
-  lines, pngs = [], {}
-  out = flow.evaluate_pairs(
-    oracle,
-    [record],
-    'real',
-    compared=flow.baseline_epes(
-      [record], dict(mean_flow=flow.mean_flow, oracle=lambda r: r['flow'])
-    ),
-    pngs=pngs,
-    num_pngs=1,
-    say=lines.append,
-  )
-  assert sorted(pngs) == ['flow_real_0_gt.png', 'flow_real_0_pred.png']
-  flow.write_pngs(pngs, str(tmp_path))
-  assert out['real/epe'] == 0 and out['real/fl_all'] == 0
-  assert out['real/oracle_epe'] == 0
-  # The per-pair mean flow's EPE, by hand: |u - mean u| over known pixels
-  # (the motorcycle's flow is horizontal).
-  u = record['flow'][..., 0][record['valid']]
-  assert out['real/mean_flow_epe'] == pytest.approx(
-    np.abs(u - u.mean()).mean(), rel=1e-6
-  )
-  zero = flow.evaluate_pairs(
-    lambda f1, f2: np.zeros_like(record['flow']),
-    [record],
-    'real',
-    say=lines.append,
-  )
-  assert zero['real/epe'] == pytest.approx(out['real/zero_flow_epe'])
-  # The motorcycle's mean |disparity| over known pixels (halved, 3.7..29.9).
-  assert 10 < zero['real/epe'] < 20
-  assert all(LINE.search(line) for line in lines)
-  assert ', mean flow: ' in lines[0] and ', oracle: 0.00)' in lines[0]
-  for kind in ('pred', 'gt'):
-    assert os.path.isfile(tmp_path / f'flow_real_0_{kind}.png')
 
 
 def _train(config, workdir):
@@ -435,7 +291,7 @@ def test_debug_trains_and_the_evaluator_reports(debug_run):
       atol=1e-6,
     )
     matched = [
-      flow.block_match(p['frame1'], p['frame2'], radius=7, window=7)
+      flow_metrics.block_match(p['frame1'], p['frame2'], radius=7, window=7)
       for p in (pairs[0], pairs[1])
     ]
     np.testing.assert_allclose(
@@ -505,7 +361,7 @@ def test_baselines_are_computed_once_per_cache(debug_run, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError('block matching recomputed')
 
-  monkeypatch.setattr(flow, 'block_match', fail)
+  monkeypatch.setattr(flow_metrics, 'block_match', fail)
   again = flow.evaluate(
     config, ts.params, ts.state, say=lambda _: None, cache=cache
   )

@@ -271,6 +271,24 @@ class Curriculum:
     return self.at(fraction)[1]
 
 
+def _check_num_pairs(num_pairs: int) -> None:
+  """Raises ValueError naming `num_pairs` unless it is a positive int."""
+  if not isinstance(num_pairs, int) or num_pairs <= 0:
+    raise ValueError(
+      f'num_pairs: expected a positive integer, got {num_pairs!r}.'
+    )
+
+
+def _checked_index(index: int, num_pairs: int) -> int:
+  """`index` as an int; IndexError naming it outside [0, num_pairs)."""
+  index = int(index)
+  if not 0 <= index < num_pairs:
+    raise IndexError(
+      f'index: expected an integer in [0, {num_pairs}), got {index}.'
+    )
+  return index
+
+
 class AutoFlowGenerator:
   """A grain random-access source of procedural pairs, deterministic in
   (index, seed) and the scene's ranges.
@@ -301,10 +319,7 @@ class AutoFlowGenerator:
       ValueError: on a non-positive count or size, or bad ranges (see
         `make_scene`).
     """
-    if not isinstance(num_pairs, int) or num_pairs <= 0:
-      raise ValueError(
-        f'num_pairs: expected a positive integer, got {num_pairs!r}.'
-      )
+    _check_num_pairs(num_pairs)
     if len(size) != 2 or min(size) < 8:
       raise ValueError(f'size: expected (H, W) of at least 8, got {size!r}.')
     self.num_pairs = num_pairs
@@ -366,11 +381,7 @@ class AutoFlowGenerator:
     Raises:
       IndexError: index outside [0, num_pairs).
     """
-    index = int(index)
-    if not 0 <= index < self.num_pairs:
-      raise IndexError(
-        f'index: expected an integer in [0, {self.num_pairs}), got {index}.'
-      )
+    index = _checked_index(index, self.num_pairs)
     scene = self.scene if scene is None else scene
     rng = np.random.default_rng([self.seed, index])
     textures = load_textures(self.textures_path)
@@ -438,22 +449,65 @@ class SceneIndices:
   (hence the difficulty) is known. Picklable."""
 
   def __init__(self, num_pairs: int):
-    if not isinstance(num_pairs, int) or num_pairs <= 0:
-      raise ValueError(
-        f'num_pairs: expected a positive integer, got {num_pairs!r}.'
-      )
+    _check_num_pairs(num_pairs)
     self.num_pairs = num_pairs
 
   def __len__(self) -> int:
     return self.num_pairs
 
   def __getitem__(self, index: int) -> Record:
-    index = int(index)
-    if not 0 <= index < self.num_pairs:
-      raise IndexError(
-        f'index: expected an integer in [0, {self.num_pairs}), got {index}.'
-      )
+    index = _checked_index(index, self.num_pairs)
     return {'scene_index': np.int64(index)}
+
+
+class GeneratorSlice:
+  """A grain source of the pairs [start, start + num_pairs) of a generator,
+  drawn under `scene` (None: the generator's ranges). Records are the
+  generator's without 'occluded'. Slices of one generator at disjoint
+  index ranges are disjoint pairs by construction (the held-out pairs
+  follow the training ones). Picklable.
+  """
+
+  def __init__(
+    self,
+    generator: AutoFlowGenerator,
+    *,
+    start: int,
+    num_pairs: int,
+    scene: Optional[Scene] = None,
+  ):
+    """Describes the slice.
+
+    Args:
+      generator: the pairs' generator.
+      start: the generator's index of record 0 (>= 0).
+      num_pairs: the number of records (> 0).
+      scene: the ranges every record is drawn from (None: the
+        generator's).
+
+    Raises:
+      ValueError: a negative `start`, a non-positive `num_pairs`, or
+        indices past the generator's last.
+    """
+    _check_num_pairs(num_pairs)
+    if not isinstance(start, int) or start < 0:
+      raise ValueError(f'start: expected an integer >= 0, got {start!r}.')
+    if start + num_pairs > len(generator):
+      raise ValueError(
+        f'num_pairs: expected at most {len(generator) - start} pairs from '
+        f'index {start} of a generator of {len(generator)}, got {num_pairs}.'
+      )
+    self.generator, self.start, self.num_pairs = generator, start, num_pairs
+    self.scene = scene
+
+  def __len__(self) -> int:
+    return self.num_pairs
+
+  def __getitem__(self, index: int) -> Record:
+    index = _checked_index(index, self.num_pairs)
+    out = self.generator.render(self.start + index, self.scene)
+    del out['occluded']
+    return out
 
 
 def render_at_progress(
