@@ -93,6 +93,7 @@ import numpy as np
 import optax
 from PIL import Image
 
+from experiments.data import batch_augment
 from experiments.data import fashion_mnist
 from experiments.data import image_ops
 from experiments.data import images as images_lib
@@ -375,7 +376,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Model, MixUp / CutMix and metrics (in JAX, inside the jitted step)
+# Model and metrics (MixUp / CutMix in JAX, inside the jitted step)
 # ---------------------------------------------------------------------------
 
 
@@ -400,114 +401,16 @@ def build_forward(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
   return build_model(config)
 
 
-def cutmix_masks(rng: jax.Array, n: int, height: int, width: int) -> jax.Array:
-  """n CutMix boxes as the released `cutmix_padding`: float32 [n, H, W].
-
-  Per example: a centre (cy, cx) uniform over the pixels, an area
-  proportion p ~ U(0, 1) (Beta(1, 1)), sides r = int(sqrt(1 - p) * size);
-  the box is rows [cy - rh // 2, cy + rh // 2) x cols [cx - rw // 2,
-  cx + rw // 2), clipped to the image; 1 inside, 0 outside.
-  """
-  k_y, k_x, k_p = jax.random.split(rng, 3)
-  cy = jax.random.randint(k_y, (n,), 0, height)
-  cx = jax.random.randint(k_x, (n,), 0, width)
-  side = jnp.sqrt(1.0 - jax.random.uniform(k_p, (n,)))
-  rh = (side * height).astype(jnp.int32) // 2
-  rw = (side * width).astype(jnp.int32) // 2
-  rows = jnp.arange(height)[None, :, None]  # [1, H, 1]
-  cols = jnp.arange(width)[None, None, :]  # [1, 1, W]
-  inside = (
-    (rows >= jnp.clip(cy - rh, 0, height)[:, None, None])
-    & (rows < jnp.clip(cy + rh, 0, height)[:, None, None])
-    & (cols >= jnp.clip(cx - rw, 0, width)[:, None, None])
-    & (cols < jnp.clip(cx + rw, 0, width)[:, None, None])
-  )
-  return inside.astype(jnp.float32)
-
-
-def mix_batch(
-  images_BSSC: jax.Array,
-  targets_BK: jax.Array,
-  rng: jax.Array,
-  *,
-  mixup_alpha: float,
-  cutmix: bool,
-) -> Tuple[jax.Array, jax.Array]:
-  """MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019), as released.
-
-  With both on, the first B // 2 examples get MixUp and the rest CutMix
-  (the released `my_mixup_cutmix`); with one on, the whole batch gets it.
-  Each example is mixed with its mirror in its half (example i of n with
-  n - 1 - i; the released code pairs two halves of a double-size host
-  batch instead, which ties the batch to the host pipeline). MixUp: x =
-  lam x + (1 - lam) x', lam ~ Beta(alpha, alpha) per example. CutMix: the
-  box of `cutmix_masks` comes from x, the rest from x', lam = the box's area
-  fraction. Targets are mixed with the same lam: lam y + (1 - lam) y'.
-
-  Args:
-    images_BSSC: float [B, S, S, C].
-    targets_BK: float [B, K] one-hot (or soft) targets.
-    rng: a PRNG key.
-    mixup_alpha: Beta parameter (0: no MixUp).
-    cutmix: whether to apply CutMix.
-
-  Returns:
-    (images [B, S, S, C], targets [B, K]), mixed.
-  """
-  batch = images_BSSC.shape[0]
-  if mixup_alpha > 0 and cutmix:
-    split = batch // 2
-  elif mixup_alpha > 0:
-    split = batch
-  elif cutmix:
-    split = 0
-  else:
-    return images_BSSC, targets_BK
-  k_mixup, k_cutmix = jax.random.split(rng)
-  dtype = images_BSSC.dtype
-
-  def mixed(x, y, lam_x, lam_y):
-    x_mix = lam_x * x + (1 - lam_x) * jnp.flip(x, 0)
-    y_mix = lam_y[:, None] * y + (1 - lam_y[:, None]) * jnp.flip(y, 0)
-    return x_mix.astype(dtype), y_mix
-
-  parts = []
-  if split:
-    lam = jax.random.beta(k_mixup, mixup_alpha, mixup_alpha, (split,))
-    parts.append(
-      mixed(
-        images_BSSC[:split],
-        targets_BK[:split],
-        lam[:, None, None, None].astype(dtype),
-        lam,
-      )
-    )
-  if split < batch:
-    _, height, width, _ = images_BSSC.shape
-    mask = cutmix_masks(k_cutmix, batch - split, height, width)
-    parts.append(
-      mixed(
-        images_BSSC[split:],
-        targets_BK[split:],
-        mask[..., None].astype(dtype),
-        mask.mean(axis=(1, 2)),
-      )
-    )
-  return (
-    jnp.concatenate([p[0] for p in parts]),
-    jnp.concatenate([p[1] for p in parts]),
-  )
-
-
 def make_forward(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
   """batch {'image': [B, S, S, 3], 'label': [B]} -> {'logits', 'targets'}.
 
-  In training the targets are the one-hot labels mixed by `mix_batch`
-  (with the images) and then smoothed, `y (1 - eps) + eps / K` (the
-  released order); in evaluation they are the plain one-hot labels. The
-  mixing draws from the step's rng (split off the model's, which config A
-  does not use: no dropout); the preset model stays a separate transformed
-  function, so its parameter tree is the released checkpoint's.
+  In training the targets are the one-hot labels mixed by
+  `batch_augment.mix_batch` (with the images) and then smoothed, `y (1 -
+  eps) + eps / K` (the released order); in evaluation they are the plain
+  one-hot labels. The mixing draws from the step's rng (split off the
+  model's, which config A does not use: no dropout); the preset model
+  stays a separate transformed function, so its parameter tree is the
+  released checkpoint's.
   """
   model = build_model(config)
   d = config.data
@@ -521,7 +424,7 @@ def make_forward(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
     targets = jax.nn.one_hot(batch['label'], num_classes)  # [B, K]
     if is_training:
       rng, mix_rng = jax.random.split(rng)
-      images, targets = mix_batch(
+      images, targets = batch_augment.mix_batch(
         images,
         targets,
         mix_rng,
@@ -662,8 +565,9 @@ def augmented_examples(
 ) -> Tuple[np.ndarray, np.ndarray]:
   """The first `count` training records as the model sees them.
 
-  The training ops with record rngs from (seed, index), then `mix_batch`
-  and label smoothing as in the forward (key from the seed).
+  The training ops with record rngs from (seed, index), then
+  `batch_augment.mix_batch` and label smoothing as in the forward (key
+  from the seed).
 
   Returns:
     images float32 [count, S, S, 3] (normalised), targets float32 [count, K].
@@ -681,7 +585,7 @@ def augmented_examples(
   batch = {k: np.stack([r[k] for r in records]) for k in ('image', 'label')}
   d = config.data
   targets = jax.nn.one_hot(batch['label'], config.model.num_classes)
-  mixed, targets = mix_batch(
+  mixed, targets = batch_augment.mix_batch(
     jnp.asarray(batch['image']),
     targets,
     jax.random.PRNGKey(config.seed),

@@ -64,6 +64,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments.data import batch_augment
 from perceiver import presets
 from perceiver import validation
 from perceiver.train import config as config_lib
@@ -328,29 +329,6 @@ def model_inputs(batch, num_classes: int, audio_gain: float = 1.0):
   }
 
 
-def augment_audio(key, audio, max_log_gain: float):
-  """Random polarity and gain per example (training inputs and targets).
-
-  Args:
-    key: a JAX PRNG key.
-    audio: [B, A, 1] samples.
-    max_log_gain: each example is multiplied by a random sign (+-1, equally
-      likely) and by exp(u), u ~ U(-max_log_gain, max_log_gain).
-
-  Returns:
-    float32 [B, A, 1]. Not in the paper: with one short clip to train on,
-    the model otherwise memorises the clip's soundtrack instead of reading
-    its input (docs/results/video_autoencoding.md, the audio of `:local`).
-  """
-  key_sign, key_gain = jax.random.split(key)
-  b = audio.shape[0]
-  sign = jax.random.rademacher(key_sign, (b, 1, 1), jnp.float32)
-  log_gain = jax.random.uniform(
-    key_gain, (b, 1, 1), minval=-max_log_gain, maxval=max_log_gain
-  )
-  return audio.astype(jnp.float32) * sign * jnp.exp(log_gain)
-
-
 def model_overrides(m) -> Dict[str, object]:
   """The `presets.build('video_autoencoding', **overrides)` of `model`."""
   return {k: v for k, v in m.items() if k not in EXPERIMENT_MODEL_FIELDS}
@@ -422,7 +400,10 @@ def make_forward(m, loss) -> hk.TransformedWithState:
     if is_training and loss.audio_augment > 0:
       rng, key = jax.random.split(rng)
       batch = dict(
-        batch, audio=augment_audio(key, batch['audio'], loss.audio_augment)
+        batch,
+        audio=batch_augment.augment_audio(
+          key, batch['audio'], max_log_gain=loss.audio_augment
+        ),
       )
     inputs = model_inputs(batch, m.num_classes, gain)
     batch_size = inputs['image'].shape[0]
