@@ -82,7 +82,7 @@ Shapes: B batch, S image size, K classes.
 """
 
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import grain
 import haiku as hk
@@ -459,66 +459,50 @@ def per_example(outputs, batch) -> Dict[str, jax.Array]:
 # ---------------------------------------------------------------------------
 
 
-class Op(NamedTuple):
-  """A per-record op and its settings; `random` ops take an rng."""
-
-  fn: Callable[..., Dict[str, np.ndarray]]
-  kwargs: Dict[str, Any]
-  random: bool
-
-
-def train_ops(data: ml_collections.ConfigDict) -> List[Op]:
+def train_ops(data: ml_collections.ConfigDict) -> List[data_lib.Op]:
   """Crop, flip, RandAugment, resize, normalise (the released order)."""
   ops = [
-    Op(
+    data_lib.RandomMap(
       image_ops.inception_crop,
-      dict(
-        area_range=tuple(data.crop_area),
-        aspect_range=tuple(data.crop_aspect),
-        attempts=data.crop_attempts,
-        image_size=data.image_size,
-        crop_padding=data.crop_padding,
-      ),
-      True,
+      area_range=tuple(data.crop_area),
+      aspect_range=tuple(data.crop_aspect),
+      attempts=data.crop_attempts,
+      image_size=data.image_size,
+      crop_padding=data.crop_padding,
     )
   ]
   if data.flip:
-    ops.append(Op(image_ops.random_flip, {}, True))
+    ops.append(data_lib.RandomMap(image_ops.random_flip))
   if data.randaugment_layers:
     ops.append(
-      Op(
+      data_lib.RandomMap(
         randaugment.randaugment,
-        dict(
-          num_layers=data.randaugment_layers,
-          magnitude=data.randaugment_magnitude,
-          cutout_const=data.randaugment_cutout,
-          translate_const=data.randaugment_translate,
-          fill=data.randaugment_fill,
-        ),
-        True,
+        num_layers=data.randaugment_layers,
+        magnitude=data.randaugment_magnitude,
+        cutout_const=data.randaugment_cutout,
+        translate_const=data.randaugment_translate,
+        fill=data.randaugment_fill,
       )
     )
-  ops.append(Op(image_ops.resize, dict(image_size=data.image_size), False))
+  ops.append(data_lib.Map(image_ops.resize, image_size=data.image_size))
   ops.append(_normalize_op(data))
   return ops
 
 
-def eval_ops(data: ml_collections.ConfigDict) -> List[Op]:
+def eval_ops(data: ml_collections.ConfigDict) -> List[data_lib.Op]:
   """Central crop (224/256), bicubic resize, normalise."""
-  crop = dict(image_size=data.image_size, crop_padding=data.crop_padding)
-  return [Op(image_ops.center_crop, crop, False), _normalize_op(data)]
+  crop = data_lib.Map(
+    image_ops.center_crop,
+    image_size=data.image_size,
+    crop_padding=data.crop_padding,
+  )
+  return [crop, _normalize_op(data)]
 
 
-def _normalize_op(data: ml_collections.ConfigDict) -> Op:
-  stats = dict(mean=tuple(data.mean), std=tuple(data.std))
-  return Op(image_ops.normalize, stats, False)
-
-
-def _engine_ops(ops: List[Op]) -> list:
-  return [
-    (data_lib.RandomMap if op.random else data_lib.Map)(op.fn, **op.kwargs)
-    for op in ops
-  ]
+def _normalize_op(data: ml_collections.ConfigDict) -> data_lib.Map:
+  return data_lib.Map(
+    image_ops.normalize, mean=tuple(data.mean), std=tuple(data.std)
+  )
 
 
 def make_sources(config: ml_collections.ConfigDict):
@@ -565,22 +549,22 @@ def augmented_examples(
 ) -> Tuple[np.ndarray, np.ndarray]:
   """The first `count` training records as the model sees them.
 
-  The training ops with record rngs from (seed, index), then
+  `train_ops` with record rngs from (seed, index), then
   `batch_augment.mix_batch` and label smoothing as in the forward (key
   from the seed).
 
   Returns:
     images float32 [count, S, S, 3] (normalised), targets float32 [count, K].
   """
-  records = []
+  ops, records = train_ops(config.data), []
   for index in range(min(count, len(source))):
     record = source[index]
     rng = np.random.default_rng([config.seed, index])
-    for op in train_ops(config.data):
-      if op.random:
-        record = op.fn(record, rng, **op.kwargs)
+    for op in ops:
+      if isinstance(op, data_lib.RandomMap):
+        record = op.random_map(record, rng)
       else:
-        record = op.fn(record, **op.kwargs)
+        record = op.map(record)
     records.append(record)
   batch = {k: np.stack([r[k] for r in records]) for k in ('image', 'label')}
   d = config.data
@@ -686,7 +670,7 @@ def eval_batches(
     config,
     process_index,
     process_count,
-    ops=_engine_ops(eval_ops(config.data)),
+    ops=eval_ops(config.data),
     read_options=_read_options(config.data),
   )
 
@@ -767,7 +751,7 @@ def build_task(
     config,
     process_index,
     process_count,
-    ops=_engine_ops(train_ops(d)),
+    ops=train_ops(d),
     read_options=_read_options(d),
   )
   return _model_task(config)._replace(
