@@ -91,7 +91,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from PIL import Image
 
 from experiments.data import batch_augment
 from experiments.data import fashion_mnist
@@ -99,6 +98,7 @@ from experiments.data import image_ops
 from experiments.data import images as images_lib
 from experiments.data import randaugment
 from experiments.data import tfds
+from experiments.data import writers
 from perceiver import presets
 from perceiver import tasks
 from perceiver import validation
@@ -581,38 +581,6 @@ def augmented_examples(
   return np.asarray(mixed), np.asarray(targets)
 
 
-def write_image_grid(
-  path: str,
-  images_NSSC: np.ndarray,
-  mean: Tuple[float, ...],
-  std: Tuple[float, ...],
-  columns: int = 8,
-  min_size: int = 96,
-) -> str:
-  """Writes normalised images as one PNG grid (de-normalised, clipped).
-
-  Images smaller than `min_size` are enlarged by an integer factor (nearest
-  neighbour) so they can be seen; a 2-pixel white gap separates them.
-  """
-  pixels = images_NSSC * np.asarray(std, np.float32) + np.asarray(
-    mean, np.float32
-  )
-  pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
-  n, size = pixels.shape[:2]
-  zoom = max(1, -(-min_size // size))
-  pixels = pixels.repeat(zoom, axis=1).repeat(zoom, axis=2)
-  cell = size * zoom + 2
-  rows = -(-n // columns)
-  grid = np.full(
-    (rows * cell + 2, min(n, columns) * cell + 2, 3), 255, np.uint8
-  )
-  for i, image in enumerate(pixels):
-    y, x = 2 + (i // columns) * cell, 2 + (i % columns) * cell
-    grid[y : y + cell - 2, x : x + cell - 2] = image
-  Image.fromarray(grid).save(path, format='PNG')
-  return path
-
-
 def make_evaluator(
   config: ml_collections.ConfigDict,
   train,
@@ -641,7 +609,7 @@ def make_evaluator(
     path = os.path.join(workdir, PREVIEW_FILE)
     if d.preview_examples and not os.path.exists(path):
       grid, _ = augmented_examples(config, train, d.preview_examples)
-      write_image_grid(path, grid, tuple(d.mean), tuple(d.std))
+      writers.write_image_grid(path, grid, mean=d.mean, std=d.std)
 
   return evaluation_lib.Evaluator(
     name='',

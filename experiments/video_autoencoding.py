@@ -54,8 +54,7 @@ Q = A / 16 audio patches, C classes, Sp / Sa subsampled pixels / patches.
 
 import functools
 import os
-import wave
-from typing import Callable, Dict, Iterable, Mapping, Sequence
+from typing import Callable, Dict, Iterable, Mapping
 
 import haiku as hk
 import jax
@@ -65,6 +64,7 @@ import numpy as np
 import optax
 
 from experiments.data import batch_augment
+from experiments.data import writers
 from perceiver import presets
 from perceiver import validation
 from perceiver.train import config as config_lib
@@ -628,75 +628,8 @@ def build_task(config, process_index: int, process_count: int) -> Task:
 
 
 # ---------------------------------------------------------------------------
-# Reconstructions a user can look at and listen to.
+# Evaluation.
 # ---------------------------------------------------------------------------
-
-
-def write_wav(path: str, audio, rate: int) -> str:
-  """Writes mono float audio in [-1, 1] as 16-bit PCM WAV (clipped)."""
-  pcm = np.round(
-    np.clip(np.asarray(audio, np.float64).reshape(-1), -1, 1) * 32767
-  ).astype('<i2')
-  with wave.open(path, 'wb') as f:
-    f.setnchannels(1)
-    f.setsampwidth(2)
-    f.setframerate(rate)
-    f.writeframes(pcm.tobytes())
-  return path
-
-
-def write_reconstruction(
-  workdir: str, original_video, video, original_audio, audio, rate: int
-) -> Sequence[str]:
-  """Writes one window's reconstruction next to its original.
-
-  Args:
-    workdir: output directory.
-    original_video, video: [T, S, S, 3] in [0, 1] (top / bottom row of
-      `reconstruction_frames.png`).
-    original_audio, audio: [A] or [A, 1] in [-1, 1] (overlaid in
-      `reconstruction_waveform.png`; `original.wav`, `reconstruction.wav`).
-    rate: audio sample rate (Hz).
-
-  Returns:
-    The paths written.
-  """
-  # pylint: disable=g-import-not-at-top
-  import matplotlib
-
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt
-  from PIL import Image
-
-  os.makedirs(workdir, exist_ok=True)
-  rows = [
-    np.concatenate(list(np.clip(np.asarray(v), 0, 1)), axis=1)
-    for v in (original_video, video)
-  ]
-  strip = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
-  frames_png = os.path.join(workdir, 'reconstruction_frames.png')
-  Image.fromarray(strip).save(frames_png)
-
-  original_audio = np.asarray(original_audio).reshape(-1)
-  audio = np.asarray(audio).reshape(-1)
-  t = np.arange(audio.shape[0]) / rate
-  fig, axes = plt.subplots(2, 1, figsize=(10, 4), sharex=True, sharey=True)
-  for ax, y, name in zip(
-    axes, (original_audio, audio), ('original', 'reconstruction')
-  ):
-    ax.plot(t, y, lw=0.5)
-    ax.set_ylabel(name)
-  axes[1].set_xlabel('time (s)')
-  fig.tight_layout()
-  wave_png = os.path.join(workdir, 'reconstruction_waveform.png')
-  fig.savefig(wave_png, dpi=100)
-  plt.close(fig)
-  return [
-    frames_png,
-    wave_png,
-    write_wav(os.path.join(workdir, 'reconstruction.wav'), audio, rate),
-    write_wav(os.path.join(workdir, 'original.wav'), original_audio, rate),
-  ]
 
 
 # The decoded window and its target, kept for the first batch: `artifacts`.
@@ -720,7 +653,7 @@ def make_evaluator(
     window of `per_example`'s ('loss', 'video_l1', 'audio_l1', 'label_ce',
     'top1' and the PSNRs and baselines in dB). Process 0 prints `report`
     and writes the first window's reconstruction with
-    `write_reconstruction`.
+    `experiments.data.writers.write_reconstruction`.
   """
 
   def predict(outputs, batch):
@@ -730,13 +663,13 @@ def make_evaluator(
   def artifacts(metrics, rows, workdir: str) -> None:
     del metrics
     first = {k: rows[k][0] for k in SAMPLES}
-    write_reconstruction(
+    writers.write_reconstruction(
       workdir,
       first['image_target'],
       first['image'],
       first['audio_target'],
       first['audio'],
-      audio_rate,
+      rate=audio_rate,
     )
 
   return evaluation.Evaluator(

@@ -273,32 +273,6 @@ def test_imagefolder_task_batches(tmp_path):
     imagenet.build_task(bad, 0, 1)
 
 
-def test_write_image_grid(tmp_path):
-  colors = np.asarray([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.float32)
-  images = np.broadcast_to(colors[:, None, None], (3, 2, 2, 3))
-  path = imagenet.write_image_grid(
-    str(tmp_path / 'g.png'),
-    (images - 10.0) / 2.0,
-    mean=(10.0,) * 3,
-    std=(2.0,) * 3,
-    columns=2,
-    min_size=4,
-  )
-  grid = np.asarray(Image.open(path))
-  # 2 x 2 images enlarged to 4 x 4, 2-pixel gaps: cells of 6 pixels.
-  assert grid.shape == (2 + 2 * 6, 2 + 2 * 6, 3)
-  np.testing.assert_array_equal(
-    grid[2:6, 2:6], np.broadcast_to(colors[0], (4, 4, 3))
-  )
-  np.testing.assert_array_equal(
-    grid[2:6, 8:12], np.broadcast_to(colors[1], (4, 4, 3))
-  )
-  np.testing.assert_array_equal(
-    grid[8:12, 2:6], np.broadcast_to(colors[2], (4, 4, 3))
-  )
-  assert (grid[:2] == 255).all() and (grid[8:12, 8:12] == 255).all()
-
-
 @pytest.mark.parametrize('kind', ['npz', 'pickle'])
 def test_warm_start_from_a_file(tmp_path, kind, capsys):
   config = _debug_model()

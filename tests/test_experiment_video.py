@@ -190,31 +190,6 @@ def test_per_example_values():
   )
 
 
-def test_write_reconstruction(tmp_path):
-  rng = np.random.default_rng(0)
-  video = rng.uniform(0, 1, (4, 8, 8, 3))
-  audio = np.sin(np.arange(960) / 10) * 0.5
-  paths = vae.write_reconstruction(
-    str(tmp_path), video, video * 0, audio, audio[:, None] * 2, 48000
-  )
-  strip = np.asarray(Image.open(paths[0]))
-  assert strip.shape == (16, 32, 3)  # originals on top, reconstruction below
-  np.testing.assert_array_equal(strip[:8, 8:16], np.round(video[1] * 255))
-  assert (strip[8:] == 0).all()
-  assert Image.open(paths[1]).size[0] > 0
-  with wave.open(paths[2]) as f:
-    assert (
-      f.getnchannels(),
-      f.getsampwidth(),
-      f.getframerate(),
-      f.getnframes(),
-    ) == (1, 2, 48000, 960)
-    pcm = np.frombuffer(f.readframes(960), '<i2')
-  np.testing.assert_array_equal(
-    pcm, np.round(np.clip(audio * 2, -1, 1) * 32767)
-  )  # clipped at 1
-
-
 def test_audio_gain_scales_what_the_model_reads_not_the_units():
   """The preset reads audio x gain; outputs come back divided by it, targets
   are the batch's samples, in training and in evaluation."""
