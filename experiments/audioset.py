@@ -17,10 +17,10 @@ sigmoid cross-entropy summed over the classes; evaluation averages the sigmoid
 probabilities of 16 overlapping 32-frame windows spread over each 10-second
 clip (App. C). Each evaluation (`make_evaluator`, every `eval_every` steps
 and at the end) gathers every process's averaged predictions and computes
-`mean_average_precision` over the classes of the whole evaluation set,
-printed as `mAP: NN.N% (N clips, K windows each)` and logged as `eval/mAP`
-(a fraction) with the means of the per-example loss and hit@1 (the top class
-is a positive one).
+`perceiver.train.evaluation.mean_average_precision` over the classes of
+the whole evaluation set, printed as `mAP: NN.N% (N clips, K windows each)`
+and logged as `eval/mAP` (a fraction) with the means of the per-example
+loss and hit@1 (the top class is a positive one).
 
 Not in the paper (App. C points to the Perceiver's protocol, Jaegle et al.
 2021): optimizer, schedule, batch. Chosen: LAMB, 2e-3 constant then cosine
@@ -254,43 +254,6 @@ def per_example(outputs, batch) -> Dict[str, jax.Array]:
   }
 
 
-def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-  """Mean over classes of average precision (as sklearn, AudioSet's metric).
-
-  Args:
-    scores: float [N, C] (higher = more likely).
-    labels: {0, 1} [N, C].
-
-  Returns:
-    The mean AP over the classes with at least one positive (classes without
-    positives have no AP and are left out).
-
-  Raises:
-    ValueError: shapes differ or no class has a positive.
-  """
-  scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0
-  if scores.shape != labels.shape or scores.ndim != 2:
-    raise ValueError(
-      f'scores, labels: expected equal [N, C] shapes, got '
-      f'{scores.shape} and {labels.shape}.'
-    )
-  has = labels.any(axis=0)
-  if not has.any():
-    raise ValueError('labels: expected a class with a positive, got none.')
-  aps = []
-  for c in np.flatnonzero(has):
-    order = np.argsort(-scores[:, c], kind='stable')
-    s, y = scores[order, c], labels[order, c]
-    # Tied scores form one threshold: count them together.
-    last_of_tie = np.r_[s[1:] != s[:-1], True]
-    tp = np.cumsum(y)[last_of_tie]
-    seen = np.flatnonzero(last_of_tie) + 1
-    precision = tp / seen
-    recall_gain = np.diff(np.r_[0, tp]) / y.sum()
-    aps.append(np.sum(precision * recall_gain))
-  return float(np.mean(aps))
-
-
 def make_sources(config):
   """(train source, train ops, eval source, eval ops, class names)."""
   # pylint: disable=g-import-not-at-top
@@ -337,7 +300,7 @@ def make_evaluator(
 
   Returns:
     An evaluator named '' whose metrics are 'mAP'
-    (`mean_average_precision` of every clip's averaged window
+    (`evaluation.mean_average_precision` of every clip's averaged window
     probabilities) and the means of `per_example`'s 'loss' and
     'hit_at_1'. Process 0 prints the mAP.
   """
@@ -351,7 +314,7 @@ def make_evaluator(
 
   def reduce(rows):
     return {
-      'mAP': mean_average_precision(rows['probs'], rows['labels']),
+      'mAP': evaluation.mean_average_precision(rows['probs'], rows['labels']),
       'loss': float(np.mean(rows['loss'])),
       'hit_at_1': float(np.mean(rows['hit_at_1'])),
     }

@@ -25,10 +25,10 @@ the audio the model reads, and its audio output is divided by it: losses and
 PSNRs stay in the file's units.
 
 Metrics: video PSNR on pixels in [0, 1] and audio PSNR on samples in [-1, 1],
-both with peak value 1 (PSNR = 10 log10(1 / MSE), per example, averaged over
-the examples); top-1 of the label logits with the label masked. Baselines
-measured on the same windows: predicting each window's mean colour (per
-channel) and predicting silence.
+both with peak value 1 (`perceiver.train.evaluation.psnr`: 10 log10(1 /
+MSE), per example, averaged over the examples); top-1 of the label logits
+with the label masked. Baselines measured on the same windows: predicting
+each window's mean colour (per channel) and predicting silence.
 
 Variants (comma-separated, e.g. `:latents392,label1`): `latents784`
 (default), `latents392`, `latents196`, `label1`, `debug` (a tiny model on 4
@@ -438,12 +438,6 @@ def make_forward(m, loss) -> hk.TransformedWithState:
 # ---------------------------------------------------------------------------
 
 
-def psnr(mse):
-  """10 log10(1 / MSE) in dB: peak value 1 (pixels in [0, 1], audio in
-  [-1, 1] full scale); MSE floored at 1e-10 (100 dB)."""
-  return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
-
-
 def _per_example_mean(x):
   return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
 
@@ -487,10 +481,12 @@ def per_example(
     'top1': (jnp.argmax(outputs['label'], -1) == batch['label']).astype(
       jnp.float32
     ),
-    'video_psnr': psnr(_per_example_mean(image_err**2)),
-    'audio_psnr': psnr(_per_example_mean(audio_err**2)),
-    'video_psnr_baseline': psnr(_per_example_mean((target - mean_colour) ** 2)),
-    'audio_psnr_baseline': psnr(
+    'video_psnr': evaluation.psnr(_per_example_mean(image_err**2)),
+    'audio_psnr': evaluation.psnr(_per_example_mean(audio_err**2)),
+    'video_psnr_baseline': evaluation.psnr(
+      _per_example_mean((target - mean_colour) ** 2)
+    ),
+    'audio_psnr_baseline': evaluation.psnr(
       _per_example_mean(outputs['audio_target'] ** 2)
     ),
   }

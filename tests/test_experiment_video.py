@@ -16,6 +16,7 @@ from experiments import audioset
 from experiments import video_autoencoding as vae
 from perceiver import presets
 from tests import test_data_video as clips_lib
+from tests import test_train_evaluation as evaluation_test
 
 
 def small_model(**overrides):
@@ -324,34 +325,6 @@ def test_config_errors():
       experiment.validate(c)
 
 
-def naive_average_precision(scores, labels):
-  """AP as the area under the step precision-recall curve, one threshold at
-  a time (every distinct score)."""
-  ap, prev_recall = 0.0, 0.0
-  for thr in sorted(set(scores), reverse=True):
-    chosen = scores >= thr
-    tp = np.sum(chosen & labels)
-    recall = tp / labels.sum()
-    ap += (recall - prev_recall) * tp / chosen.sum()
-    prev_recall = recall
-  return ap
-
-
-@pytest.mark.parametrize('seed', [0, 1, 2])
-def test_mean_average_precision_against_naive(seed):
-  rng = np.random.default_rng(seed)
-  labels = rng.random((40, 6)) < 0.3
-  labels[:, 5] = False  # no positive: left out
-  scores = np.round(rng.random((40, 6)) + labels * 0.3, 1)  # with ties
-  expected = np.mean(
-    [naive_average_precision(scores[:, c], labels[:, c]) for c in range(5)]
-  )
-  assert audioset.mean_average_precision(scores, labels) == pytest.approx(
-    expected, abs=1e-12
-  )
-  assert audioset.mean_average_precision(labels * 1.0, labels) == 1.0
-
-
 def test_audioset_forward_averages_windows():
   c = audioset.get_config('debug')
   forward = audioset.make_forward(c.model, c.data)
@@ -542,7 +515,7 @@ def test_audioset_debug_trains(tmp_path, capsys):
   probs, labels = np.concatenate(probs), np.concatenate(labels)
   expected = np.mean(
     [
-      naive_average_precision(probs[:, c], labels[:, c])
+      evaluation_test.naive_average_precision(probs[:, c], labels[:, c])
       for c in range(labels.shape[1])
       if labels[:, c].any()
     ]

@@ -385,3 +385,68 @@ def test_a_task_using_the_reserved_key_is_refused_naming_it(tmp_path):
   config = common.toy_config(total_steps=2)
   with pytest.raises(ValueError, match=f"'{data_lib.EVAL_MASK}' is reserved"):
     loop.train(config, _masked_toy_task(data_lib.EVAL_MASK), str(tmp_path))
+
+
+# ---------------------------------------------------------------------------
+# Shared metrics
+# ---------------------------------------------------------------------------
+
+
+def test_psnr_hand_values():
+  mse = np.asarray([1.0, 0.01, 1e-4, 0.25, 0.0])
+  # 10 log10(1 / MSE); 0 is floored at 1e-10: 100 dB.
+  expected = [0.0, 20.0, 40.0, 10 * np.log10(4), 100.0]
+  np.testing.assert_allclose(evaluation.psnr(mse), expected, rtol=1e-6)
+
+
+def naive_average_precision(scores, labels):
+  """AP as the area under the step precision-recall curve, one threshold at
+  a time (every distinct score)."""
+  ap, prev_recall = 0.0, 0.0
+  for thr in sorted(set(scores), reverse=True):
+    chosen = scores >= thr
+    tp = np.sum(chosen & labels)
+    recall = tp / labels.sum()
+    ap += (recall - prev_recall) * tp / chosen.sum()
+    prev_recall = recall
+  return ap
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_mean_average_precision_against_naive(seed):
+  rng = np.random.default_rng(seed)
+  labels = rng.random((40, 6)) < 0.3
+  labels[:, 5] = False  # no positive: left out
+  scores = np.round(rng.random((40, 6)) + labels * 0.3, 1)  # with ties
+  expected = np.mean(
+    [naive_average_precision(scores[:, c], labels[:, c]) for c in range(5)]
+  )
+  assert evaluation.mean_average_precision(scores, labels) == pytest.approx(
+    expected, abs=1e-12
+  )
+  assert evaluation.mean_average_precision(labels * 1.0, labels) == 1.0
+
+
+def test_mean_average_precision_hand_values():
+  scores = np.asarray(
+    [[0.9, 0.9, 0.3], [0.8, 0.5, 0.2], [0.7, 0.5, 0.1], [0.6, 0.1, 0.0]]
+  )
+  labels = np.asarray([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]])
+  # Class 0: hits at ranks 1 and 3: AP = 1/2 x 1 + 1/2 x 2/3 = 5/6.
+  # Class 1: ranks 2 and 3 tie (one of them a hit), then a hit at rank 4:
+  # AP = 1/2 x 1/3 + 1/2 x 2/4 = 5/12. Class 2 has no positive: left out.
+  got = evaluation.mean_average_precision(scores, labels)
+  assert got == pytest.approx((5 / 6 + 5 / 12) / 2, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+  'scores, labels, match',
+  [
+    (np.zeros((3, 2)), np.ones((3, 3)), r'expected equal \[N, C\] shapes'),
+    (np.zeros(3), np.ones(3), r'expected equal \[N, C\] shapes'),
+    (np.zeros((3, 2)), np.zeros((3, 2)), 'labels: expected a class with a'),
+  ],
+)
+def test_mean_average_precision_refuses_bad_input(scores, labels, match):
+  with pytest.raises(ValueError, match=match):
+    evaluation.mean_average_precision(scores, labels)

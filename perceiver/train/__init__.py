@@ -22,7 +22,8 @@ a named device mesh, optax and orbax:
   task.py         what an experiment hands the engine (model, data, its
                   evaluators and the init_params hook)
   evaluation.py   evaluators: named evaluations the engine jits, runs,
-                  gathers from every process, reports and logs
+                  gathers from every process, reports and logs; the
+                  metrics experiments share (PSNR, mAP)
   loop.py         train(): restore or warm-start, step, log, checkpoint,
                   evaluate (or only evaluate: eval_only)
   warm_start.py   init_checkpoint of any kind merged into the fresh model

@@ -30,6 +30,10 @@ steps and at the end, in the order listed. Big_vision's `evaluators/`
 (one object per evaluation, `run(train_state)` yielding (name, value)) is
 the model; here the engine, not each evaluator, does the jit, the
 sharding, the padding and the gather.
+
+Metrics the experiments share: `mean_rows` (the default `reduce`), `psnr`
+(per example, in a `predict`) and `mean_average_precision` (a multi-label
+`reduce` over the whole set).
 """
 
 import dataclasses
@@ -39,6 +43,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 import haiku as hk
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 
 from perceiver.train import distributed
@@ -54,6 +59,66 @@ def mean_rows(rows: Mapping[str, np.ndarray]) -> Metrics:
   """{name: mean over the examples} of rows {name: [N]} (the default
   `Evaluator.reduce`)."""
   return {k: float(np.mean(v)) for k, v in rows.items()}
+
+
+def psnr(mse: jax.Array) -> jax.Array:
+  """Peak signal-to-noise ratio in dB of a mean squared error, peak value 1.
+
+  10 log10(1 / MSE), for signals whose peak is 1: pixels in [0, 1], audio
+  in [-1, 1] full scale (Perceiver IO Sec. 4.3, Table 4). The MSE is
+  floored at 1e-10, so a perfect reconstruction scores 100 dB, not inf.
+  Elementwise, jittable (a `predict` computes it per example).
+
+  Args:
+    mse: float array of mean squared errors, any shape.
+
+  Returns:
+    float array of the same shape (dB).
+  """
+  return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Mean over classes of average precision (multi-label; AudioSet's mAP).
+
+  Per class, AP = sum over thresholds of precision x the gain in recall,
+  the thresholds being the distinct scores, high to low (examples with
+  tied scores are counted together): sklearn's `average_precision_score`,
+  the AudioSet metric of Perceiver IO App. C. Host numpy, for a `reduce`
+  over the whole evaluation set.
+
+  Args:
+    scores: float [N, C] (higher = more likely).
+    labels: {0, 1} (or bool) [N, C].
+
+  Returns:
+    The mean AP over the classes with at least one positive (classes without
+    positives have no AP and are left out).
+
+  Raises:
+    ValueError: shapes differ or are not [N, C], or no class has a positive.
+  """
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0
+  if scores.shape != labels.shape or scores.ndim != 2:
+    raise ValueError(
+      f'scores, labels: expected equal [N, C] shapes, got '
+      f'{scores.shape} and {labels.shape}.'
+    )
+  has = labels.any(axis=0)
+  if not has.any():
+    raise ValueError('labels: expected a class with a positive, got none.')
+  aps = []
+  for c in np.flatnonzero(has):
+    order = np.argsort(-scores[:, c], kind='stable')
+    s, y = scores[order, c], labels[order, c]
+    # Tied scores form one threshold: count them together.
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    tp = np.cumsum(y)[last_of_tie]
+    seen = np.flatnonzero(last_of_tie) + 1
+    precision = tp / seen
+    recall_gain = np.diff(np.r_[0, tp]) / y.sum()
+    aps.append(np.sum(precision * recall_gain))
+  return float(np.mean(aps))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
