@@ -265,6 +265,28 @@ def test_rows_of_the_whole_set_in_order_without_padding(tmp_path):
   assert metrics == {'eval/double/sum': pytest.approx(90.0)}
 
 
+def test_evaluators_sharing_a_predict_compile_it_once(tmp_path):
+  traces = []
+
+  def predict(out, batch):
+    traces.append(out.shape)
+    return {'y': out}
+
+  a, b, c = [
+    evaluation.Evaluator(
+      name=name, data=_batches, predict=fn, reduce=evaluation.mean_rows
+    )
+    for name, fn in (('a', predict), ('b', predict), ('c', lambda o, b: {'y': -o}))
+  ]
+  assert _tiny_runner(a)({}, {}, str(tmp_path)) == {'eval/a/y': 9.0}
+  alone = len(traces)
+  metrics = _tiny_runner(a, b, c)({}, {}, str(tmp_path))
+  # Each evaluator gets its own rows (mean of 2 x 0..9 = 9) ...
+  assert metrics == {'eval/a/y': 9.0, 'eval/b/y': 9.0, 'eval/c/y': -9.0}
+  # ... and 'b' reuses the step traced and compiled for 'a'.
+  assert len(traces) == 2 * alone
+
+
 def test_batches_without_the_mask_are_refused():
   ev = evaluation.Evaluator(
     name='bare',

@@ -31,9 +31,12 @@ steps and at the end, in the order listed. Big_vision's `evaluators/`
 the model; here the engine, not each evaluator, does the jit, the
 sharding, the padding and the gather.
 
-Metrics the experiments share: `mean_rows` (the default `reduce`), `psnr`
-(per example, in a `predict`) and `mean_average_precision` (a multi-label
-`reduce` over the whole set).
+Where metrics live: a metric whose definition is a benchmark's own (GLUE's
+accuracy / F1 / MCC / Pearson in `experiments/data/glue.py`, flow's EPE and
+KITTI's Fl-all in `experiments/data/flow_metrics.py`) sits beside that
+benchmark's reader; a metric any task may use sits here: `mean_rows` (the
+default `reduce`), `psnr` (per example, in a `predict`) and
+`mean_average_precision` (a multi-label `reduce` over the whole set).
 """
 
 import dataclasses
@@ -268,8 +271,11 @@ class Runner:
 
   def _step(self, evaluator: Evaluator, drop: Sequence[str]) -> Callable:
     """The jitted `(params, state, batch) -> (rows, mask)`, less `drop`
-    (its un-jitted function is its `__wrapped__`)."""
-    key = (evaluator.name, tuple(drop))
+    (its un-jitted function is its `__wrapped__`). Keyed by the `predict`
+    function, so evaluators sharing one (GLUE's nine dev splits) share one
+    compiled step per batch shape."""
+    predict = evaluator.predict
+    key = (predict, tuple(drop))
     if key not in self._jitted:
       policy = self._policy
 
@@ -283,7 +289,7 @@ class Runner:
           policy.cast_to_compute(batch),
           is_training=False,
         )
-        rows = evaluator.predict(policy.cast_to_output(outputs), batch)
+        rows = predict(policy.cast_to_output(outputs), batch)
         return {k: v for k, v in rows.items() if k not in drop}, mask
 
       self._jitted[key] = jax.jit(
@@ -312,8 +318,9 @@ class Runner:
           f'{sorted(local)}.'
         )
       batch = mesh_lib.global_batch(local, self._mesh)
+      new = len(self._jitted)
       step = self._step(evaluator, () if first else evaluator.samples)
-      if first:
+      if first and len(self._jitted) > new:  # checked once per compiled step
         self._check_shapes(evaluator, step, params, state, batch)
       out, mask = gather(step(params, state, batch))
       keep = np.asarray(mask) > 0
