@@ -55,7 +55,7 @@ format: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff format $(RUFF_CONFIG) $(LINT_PATHS)
 
 bench: $(VENV)/.stamp-test  # compares against torch + transformers
-	$(PY) -m experiments.benchmark --out=bench_out $(ARGS)
+	$(PY) -m benchmarks.presets --out=bench_out $(ARGS)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

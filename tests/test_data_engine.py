@@ -321,7 +321,7 @@ def test_empty_source_and_unwrapped_ops_are_named():
 
 
 def test_input_pipeline_benchmark_times_the_digits_loader():
-  from experiments import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import presets as benchmark  # pylint: disable=g-import-not-at-top
 
   (record,) = benchmark.input_pipeline([0], batches=3, warmup=1)
   assert record['worker_count'] == 0 and record['batches'] == 3

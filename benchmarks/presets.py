@@ -1,15 +1,15 @@
 """Benchmarks: the released presets (JAX vs transformers) and scaling in M, O.
 
-  python -m experiments.benchmark --out=bench_out \
+  python -m benchmarks.presets --out=bench_out \
       --presets=language_mlm,imagenet_fourier --batch=1 --repeats=5 \
       --dtypes=float32,bfloat16 --torch
-  python -m experiments.benchmark --out=bench_out --presets= --scaling \
+  python -m benchmarks.presets --out=bench_out --presets= --scaling \
       --max_log2=22
 
-  python -m experiments.benchmark --out=bench_out --input_pipeline \
+  python -m benchmarks.presets --out=bench_out --input_pipeline \
       --input_workers=0,1,2
 
-  python -m experiments.benchmark --out=bench_out --streamed_encode \
+  python -m benchmarks.presets --out=bench_out --streamed_encode \
       --stream_dir=/tmp/perceiver_stream --max_log2_points=30
 
 (`make bench ARGS='...'`). Writes `<out>/results.json`, `<out>/results.md`
@@ -44,7 +44,7 @@ measured in the same run for the same dtype, the peak memory and XLA's
 compiled memory analysis. With `--torch`, the same model in transformers'
 PyTorch Perceiver, with the same initial weights (converted by
 `perceiver.hf_convert`) and inputs, in float32 and under
-`torch.autocast(bfloat16)` (experiments/bench_torch.py).
+`torch.autocast(bfloat16)` (benchmarks/presets_torch.py).
 
 Every configuration runs in a fresh subprocess (JAX and PyTorch thread pools
 never share a process, and peak memory is that process's peak resident set
@@ -806,7 +806,7 @@ def run_presets(
             export_dir=export,
             matmul_size=_MATMUL_SIZE.value,
           )
-          rec = spawn('experiments.benchmark', spec, _TIMEOUT.value)
+          rec = spawn('benchmarks.presets', spec, _TIMEOUT.value)
           records.append(dict(_public(spec), **rec))
           save()
           _log(f'jax {name} {dtype} {mode}: {_brief(rec)}')
@@ -835,7 +835,7 @@ def run_presets(
               ),
             )
           else:
-            rec = spawn('experiments.bench_torch', spec, _TIMEOUT.value)
+            rec = spawn('benchmarks.presets_torch', spec, _TIMEOUT.value)
           records.append(dict(_public(spec), **rec))
           save()
           _log(f'torch {name} {dtype} {mode}: {_brief(rec)}')
@@ -891,7 +891,7 @@ def run_scaling_sweep(
     if spec['model'] == 'transformer' and transformer_failed:
       rec = dict(status='skipped', reason='a smaller M already failed')
     else:
-      rec = spawn('experiments.benchmark', spec, _TIMEOUT.value)
+      rec = spawn('benchmarks.presets', spec, _TIMEOUT.value)
       transformer_failed |= (
         spec['model'] == 'transformer' and rec.get('status') != 'ok'
       )
@@ -1403,7 +1403,7 @@ def streamed_encode_sweep(out_dir: str) -> Dict[str, Any]:
     path=path,
   )
   results = dict(
-    command=' '.join(['python -m experiments.benchmark'] + sys.argv[1:]),
+    command=' '.join(['python -m benchmarks.presets'] + sys.argv[1:]),
     machine=machine_info(),
     config=config,
     load_start=_load(),
@@ -1426,7 +1426,7 @@ def streamed_encode_sweep(out_dir: str) -> Dict[str, Any]:
 
   for k in logs:
     spec = dict(config, kind='streamed_encode', M=2**k)
-    rec = spawn('experiments.benchmark', spec, config['timeout'])
+    rec = spawn('benchmarks.presets', spec, config['timeout'])
     rec.update(M=2**k, load=_load())
     results['records'].append(rec)
     save()
@@ -1556,7 +1556,7 @@ def main(argv):
   os.makedirs(out_dir, exist_ok=True)
   if _INPUT_PIPELINE.value:
     results = dict(
-      command=' '.join(['python -m experiments.benchmark'] + sys.argv[1:]),
+      command=' '.join(['python -m benchmarks.presets'] + sys.argv[1:]),
       machine=machine_info(),
       load_start=_load(),
       input_pipeline=input_pipeline(
@@ -1618,7 +1618,7 @@ def main(argv):
     matmul_size=_MATMUL_SIZE.value,
   )
   results = dict(
-    command=' '.join(['python -m experiments.benchmark'] + sys.argv[1:]),
+    command=' '.join(['python -m benchmarks.presets'] + sys.argv[1:]),
     machine=machine_info(),
     config=config,
     started_utc=started.strftime('%Y-%m-%d %H:%M'),
@@ -1626,12 +1626,12 @@ def main(argv):
   )
   spec = dict(kind='matmul', n=_MATMUL_SIZE.value)
   peak = {
-    'jax': spawn('experiments.benchmark', spec, _TIMEOUT.value).get(
+    'jax': spawn('benchmarks.presets', spec, _TIMEOUT.value).get(
       'matmul_peak_flops', {}
     )
   }
   if _TORCH.value and _PRESETS.value:
-    peak['torch'] = spawn('experiments.bench_torch', spec, _TIMEOUT.value).get(
+    peak['torch'] = spawn('benchmarks.presets_torch', spec, _TIMEOUT.value).get(
       'matmul_peak_flops', {}
     )
   results['matmul_peak'] = peak

@@ -1,8 +1,8 @@
-"""The PyTorch side of experiments/benchmark.py: transformers' Perceiver.
+"""The PyTorch side of benchmarks/presets.py: transformers' Perceiver.
 
 Run by the benchmark in its own process (never alongside JAX's thread pools):
 
-  python -m experiments.bench_torch --worker='{"kind": "preset", ...}'
+  python -m benchmarks.presets_torch --worker='{"kind": "preset", ...}'
 
 A preset spec names the preset, its size overrides, dtype ('float32', or
 'bfloat16' for `torch.autocast('cpu', bfloat16)`), mode ('forward' under

@@ -1,8 +1,8 @@
-"""Smoke test of experiments/benchmark.py: a tiny custom size, one repeat.
+"""Smoke test of benchmarks/presets.py: a tiny custom size, one repeat.
 
 Checks that results.json, results.md and the scaling plots are written with
 the expected fields. It asserts nothing about speed: numbers come from
-`python -m experiments.benchmark`, never from tests.
+`python -m benchmarks.presets`, never from tests.
 """
 
 import json
@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import benchmark
+from benchmarks import presets as benchmark
 from perceiver import presets
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -28,7 +28,7 @@ def results(tmp_path_factory):
   cmd = [
     sys.executable,
     '-m',
-    'experiments.benchmark',
+    'benchmarks.presets',
     f'--out={out}',
     '--presets=imagenet_fourier',
     f'--overrides={json.dumps(TINY)}',
@@ -220,7 +220,7 @@ def test_streamed_encode_mode(tmp_path):
   cmd = [
     sys.executable,
     '-m',
-    'experiments.benchmark',
+    'benchmarks.presets',
     f'--out={tmp_path}',
     '--streamed_encode',
     f'--stream_dir={data}',

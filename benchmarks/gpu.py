@@ -1,6 +1,6 @@
 """bf16 training-step throughput and FLOP utilisation of the presets on a GPU.
 
-  python -m experiments.bench_gpu --presets=imagenet_fourier,language_mlm \
+  python -m benchmarks.gpu --presets=imagenet_fourier,language_mlm \
       --batch=8 --repeats=10 --out=bench_out
 
 For each preset: `presets.build(name, compute_dtype=bfloat16,
@@ -25,7 +25,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from experiments import benchmark
+from benchmarks import presets as benchmark
 
 # Shared with the CPU benchmark: --presets, --overrides, --batch, --repeats
 # (timed steps), --warmup, --out (a directory).
