@@ -54,8 +54,13 @@ lint: $(VENV)/.stamp-test
 format: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff format $(RUFF_CONFIG) $(LINT_PATHS)
 
-bench: $(VENV)/.stamp-test  # compares against torch + transformers
-	$(PY) -m experiments.benchmark --out=bench_out $(ARGS)
+# make bench: the presets table, JAX against torch + transformers, into
+# bench_out/presets. BENCH names another benchmarks/ module (scaling,
+# streamed_encode, input_pipeline, gpu), written to bench_out/$(BENCH), e.g.
+# make bench BENCH=scaling ARGS='--max_log2=16'.
+BENCH ?= presets
+bench: $(VENV)/.stamp-test
+	$(PY) -m benchmarks.$(BENCH) --out=bench_out/$(BENCH) $(ARGS)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -320,16 +320,6 @@ def test_empty_source_and_unwrapped_ops_are_named():
     )
 
 
-def test_input_pipeline_benchmark_times_the_digits_loader():
-  from experiments import benchmark  # pylint: disable=g-import-not-at-top
-
-  (record,) = benchmark.input_pipeline([0], batches=3, warmup=1)
-  assert record['worker_count'] == 0 and record['batches'] == 3
-  assert record['examples_per_s'] == pytest.approx(
-    3 * record['batch_size'] / record['seconds']
-  )
-
-
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_digits_shift_moves_a_pixel_by_the_drawn_offsets(seed):
   from experiments import digits  # pylint: disable=g-import-not-at-top

@@ -1,7 +1,9 @@
 """bf16 training-step throughput and FLOP utilisation of the presets on a GPU.
 
-  python -m experiments.bench_gpu --presets=imagenet_fourier,language_mlm \
-      --batch=8 --repeats=10 --out=bench_out
+  python -m benchmarks.gpu --presets=imagenet_fourier,language_mlm \
+      --batch=8 --repeats=10 --out=bench_out/gpu
+  python -m benchmarks.gpu --allow_cpu --presets=imagenet_fourier \
+      --overrides='{"image_size": 8, "num_blocks": 1}' --gpu_matmul_size=64
 
 For each preset: `presets.build(name, compute_dtype=bfloat16,
 attention_impl='cudnn')` (float32 parameters, bfloat16 matmuls), one jitted
@@ -14,33 +16,19 @@ nominal dense bf16 peak of the card where known. Where cuDNN's fused
 attention does not take a preset's shapes (e.g. a head width above its
 limit), the preset falls back to `attention_impl='xla'` and says so.
 
-On a machine without a GPU it prints 'no GPU found' and exits 0.
+Everything runs in this process (one GPU). Prints a line per preset and
+writes `<out>/gpu_results.json`. On a machine without a GPU it prints 'no GPU
+found' and exits 0 (`--allow_cpu`: runs on the CPU, to check the script).
 """
 
-import json
 import os
-import time
+import sys
+from typing import Any, Dict, Optional, Sequence
 
-from absl import app
-from absl import flags
-import numpy as np
+from benchmarks import common
+from benchmarks import presets as preset_table
 
-from experiments import benchmark
-
-# Shared with the CPU benchmark: --presets, --overrides, --batch, --repeats
-# (timed steps), --warmup, --out (a directory).
-FLAGS = flags.FLAGS
-_REMAT = flags.DEFINE_bool('remat', False, 'Rematerialise self-attentions.')
-_ALLOW_CPU = flags.DEFINE_bool(
-  'allow_cpu',
-  False,
-  'Debug: run on the CPU when there is no GPU (with '
-  'tiny --overrides and --gpu_matmul_size), to check the script itself.',
-)
-_GPU_MATMUL_SIZE = flags.DEFINE_integer(
-  'gpu_matmul_size', 8192, 'n of the n x n x n bf16 matmul peak.'
-)
-
+MODULE = 'benchmarks.gpu'
 # Nominal dense bf16 tensor-core peaks (FLOP/s), by device-kind substring.
 NOMINAL_BF16 = {
   'H200': 989e12,
@@ -51,96 +39,105 @@ NOMINAL_BF16 = {
 }
 
 
-def bf16_matmul_peak(n: int, repeats: int = 10) -> float:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+def time_preset(
+  name: str,
+  *,
+  attention_impl: str,
+  overrides: Dict[str, Any],
+  batch: int,
+  remat: bool,
+  warmup: int,
+  repeats: int,
+) -> Dict[str, Any]:
+  """Compiles and times one preset's bf16 training step (module docstring).
 
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
-  f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-  for _ in range(3):
-    f(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    f(a, b).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return 2.0 * n**3 / float(np.median(times))
-
-
-def time_preset(name: str, attention_impl: str):
-  """Compiles and times one preset's bf16 training step."""
+  Raises:
+    Exception: whatever building, compiling or running raises (e.g. cuDNN
+      not taking the shapes); `main` then tries the next attention_impl.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from perceiver import presets  # pylint: disable=g-import-not-at-top
 
-  overrides = json.loads(FLAGS.overrides)
   model = presets.build(
     name,
     compute_dtype=jnp.bfloat16,
     attention_impl=attention_impl,
-    remat=_REMAT.value,
+    remat=remat,
     **overrides,
   )
-  args, targets = benchmark.preset_inputs(
-    name, dict(presets.defaults(name), **overrides), FLAGS.batch
+  args, targets = preset_table.preset_inputs(
+    name, dict(presets.defaults(name), **overrides), batch
   )
   args, targets = jax.device_put((args, targets))
   params, state = jax.jit(lambda r, *a: model.init(r, *a, is_training=True))(
     jax.random.PRNGKey(0), *args
   )
   optimizer = optax.adam(1e-4)
-  opt_state = optimizer.init(params)
-  step = jax.jit(
-    benchmark.make_train_step(model, optimizer), donate_argnums=(0, 1, 2)
+  rec = common.compile_and_time(
+    preset_table.make_train_step(model, optimizer),
+    (params, state, optimizer.init(params), args, targets),
+    warmup=warmup,
+    repeats=repeats,
+    mem_budget=None,
+    donate=(0, 1, 2),
+    feed_back=lambda a, o: (o[0], o[1], o[2], a[3], a[4]),
   )
-  start = time.perf_counter()
-  compiled = step.lower(params, state, opt_state, args, targets).compile()
-  compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  flops = float(cost['flops']) if cost and 'flops' in cost else None
-  times = []
-  for i in range(FLAGS.warmup + FLAGS.repeats):
-    start = time.perf_counter()
-    params, state, opt_state, loss = compiled(
-      params, state, opt_state, args, targets
-    )
-    jax.block_until_ready((params, loss))
-    if i >= FLAGS.warmup:
-      times.append(time.perf_counter() - start)
-  median = float(np.median(times))
   mem = jax.devices()[0].memory_stats() or {}
   return dict(
     preset=name,
     attention_impl=attention_impl,
-    batch=FLAGS.batch,
-    compile_s=compile_s,
-    step_s=median,
-    times_s=times,
-    examples_per_s=FLAGS.batch / median,
-    flops=flops,
-    flops_per_s=flops / median if flops else None,
-    loss=float(loss),
+    batch=batch,
+    compile_s=rec['compile_s'],
+    step_s=rec['median_s'],
+    times_s=rec['times_s'],
+    examples_per_s=batch / rec['median_s'],
+    flops=rec['flops'],
+    flops_per_s=rec.get('flops_per_s'),
+    loss=float(rec['last_outputs'][3]),
     peak_bytes=mem.get('peak_bytes_in_use'),
   )
 
 
-def main(argv):
-  del argv
+def parser():
+  p = common.new_parser(MODULE, __doc__)
+  preset_table.add_preset_flags(p)
+  p.add_argument('--out', default='bench_out', help='Output directory.')
+  common.add_bool(
+    p, 'remat', default=False, help='Rematerialise self-attentions.'
+  )
+  common.add_bool(
+    p,
+    'allow_cpu',
+    default=False,
+    help='Debug: run on the CPU when there is no GPU (with tiny --overrides '
+    'and --gpu_matmul_size), to check the script itself.',
+  )
+  p.add_argument(
+    '--gpu_matmul_size',
+    type=int,
+    default=8192,
+    help='n of the n x n x n bf16 matmul peak.',
+  )
+  return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parser().parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
 
   try:
     gpus = jax.devices('gpu')
   except RuntimeError:
     gpus = []
-  if not gpus and not _ALLOW_CPU.value:
+  if not gpus and not args.allow_cpu:
     print('no GPU found')
     return 0
   kind = gpus[0].device_kind if gpus else 'cpu (debug run)'
-  peak = bf16_matmul_peak(_GPU_MATMUL_SIZE.value)
+  peak = common.matmul_peak(
+    args.gpu_matmul_size, dtypes=('bfloat16',), warmup=3, repeats=10
+  )['bfloat16']
   nominal = next((v for k, v in NOMINAL_BF16.items() if k in kind), None)
   print(
     f'{kind}: measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s'
@@ -148,11 +145,19 @@ def main(argv):
     flush=True,
   )
   results = []
-  for name in FLAGS.presets:
+  for name in args.presets:
     rec = None
     for impl in ('cudnn', 'xla'):
       try:
-        rec = time_preset(name, impl)
+        rec = time_preset(
+          name,
+          attention_impl=impl,
+          overrides=args.overrides,
+          batch=args.batch,
+          remat=args.remat,
+          warmup=args.warmup,
+          repeats=args.repeats,
+        )
         break
       except Exception as e:  # pylint: disable=broad-except
         print(
@@ -179,22 +184,20 @@ def main(argv):
       f'{(rec["peak_bytes"] or 0) / 2**30:.1f} GiB',
       flush=True,
     )
-  os.makedirs(FLAGS.out, exist_ok=True)
-  path = os.path.join(FLAGS.out, 'gpu_results.json')
-  with open(path, 'w') as f:
-    json.dump(
-      dict(
-        device=kind,
-        matmul_peak_bf16=peak,
-        nominal_peak_bf16=nominal,
-        results=results,
-      ),
-      f,
-      indent=1,
-    )
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, 'gpu_results.json')
+  common.write_json(
+    path,
+    dict(
+      device=kind,
+      matmul_peak_bf16=peak,
+      nominal_peak_bf16=nominal,
+      results=results,
+    ),
+  )
   print(f'wrote {path}')
   return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())

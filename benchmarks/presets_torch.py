@@ -1,8 +1,9 @@
-"""The PyTorch side of experiments/benchmark.py: transformers' Perceiver.
+"""The PyTorch side of benchmarks/presets.py: transformers' Perceiver.
 
-Run by the benchmark in its own process (never alongside JAX's thread pools):
+Run by benchmarks/presets.py in its own process (never alongside JAX's
+thread pools; benchmarks/common.py's `spawn`):
 
-  python -m experiments.bench_torch --worker='{"kind": "preset", ...}'
+  python -m benchmarks.presets_torch --worker='{"kind": "preset", ...}'
 
 A preset spec names the preset, its size overrides, dtype ('float32', or
 'bfloat16' for `torch.autocast('cpu', bfloat16)`), mode ('forward' under
@@ -16,21 +17,14 @@ float32 forward, the max relative difference to the JAX outputs.
 A matmul spec measures torch's n x n x n matmul FLOP/s in float32 and bf16.
 """
 
-import json
 import os
-import resource
-import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
-from absl import app
-from absl import flags
 import numpy as np
 
-_WORKER = flags.DEFINE_string('worker', None, 'JSON spec (see docstring).')
+from benchmarks import common
 
-
-def peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+MODULE = 'benchmarks.presets_torch'
 
 
 def transformers_config(name: str, cfg: Dict[str, Any]):
@@ -84,25 +78,17 @@ def transformers_config(name: str, cfg: Dict[str, Any]):
   return transformers.PerceiverConfig(**kwargs)
 
 
-def _time(fn, warmup: int, repeats: int):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return times
-
-
 def matmul_peak(n: int, repeats: int = 5) -> Dict[str, float]:
+  """{dtype: FLOP/s} of torch's n x n x n matmul, float32 and bfloat16,
+  median of `repeats` calls after 2, on all cores."""
   import torch  # pylint: disable=g-import-not-at-top
 
+  torch.set_num_threads(os.cpu_count())
   out = {}
   for dtype in ('float32', 'bfloat16'):
     a = torch.randn(n, n, dtype=getattr(torch, dtype))
     b = torch.randn(n, n, dtype=getattr(torch, dtype))
-    times = _time(lambda: torch.matmul(a, b), 2, repeats)
+    times = common.time_calls(lambda: torch.matmul(a, b), 2, repeats)
     out[dtype] = 2.0 * n**3 / float(np.median(times))
   return out
 
@@ -119,6 +105,7 @@ def _loss(logits, targets):
 
 
 def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
+  """One (preset, dtype, mode) measurement in PyTorch (module docstring)."""
   import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -126,7 +113,7 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
   from perceiver import presets  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(os.cpu_count())
-  baseline = peak_rss_bytes()
+  baseline = common.peak_rss_bytes()
   name = spec['preset']
   cfg = dict(presets.defaults(name), **spec['overrides'])
   config = transformers_config(name, cfg)
@@ -157,7 +144,7 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
       with torch.no_grad(), autocast:
         outputs['logits'] = model(**kwargs).logits
 
-    times = _time(forward, spec['warmup'], spec['repeats'])
+    times = common.time_calls(forward, spec['warmup'], spec['repeats'])
     jax_path = os.path.join(export, 'jax_outputs.npy')
     if spec['dtype'] == 'float32' and os.path.exists(jax_path):
       ours = np.load(jax_path).astype(np.float64)
@@ -179,8 +166,8 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
       optimizer.step()
       optimizer.zero_grad(set_to_none=True)
 
-    times = _time(step, spec['warmup'], spec['repeats'])
-  peak = peak_rss_bytes()
+    times = common.time_calls(step, spec['warmup'], spec['repeats'])
+  peak = common.peak_rss_bytes()
   rec.update(
     status='ok',
     times_s=times,
@@ -193,19 +180,17 @@ def run_preset(spec: Dict[str, Any]) -> Dict[str, Any]:
   return rec
 
 
-def main(argv):
-  del argv
-  spec = json.loads(_WORKER.value)
-  if spec['kind'] == 'matmul':
-    import torch  # pylint: disable=g-import-not-at-top
-
-    torch.set_num_threads(os.cpu_count())
-    rec = dict(matmul_peak_flops=matmul_peak(spec['n']))
-  else:
-    rec = run_preset(spec)
-  with open(spec['result_path'], 'w') as f:
-    json.dump(rec, f)
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  p = common.new_parser(MODULE, __doc__)
+  p.add_argument('--worker', required=True, help='JSON spec (see above).')
+  common.run_worker(
+    p.parse_args(argv).worker,
+    dict(
+      preset=run_preset,
+      matmul=lambda spec: dict(matmul_peak_flops=matmul_peak(spec['n'])),
+    ),
+  )
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()
