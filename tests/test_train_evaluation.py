@@ -276,7 +276,11 @@ def test_evaluators_sharing_a_predict_compile_it_once(tmp_path):
     evaluation.Evaluator(
       name=name, data=_batches, predict=fn, reduce=evaluation.mean_rows
     )
-    for name, fn in (('a', predict), ('b', predict), ('c', lambda o, b: {'y': -o}))
+    for name, fn in (
+      ('a', predict),
+      ('b', predict),
+      ('c', lambda o, b: {'y': -o}),
+    )
   ]
   assert _tiny_runner(a)({}, {}, str(tmp_path)) == {'eval/a/y': 9.0}
   alone = len(traces)
