@@ -13,17 +13,16 @@ os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 # One persistent XLA compilation cache for every process of a test run (the
 # pytest-xdist workers and the training processes the tests launch inherit
 # the environment): dozens of tests compile the same debug-sized steps, and
-# each launched process would otherwise compile them again. Keys are the
-# compiled programs (HLO, options, devices, jax and XLA versions), so a
-# stale entry is never used; `make clean` removes it.
+# each launched process would otherwise compile them again. Only programs
+# that took at least jax's default 1 s to compile are stored, and no size
+# bound is set (jax's bound rescans the whole directory at every write).
+# Keys are the compiled programs (HLO, options, devices, jax and XLA
+# versions), so a stale entry is never used; `make clean` removes it.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault(
   'JAX_COMPILATION_CACHE_DIR',
   os.path.join(_ROOT, '.pytest_cache', 'jax_compilation_cache'),
 )
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
-os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 * 1024**3))
 
 # The released checkpoints' parameter trees (names, shapes, dtypes, counts),
 # shipped in the repository.
