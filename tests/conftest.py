@@ -10,6 +10,16 @@ import pytest
 # a TPU, in several processes at once (pytest-xdist, subprocesses).
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
+# The suite compiles thousands of small programs and runs each a few times:
+# compiling dominates, so XLA's CPU backend compiles them at LLVM
+# optimisation level 0, which compiles faster.
+# This changes the generated machine code, not the computation (XLA's CPU
+# fast-math stays off). Subprocesses inherit it (test_train_common.cpu_env).
+if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = ' '.join(
+    [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0']
+  ).strip()
+
 # One persistent XLA compilation cache for every process of a test run (the
 # pytest-xdist workers and the training processes the tests launch inherit
 # the environment): dozens of tests compile the same debug-sized steps, and

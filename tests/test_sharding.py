@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from tests import test_train_common as common
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 WORKER = r"""
@@ -98,11 +100,7 @@ print('RESULT ' + json.dumps(results))
 
 @pytest.fixture(scope='module')
 def sharded_results():
-  env = dict(
-    os.environ,
-    XLA_FLAGS='--xla_force_host_platform_device_count=8',
-    JAX_PLATFORMS='cpu',
-  )
+  env = common.cpu_env(8)
   env['PYTHONPATH'] = os.pathsep.join(
     [str(REPO)] + [p for p in [env.get('PYTHONPATH')] if p]
   )

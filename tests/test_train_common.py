@@ -213,6 +213,21 @@ def params_close(a, b, rtol=1e-5, atol=1e-6):
   return all(leaves)
 
 
+def cpu_env(devices=None):
+  """The environment of a subprocess on CPU: this process's, plus
+  `devices` fake CPU devices when given (XLA fixes the count at start-up).
+  The flags already in XLA_FLAGS (tests/conftest.py's) are kept."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  if devices is not None:
+    env['XLA_FLAGS'] = ' '.join(
+      [
+        env.get('XLA_FLAGS', ''),
+        f'--xla_force_host_platform_device_count={devices}',
+      ]
+    ).strip()
+  return env
+
+
 def free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -229,11 +244,7 @@ def launch_main(args, *, num_processes=1, devices=1, timeout=400):
   Returns:
     [(return code, stdout + stderr)] per process.
   """
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-  )
+  env = cpu_env(devices)
   multi = []
   if num_processes > 1:
     multi = [
@@ -276,16 +287,13 @@ def run_python(args, *, devices=None, timeout=600):
   """`python ARGS` from the repository root on CPU, with `devices` fake CPU
   devices when given (XLA fixes the count at start-up, hence a process):
   the CompletedProcess, with stdout and stderr apart."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  if devices is not None:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   return subprocess.run(
     [sys.executable, *args],
     cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=timeout,
-    env=env,
+    env=cpu_env(devices),
   )
 
 

@@ -202,11 +202,7 @@ def _two_process_worker(out_dir, process_id, port):
 
 
 def test_two_processes_with_eight_devices_gather_every_row(tmp_path):
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS='--xla_force_host_platform_device_count=4',
-  )
+  env = common.cpu_env(4)
   port = common.free_port()
   code = (
     'import sys; from tests import test_train_evaluation as t; '
@@ -289,6 +285,31 @@ def test_evaluators_sharing_a_predict_compile_it_once(tmp_path):
   assert metrics == {'eval/a/y': 9.0, 'eval/b/y': 9.0, 'eval/c/y': -9.0}
   # ... and 'b' reuses the step traced and compiled for 'a'.
   assert len(traces) == 2 * alone
+
+
+def test_a_shared_predict_is_checked_on_each_batch_shape():
+  # Rows of [B] for the first evaluator's [B] inputs, of [2 B] for the
+  # second's [B, 2]: the second is refused although its step is shared.
+  def flatten(out, batch):
+    return {'s': out.reshape(-1)}
+
+  def pairs():
+    return data_lib.eval_batches(
+      data_lib.ArraySource({'x': np.ones((10, 2), np.float32)}),
+      global_batch=4,
+      process_index=0,
+      process_count=1,
+    )
+
+  a, b = [
+    evaluation.Evaluator(
+      name=name, data=data, predict=flatten, reduce=evaluation.mean_rows
+    )
+    for name, data in (('a', _batches), ('b', pairs))
+  ]
+  assert _tiny_runner(a)({}, {}, None) == {'eval/a/s': 9.0}
+  with pytest.raises(ValueError, match=r"'b': predict: expected \[B, ...\]"):
+    _tiny_runner(a, b)({}, {}, None)
 
 
 def test_batches_without_the_mask_are_refused():

@@ -9,11 +9,12 @@ and restores a checkpoint cooperatively (it is interrupted and resumed).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
+
+from tests import test_train_common as common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -26,7 +27,6 @@ def _worker(out_dir, process_id, num_processes, port, interrupt_at):
   if num_processes > 1:
     distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)
   import jax  # pylint: disable=g-import-not-at-top
-  from tests import test_train_common as common  # pylint: disable=g-import-not-at-top
   from perceiver.train import loop  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == 4 and jax.process_count() == num_processes
@@ -57,20 +57,10 @@ def _worker(out_dir, process_id, num_processes, port, interrupt_at):
       )
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _launch(out_dir, num_processes, interrupt_at=-1):
   devices = 4 // num_processes
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-  )
-  port = _free_port()
+  env = common.cpu_env(devices)
+  port = common.free_port()
   procs = [
     subprocess.Popen(
       [

@@ -268,6 +268,7 @@ class Runner:
       mesh_lib.batch_sharding(mesh),
     )
     self._jitted: Dict[tuple, Callable] = {}
+    self._checked: set = set()
 
   def _step(self, evaluator: Evaluator, drop: Sequence[str]) -> Callable:
     """The jitted `(params, state, batch) -> (rows, mask)`, less `drop`
@@ -318,10 +319,17 @@ class Runner:
           f'{sorted(local)}.'
         )
       batch = mesh_lib.global_batch(local, self._mesh)
-      new = len(self._jitted)
       step = self._step(evaluator, () if first else evaluator.samples)
-      if first and len(self._jitted) > new:  # checked once per compiled step
-        self._check_shapes(evaluator, step, params, state, batch)
+      if first:  # once per `predict` and batch shapes
+        leaves, tree = jax.tree.flatten(batch)
+        signature = (
+          evaluator.predict,
+          tree,
+          tuple((x.shape, x.dtype) for x in leaves),
+        )
+        if signature not in self._checked:
+          self._check_shapes(evaluator, step, params, state, batch)
+          self._checked.add(signature)
       out, mask = gather(step(params, state, batch))
       keep = np.asarray(mask) > 0
       for k, v in out.items():
