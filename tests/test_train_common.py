@@ -216,15 +216,13 @@ def params_close(a, b, rtol=1e-5, atol=1e-6):
 def cpu_env(devices=None):
   """The environment of a subprocess on CPU: this process's, plus
   `devices` fake CPU devices when given (XLA fixes the count at start-up).
-  The flags already in XLA_FLAGS (tests/conftest.py's) are kept."""
+  The other flags in XLA_FLAGS (tests/conftest.py's) are kept; a device
+  count there is replaced."""
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   if devices is not None:
-    env['XLA_FLAGS'] = ' '.join(
-      [
-        env.get('XLA_FLAGS', ''),
-        f'--xla_force_host_platform_device_count={devices}',
-      ]
-    ).strip()
+    count = '--xla_force_host_platform_device_count'
+    flags = [f for f in env.get('XLA_FLAGS', '').split() if count not in f]
+    env['XLA_FLAGS'] = ' '.join(flags + [f'{count}={devices}'])
   return env
 
 
