@@ -70,7 +70,10 @@ def test_readme_has_the_user_paths():
   # The two commands of a fresh machine.
   assert 'make train ' in text and 'make test ' in text
   assert 'storage.googleapis.com/perceiver_io/' in text
-  assert len([b for b in BLOCKS if b[0] == 'README.md']) >= 3
+  # The runnable examples of the modules and of restoring a trained model.
+  readme_code = [code for doc, _, code in BLOCKS if doc == 'README.md']
+  for call in ('perceiver.Perceiver(', 'restore.restore(workdir)'):
+    assert any(call in code for code in readme_code), call
   assert EXPERIMENT_FILES, 'no document shows an experiment file'
 
 
