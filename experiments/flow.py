@@ -43,32 +43,22 @@ Departure from the paper, forced by the engine's data contract:
   parameters: `--config.init_checkpoint=<its workdir, an .npz of
   perceiver.checkpoints.save or the released pickle>`.
 
-Evaluation (`make_evaluator`, every `eval_every` steps and at the end) is
-tiled (overlapping tiles of the model's size, min overlap 20, pyramid
-weights; `perceiver.tasks.optical_flow`) at any image size: `data.num_eval`
-held-out procedural pairs per curriculum stage (`synthetic_<stage>`, at that
-stage's scene; one `synthetic` set with the curriculum off), the real
-Middlebury motorcycle pair (`experiments/data/SOURCE.md`; also at 1/k size
-for each k of `data.motorcycle_downscales`, `motorcycle_down<k>`), MPI-Sintel
-clean/final (`data.sintel_dir`) and KITTI 2015 (`data.kitti_dir`). Process 0
-prints one line per set, with baselines computed in the same evaluation:
-zero flow, the per-pair mean flow (an oracle: the true flow's mean over the
-pair's valid pixels, everywhere) and, on the procedural sets, classical
-block matching (`experiments/data/flow_metrics.block_match`: 7 x 7
-windows, exhaustive integer search over +-`data.block_match_radius` px),
+Evaluation (`make_evaluator`, every `eval_every` steps and at the end;
+`evaluate` lists the sets) is tiled at any image size
+(`perceiver.tasks.optical_flow`): held-out procedural pairs per curriculum
+stage, the real Middlebury motorcycle pair (`experiments/data/SOURCE.md`),
+MPI-Sintel clean/final and KITTI 2015 when their directories are set. Process
+0 prints one line per set with the baselines of the same evaluation (zero
+flow, the per-pair mean flow, an oracle, and block matching on the
+procedural sets):
 
   synthetic_full (128 pairs) EPE: N.NN (zero flow: N.NN, mean flow: N.NN,
     block matching: N.NN), Fl-all: P.P%
-  motorcycle (1 pairs) EPE: N.NN (zero flow: N.NN, mean flow: N.NN), ...
 
-writes colour-wheel PNGs of the first `data.num_pngs` pairs of each set to
-the workdir (`flow_<set>_<i>_{pred,gt}.png`, overwritten by each
-evaluation) and the values land in metrics.jsonl and result.json as
-`eval/<set>/{epe,zero_flow_epe,mean_flow_epe,fl_all}` (and
-`block_matching_epe` on the procedural sets). With `eval_every`, bound each
-evaluation's cost with `data.num_eval` and `data.max_eval_pairs`. The
-paper reports EPE 1.81 (Sintel clean), 2.42 (final), 4.98 (KITTI).
-Score a checkpoint (ours or the released one) without training:
+and writes colour-wheel PNGs (`flow_<set>_<i>_{pred,gt}.png`); the values
+land in metrics.jsonl and result.json as `eval/<set>/<metric>`. The paper
+reports EPE 1.81 (Sintel clean), 2.42 (final), 4.98 (KITTI). Score a
+checkpoint (ours or the released one) without training:
 `--config.init_checkpoint=PATH --config.eval_only=True`.
 
 `--config.model.arch=conv` trains and evaluates, the same way, a plain
