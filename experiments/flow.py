@@ -496,36 +496,14 @@ def held_out_sets(config) -> Dict[str, autoflow.GeneratorSlice]:
   }
 
 
-# The ranges of each augmentation op that the curriculum's severity scales
-# (flips are symmetries, not a strength: never scaled).
-SEVERITY_SCALED = {
-  flow_augment.photometric_jitter: (
-    'brightness',
-    'contrast',
-    'saturation',
-    'hue',
-    'asymmetric_prob',
-  ),
-  flow_augment.random_erase: ('prob',),
-  flow_augment.random_scale_crop: (
-    'min_log2_scale',
-    'max_log2_scale',
-    'spatial_prob',
-    'stretch_prob',
-    'max_log2_stretch',
-  ),
-}
-
-
 def train_ops(config) -> list:
   """The per-record training ops: with a curriculum, procedural pairs are
-  first rendered at the progress's scene; then RAFT's order (colour,
-  erase, spatial, flips), each op's ranges scaled by the curriculum's
-  severity (`SEVERITY_SCALED`); with `data.augment` off only the random
-  crop remains."""
+  first rendered at the progress's scene; then RAFT's augmentation
+  (`flow_augment.raft_ops`), its ranges scaled by the curriculum's
+  severity; with `data.augment` off only the random crop remains."""
   d = config.data
   schedule = curriculum(config)
-  crop = dict(crop_size=tuple(config.model.image_size))
+  crop_size = tuple(config.model.image_size)
   ops = []
   if d.source == 'procedural' and schedule is not None:
     ops.append(
@@ -538,43 +516,17 @@ def train_ops(config) -> list:
   if not d.augment:
     return ops + [
       data_lib.RandomMap(
-        flow_augment.random_scale_crop, spatial_prob=0.0, margin=0, **crop
+        flow_augment.random_scale_crop,
+        spatial_prob=0.0,
+        margin=0,
+        crop_size=crop_size,
       )
     ]
-
-  def op(fn, **ranges):
-    if schedule is None or fn not in SEVERITY_SCALED:
-      return data_lib.RandomMap(fn, **ranges)
-    return data_lib.RandomMap(
-      flow_augment.at_severity,
-      op=fn,
-      severity=schedule.severity,
-      scaled=SEVERITY_SCALED[fn],
-      **ranges,
-    )
-
-  return ops + [
-    op(
-      flow_augment.photometric_jitter,
-      brightness=d.brightness,
-      contrast=d.contrast,
-      saturation=d.saturation,
-      hue=d.hue,
-      asymmetric_prob=d.asymmetric_prob,
-    ),
-    op(flow_augment.random_erase, prob=d.erase_prob),
-    op(
-      flow_augment.random_scale_crop,
-      min_log2_scale=d.min_log2_scale,
-      max_log2_scale=d.max_log2_scale,
-      spatial_prob=d.spatial_prob,
-      stretch_prob=d.stretch_prob,
-      max_log2_stretch=d.max_log2_stretch,
-      margin=0 if d.spatial_prob == 0 else 8,
-      **crop,
-    ),
-    op(flow_augment.random_flip, h_prob=d.h_flip_prob, v_prob=d.v_flip_prob),
-  ]
+  return ops + flow_augment.raft_ops(
+    crop_size,
+    severity=None if schedule is None else schedule.severity,
+    **{name: d[name] for name in flow_augment.RAFT_RANGES},
+  )
 
 
 # ---------------------------------------------------------------------------

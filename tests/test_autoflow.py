@@ -530,3 +530,90 @@ def test_at_severity_scales_the_named_ranges():
   assert not np.array_equal(half['frame1'], r['frame1'])
   with pytest.raises(ValueError, match='scaled'):
     run(0.5, brightness=0.4)
+
+
+RAFT_RANGES = dict(
+  brightness=0.4,
+  contrast=0.4,
+  saturation=0.4,
+  hue=0.15,
+  asymmetric_prob=0.2,
+  erase_prob=0.5,
+  min_log2_scale=-0.2,
+  max_log2_scale=0.6,
+  spatial_prob=0.8,
+  stretch_prob=0.8,
+  max_log2_stretch=0.2,
+  h_flip_prob=0.5,
+  v_flip_prob=0.1,
+)
+
+
+def _through(ops, record, rng, fraction=None):
+  for op in ops:
+    if fraction is not None:
+      record = dict(record, _step=np.int64(0), _fraction=np.float64(fraction))
+    record = op.random_map(record, rng)
+  return {k: v for k, v in record.items() if not k.startswith('_')}
+
+
+def test_raft_ops_are_the_four_ops_in_raft_order():
+  """Against the ops called by hand with one generator, in RAFT's order
+  (colour, erase, scale + crop, flips), on a pair large enough to scale."""
+  r = _record(9)
+  for seed in range(4):
+    ops = A.raft_ops((32, 40), **RAFT_RANGES)
+    got = _through(ops, r, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    want = A.photometric_jitter(
+      r,
+      rng,
+      brightness=0.4,
+      contrast=0.4,
+      saturation=0.4,
+      hue=0.15,
+      asymmetric_prob=0.2,
+    )
+    want = A.random_erase(want, rng, prob=0.5)
+    want = A.random_scale_crop(
+      want,
+      rng,
+      crop_size=(32, 40),
+      min_log2_scale=-0.2,
+      max_log2_scale=0.6,
+      spatial_prob=0.8,
+      stretch_prob=0.8,
+      max_log2_stretch=0.2,
+      margin=8,
+    )
+    want = A.random_flip(want, rng, h_prob=0.5, v_prob=0.1)
+    assert sorted(got) == sorted(want)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_raft_ops_at_severity_zero_only_crop_and_flip():
+  """Under a curriculum at severity 0 (stage 0) the pair is only cropped
+  (no scaling: spatial_prob scaled to 0) and possibly flipped."""
+  r = _record(10)
+  ops = A.raft_ops((32, 40), severity=_curriculum().severity, **RAFT_RANGES)
+  pickle.loads(pickle.dumps(ops))  # loader workers get them pickled
+  for seed in range(4):
+    got = _through(ops, r, np.random.default_rng(seed), fraction=0.0)
+    windows = [
+      r['frame1'][i : i + 32, j : j + 40]
+      for i in range(r['frame1'].shape[0] - 31)
+      for j in range(r['frame1'].shape[1] - 39)
+    ]
+    flips = [w for win in windows for w in (win, win[:, ::-1], win[::-1])]
+    flips += [win[::-1, ::-1] for win in windows]
+    assert any(np.array_equal(got['frame1'], w) for w in flips)
+
+
+def test_raft_ops_name_missing_and_unknown_ranges():
+  ranges = dict(RAFT_RANGES, flip_prob=0.5)
+  del ranges['hue']
+  with pytest.raises(
+    ValueError, match=r"ranges.*\['hue'\] missing.*\['flip_prob'\] unknown"
+  ):
+    A.raft_ops((32, 40), **ranges)

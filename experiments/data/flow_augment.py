@@ -13,11 +13,13 @@ geometry: a horizontal flip negates u, a vertical flip negates v, scaling x
 by s multiplies u by s.
 """
 
-from typing import Dict, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
 from skimage import color
+
+from perceiver.train import data as data_lib
 
 Record = Dict[str, np.ndarray]
 
@@ -300,3 +302,96 @@ def at_severity(
     rng,
     **{k: v * factor if k in scaled else v for k, v in ranges.items()},
   )
+
+
+# The ranges of each op that an augmentation curriculum's severity scales
+# (`at_severity`); flips are symmetries, not a strength: never scaled.
+SEVERITY_SCALED = {
+  photometric_jitter: (
+    'brightness',
+    'contrast',
+    'saturation',
+    'hue',
+    'asymmetric_prob',
+  ),
+  random_erase: ('prob',),
+  random_scale_crop: (
+    'min_log2_scale',
+    'max_log2_scale',
+    'spatial_prob',
+    'stretch_prob',
+    'max_log2_stretch',
+  ),
+}
+# `raft_ops`' keyword -> (op, the op's keyword).
+RAFT_RANGES = {
+  'brightness': (photometric_jitter, 'brightness'),
+  'contrast': (photometric_jitter, 'contrast'),
+  'saturation': (photometric_jitter, 'saturation'),
+  'hue': (photometric_jitter, 'hue'),
+  'asymmetric_prob': (photometric_jitter, 'asymmetric_prob'),
+  'erase_prob': (random_erase, 'prob'),
+  'min_log2_scale': (random_scale_crop, 'min_log2_scale'),
+  'max_log2_scale': (random_scale_crop, 'max_log2_scale'),
+  'spatial_prob': (random_scale_crop, 'spatial_prob'),
+  'stretch_prob': (random_scale_crop, 'stretch_prob'),
+  'max_log2_stretch': (random_scale_crop, 'max_log2_stretch'),
+  'h_flip_prob': (random_flip, 'h_prob'),
+  'v_flip_prob': (random_flip, 'v_prob'),
+}
+
+
+def raft_ops(
+  crop_size: Tuple[int, int],
+  *,
+  severity: Optional[Callable[[float], float]] = None,
+  **ranges: float,
+) -> List[data_lib.RandomMap]:
+  """RAFT's training augmentation as engine ops, in RAFT's order: colour
+  jitter, erasing, scaling and stretching with the `crop_size` crop
+  (`margin` 8, or 0 when `spatial_prob` is 0), flips.
+
+  Args:
+    crop_size: (h, w) of the crop.
+    severity: None (every range as given), or fraction of training ->
+      factor in [0, 1] (e.g. `autoflow.Curriculum.severity`): each op's
+      `SEVERITY_SCALED` ranges are multiplied by it at each record's
+      training progress (`at_severity`).
+    **ranges: every keyword of `RAFT_RANGES` (the flow experiment's
+      `data.*` names), each passed to its op.
+
+  Returns:
+    Four `perceiver.train.data.RandomMap`s (picklable).
+
+  Raises:
+    ValueError: `ranges` missing a keyword of `RAFT_RANGES` or naming
+      another.
+  """
+  missing = sorted(set(RAFT_RANGES) - set(ranges))
+  unknown = sorted(set(ranges) - set(RAFT_RANGES))
+  if missing or unknown:
+    raise ValueError(
+      f'ranges: expected exactly the keywords {sorted(RAFT_RANGES)}, got '
+      f'{missing} missing and {unknown} unknown.'
+    )
+  per_op = {op: {} for op in (photometric_jitter, random_erase)}
+  per_op[random_scale_crop] = dict(
+    crop_size=tuple(crop_size),
+    margin=0 if ranges['spatial_prob'] == 0 else 8,
+  )
+  per_op[random_flip] = {}
+  for name, (op, keyword) in RAFT_RANGES.items():
+    per_op[op][keyword] = ranges[name]
+
+  def make(op, kwargs):
+    if severity is None or op not in SEVERITY_SCALED:
+      return data_lib.RandomMap(op, **kwargs)
+    return data_lib.RandomMap(
+      at_severity,
+      op=op,
+      severity=severity,
+      scaled=SEVERITY_SCALED[op],
+      **kwargs,
+    )
+
+  return [make(op, kwargs) for op, kwargs in per_op.items()]
