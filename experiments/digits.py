@@ -1,12 +1,7 @@
 """python -m experiments.main --config=experiments/digits.py --workdir=runs/digits
 
-Expected: 97.3-97.5% held-out accuracy (seed 0; three runs) after 10 epochs,
-625 steps of 128. `make train` from a fresh clone, set-up included, took 4.3
-and 8.0 minutes (3.4 and 6.3 of them training) on the shared 2-core machine
-with other jobs running (load average 7-8); the whole command used about
-3 CPU-minutes. Under a load average of 15 a trial run trained for 14.5 min.
-On the grain data layer: 97.5% after 625 steps, 4.5 minutes (245 s training)
-at load average 7-9 with an existing .venv.
+Expected: about 97.3% held-out accuracy after 10 epochs, 625 steps of 128,
+in a few minutes on 2 CPU cores (runs and times: docs/results/digits.md).
 
 A Perceiver IO image classifier (Perceiver IO, Sec. 4.5 / App. E, at toy scale)
 on the 10,000 MNIST digits vendored in `experiments/data/mnist_10k.npz`: the

@@ -80,7 +80,6 @@ Variants:
 """
 
 import functools
-import os
 from typing import Any, Dict, Optional
 
 import haiku as hk
@@ -680,11 +679,6 @@ def validate(config) -> None:
       raise ValueError(
         f'data.{name}: expected a non-negative integer, got {d[name]!r}.'
       )
-  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
-    raise ValueError(
-      'init_checkpoint: expected an existing checkpoint file or directory, '
-      f'got {config.init_checkpoint!r}.'
-    )
 
 
 def make_evaluator(config) -> evaluation.Evaluator:

@@ -232,11 +232,6 @@ def validate(config) -> None:
   validation.check_positive('data.seq_len', config.data.seq_len)
   validation.check_positive('epochs', config.epochs)
   validation.check_positive('num_train', config.num_train, True)
-  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
-    raise ValueError(
-      f'init_checkpoint: expected a checkpoint file or directory, got '
-      f'{config.init_checkpoint!r}.'
-    )
 
 
 # ---------------------------------------------------------------------------

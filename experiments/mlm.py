@@ -272,11 +272,6 @@ def validate(config) -> None:
     'model.embed_init_scale', config.model.embed_init_scale
   )
   validate_arch(config)
-  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
-    raise ValueError(
-      f'init_checkpoint: expected a checkpoint file or directory, got '
-      f'{config.init_checkpoint!r}.'
-    )
 
 
 def validate_arch(config) -> None:
