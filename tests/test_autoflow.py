@@ -492,6 +492,30 @@ def test_photometric_brightness_alone_scales_pixels():
   assert out['frame1'][0, 0, 0] == np.rint(100 * b)
 
 
+def test_symmetric_contrast_pivots_on_both_frames_mean_grey():
+  """RAFT jitters the two frames stacked into one image: contrast moves
+  each frame about their common mean grey (100 here), so two flat frames of
+  grey 50 and 150 move apart; per-frame means would leave both unchanged."""
+  r = {
+    'frame1': np.full((2, 3, 3), 50, np.uint8),
+    'frame2': np.full((2, 3, 3), 150, np.uint8),
+  }
+  out = A.photometric_jitter(
+    r,
+    np.random.default_rng(1),
+    brightness=0,
+    saturation=0,
+    hue=0,
+    asymmetric_prob=0.0,
+  )
+  rng = np.random.default_rng(1)
+  rng.uniform(0, 0)  # the brightness draw
+  c = 1 + rng.uniform(-0.4, 0.4)
+  assert abs(c - 1) > 0.05
+  np.testing.assert_array_equal(out['frame1'], np.rint((50 - 100) * c + 100))
+  np.testing.assert_array_equal(out['frame2'], np.rint((150 - 100) * c + 100))
+
+
 def test_random_erase_only_touches_frame2():
   r = _record(7)
   out = A.random_erase(r, np.random.default_rng(0), prob=1.0, box_range=(5, 10))

@@ -208,9 +208,10 @@ def photometric_jitter(
   asymmetric_prob: float = 0.2,
 ) -> Record:
   """RAFT's colour jitter: factors 1 + U(-x, x) for brightness, contrast and
-  saturation, a hue shift U(-hue, hue) turns; one draw for both frames, or
-  one per frame with probability `asymmetric_prob`. Flow and validity are
-  unchanged."""
+  saturation, a hue shift U(-hue, hue) turns; one draw for both frames
+  (applied, as RAFT does, to the two frames stacked into one image, so
+  contrast pivots on their common mean grey), or one per frame with
+  probability `asymmetric_prob`. Flow and validity are unchanged."""
   _check_prob('asymmetric_prob', asymmetric_prob)
   for name, value in (
     ('brightness', brightness),
@@ -230,10 +231,15 @@ def photometric_jitter(
     )
 
   first = draw()
-  second = draw() if rng.random() < asymmetric_prob else first
   out = dict(record)
-  out['frame1'] = _jitter(record['frame1'].astype(np.float64), *first)
-  out['frame2'] = _jitter(record['frame2'].astype(np.float64), *second)
+  if rng.random() < asymmetric_prob:
+    out['frame1'] = _jitter(record['frame1'].astype(np.float64), *first)
+    out['frame2'] = _jitter(record['frame2'].astype(np.float64), *draw())
+    return out
+  stacked = np.concatenate([record['frame1'], record['frame2']], 0)
+  both = _jitter(stacked.astype(np.float64), *first)
+  height = record['frame1'].shape[0]
+  out['frame1'], out['frame2'] = both[:height], both[height:]
   return out
 
 
