@@ -306,7 +306,6 @@ def test_per_example_and_summarize_against_hand_counts():
   [
     ('data.dir', '/no/such/corpus', 'data.dir'),
     ('data.mask_fraction', 1.5, 'data.mask_fraction'),
-    ('init_checkpoint', '/no/such/ckpt', 'init_checkpoint'),
     ('model.embed_init_scale', 0.0, 'model.embed_init_scale'),
     ('model.num_heads', 0, 'model.num_heads'),
     ('model.arch', 'bert', 'model.arch'),
