@@ -574,9 +574,11 @@ RAFT_RANGES = dict(
 
 
 def _through(ops, record, rng, fraction=None):
+  """`record` through the engine ops `ops`, at training progress `fraction`
+  (the engine's entries; None: none, for ops that take no progress)."""
+  if fraction is not None:
+    record = dict(record, _step=np.int64(0), _fraction=np.float64(fraction))
   for op in ops:
-    if fraction is not None:
-      record = dict(record, _step=np.int64(0), _fraction=np.float64(fraction))
     record = op.random_map(record, rng)
   return {k: v for k, v in record.items() if not k.startswith('_')}
 

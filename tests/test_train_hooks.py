@@ -96,6 +96,33 @@ def test_init_params_warm_start_equals_the_given_params(tmp_path):
   assert len(seen) == 1
 
 
+def test_a_missing_init_checkpoint_stops_a_fresh_start_but_not_a_resume(
+  tmp_path,
+):
+  """A fresh start that would warm-start from a missing path stops before
+  writing anything; once the run has its own checkpoints, the path is not
+  read again, so a deleted init_checkpoint does not block resuming."""
+  source = tmp_path / 'init.npz'
+  source.write_bytes(b'')  # exists; the hook below does not read it
+  workdir = tmp_path / 'run'
+  config, build = _with(
+    {'init_params': lambda params, state: (params, state)},
+    init_checkpoint=str(source),
+  )
+  gone = config.copy_and_resolve_references()
+  with gone.unlocked():
+    gone.init_checkpoint = str(tmp_path / 'nowhere.npz')
+  with pytest.raises(ValueError, match=r"init_checkpoint: .*nowhere\.npz'"):
+    train_lib.train(gone, build, str(workdir))
+  assert not workdir.exists() or not os.listdir(workdir)
+  train_lib.train(config, build, str(workdir))
+  source.unlink()
+  with config.unlocked():
+    config.total_steps = config.total_steps + 2
+  result = train_lib.train(config, build, str(workdir))
+  assert int(result['train_state'].step) == config.total_steps
+
+
 def test_init_params_shape_mismatch_names_the_parameter(tmp_path):
   def init_params(params, state):
     params = jax.tree.map(lambda x: x, params)

@@ -380,12 +380,15 @@ def raft_ops(
       f'ranges: expected exactly the keywords {sorted(RAFT_RANGES)}, got '
       f'{missing} missing and {unknown} unknown.'
     )
-  per_op = {op: {} for op in (photometric_jitter, random_erase)}
-  per_op[random_scale_crop] = dict(
-    crop_size=tuple(crop_size),
-    margin=0 if ranges['spatial_prob'] == 0 else 8,
-  )
-  per_op[random_flip] = {}
+  per_op = {  # RAFT's order
+    photometric_jitter: {},
+    random_erase: {},
+    random_scale_crop: dict(
+      crop_size=tuple(crop_size),
+      margin=0 if ranges['spatial_prob'] == 0 else 8,
+    ),
+    random_flip: {},
+  }
   for name, (op, keyword) in RAFT_RANGES.items():
     per_op[op][keyword] = ranges[name]
 

@@ -24,7 +24,6 @@ what the reader counted.
 """
 
 import copy
-import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -478,11 +477,6 @@ def validate(
   validation.check_choice('precision', config.precision, PRECISIONS)
   validation.check_choice('nonfinite', config.nonfinite, NONFINITE_POLICIES)
   validation.check_regexes('init_must_load', config.init_must_load)
-  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
-    raise ValueError(
-      f'init_checkpoint: expected an existing checkpoint file, workdir or '
-      f'checkpoint directory, got {config.init_checkpoint!r}.'
-    )
   if device_count % config.fsdp:
     raise ValueError(
       f'fsdp: expected a divisor of the device count '

@@ -487,6 +487,14 @@ def train(
   # Before anything in the workdir is written: refuse checkpoints made for
   # other shapes, and leave a finished run as it is.
   stored_step = check_workdir(config, workdir, abstract)
+  # The warm start reads init_checkpoint on a fresh start only: a run that
+  # resumes from its own checkpoints no longer needs the file.
+  init_path = config.get('init_checkpoint')
+  if stored_step is None and init_path and not os.path.exists(init_path):
+    raise ValueError(
+      f'init_checkpoint: expected an existing checkpoint file, workdir or '
+      f'checkpoint directory, got {init_path!r}.'
+    )
   if (
     stored_step is not None
     and stored_step >= config.total_steps
