@@ -33,6 +33,7 @@ from perceiver import presets
 from perceiver import validation
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
+from perceiver.train import evaluation
 from perceiver.train.task import Task
 
 NUM_CLASSES = 10
@@ -302,15 +303,18 @@ def build_task(config, process_index: int, process_count: int) -> Task:
   train_data = data_lib.train_iterator_from_config(
     train, config, ops=ops, **loader
   )
-  eval_data = lambda: data_lib.eval_batches_from_config(
-    held_out, config, **loader
+  metrics = functools.partial(
+    per_example, label_smoothing=config.data.label_smoothing
+  )
+  held_out_means = evaluation.Evaluator(
+    name='',
+    data=lambda: data_lib.eval_batches_from_config(held_out, config, **loader),
+    predict=metrics,
   )
   return Task(
     forward=make_forward(config.model),
-    per_example=functools.partial(
-      per_example, label_smoothing=config.data.label_smoothing
-    ),
+    per_example=metrics,
     train_data=train_data,
     example_batch={'image': x[:2], 'label': labels[:2]},
-    eval_data=eval_data,
+    evaluators=[held_out_means],
   )

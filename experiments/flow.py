@@ -43,8 +43,8 @@ Departure from the paper, forced by the engine's data contract:
   parameters: `--config.init_checkpoint=<its workdir, an .npz of
   perceiver.checkpoints.save or the released pickle>`.
 
-Evaluation (`make_evaluator`, every `eval_every` steps and at the end;
-`evaluate` lists the sets) is tiled at any image size
+Evaluation (`make_evaluators`, one evaluator per set, every `eval_every`
+steps and at the end) is tiled at any image size
 (`perceiver.tasks.optical_flow`): held-out procedural pairs per curriculum
 stage, the real Middlebury motorcycle pair (`experiments/data/SOURCE.md`),
 MPI-Sintel clean/final and KITTI 2015 when their directories are set. Process
@@ -80,7 +80,7 @@ Variants:
 """
 
 import functools
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import haiku as hk
 import jax
@@ -138,8 +138,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   )
   c.log_every = 100
   c.checkpoint_every = 5000
-  # Evaluation is one custom evaluator (tiled, any size; see `evaluate`): 0 = at
-  # the end only. Each evaluation scores `data.num_eval` synthetic pairs per
+  # Evaluation: one tiled evaluator per set (`make_evaluators`); 0 = at the
+  # end only. Each evaluation scores `data.num_eval` synthetic pairs per
   # curriculum stage, the motorcycle pair and, when their directories are
   # set, the first `data.max_eval_pairs` pairs of each Sintel pass and of
   # KITTI (all 1,041 + 1,041 + 200 with 0: 13,692 tiles), so set
@@ -147,9 +147,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # computed once per run (cost: docs/results/flow.md;
   # `data.block_match_radius=0` skips it).
   c.eval_every = 0
-  # No `eval_data`: the engine's batch evaluation would repeat the synthetic
-  # set. The engine still checks this field against the device count, so it
-  # follows the batch size (a multiple of it).
+  # Unused (no batches-kind evaluator), but the engine checks it against the
+  # device count, so it follows the batch size (a multiple of it).
   c.eval_batch_size = c.get_ref('batch_size')
   # init_checkpoint: the released .pystate/.pickle, our .npz or a workdir;
   # ':final' needs one.
@@ -324,13 +323,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------
 
 
-def model_overrides(model: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The `presets.build('optical_flow', **overrides)` of a config."""
-  out = {k: v for k, v in model.items() if k not in ('arch', 'conv')}
-  out['image_size'] = tuple(model.image_size)
-  return out
-
-
 @functools.lru_cache(maxsize=None)
 def _conv_net(image_size, width, dilations, output_scale):
   """One `conv_flow.build` per size, so evaluations reuse its compilations."""
@@ -345,12 +337,12 @@ def _conv_net(image_size, width, dilations, output_scale):
 def network(model: ml_collections.ConfigDict):
   """(the flow network of `model.arch`, its `perceiver.tasks` overrides).
 
-  'perceiver': the `optical_flow` preset with `model_overrides`; 'conv': the
+  'perceiver': the `optical_flow` preset (`presets.overrides_from`); 'conv': the
   plain convolutional control (`perceiver.conv_flow`, `model.conv` sizes).
   Both take frames [B, 2, H, W, 3] in [-1, 1] and return pixels.
   """
   validation.check_choice('model.arch', model.arch, ARCHS)
-  overrides = model_overrides(model)
+  overrides = presets.overrides_from('optical_flow', model)
   if model.arch == 'perceiver':
     return presets.build('optical_flow', **overrides), overrides
   net = _conv_net(
@@ -532,65 +524,76 @@ def train_ops(config) -> list:
 
 
 # ---------------------------------------------------------------------------
-# Tiled evaluation at any size.
+# Tiled evaluation at any size: one evaluator per set.
 # ---------------------------------------------------------------------------
 
 
-def evaluate(
-  config,
-  params,
-  state,
-  say=print,
-  *,
-  cache: Optional[dict] = None,
-  pngs: Optional[Dict[str, np.ndarray]] = None,
-) -> Dict[str, float]:
-  """Scores a model on every configured evaluation set, at full size.
+def make_evaluators(config) -> List[evaluation.Evaluator]:
+  """One custom-kind evaluator per evaluation set, named after it.
 
-  The sets are scored by `flow_metrics.score_sets`, each pair through
-  `perceiver.tasks.optical_flow` (tiles of the model's size, min overlap
-  20, pyramid-weighted stitching; smaller frames are edge-padded): the
-  held-out procedural sets of `held_out_sets` (one tile per pair, so one
-  tile per model call; scored beside the mean-flow oracle and, with
-  `data.block_match_radius`, block matching), the real motorcycle pair
-  (beside the mean-flow oracle), then the first `data.max_eval_pairs` (0:
-  all) pairs of MPI-Sintel clean and final
-  and of KITTI 2015 when their directories are set (`data.eval_tile_batch`
-  tiles per model call). The model is the cached preset of
-  `perceiver.tasks`, so repeated evaluations compile nothing new.
-
-  Args:
-    config: a config of this file.
-    params, state: the model's parameters and state, usable by this process
-      alone.
-    say: prints each set's `EPE: N.NN (zero flow: N.NN, ...)` line.
-    cache: a dict kept across the evaluations of one run (one config): the
-      baselines' EPEs are computed at the first and read from it after
-      (None: computed every time).
-    pngs: receives `flow_<set>_<i>_{pred,gt}.png` of the first
-      `data.num_pngs` pairs of each set (`flow_metrics.evaluate_pairs`);
-      None: no images.
-
-  Returns:
-    {'<set>/epe', '<set>/zero_flow_epe', '<set>/mean_flow_epe',
-    '<set>/fl_all'} for each set (those of `held_out_sets`, 'motorcycle',
-    'sintel_clean', 'sintel_final', 'kitti'), and
-    '<set>/block_matching_epe' for the procedural ones.
+  In order: the held-out procedural sets of `held_out_sets` (one tile per
+  pair, so one tile per model call; scored beside the per-pair mean flow
+  and, with `data.block_match_radius`, block matching), the real
+  motorcycle pair at each of `data.motorcycle_downscales` ('motorcycle',
+  'motorcycle_down<f>'; beside the mean flow), then the first
+  `data.max_eval_pairs` (0: all) pairs of MPI-Sintel clean and final
+  ('sintel_clean', 'sintel_final') and of KITTI 2015 ('kitti') when their
+  directories are set (`data.eval_tile_batch` tiles per model call). Each
+  pair goes through `perceiver.tasks.optical_flow` (tiles of the model's
+  size, min overlap 20, pyramid-weighted stitching; smaller frames are
+  edge-padded) with the cached preset, so repeated evaluations compile
+  nothing new. An evaluator's metrics are `flow_metrics.evaluate_pairs`'s
+  (logged as `eval/<set>/epe`, `eval/<set>/zero_flow_epe`,
+  `eval/<set>/fl_all`, `eval/<set>/<baseline>_epe`), its report that
+  function's line, its artifacts the set's colour-wheel PNGs (the first
+  `data.num_pngs` pairs). The baselines' EPEs are computed at its first
+  evaluation and kept (the evaluators of one call belong to one run). The
+  engine runs them on every process with the parameters copied there: not
+  batches-kind evaluators, since each pair is tiled at its own size.
   """
   d = config.data
   if config.model.arch == 'perceiver':  # the cached preset of `tasks`
-    net, overrides = 'optical_flow', model_overrides(config.model)
+    net = 'optical_flow'
+    overrides = presets.overrides_from(net, config.model)
   else:
     net, overrides = network(config.model)
 
-  def predictor(tile_batch):
-    return functools.partial(
-      tasks.optical_flow,
-      net,
-      params,
-      state,
-      batch_size=tile_batch,
-      overrides=overrides,
+  def evaluator(name, pairs, tile_batch, baselines, limit=0):
+    n = len(pairs) if not limit else min(limit, len(pairs))
+    first = lambda: (pairs[i] for i in range(n))
+    compared = {}  # the baselines' EPEs, filled at the first evaluation
+
+    def run(params, state):
+      if not compared:
+        compared.update(flow_metrics.baseline_epes(first(), baselines))
+      predict = functools.partial(
+        tasks.optical_flow,
+        net,
+        params,
+        state,
+        batch_size=tile_batch,
+        overrides=overrides,
+      )
+      lines, pngs = [], {}
+      metrics = flow_metrics.evaluate_pairs(
+        predict,
+        first(),
+        name,
+        compared=compared,
+        pngs=pngs,
+        num_pngs=d.num_pngs,
+        say=lines.append,
+      )
+      return dict(metrics=metrics, line=lines[0], pngs=pngs)
+
+    return evaluation.Evaluator(
+      name=name,
+      run=run,
+      reduce=lambda rows: rows['metrics'],
+      report=lambda metrics, rows: rows['line'],
+      artifacts=lambda metrics, rows, workdir: flow_metrics.write_pngs(
+        rows['pngs'], workdir
+      ),
     )
 
   oracle = dict(mean_flow=flow_metrics.mean_flow)
@@ -602,32 +605,34 @@ def evaluate(
       radius=d.block_match_radius,
       window=d.block_match_window,
     )
-  predict = predictor(d.eval_tile_batch)
-
-  def sets():  # in order, each source opened when its turn comes
-    for name, pairs in held_out_sets(config).items():
-      yield flow_metrics.EvalSet(name, pairs, predictor(1), synthetic)
-    for factor in d.motorcycle_downscales:
-      name = 'motorcycle' if factor == 1 else f'motorcycle_down{factor}'
-      pair = flow_data.downscale(flow_data.load_motorcycle(), factor)
-      yield flow_metrics.EvalSet(name, [pair], predict, oracle)
-    if d.sintel_dir:
-      for dstype in flow_data.SINTEL_PASSES:
-        source = flow_data.SintelSource(
-          d.sintel_dir, dstype=dstype, arg_name='data.sintel_dir'
-        )
-        yield flow_metrics.EvalSet(
-          f'sintel_{dstype}', source, predict, oracle, d.max_eval_pairs
-        )
-    if d.kitti_dir:
-      source = flow_data.KittiSource(d.kitti_dir, arg_name='data.kitti_dir')
-      yield flow_metrics.EvalSet(
-        'kitti', source, predict, oracle, d.max_eval_pairs
+  out = [
+    evaluator(name, pairs, 1, synthetic)
+    for name, pairs in held_out_sets(config).items()
+  ]
+  for factor in d.motorcycle_downscales:
+    name = 'motorcycle' if factor == 1 else f'motorcycle_down{factor}'
+    pair = flow_data.downscale(flow_data.load_motorcycle(), factor)
+    out.append(evaluator(name, [pair], d.eval_tile_batch, oracle))
+  if d.sintel_dir:
+    for dstype in flow_data.SINTEL_PASSES:
+      source = flow_data.SintelSource(
+        d.sintel_dir, dstype=dstype, arg_name='data.sintel_dir'
       )
-
-  return flow_metrics.score_sets(
-    sets(), cache=cache, pngs=pngs, num_pngs=d.num_pngs, say=say
-  )
+      out.append(
+        evaluator(
+          f'sintel_{dstype}',
+          source,
+          d.eval_tile_batch,
+          oracle,
+          d.max_eval_pairs,
+        )
+      )
+  if d.kitti_dir:
+    source = flow_data.KittiSource(d.kitti_dir, arg_name='data.kitti_dir')
+    out.append(
+      evaluator('kitti', source, d.eval_tile_batch, oracle, d.max_eval_pairs)
+    )
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -684,37 +689,6 @@ def validate(config) -> None:
       )
 
 
-def make_evaluator(config) -> evaluation.Evaluator:
-  """The evaluator: `evaluate` as one custom evaluator named ''.
-
-  Its metrics are `evaluate`'s ('<set>/epe', ..., logged as
-  `eval/<set>/epe`), its report the sets' lines, its artifacts the PNGs
-  (process 0); the baselines' EPEs are computed at the first evaluation of
-  the run only. The engine runs it on every process with the parameters
-  copied there. Not a batches-kind evaluator: each pair is tiled at its
-  own size (Sintel, KITTI and the motorcycle differ) and scored beside
-  host-side classical baselines.
-  """
-  cache = {}  # the baselines' EPEs: one computation per run
-
-  def run(params, state):
-    lines, pngs = [], {}
-    metrics = evaluate(
-      config, params, state, say=lines.append, cache=cache, pngs=pngs
-    )
-    return dict(metrics=metrics, lines=lines, pngs=pngs)
-
-  return evaluation.Evaluator(
-    name='',
-    run=run,
-    reduce=lambda rows: rows['metrics'],
-    report=lambda metrics, rows: '\n'.join(rows['lines']),
-    artifacts=lambda metrics, rows, workdir: flow_metrics.write_pngs(
-      rows['pngs'], workdir
-    ),
-  )
-
-
 def compile_task(config) -> Task:
   """The model, EPE loss and warm start without data (`--compile_only`;
   `build_task` adds the data): `example_batch` has the training pairs'
@@ -733,7 +707,9 @@ def compile_task(config) -> Task:
       'valid': np.ones((2, height, width), bool),
     },
     init_params=warm_start.init_params_hook(
-      config, preset='optical_flow', overrides=model_overrides(config.model)
+      config,
+      preset='optical_flow',
+      overrides=presets.overrides_from('optical_flow', config.model),
     ),
   )
 
@@ -741,10 +717,8 @@ def compile_task(config) -> Task:
 def build_task(config, process_index: int, process_count: int) -> Task:
   """Model, EPE loss, this process's training pairs and the hooks.
 
-  `Task.evaluators` is `make_evaluator` (`evaluate` on every process;
-  process 0 prints the EPE lines and writes the PNGs to the workdir);
-  `Task.init_params` is `compile_task`'s. There is no `eval_data`: the
-  held-out synthetic sets are `evaluate`'s first ones.
+  `Task.evaluators` is `make_evaluators` (one per set: the held-out
+  procedural sets first); `Task.init_params` is `compile_task`'s.
   """
   validate(config)
   return compile_task(config)._replace(
@@ -755,5 +729,5 @@ def build_task(config, process_index: int, process_count: int) -> Task:
       process_count,
       ops=train_ops(config),
     ),
-    evaluators=[make_evaluator(config)],
+    evaluators=make_evaluators(config),
   )

@@ -375,9 +375,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def model_overrides(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The `presets.build(config.model.preset, **overrides)` of a config:
   the model's fields at `config.data.image_size`."""
-  m = config.model
-  return dict(
-    {k: m[k] for k in _MODEL_FIELDS}, image_size=config.data.image_size
+  return presets.overrides_from(
+    config.model.preset, config.model, image_size=config.data.image_size
   )
 
 

@@ -218,12 +218,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
 def preset_overrides(config) -> Dict[str, Any]:
   """`presets.build('language_mlm', ...)` fields of this config."""
-  m = config.model
-  return dict(
-    {k: m[k] for k in PRESET_FIELDS},
-    max_seq_len=config.data.seq_len,
-    attention_impl=m.attention_impl,
-    cross_attention_impl=m.cross_attention_impl,
+  return presets.overrides_from(
+    'language_mlm', config.model, max_seq_len=config.data.seq_len
   )
 
 

@@ -81,8 +81,6 @@ VARIANTS = (
   'local',
 )
 SOURCES = ('kinetics', 'clip')
-# `config.model` fields the experiment uses itself (not preset arguments).
-EXPERIMENT_MODEL_FIELDS = ('eval_chunk_size', 'audio_gain')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -329,11 +327,6 @@ def model_inputs(batch, num_classes: int, audio_gain: float = 1.0):
   }
 
 
-def model_overrides(m) -> Dict[str, object]:
-  """The `presets.build('video_autoencoding', **overrides)` of `model`."""
-  return {k: v for k, v in m.items() if k not in EXPERIMENT_MODEL_FIELDS}
-
-
 def make_forward(m, loss) -> hk.TransformedWithState:
   """`apply(params, state, rng, batch, is_training)` -> outputs and targets.
 
@@ -355,7 +348,9 @@ def make_forward(m, loss) -> hk.TransformedWithState:
   [B, 16 Sa] (eval: [B, A, 1]), 'label' logits [B, C], and 'image_target' /
   'audio_target', the inputs at the same points in the same layout.
   """
-  net = presets.build('video_autoencoding', **model_overrides(m))
+  net = presets.build(
+    'video_autoencoding', **presets.overrides_from('video_autoencoding', m)
+  )
   spp = m.samples_per_patch
   num_patches = m.audio_samples // spp
   num_pixels = m.num_frames * m.image_size**2

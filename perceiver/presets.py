@@ -45,7 +45,7 @@ parameter names, for models with another head on its encoder (GLUE).
 """
 
 import contextlib
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import haiku as hk
 import jax
@@ -178,6 +178,40 @@ def _config(name: str, overrides) -> Dict[str, Any]:
       'embed_init_scale', cfg['embed_init_scale']
     )
   return cfg
+
+
+def overrides_from(
+  name: str, model: Mapping[str, Any], **sizes
+) -> Dict[str, Any]:
+  """The `build(name, **overrides)` of an experiment's `config.model`.
+
+  Every experiment maps its config onto a preset this one way: the fields
+  of `model` that are fields of preset `name` (the others, such as
+  `model.arch` or `model.preset`, are the experiment's own), lists as
+  tuples, updated with `sizes`, the fields the data decides (an
+  `image_size`, a `max_seq_len`).
+
+  Args:
+    name: one of PRESETS.
+    model: a mapping of fields (an `ml_collections.ConfigDict`).
+    **sizes: fields of the preset that override `model`'s.
+
+  Returns:
+    {field: value}, every field one of `defaults(name)`.
+
+  Raises:
+    ValueError: an unknown `name`, a field of `sizes` the preset does not
+      have, or an attention implementation it does not know.
+  """
+  fields = defaults(name)
+  out = {
+    k: tuple(v) if isinstance(v, list) else v
+    for k, v in model.items()
+    if k in fields
+  }
+  out.update(sizes)
+  _config(name, out)  # raises on an unknown field or value
+  return out
 
 
 def tiny(name: str, **changes) -> Dict[str, Any]:

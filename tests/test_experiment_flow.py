@@ -28,6 +28,8 @@ from perceiver import checkpoints
 from perceiver import presets
 from perceiver import train as train_lib
 from perceiver.train import data as data_lib
+from perceiver.train import evaluation
+from perceiver.train import mesh as mesh_lib
 
 LINE = re.compile(
   r'EPE: \d+\.\d\d \(zero flow: \d+\.\d\d(, [a-z ]+: \d+\.\d\d)*\)'
@@ -200,7 +202,9 @@ def test_forward_has_the_released_parameter_tree():
       jax.random.PRNGKey(0), batch, is_training=True
     )
   )[0]
-  net = presets.build('optical_flow', **flow.model_overrides(c.model))
+  net = presets.build(
+    'optical_flow', **presets.overrides_from('optical_flow', c.model)
+  )
   theirs = jax.eval_shape(
     lambda: net.init(
       jax.random.PRNGKey(0),
@@ -349,25 +353,34 @@ def test_conv_control_refuses_a_flow_checkpoint():
     flow.validate(config)
 
 
-def test_baselines_are_computed_once_per_cache(debug_run, monkeypatch):
+def _evaluate(config, params, state, evaluators=None):
+  """The engine's run of flow's evaluators on one device: {'<set>/<metric>'}."""
+  runner = evaluation.Runner(
+    flow.make_evaluators(config) if evaluators is None else evaluators,
+    flow.make_forward(config.model),
+    precision=None,
+    mesh=mesh_lib.make_mesh(1, jax.devices()[:1]),
+  )
+  return {k[len('eval/') :]: v for k, v in runner(params, state, None).items()}
+
+
+def test_evaluators_compute_their_baselines_once(debug_run, monkeypatch):
   config, _, result, _ = debug_run
   ts = result['train_state']
-  cache = {}
-  first = flow.evaluate(
-    config, ts.params, ts.state, say=lambda _: None, cache=cache
-  )
-  assert sorted(cache) == sorted(SYNTHETIC + ('motorcycle', 'motorcycle_down4'))
+  evaluators = flow.make_evaluators(config)
+  assert [e.name for e in evaluators] == list(SYNTHETIC) + [
+    'motorcycle',
+    'motorcycle_down4',
+  ]
+  first = _evaluate(config, ts.params, ts.state, evaluators)
 
   def fail(*args, **kwargs):
     raise AssertionError('block matching recomputed')
 
   monkeypatch.setattr(flow_metrics, 'block_match', fail)
-  again = flow.evaluate(
-    config, ts.params, ts.state, say=lambda _: None, cache=cache
-  )
-  assert again == first
+  assert _evaluate(config, ts.params, ts.state, evaluators) == first
   with pytest.raises(AssertionError, match='recomputed'):
-    flow.evaluate(config, ts.params, ts.state, say=lambda _: None)
+    _evaluate(config, ts.params, ts.state)  # new evaluators: a new run
 
 
 def test_warm_start_from_our_npz_keeps_the_parameters(debug_run, tmp_path):
@@ -437,7 +450,7 @@ def test_sintel_scores_a_known_nonzero_flow_with_its_sign_and_units(tmp_path):
   # A model whose output is known: the flow decoder's output layer with zero
   # weights and bias b predicts b / 100 (the released rescale_factor) x 20
   # (the colab's scale) pixels at every pixel, whatever the frames. Scored
-  # through `flow.evaluate` on an MPI-Sintel pair of 60 x 100 (four tiles of
+  # through flow's evaluators on an MPI-Sintel pair of 60 x 100 (four tiles of
   # the 48 x 64 model, stitched) whose ground truth is that flow on the left
   # half and 2 px more in u on the right half, the EPE is 1 px; with the
   # sign, the channels or the units wrong, it is not.
@@ -474,7 +487,7 @@ def test_sintel_scores_a_known_nonzero_flow_with_its_sign_and_units(tmp_path):
   out = params['flow_decoder/~/basic_decoder/output']
   out['w'] = jnp.zeros_like(out['w'])
   out['b'] = jnp.array([u, v]) * 100.0 / 20.0
-  results = flow.evaluate(config, params, state, say=lambda _: None)
+  results = _evaluate(config, params, state)
   zero = np.mean(np.hypot(flow_HW2[..., 0], flow_HW2[..., 1]))
   for dstype in flow_data.SINTEL_PASSES:
     assert results[f'sintel_{dstype}/epe'] == pytest.approx(1.0, abs=1e-4)

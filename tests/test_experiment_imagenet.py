@@ -247,7 +247,6 @@ def test_imagefolder_task_batches(tmp_path):
   assert batch['image'].shape == (4, 16, 16, 3)
   assert batch['image'].dtype == np.float32
   assert set(batch['label'].tolist()) <= {0, 1}
-  assert task.eval_data is None  # its evaluator evaluates
   assert [e.name for e in task.evaluators] == ['']
   _, evaluation, _ = imagenet.make_sources(config)
   evals = list(imagenet.eval_batches(config, evaluation, 0, 1))

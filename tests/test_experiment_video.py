@@ -64,7 +64,9 @@ def test_model_is_the_preset():
   forward = vae.make_forward(as_cfg(m), loss)
   batch = random_batch(m)
   params, state = init_params(forward, batch)
-  preset = presets.build('video_autoencoding', **vae.model_overrides(m))
+  preset = presets.build(
+    'video_autoencoding', **presets.overrides_from('video_autoencoding', m)
+  )
   inputs = vae.model_inputs(batch, m['num_classes'])
   p2 = jax.eval_shape(
     lambda x: preset.init(jax.random.PRNGKey(1), x, is_training=False)[0],
@@ -203,7 +205,9 @@ def test_audio_gain_scales_what_the_model_reads_not_the_units():
   batch = random_batch(m)
   batch['audio'] *= 0.01  # a quiet track
   params, state = init_params(forward, batch)
-  preset = presets.build('video_autoencoding', **vae.model_overrides(m))
+  preset = presets.build(
+    'video_autoencoding', **presets.overrides_from('video_autoencoding', m)
+  )
   loud = dict(batch, audio=batch['audio'] * gain)
   theirs, _ = jax.jit(
     lambda x: preset.apply(params, state, None, x, is_training=False)

@@ -143,12 +143,12 @@ def test_evaluate_pairs_oracle_and_zero(tmp_path):
     say=lines.append,
   )
   assert sorted(pngs) == ['flow_real_0_gt.png', 'flow_real_0_pred.png']
-  assert out['real/epe'] == 0 and out['real/fl_all'] == 0
-  assert out['real/oracle_epe'] == 0
+  assert out['epe'] == 0 and out['fl_all'] == 0
+  assert out['oracle_epe'] == 0
   # The per-pair mean flow's EPE, by hand: |u - mean u| over known pixels
   # (the motorcycle's flow is horizontal).
   u = record['flow'][..., 0][record['valid']]
-  assert out['real/mean_flow_epe'] == pytest.approx(
+  assert out['mean_flow_epe'] == pytest.approx(
     np.abs(u - u.mean()).mean(), rel=1e-6
   )
   drawn = {}
@@ -160,9 +160,9 @@ def test_evaluate_pairs_oracle_and_zero(tmp_path):
     num_pngs=1,
     say=lines.append,
   )
-  assert zero['real/epe'] == pytest.approx(out['real/zero_flow_epe'])
+  assert zero['epe'] == pytest.approx(out['zero_flow_epe'])
   # The motorcycle's mean |disparity| over known pixels (halved, 3.7..29.9).
-  assert 10 < zero['real/epe'] < 20
+  assert 10 < zero['epe'] < 20
   assert all(LINE.search(line) for line in lines)
   assert ', mean flow: ' in lines[0] and ', oracle: 0.00)' in lines[0]
   # The images of the zero prediction: the colour wheel of the prediction
@@ -191,53 +191,35 @@ def _records(seed, num, size=(4, 5)):
   ]
 
 
-def test_score_sets_pools_the_first_pairs_and_caches_the_baselines():
-  a, b = _records(0, 3), _records(1, 1)
+def test_evaluate_pairs_pools_pixels_over_the_pairs():
+  pairs = _records(0, 3)
   predict = lambda f1, f2: np.full(f1.shape[:2] + (2,), [1.5, -2.0])
-  calls = []
-
-  def counted(record):
-    calls.append(record)
-    return np.zeros_like(record['flow'])
-
-  sets = [
-    flow_metrics.EvalSet('a', a, predict, dict(still=counted), limit=2),
-    flow_metrics.EvalSet('b', b, predict, dict(still=counted)),
-  ]
-  lines, cache = [], {}
-  out = flow_metrics.score_sets(iter(sets), cache=cache, say=lines.append)
-  # Pixel-weighted over the pooled valid pixels of the first 2 pairs of
-  # `a` (the naive loop over the pairs stacked into one image).
-  for name, pairs in (('a', a[:2]), ('b', b)):
-    stack = lambda k: np.concatenate([p[k] for p in pairs])
-    gt, valid = stack('flow').astype(np.float64), stack('valid')
-    epe, zero, fl = _naive_metrics(predict(gt, gt), gt, valid)
-    assert out[f'{name}/epe'] == pytest.approx(epe, rel=1e-9)
-    assert out[f'{name}/zero_flow_epe'] == pytest.approx(zero, rel=1e-9)
-    assert out[f'{name}/fl_all'] == pytest.approx(fl, rel=1e-9)
-    # Predicting zero: the baseline's EPE is the zero-flow EPE.
-    assert out[f'{name}/still_epe'] == pytest.approx(zero, rel=1e-9)
-  assert [line.split(' EPE')[0] for line in lines] == [
-    'a (2 pairs)',
-    'b (1 pairs)',
-  ]
-  assert all(LINE.search(line) for line in lines)
-  assert len(calls) == 3 and sorted(cache) == ['a', 'b']
-  # Cached: the baselines are not run again, the numbers are the same.
-  again = flow_metrics.score_sets(sets, cache=cache, say=lambda _: None)
-  assert len(calls) == 3 and again == out
-  flow_metrics.score_sets(sets, say=lambda _: None)
-  assert len(calls) == 6
+  still = lambda record: np.zeros_like(record['flow'])
+  lines = []
+  out = flow_metrics.evaluate_pairs(
+    predict,
+    iter(pairs),
+    'a',
+    compared=flow_metrics.baseline_epes(iter(pairs), dict(still=still)),
+    say=lines.append,
+  )
+  # Pixel-weighted over the pooled valid pixels of the pairs (the naive
+  # loop over the pairs stacked into one image).
+  stack = lambda k: np.concatenate([p[k] for p in pairs])
+  gt, valid = stack('flow').astype(np.float64), stack('valid')
+  epe, zero, fl = _naive_metrics(predict(gt, gt), gt, valid)
+  assert out['epe'] == pytest.approx(epe, rel=1e-9)
+  assert out['zero_flow_epe'] == pytest.approx(zero, rel=1e-9)
+  assert out['fl_all'] == pytest.approx(fl, rel=1e-9)
+  # Predicting zero: the baseline's EPE is the zero-flow EPE.
+  assert out['still_epe'] == pytest.approx(zero, rel=1e-9)
+  assert lines[0].startswith('a (3 pairs) EPE') and LINE.search(lines[0])
 
 
-def test_score_sets_rejects_repeated_names_and_negative_limits():
-  a = _records(0, 1)
+def test_pairs_without_valid_pixels_are_refused():
+  pairs = [dict(_records(0, 1)[0], valid=np.zeros((4, 5), bool))]
   zero = lambda f1, f2: np.zeros(f1.shape[:2] + (2,))
-  same = flow_metrics.EvalSet('a', a, zero, {})
-  with pytest.raises(ValueError, match="distinct names, got 'a'"):
-    flow_metrics.score_sets([same, same], say=lambda _: None)
-  with pytest.raises(ValueError, match='a: expected a limit >= 0'):
-    flow_metrics.score_sets([same._replace(limit=-1)], say=lambda _: None)
-  unknown = [dict(a[0], valid=np.zeros((4, 5), bool))]
+  with pytest.raises(ValueError, match='a: no valid pixels'):
+    flow_metrics.evaluate_pairs(zero, pairs, 'a', say=lambda _: None)
   with pytest.raises(ValueError, match='no valid pixels'):
-    flow_metrics.score_sets([same._replace(pairs=unknown)], say=lambda _: None)
+    flow_metrics.baseline_epes(pairs, dict(zero=lambda r: r['flow']))

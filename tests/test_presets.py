@@ -5,6 +5,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -306,3 +307,23 @@ def test_tiny_names_the_tiny_sizes_as_the_presets_fields(name):
 def test_tiny_rejects_an_unknown_field():
   with pytest.raises(ValueError, match='unknown'):
     presets.tiny('optical_flow', num_blocks=2)
+
+
+def test_overrides_from_takes_the_presets_fields_of_a_config_block():
+  model = ml_collections.ConfigDict(
+    dict(
+      arch='perceiver',  # the experiment's own: left out
+      conv=dict(width=8),  # likewise
+      image_size=[24, 32],  # a list (as a command line gives) -> a tuple
+      z_index_dim=8,
+    )
+  )
+  out = presets.overrides_from('optical_flow', model, num_z_channels=16)
+  assert out == dict(image_size=(24, 32), z_index_dim=8, num_z_channels=16)
+  # The sizes the data decides win over the block's.
+  out = presets.overrides_from('optical_flow', model, z_index_dim=4)
+  assert out['z_index_dim'] == 4
+  with pytest.raises(ValueError, match=r"unknown \['max_seq_len'\]"):
+    presets.overrides_from('optical_flow', model, max_seq_len=8)
+  with pytest.raises(ValueError, match='attention_impl'):
+    presets.overrides_from('optical_flow', dict(attention_impl='fast'))

@@ -23,6 +23,7 @@ import optax
 
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
+from perceiver.train.evaluation import Evaluator
 from perceiver.train.task import Task
 
 NUM_CLASSES = 4
@@ -153,7 +154,7 @@ def build_toy_task(config, process_index, process_count):
     per_example=per_example,
     train_data=it,
     example_batch={k: v[:2] for k, v in train.items()},
-    eval_data=eval_data,
+    evaluators=[Evaluator(name='', data=eval_data, predict=per_example)],
   )
 
 

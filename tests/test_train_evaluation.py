@@ -144,7 +144,6 @@ def test_evaluators_in_a_run_match_one_device(tmp_path, capsys):
   out = loop.train(config, _build(str(tmp_path)), str(tmp_path / 'run'))
   ts = out['train_state']
   _check(str(tmp_path), ts.params, ts.state, out['eval'])
-  assert 'eval/loss' in out['eval']  # the batch means are kept
   with open(tmp_path / 'run' / 'result.json') as f:
     saved = json.load(f)
   for k in ('eval/toy/top1', 'eval/weights/norm', 'eval/score'):
@@ -350,9 +349,15 @@ def test_repeated_names_and_bad_values_are_refused():
   run = evaluation.Evaluator(name='a', run=lambda p, s: {'v': np.ones(1)})
   with pytest.raises(ValueError, match=r"distinct names, got \['a'\]"):
     _tiny_runner(run, run)
-  clash = evaluation.Evaluator(name='', run=lambda p, s: {'loss': np.ones(1)})
-  with pytest.raises(ValueError, match="'eval/loss', a name another"):
-    _tiny_runner(clash)({}, {}, None, taken={'eval/loss': 1.0})
+  # '' reporting 'a/v' and 'a' reporting 'v' both log 'eval/a/v'.
+  first = evaluation.Evaluator(
+    name='', run=lambda p, s: None, reduce=lambda rows: {'a/v': 1.0}
+  )
+  second = evaluation.Evaluator(
+    name='a', run=lambda p, s: None, reduce=lambda rows: {'v': 2.0}
+  )
+  with pytest.raises(ValueError, match="'eval/a/v', a name another"):
+    _tiny_runner(first, second)({}, {}, None)
   vector = evaluation.Evaluator(
     name='v', run=lambda p, s: None, reduce=lambda rows: {'x': np.ones(2)}
   )
@@ -410,11 +415,17 @@ def _masked_toy_task(key):
         **loader,
       ),
       example_batch={k: v[:2] for k, v in train.items()},
-      eval_data=lambda: data_lib.eval_batches(
-        data_lib.ArraySource(held),
-        global_batch=config.eval_batch_size,
-        **loader,
-      ),
+      evaluators=[
+        evaluation.Evaluator(
+          name='',
+          data=lambda: data_lib.eval_batches(
+            data_lib.ArraySource(held),
+            global_batch=config.eval_batch_size,
+            **loader,
+          ),
+          predict=per_example,
+        )
+      ],
     )
 
   return build_task

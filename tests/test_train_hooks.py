@@ -13,12 +13,15 @@ from tests import test_train_common as common
 
 
 def _with(task_fields, **config_overrides):
+  """The toy config and task with `task_fields`; its `evaluators` follow
+  the toy's held-out means ('': eval/loss, eval/accuracy)."""
   config = common.toy_config(**config_overrides)
 
   def build(cfg, process_index, process_count):
-    return common.build_toy_task(cfg, process_index, process_count)._replace(
-      **task_fields
-    )
+    task = common.build_toy_task(cfg, process_index, process_count)
+    fields = dict(task_fields)
+    fields['evaluators'] = [*task.evaluators, *fields.get('evaluators', ())]
+    return task._replace(**fields)
 
   return config, build
 
@@ -33,7 +36,7 @@ def test_a_custom_evaluator_runs_at_every_eval_and_is_logged(tmp_path):
     return {'weight_norm': np.array([norm])}
 
   evaluator = evaluation.Evaluator(
-    name='',
+    name='weights',
     run=run,
     artifacts=lambda metrics, rows, workdir: calls.append(workdir),
   )
@@ -43,28 +46,35 @@ def test_a_custom_evaluator_runs_at_every_eval_and_is_logged(tmp_path):
   assert calls == [str(tmp_path)] * 3
   final = result['train_state'].params
   expected = np.sqrt(sum(float((x**2).sum()) for x in jax.tree.leaves(final)))
-  assert result['eval']['eval/weight_norm'] == pytest.approx(expected)
-  assert 'eval/loss' in result['eval']  # the batch metrics are kept
+  assert result['eval']['eval/weights/weight_norm'] == pytest.approx(expected)
+  assert 'eval/loss' in result['eval']  # the held-out means are kept
   with open(os.path.join(tmp_path, 'result.json')) as f:
-    assert json.load(f)['eval/weight_norm'] == pytest.approx(expected)
+    assert json.load(f)['eval/weights/weight_norm'] == pytest.approx(expected)
   with open(os.path.join(tmp_path, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
-  logged = [r['step'] for r in rows if 'eval/weight_norm' in r]
+  logged = [r['step'] for r in rows if 'eval/weights/weight_norm' in r]
   assert logged == [2, 4, 6]
 
 
+def _returning(name, metrics):
+  return evaluation.Evaluator(
+    name=name, run=lambda p, s: None, reduce=lambda rows: metrics
+  )
+
+
 @pytest.mark.parametrize(
-  'value, match',
+  'evaluators, match',
   [
-    ({'loss': 1.0}, 'another evaluation already has'),
-    ({'x': np.ones(2)}, 'real scalars'),
+    # Both log 'eval/a/b/c'.
+    (
+      [_returning('a', {'b/c': 1.0}), _returning('a/b', {'c': 2.0})],
+      "'eval/a/b/c', a name another evaluation already has",
+    ),
+    ([_returning('x', {'y': np.ones(2)})], 'real scalars'),
   ],
 )
-def test_evaluator_bad_values(tmp_path, value, match):
-  evaluator = evaluation.Evaluator(
-    name='', run=lambda p, s: None, reduce=lambda rows: value
-  )
-  config, build = _with({'evaluators': [evaluator]})
+def test_evaluator_bad_values(tmp_path, evaluators, match):
+  config, build = _with({'evaluators': evaluators})
   with pytest.raises(ValueError, match=match):
     train_lib.train(config, build, str(tmp_path))
 

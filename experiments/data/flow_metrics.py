@@ -18,14 +18,15 @@ Metrics (Perceiver IO Sec. 4.2 reports the first):
 Baselines scored beside a model on the same pairs: the per-pair mean flow
 (an oracle reading the ground truth) and classical block matching.
 
-`score_sets` runs a model (any `(frame1, frame2) -> flow` predictor, e.g.
-the tiled `perceiver.tasks.optical_flow`) over each evaluation set, prints
-one line per set and collects colour-wheel PNGs (`perceiver.tasks.
-flow_to_color`).
+`evaluate_pairs` runs a model (any `(frame1, frame2) -> flow` predictor,
+e.g. the tiled `perceiver.tasks.optical_flow`) over a set of pairs beside
+the baselines' EPEs, prints the set's line and collects colour-wheel PNGs
+(`perceiver.tasks.flow_to_color`); `experiments/flow.py` makes one
+evaluator of it per set.
 """
 
 import os
-from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional
+from typing import Callable, Dict, Iterable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -240,8 +241,8 @@ def evaluate_pairs(
     say: receives the line.
 
   Returns:
-    {'<name>/epe', '<name>/zero_flow_epe', '<name>/fl_all' (a fraction),
-    '<name>/<baseline>_epe' per baseline of `compared`}.
+    {'epe', 'zero_flow_epe', 'fl_all' (a fraction), '<baseline>_epe' per
+    baseline of `compared`}.
 
   Raises:
     ValueError: no valid pixel in `pairs`.
@@ -264,18 +265,18 @@ def evaluate_pairs(
   if not totals['count']:
     raise ValueError(f'{name}: no valid pixels to evaluate.')
   out = {
-    f'{name}/epe': totals['epe'] / totals['count'],
-    f'{name}/zero_flow_epe': totals['zero'] / totals['count'],
-    f'{name}/fl_all': totals['fl'] / totals['count'],
+    'epe': totals['epe'] / totals['count'],
+    'zero_flow_epe': totals['zero'] / totals['count'],
+    'fl_all': totals['fl'] / totals['count'],
   }
-  out.update({f'{name}/{b}_epe': float(v) for b, v in compared.items()})
+  out.update({f'{b}_epe': float(v) for b, v in compared.items()})
   beside = ''.join(
     f', {b.replace("_", " ")}: {v:.2f}' for b, v in compared.items()
   )
   say(
-    f'{name} ({n} pairs) EPE: {out[f"{name}/epe"]:.2f} (zero flow: '
-    f'{out[f"{name}/zero_flow_epe"]:.2f}{beside}), Fl-all: '
-    f'{100 * out[f"{name}/fl_all"]:.1f}%'
+    f'{name} ({n} pairs) EPE: {out["epe"]:.2f} (zero flow: '
+    f'{out["zero_flow_epe"]:.2f}{beside}), Fl-all: '
+    f'{100 * out["fl_all"]:.1f}%'
   )
   return out
 
@@ -289,77 +290,3 @@ def write_pngs(pngs: Mapping[str, np.ndarray], workdir: str) -> None:
     Image.fromarray(rgb, mode='RGB').save(
       os.path.join(workdir, name), format='PNG'
     )
-
-
-class EvalSet(NamedTuple):
-  """One set of `score_sets`.
-
-  Attributes:
-    name: the set's name (its metrics' prefix and its baselines' cache key).
-    pairs: a random-access source of records (`__len__`, `__getitem__`).
-    predict: (frame1, frame2) -> flow [H, W, 2], the model on this set.
-    baselines: name -> (record -> flow [H, W, 2]) scored beside the model
-      (`baseline_epes`).
-    limit: the first `limit` pairs only; 0: all.
-  """
-
-  name: str
-  pairs: Any
-  predict: Predict
-  baselines: Mapping[str, Baseline]
-  limit: int = 0
-
-
-def score_sets(
-  sets: Iterable[EvalSet],
-  *,
-  cache: Optional[dict] = None,
-  pngs: Optional[Dict[str, np.ndarray]] = None,
-  num_pngs: int = 0,
-  say: Callable[[str], None] = print,
-) -> Dict[str, float]:
-  """`evaluate_pairs` of each set in order, beside its baselines' EPEs.
-
-  Args:
-    sets: the sets, with distinct names.
-    cache: set name -> its baselines' EPEs, kept across the evaluations of
-      one run: a set's baselines are computed when its name is missing and
-      read from it after (None: computed every time).
-    pngs, num_pngs, say: as `evaluate_pairs`'s, for every set.
-
-  Returns:
-    The union of the sets' `evaluate_pairs` metrics.
-
-  Raises:
-    ValueError: two sets of one name, a negative `limit`, a set without
-      valid pixels.
-  """
-  results, seen = {}, set()
-  for s in sets:
-    if s.name in seen:
-      raise ValueError(f'sets: expected distinct names, got {s.name!r} twice.')
-    seen.add(s.name)
-    if s.limit < 0:
-      raise ValueError(
-        f'{s.name}: expected a limit >= 0 (0: all pairs), got {s.limit!r}.'
-      )
-    n = len(s.pairs) if not s.limit else min(s.limit, len(s.pairs))
-    first = lambda s=s, n=n: (s.pairs[i] for i in range(n))
-    if cache is None:
-      compared = baseline_epes(first(), s.baselines)
-    else:
-      if s.name not in cache:
-        cache[s.name] = baseline_epes(first(), s.baselines)
-      compared = cache[s.name]
-    results.update(
-      evaluate_pairs(
-        s.predict,
-        first(),
-        s.name,
-        compared=compared,
-        pngs=pngs,
-        num_pngs=num_pngs,
-        say=say,
-      )
-    )
-  return results

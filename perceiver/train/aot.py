@@ -37,6 +37,7 @@ import numpy as np
 
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
+from perceiver.train import evaluation
 from perceiver.train import mesh as mesh_lib
 from perceiver.train.task import Task
 
@@ -518,8 +519,9 @@ def compile_report(
       `example_batch` are used (its data is not).
     topology: 'CHIP:SHAPE' (see `known_topologies`).
     num_slices: slices of `topology` (Multislice).
-    eval_step: also compile the engine's eval step at
-      `config.eval_batch_size`.
+    eval_step: also compile the engine's evaluation step
+      (`evaluation.predict_step`: the forward pass and `task.per_example`,
+      the means a held-out evaluator reports) at `config.eval_batch_size`.
 
   Returns:
     A JSON-ready dict: 'topology', 'devices', 'chip' (its figures and
@@ -590,11 +592,13 @@ def compile_report(
       batch_sharding,
       eval_mask=True,
     )
-    abstract = steps.abstract
-    parts['eval'] = (
-      steps.eval_step,
-      (abstract.params, abstract.state, eval_batch),
+    abstract, shardings = steps.abstract, steps.shardings
+    evaluate = jax.jit(
+      evaluation.predict_step(task.forward, task.per_example, config.precision),
+      in_shardings=(shardings.params, shardings.state, batch_sharding),
+      out_shardings=batch_sharding,
     )
+    parts['eval'] = (evaluate, (abstract.params, abstract.state, eval_batch))
   hbm = per_device(chip)['hbm_bytes']
   for name, (jitted, args) in parts.items():
     if name == 'eval' and config.eval_batch_size % len(devices):

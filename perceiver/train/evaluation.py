@@ -223,6 +223,42 @@ def _default_report(evaluator: Evaluator, metrics: Metrics, rows) -> str:
   return f'{evaluator.name or "eval"}: {shown}'
 
 
+def predict_step(
+  forward: hk.TransformedWithState,
+  predict: Callable[[Any, Any], Dict[str, jax.Array]],
+  precision: Optional[str] = None,
+  drop: Sequence[str] = (),
+) -> Callable:
+  """The evaluation step of a batches-kind evaluator, un-jitted.
+
+  `(params, state, batch) -> (rows, mask)`: the model's forward pass
+  (`is_training=False`, no rng) in the run's precision on the batch without
+  its `data.EVAL_MASK` entry, then `predict(outputs, batch)` less the
+  entries named in `drop`; `mask` is the batch's float32 [B] padding mask
+  (1 real, 0 padding). `Runner` jits it with the train step's shardings and
+  `aot.compile_report` compiles it for a TPU slice.
+
+  Raises:
+    KeyError: (when traced) a batch without the `EVAL_MASK` entry.
+  """
+  policy = step_lib.make_policy(precision)
+
+  def step(params, model_state, batch):
+    batch = dict(batch)
+    mask = batch.pop(EVAL_MASK)
+    outputs, _ = forward.apply(
+      policy.cast_to_compute(params),
+      model_state,
+      None,
+      policy.cast_to_compute(batch),
+      is_training=False,
+    )
+    rows = predict(policy.cast_to_output(outputs), batch)
+    return {k: v for k, v in rows.items() if k not in drop}, mask
+
+  return step
+
+
 class Runner:
   """Runs a task's evaluators for the loop (or on its own).
 
@@ -259,7 +295,7 @@ class Runner:
       )
     self.evaluators = tuple(evaluators)
     self._forward = forward
-    self._policy = step_lib.make_policy(precision)
+    self._precision = precision
     self._mesh = mesh
     replicated = mesh_lib.replicated(mesh)
     self._in_shardings = (
@@ -271,30 +307,16 @@ class Runner:
     self._checked: set = set()
 
   def _step(self, evaluator: Evaluator, drop: Sequence[str]) -> Callable:
-    """The jitted `(params, state, batch) -> (rows, mask)`, less `drop`
-    (its un-jitted function is its `__wrapped__`). Keyed by the `predict`
+    """The jitted `predict_step` of `evaluator`, less `drop` (its
+    un-jitted function is its `__wrapped__`). Keyed by the `predict`
     function, so evaluators sharing one (GLUE's nine dev splits) share one
     compiled step per batch shape."""
-    predict = evaluator.predict
-    key = (predict, tuple(drop))
+    key = (evaluator.predict, tuple(drop))
     if key not in self._jitted:
-      policy = self._policy
-
-      def step(params, model_state, batch):
-        batch = dict(batch)
-        mask = batch.pop(EVAL_MASK)
-        outputs, _ = self._forward.apply(
-          policy.cast_to_compute(params),
-          model_state,
-          None,
-          policy.cast_to_compute(batch),
-          is_training=False,
-        )
-        rows = predict(policy.cast_to_output(outputs), batch)
-        return {k: v for k, v in rows.items() if k not in drop}, mask
-
       self._jitted[key] = jax.jit(
-        step,
+        predict_step(
+          self._forward, evaluator.predict, self._precision, drop=drop
+        ),
         in_shardings=self._in_shardings,
         out_shardings=mesh_lib.batch_sharding(self._mesh),
       )
@@ -352,16 +374,13 @@ class Runner:
           f'shape {list(v.shape)}.'
         )
 
-  def __call__(
-    self, params, state, workdir: Optional[str], taken: Sequence[str] = ()
-  ) -> Metrics:
+  def __call__(self, params, state, workdir: Optional[str]) -> Metrics:
     """Runs every evaluator; reports, writes artifacts (process 0).
 
     Args:
       params, state: the model's (global, possibly sharded) parameters and
         state.
       workdir: where `artifacts` write (None: no files).
-      taken: logged names already in use (the batch means).
 
     Returns:
       {'eval/<name>/<metric>' or 'eval/<metric>': float}.
@@ -394,7 +413,7 @@ class Runner:
         )
       for k, v in metrics.items():
         name = metric_name(evaluator, k)
-        if name in results or name in taken:
+        if name in results:
           raise ValueError(
             f'Evaluator {evaluator.name!r}: returned {k!r}, logged as '
             f'{name!r}, a name another evaluation already has.'

@@ -223,41 +223,6 @@ def _finished(
   }
 
 
-def evaluate(
-  eval_fn,
-  ts: step_lib.TrainState,
-  task: Task,
-  mesh,
-  workdir: str,
-  runner: Optional[evaluation_lib.Runner] = None,
-) -> Dict[str, float]:
-  """The task's evaluation: batch-metric means, then its evaluators.
-
-  Returns:
-    {'eval/<name>': float}: the means of the per-example metrics over the
-    evaluation data (when the task has `eval_data`) and the metrics of each
-    of `task.evaluators` (run by `runner`), as `evaluation.Runner` names
-    them.
-
-  Raises:
-    ValueError: an evaluator returned a name already logged, or a value
-      that is not a real scalar.
-  """
-  results: Dict[str, float] = {}
-  if eval_fn is not None:
-    totals: Dict[str, float] = {}
-    for local in task.eval_data():
-      sums = eval_fn(ts.params, ts.state, mesh_lib.global_batch(local, mesh))
-      for k, v in jax.device_get(sums).items():
-        totals[k] = totals.get(k, 0.0) + float(v)
-    count = totals.pop('count', 0.0)
-    if count:
-      results = {f'eval/{k}': v / count for k, v in totals.items()}
-  if runner is not None:
-    results.update(runner(ts.params, ts.state, workdir, taken=results))
-  return results
-
-
 def _warm_start(
   ts: step_lib.TrainState, task: Task, optimizer, shardings
 ) -> step_lib.TrainState:
@@ -309,8 +274,6 @@ class Steps(NamedTuple):
     train_step: `jax.jit` of `step.make_train_step(...)`: `(TrainState,
       batch) -> (TrainState, metrics)`, state donated, the batch split over
       every device (`mesh.batch_sharding`), metrics replicated.
-    eval_step: `jax.jit` of `step.make_eval_step(...)`: `(params, state,
-      batch) -> {name: sum}` with the same placements.
     init_fn: `() -> TrainState` from `config.seed` (un-jitted).
     abstract: the `TrainState` of `jax.ShapeDtypeStruct`s, each carrying
       its sharding.
@@ -320,7 +283,6 @@ class Steps(NamedTuple):
   """
 
   train_step: Callable
-  eval_step: Callable
   init_fn: Callable[[], step_lib.TrainState]
   abstract: step_lib.TrainState
   shardings: step_lib.TrainState
@@ -328,7 +290,7 @@ class Steps(NamedTuple):
 
 
 def jit_steps(config: ml_collections.ConfigDict, task: Task, mesh) -> Steps:
-  """The train and eval steps `train` runs, jitted for `mesh`; compiles
+  """The train step `train` runs, jitted for `mesh`; compiles
   nothing (`aot.compile_report` lowers the same functions for a TPU slice).
 
   Args:
@@ -369,14 +331,7 @@ def jit_steps(config: ml_collections.ConfigDict, task: Task, mesh) -> Steps:
     out_shardings=(shardings, replicated),
     donate_argnums=(0,),
   )
-  eval_step = jax.jit(
-    step_lib.make_eval_step(
-      task.forward, task.per_example, precision=config.precision
-    ),
-    in_shardings=(shardings.params, shardings.state, batch_sharding),
-    out_shardings=replicated,
-  )
-  return Steps(train_step, eval_step, init_fn, abstract, shardings, optimizer)
+  return Steps(train_step, init_fn, abstract, shardings, optimizer)
 
 
 def task_config(
@@ -519,10 +474,8 @@ def train(
       'task that warm-starts (init_checkpoint), got neither; evaluating a '
       'random initialisation is not what eval_only is for.'
     )
-  if config.eval_only and task.eval_data is None and not task.evaluators:
-    raise ValueError(
-      'eval_only: expected a task with eval_data or evaluators, got neither.'
-    )
+  if config.eval_only and not task.evaluators:
+    raise ValueError('eval_only: expected a task with evaluators, got none.')
   if restored is None:
     start_step = 0
     ts = jax.jit(init_fn, out_shardings=shardings)()
@@ -536,7 +489,6 @@ def train(
     _say(f'Resumed from the checkpoint at step {start_step}.')
 
   train_step = steps.train_step
-  eval_fn = steps.eval_step if task.eval_data is not None else None
   runner = None
   if task.evaluators:
     runner = evaluation_lib.Runner(
@@ -547,8 +499,6 @@ def train(
       param_shardings=shardings.params,
       state_shardings=shardings.state,
     )
-
-  has_eval = eval_fn is not None or runner is not None
 
   writer = metrics_lib.MetricWriter(
     workdir,
@@ -647,7 +597,7 @@ def train(
           preempted_at = step_done
           break
         if (
-          has_eval
+          runner is not None
           and config.eval_every
           and step_done % config.eval_every == 0
           and not last
@@ -656,7 +606,7 @@ def train(
             consume(*pending)
             pending = None
           with run_timer.timing('eval'):
-            results = evaluate(eval_fn, ts, task, mesh, workdir, runner)
+            results = runner(ts.params, ts.state, workdir)
           writer.write(step_done, results)
           timer.restart(step_done)  # The evaluation is not input time.
     if pending is not None:
@@ -678,9 +628,9 @@ def train(
     _say(str(error))
     raise error
 
-  if has_eval:
+  if runner is not None:
     with run_timer.timing('eval'):
-      eval_metrics = evaluate(eval_fn, ts, task, mesh, workdir, runner)
+      eval_metrics = runner(ts.params, ts.state, workdir)
     # The final timings go with the final evaluation.
     writer.write(
       int(jax.device_get(ts.step)), {**eval_metrics, **run_timer.read()}

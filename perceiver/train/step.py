@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import jmp
 import optax
 
-from perceiver.train.data import EVAL_MASK
 
 PerExampleFn = Callable[[Any, Any], Dict[str, jax.Array]]
 
@@ -200,43 +199,3 @@ def make_train_step(
     return new_ts, metrics
 
   return step
-
-
-def make_eval_step(
-  forward: hk.TransformedWithState,
-  per_example: PerExampleFn,
-  precision: Optional[str] = None,
-) -> Callable:
-  """Builds `eval_step(params, state, batch) -> {name: sum over the batch}`.
-
-  Examples whose `batch[data.EVAL_MASK]` is 0 (padding of the last batch)
-  are left out; the sums also include 'count', the number of real examples.
-  The model and `per_example` see the batch without that entry.
-  """
-  policy = make_policy(precision)
-
-  def eval_step(params, model_state, batch):
-    weights = None
-    if isinstance(batch, dict) and EVAL_MASK in batch:
-      batch = dict(batch)
-      weights = batch.pop(EVAL_MASK)
-    inputs = batch
-    outputs, _ = forward.apply(
-      policy.cast_to_compute(params),
-      model_state,
-      None,
-      policy.cast_to_compute(inputs),
-      is_training=False,
-    )
-    values = per_example(policy.cast_to_output(outputs), batch)
-    some = next(iter(values.values()))
-    if weights is None:
-      weights = jnp.ones(some.shape[:1], jnp.float32)
-    weights = weights.astype(jnp.float32)
-    sums = {
-      k: jnp.sum(v.astype(jnp.float32) * weights) for k, v in values.items()
-    }
-    sums['count'] = jnp.sum(weights)
-    return sums
-
-  return eval_step

@@ -4,7 +4,6 @@ from typing import (
   Any,
   Callable,
   Dict,
-  Iterable,
   NamedTuple,
   Optional,
   Protocol,
@@ -42,21 +41,19 @@ class Task(NamedTuple):
     forward: `forward.apply(params, state, rng, batch, is_training=...)`
       returns `(outputs, new_state)`.
     per_example: `(outputs, batch) -> {name: [B] array}` with a 'loss' entry;
-      train metrics are their global-batch means, eval metrics their means
-      over the evaluation set.
+      train metrics are their global-batch means (an evaluator with
+      `predict=per_example` and the default `reduce` gives their means over
+      an evaluation set).
     train_data: this process's rows of each global training batch.
     example_batch: a small batch, identical on every process, used only to
       initialise the parameters.
-    eval_data: returns a fresh pass over this process's rows of the
-      evaluation batches (each with the engine's `data.EVAL_MASK` padding
-      mask, a key the task's own batches must not use), or None.
     evaluators: the task's named evaluations (`evaluation.Evaluator`:
-      whole-set metrics such as top-1 over a validation split, mAP, GLUE
-      scores per dev split or EPE over full-size frames, each with its
-      printed line and files), run by the engine every `eval_every` steps
-      and at the end, after the batch metrics; their values are logged as
-      `eval/<evaluator>/<metric>` (`eval/<metric>` for an evaluator named
-      '') and written to result.json.
+      means of per-example metrics over held-out batches, whole-set metrics
+      such as top-1 over a validation split, mAP, GLUE scores per dev split
+      or EPE over full-size frames, each with its printed line and files),
+      run by the engine every `eval_every` steps and at the end; their
+      values are logged as `eval/<evaluator>/<metric>` (`eval/<metric>`
+      for an evaluator named '') and written to result.json.
     init_params: `(params, state) -> (params, state)`, applied once to a
       freshly initialised model (never on resume) with host numpy trees of
       the same structure; used to start from a released or earlier
@@ -76,7 +73,6 @@ class Task(NamedTuple):
   per_example: Callable[[Any, Any], Dict[str, jax.Array]]
   train_data: DataIterator
   example_batch: Dict[str, Any]
-  eval_data: Optional[Callable[[], Iterable[Dict[str, Any]]]] = None
   evaluators: Sequence[Evaluator] = ()
   init_params: Optional[Callable[[Any, Any], Tuple[Any, Any]]] = None
   config: Optional[ml_collections.ConfigDict] = None
