@@ -643,3 +643,21 @@ def test_raft_ops_name_missing_and_unknown_ranges():
     ValueError, match=r"ranges.*\['hue'\] missing.*\['flip_prob'\] unknown"
   ):
     A.raft_ops((32, 40), **ranges)
+
+
+def test_shift_hue_rotates_the_colour_wheel_by_hand_values():
+  # Pure red, green, blue and a grey; a third of a turn: Pillow's hue
+  # 0 -> 85 (int(255 / 3)), i.e. 120 degrees: red -> green -> blue -> red.
+  rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [90, 90, 90]]])
+  out = A.shift_hue(rgb.astype(np.uint8), 1 / 3)
+  np.testing.assert_array_equal(
+    out, [[[0, 255, 0], [0, 0, 255], [255, 0, 0], [90, 90, 90]]]
+  )
+  # Negative turns wrap: -1/3 of a turn is the inverse rotation, up to
+  # one of Pillow's 256 hue levels (blue went to level 255, not 0: back at
+  # 170 + 1, its red channel 6 instead of 0).
+  back = A.shift_hue(out, -1 / 3)
+  np.testing.assert_array_equal(
+    back, [[[255, 0, 0], [0, 255, 0], [6, 0, 255], [90, 90, 90]]]
+  )
+  np.testing.assert_array_equal(A.shift_hue(rgb.astype(np.uint8), 0), rgb)

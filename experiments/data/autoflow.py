@@ -536,8 +536,10 @@ def _sample(texture: np.ndarray, to_texture: np.ndarray, x, y) -> np.ndarray:
   tx, ty = _apply(to_texture, x, y)
   return np.stack(
     [
+      # uint8 in, float64 out: interpolated in double precision without
+      # a float copy of the texture per call.
       ndimage.map_coordinates(
-        texture[..., c].astype(np.float64), [ty, tx], order=1, mode='mirror'
+        texture[..., c], [ty, tx], order=1, mode='mirror', output=np.float64
       )
       for c in range(3)
     ],

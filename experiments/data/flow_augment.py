@@ -16,8 +16,8 @@ by s multiplies u by s.
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
-from skimage import color
 
 from perceiver.train import data as data_lib
 
@@ -182,19 +182,27 @@ def random_scale_crop(
   return crop(record, top, left, (ch, cw))
 
 
+def shift_hue(image: np.ndarray, turns: float) -> np.ndarray:
+  """uint8 RGB [H, W, 3] with its hue rotated by `turns` (a fraction of the
+  colour wheel), as torchvision's `adjust_hue` does on the PIL images RAFT
+  jitters: Pillow's 8-bit HSV, the hue channel shifted by int(turns x 255)
+  modulo 256, back to RGB (greys are unchanged)."""
+  hsv = np.array(Image.fromarray(image, 'RGB').convert('HSV'))
+  hsv[..., 0] += np.uint8(int(turns * 255) % 256)  # wraps modulo 256
+  return np.array(Image.fromarray(hsv, 'HSV').convert('RGB'))
+
+
 def _jitter(image: np.ndarray, b: float, c: float, s: float, h: float):
-  """Brightness, contrast, saturation (factors) and hue (turns) on float
-  RGB in [0, 255], as torchvision's ColorJitter defines them."""
+  """Brightness, contrast, saturation (factors) on float RGB in [0, 255],
+  as torchvision's ColorJitter defines them, rounded to uint8; then the hue
+  rotation (turns) of `shift_hue`."""
   x = np.clip(image * b, 0, 255)
   gray = x @ np.array([0.299, 0.587, 0.114])
   x = np.clip((x - gray.mean()) * c + gray.mean(), 0, 255)
   gray = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
   x = np.clip((x - gray) * s + gray, 0, 255)
-  if h:
-    hsv = color.rgb2hsv(x / 255.0)
-    hsv[..., 0] = (hsv[..., 0] + h) % 1.0
-    x = color.hsv2rgb(hsv) * 255.0
-  return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+  x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+  return shift_hue(x, h) if h else x
 
 
 def photometric_jitter(
