@@ -282,10 +282,6 @@ def _run_checked(argv):
       f'config: {config_path} has no build_task(config, '
       'process_index, process_count).'
     )
-  if hasattr(experiment, 'validate'):
-    # The experiment's own checks first: they explain derived fields
-    # (e.g. a total_steps of 0) that the engine's checks can only reject.
-    experiment.validate(_CONFIG.value)
   try:
     loop.train(
       _CONFIG.value, experiment.build_task, workdir, experiment=config_arg
