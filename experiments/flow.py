@@ -276,8 +276,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.optimizer.base_lr = 1e-3
     # Constant for 70% of the steps, then cosine to 0: learning starts after
     # a plateau at zero flow, by which time a cosine from step 0 has largely
-    # decayed; the late decay lowers every held-out EPE (full scenes 1.74 vs
-    # 1.83 constant; docs/results/flow.md).
+    # decayed; the late decay lowers the held-out EPEs (docs/results/flow.md).
     c.optimizer.schedule = 'constant_cosine'
     c.optimizer.constant_fraction = 0.7
     c.optimizer.weight_decay = 1e-4
@@ -565,11 +564,11 @@ def make_evaluators(config) -> List[evaluation.Evaluator]:
   def evaluator(name, pairs, tile_batch, baselines, limit=0):
     n = len(pairs) if not limit else min(limit, len(pairs))
     first = lambda: (pairs[i] for i in range(n))
-    compared = {}  # the baselines' EPEs, filled at the first evaluation
+    memo = {}  # 'compared': the baselines' EPEs, from the first evaluation
 
     def run(params, state):
-      if not compared:
-        compared.update(flow_metrics.baseline_epes(first(), baselines))
+      if 'compared' not in memo:
+        memo['compared'] = flow_metrics.baseline_epes(first(), baselines)
       predict = functools.partial(
         tasks.optical_flow,
         net,
@@ -583,7 +582,7 @@ def make_evaluators(config) -> List[evaluation.Evaluator]:
         predict,
         first(),
         name,
-        compared=compared,
+        compared=memo['compared'],
         pngs=pngs,
         num_pngs=d.num_pngs,
         say=lines.append,

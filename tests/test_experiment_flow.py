@@ -430,11 +430,10 @@ def test_init_checkpoint_released_pickle_and_misfit(debug_run, tmp_path):
     flow.compile_task(config).init_params(fresh, {})
 
 
-def _write_sintel(root, flow_HW2, frames):
+def _write_sintel(root, flow_HW2, frames, scene='alley_1'):
   """One MPI-Sintel pair per pass in the published layout: training/<pass>/
   <scene>/frame_0001.png and frame_0002.png, training/flow/<scene>/
   frame_0001.flo (Middlebury .flo, written by the reader's own writer)."""
-  scene = 'alley_1'
   for dstype in flow_data.SINTEL_PASSES:
     os.makedirs(os.path.join(root, 'training', dstype, scene))
     for i, frame in enumerate(frames, 1):
@@ -468,6 +467,10 @@ def test_sintel_scores_a_known_nonzero_flow_with_its_sign_and_units(tmp_path):
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 256, (2, 60, 100, 3), dtype=np.uint8)
   _write_sintel(str(tmp_path / 'sintel'), flow_HW2, frames)
+  # A second scene, after alley_1 in the reader's order, with a flow no
+  # figure below allows: data.max_eval_pairs=1 must leave it out.
+  _write_sintel(str(tmp_path / 'sintel'), flow_HW2 + 50.0, frames, 'market_2')
+  config.data.max_eval_pairs = 1
   valid_HW = np.ones((60, 100), bool)
   valid_HW[:10, :50] = False
   kitti = tmp_path / 'kitti' / 'training'
